@@ -1,1 +1,49 @@
-//! placeholder
+//! Callhome's domain vocabulary: the types and rules every other crate agrees on.
+//!
+//! Owns: device identity ([`Imei`]), user roles ([`Role`]), names and tags
+//! ([`Username`], [`Tag`], [`DeviceName`]), and the validation of AT command text
+//! ([`AtCommand`]). Every type here has a `parse` that is the only way in, so a value
+//! that exists is a valid value.
+//!
+//! Must not know: I/O of any kind (no files, sockets, database, clock reads beyond
+//! what callers pass in), HTTP, MQTT or TLS.
+//!
+//! Modules:
+//! - [`imei`]: the 15-digit IMEI with its Luhn check digit.
+//! - [`identity`]: users, roles, tags and device names.
+//! - [`at`]: AT command text as accepted from operators.
+
+pub mod at;
+pub mod identity;
+pub mod imei;
+
+pub use at::AtCommand;
+pub use identity::{DeviceName, Role, Tag, Username};
+pub use imei::Imei;
+
+/// A value that failed validation: which field, and why, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ValidationError {
+    /// The field (JSON member or Config.txt key) that was rejected.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ValidationError {
+    /// A rejection of `field` for `reason`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same rejection reported under another field name (e.g. `tags[2]`).
+    #[must_use]
+    pub fn at(mut self, field: impl Into<String>) -> Self {
+        self.field = field.into();
+        self
+    }
+}

@@ -1,1 +1,201 @@
-//! placeholder
+//! Persistence for Callhome: repository traits and their SQLite and PostgreSQL implementations.
+//!
+//! Owns: the schema (migrations in `migrations/{sqlite,postgres}`, run at start-up), the
+//! records that are stored ([`model`]), and the repository traits ([`Store`] and its parts).
+//! The SQL is written once in `src/sql/` and compiled for each backend ([`sqlite`],
+//! [`postgres`]); both store timestamps as Unix epoch milliseconds so the statements are the
+//! same text on both. [`open`] picks the backend from the URL scheme.
+//!
+//! Must not know: HTTP, MQTT, TLS, certificates' cryptography, or who is allowed to do what
+//! (callers check roles before they call).
+//!
+//! Modules: [`model`] (records and filters), [`error`] ([`StoreError`]), [`testing`] (fresh
+//! databases for tests: a temporary SQLite file, or a private schema on the PostgreSQL named
+//! by `TEST_DATABASE_URL`).
+
+mod conv;
+pub mod error;
+pub mod model;
+pub mod postgres;
+pub mod sqlite;
+pub mod testing;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use callhome_core::Imei;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use error::StoreError;
+pub use model::*;
+
+/// Result of a store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file (WAL).
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// Users of the API and the CLI.
+#[async_trait]
+pub trait Users: Send + Sync {
+    /// Creates a user; [`StoreError::Conflict`] if the name is taken.
+    async fn create_user(&self, user: &NewUser) -> Result<User>;
+    /// A user by id.
+    async fn get_user(&self, id: Uuid) -> Result<User>;
+    /// A user by login name.
+    async fn get_user_by_name(&self, username: &str) -> Result<User>;
+    /// All users, by name.
+    async fn list_users(&self) -> Result<Vec<User>>;
+    /// Changes role, disabled flag or password hash.
+    async fn update_user(&self, id: Uuid, patch: &UserPatch) -> Result<User>;
+}
+
+/// API keys for machine clients (the key itself is never stored, only its hash).
+#[async_trait]
+pub trait ApiKeys: Send + Sync {
+    /// Stores a new key record; [`StoreError::Conflict`] on a prefix collision.
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey>;
+    /// The key whose public prefix is `prefix`.
+    async fn get_api_key_by_prefix(&self, prefix: &str) -> Result<ApiKey>;
+    /// All keys, newest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>>;
+    /// Marks a key revoked; [`StoreError::Conflict`] if it already was.
+    async fn revoke_api_key(&self, id: Uuid, at: OffsetDateTime) -> Result<ApiKey>;
+    /// Records a use of the key.
+    async fn touch_api_key(&self, id: Uuid, at: OffsetDateTime) -> Result<()>;
+}
+
+/// The device registry.
+#[async_trait]
+pub trait Devices: Send + Sync {
+    /// Registers a device; [`StoreError::Conflict`] if the IMEI exists.
+    async fn create_device(&self, device: &NewDevice) -> Result<Device>;
+    /// A device by IMEI.
+    async fn get_device(&self, imei: &Imei) -> Result<Device>;
+    /// A page of devices in IMEI order, filtered.
+    async fn list_devices(&self, filter: &DeviceFilter) -> Result<Page<Device>>;
+    /// Changes name, model, tags or the disabled flag.
+    async fn update_device(&self, imei: &Imei, patch: &DevicePatch) -> Result<Device>;
+    /// Removes a device; its certificates stay in the inventory.
+    async fn delete_device(&self, imei: &Imei) -> Result<()>;
+}
+
+/// The inventory of issued certificates.
+#[async_trait]
+pub trait Certificates: Send + Sync {
+    /// Records an issued certificate.
+    async fn insert_certificate(&self, cert: &CertificateRecord) -> Result<()>;
+    /// A certificate by serial (uppercase hex).
+    async fn get_certificate(&self, serial: &str) -> Result<CertificateRecord>;
+    /// Every certificate issued to a device, newest first.
+    async fn list_certificates(&self, imei: &Imei) -> Result<Vec<CertificateRecord>>;
+    /// Marks a certificate revoked; [`StoreError::Conflict`] if it already was.
+    async fn revoke_certificate(
+        &self,
+        serial: &str,
+        revocation: &Revocation,
+    ) -> Result<CertificateRecord>;
+    /// Every revoked certificate that has not expired (the CRL's contents).
+    async fn list_revoked_certificates(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CertificateRecord>>;
+}
+
+/// The audit log: one row per state-changing call.
+#[async_trait]
+pub trait Audit: Send + Sync {
+    /// Appends an entry.
+    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<()>;
+    /// A page of entries, newest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Page<AuditEntry>>;
+}
+
+/// Everything Callhome stores, behind one handle.
+#[async_trait]
+pub trait Store: Users + ApiKeys + Devices + Certificates + Audit + Send + Sync + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+    /// Checks that the database answers (readiness).
+    async fn ping(&self) -> Result<()>;
+    /// Closes the pool, waiting for connections to be returned.
+    async fn close(&self);
+}
+
+/// Options for [`open`].
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Most connections in the pool.
+    pub max_connections: u32,
+    /// How long to wait for a connection from the pool.
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// Opens the database named by `url` (`sqlite://PATH` or `postgres://...`), creating a
+/// SQLite file if needed, and runs the migrations.
+pub async fn open(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqlStore::open(url, options).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::SqlStore::open(url, options).await?))
+    } else {
+        Err(StoreError::InvalidUrl(format!(
+            "unsupported database URL scheme in {:?}; use sqlite://PATH or postgres://...",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A database URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                url.to_owned()
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact_url("postgres://u:secret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(super::redact_url("postgres://u@db/x"), "postgres://u@db/x");
+        assert_eq!(
+            super::redact_url("sqlite://data/x.db"),
+            "sqlite://data/x.db"
+        );
+    }
+}

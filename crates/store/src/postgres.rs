@@ -1,0 +1,21 @@
+//! The PostgreSQL backend, for production and for several nodes sharing one database.
+
+use std::str::FromStr as _;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+type Db = sqlx::Postgres;
+const BACKEND: Backend = Backend::Postgres;
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+async fn connect(url: &str, options: &OpenOptions) -> Result<Pool<Db>> {
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", crate::redact_url(url))))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(opts)
+        .await?)
+}
+
+include!("sql/common.rs");

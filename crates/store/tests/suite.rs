@@ -1,0 +1,392 @@
+//! The store test suite: every scenario runs against a fresh SQLite file, and against a fresh
+//! PostgreSQL schema when `TEST_DATABASE_URL` is set (CI sets it). Each run prints which
+//! backends it covered, so the CI log shows both.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use callhome_core::{Imei, Role};
+use callhome_store::testing::TestDatabase;
+use callhome_store::*;
+use time::{Duration, OffsetDateTime};
+
+/// Runs `scenario` on SQLite, then on PostgreSQL if configured.
+async fn on_each_backend<F, Fut>(name: &str, scenario: F)
+where
+    F: Fn(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut dbs = vec![TestDatabase::sqlite().expect("sqlite test db")];
+    if let Some(pg) = TestDatabase::postgres_from_env()
+        .await
+        .expect("postgres test schema")
+    {
+        dbs.push(pg);
+    }
+    for db in dbs {
+        let store = open(&db.url, &OpenOptions::default())
+            .await
+            .expect("open store");
+        let backend = store.backend();
+        scenario(store.clone()).await;
+        store.close().await;
+        db.cleanup().await.expect("cleanup");
+        println!("store suite: {name} passed on {backend:?}");
+    }
+}
+
+fn imei(n: u64) -> Imei {
+    Imei::from_body(&format!("35000000{n:06}")).unwrap()
+}
+
+#[tokio::test]
+async fn users_roundtrip_and_conflicts() {
+    on_each_backend("users", |s| async move {
+        let u = s
+            .create_user(&NewUser {
+                username: "alice".into(),
+                password_hash: "$argon2id$x".into(),
+                role: Role::Operator,
+            })
+            .await
+            .unwrap();
+        assert_eq!(s.get_user_by_name("alice").await.unwrap(), u);
+        assert_eq!(s.get_user(u.id).await.unwrap(), u);
+        let dup = s
+            .create_user(&NewUser {
+                username: "alice".into(),
+                password_hash: "h".into(),
+                role: Role::Reader,
+            })
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict(m)) if m.contains("alice")));
+        let u2 = s
+            .update_user(
+                u.id,
+                &UserPatch {
+                    disabled: Some(true),
+                    role: Some(Role::Admin),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(u2.disabled);
+        assert_eq!(u2.role, Role::Admin);
+        assert_eq!(u2.password_hash, u.password_hash);
+        assert!(matches!(
+            s.get_user_by_name("bob").await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.update_user(uuid::Uuid::new_v4(), &UserPatch::default())
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(s.list_users().await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_keys_lookup_touch_revoke() {
+    on_each_backend("api_keys", |s| async move {
+        let k = s
+            .create_api_key(&NewApiKey {
+                name: "reading centre".into(),
+                prefix: "abcd1234".into(),
+                key_hash: "00ff".into(),
+                role: Role::Reader,
+                created_by: "admin".into(),
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(s.get_api_key_by_prefix("abcd1234").await.unwrap().id, k.id);
+        let now = OffsetDateTime::now_utc();
+        s.touch_api_key(k.id, now).await.unwrap();
+        let k2 = s.get_api_key_by_prefix("abcd1234").await.unwrap();
+        assert!(k2.last_used_at.is_some());
+        let r = s.revoke_api_key(k.id, now).await.unwrap();
+        assert!(r.revoked_at.is_some());
+        assert!(matches!(
+            s.revoke_api_key(k.id, now).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.revoke_api_key(uuid::Uuid::new_v4(), now).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(s.list_api_keys().await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn devices_crud_filters_and_pagination() {
+    on_each_backend("devices", |s| async move {
+        for n in 0..25u64 {
+            let tags = if n % 2 == 0 {
+                vec!["even".to_string(), "all".into()]
+            } else {
+                vec!["all".into()]
+            };
+            s.create_device(&NewDevice {
+                imei: imei(n),
+                name: Some(format!("Meter_{n} 100%")),
+                model: Some("199801422".into()),
+                tags,
+            })
+            .await
+            .unwrap();
+        }
+        let dup = s
+            .create_device(&NewDevice {
+                imei: imei(3),
+                name: None,
+                model: None,
+                tags: vec![],
+            })
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict(m)) if m.contains(imei(3).as_str())));
+
+        // Pagination walks every device exactly once, in IMEI order.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .list_devices(&DeviceFilter {
+                    after: after.clone(),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            seen.extend(page.items.iter().map(|d| d.imei.clone()));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 25);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+        let even = s
+            .list_devices(&DeviceFilter {
+                tag: Some("even".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(even.items.len(), 13);
+        // Text search is case-insensitive and treats % and _ literally.
+        let hit = s
+            .list_devices(&DeviceFilter {
+                text: Some("METER_7 ".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(hit.items.len(), 1);
+        let pct = s
+            .list_devices(&DeviceFilter {
+                text: Some("0%".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(pct.items.len(), 25);
+        let none = s
+            .list_devices(&DeviceFilter {
+                text: Some("meter%7".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(none.items.len(), 0);
+
+        let d = s
+            .update_device(
+                &imei(2),
+                &DevicePatch {
+                    name: Some(None),
+                    tags: Some(vec!["moved".into()]),
+                    disabled: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.name, None);
+        assert_eq!(d.tags, vec!["moved".to_string()]);
+        assert!(d.disabled);
+        assert_eq!(d.model.as_deref(), Some("199801422"));
+        assert_eq!(s.get_device(&imei(2)).await.unwrap(), d);
+        let even = s
+            .list_devices(&DeviceFilter {
+                tag: Some("even".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(even.items.len(), 12);
+
+        s.delete_device(&imei(2)).await.unwrap();
+        assert!(matches!(
+            s.get_device(&imei(2)).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.delete_device(&imei(2)).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let moved = s
+            .list_devices(&DeviceFilter {
+                tag: Some("moved".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(moved.items.is_empty(), "tags go with the device");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn certificate_inventory_and_revocation() {
+    on_each_backend("certificates", |s| async move {
+        let now = OffsetDateTime::now_utc().replace_millisecond(0).unwrap();
+        let rec = |serial: &str, days: i64| CertificateRecord {
+            serial: serial.into(),
+            imei: imei(1).to_string(),
+            common_name: imei(1).to_string(),
+            fingerprint_sha256: "ab".into(),
+            certificate_pem: "-----BEGIN CERTIFICATE-----".into(),
+            not_before: now - Duration::days(1),
+            not_after: now + Duration::days(days),
+            issued_by: "admin".into(),
+            created_at: now,
+            revocation: None,
+        };
+        s.insert_certificate(&rec("0A", 30)).await.unwrap();
+        s.insert_certificate(&rec("0B", 30)).await.unwrap();
+        s.insert_certificate(&rec("0C", -1)).await.unwrap();
+        assert!(matches!(
+            s.insert_certificate(&rec("0A", 30)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.get_certificate("0A").await.unwrap(), rec("0A", 30));
+        assert_eq!(s.list_certificates(&imei(1)).await.unwrap().len(), 3);
+
+        let revocation = Revocation {
+            at: now,
+            reason: Some("key_compromise".into()),
+            by: "ops".into(),
+        };
+        let r = s.revoke_certificate("0A", &revocation).await.unwrap();
+        assert_eq!(r.revocation.as_ref(), Some(&revocation));
+        assert!(matches!(
+            s.revoke_certificate("0A", &revocation).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.revoke_certificate("FF", &revocation).await,
+            Err(StoreError::NotFound(_))
+        ));
+        s.revoke_certificate("0C", &revocation).await.unwrap();
+        // Expired certificates leave the CRL.
+        let revoked = s.list_revoked_certificates(now).await.unwrap();
+        assert_eq!(
+            revoked
+                .iter()
+                .map(|c| c.serial.as_str())
+                .collect::<Vec<_>>(),
+            ["0A"]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_log_pages_newest_first() {
+    on_each_backend("audit", |s| async move {
+        for i in 0..7 {
+            s.append_audit(&NewAuditEntry {
+                at: OffsetDateTime::now_utc(),
+                actor: if i % 2 == 0 {
+                    "admin".into()
+                } else {
+                    "ops".into()
+                },
+                actor_kind: "user".into(),
+                action: "POST /api/v1/devices".into(),
+                target: Some(format!("t{i}")),
+                outcome: "success".into(),
+                status: Some(201),
+                detail: None,
+                remote_addr: Some("127.0.0.1".into()),
+                request_id: None,
+            })
+            .await
+            .unwrap();
+        }
+        let p1 = s
+            .list_audit(&AuditFilter {
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(p1.items.len(), 5);
+        assert_eq!(p1.items[0].target.as_deref(), Some("t6"));
+        let before = p1.next.as_deref().unwrap().parse().unwrap();
+        let p2 = s
+            .list_audit(&AuditFilter {
+                limit: 5,
+                before: Some(before),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(p2.items.len(), 2);
+        assert!(p2.next.is_none());
+        let ops = s
+            .list_audit(&AuditFilter {
+                limit: 50,
+                actor: Some("ops".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ops.items.len(), 3);
+        assert_eq!(ops.items[0].status, Some(201));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_migrations_are_idempotent() {
+    let db = TestDatabase::sqlite().unwrap();
+    let s = open(&db.url, &OpenOptions::default()).await.unwrap();
+    s.create_device(&NewDevice {
+        imei: imei(9),
+        name: None,
+        model: None,
+        tags: vec![],
+    })
+    .await
+    .unwrap();
+    s.close().await;
+    let s = open(&db.url, &OpenOptions::default()).await.unwrap();
+    assert!(s.get_device(&imei(9)).await.is_ok());
+    assert!(matches!(
+        open("mysql://x", &OpenOptions::default()).await,
+        Err(StoreError::InvalidUrl(_))
+    ));
+}
