@@ -14,10 +14,13 @@
 //! - small helpers: key + CSR generation for the simulator and tests, certificate
 //!   inspection, and atomic 0600 secret files ([`write_secret_file`]).
 //!
-//! It must not know about HTTP, MQTT or the database. In particular it keeps no
-//! inventory of issued or revoked certificates: the caller records each
-//! [`IssuedCertificate`] and passes the revoked ones back as [`RevokedEntry`]s when a
-//! CRL is built.
+//! - the inventory of issued and revoked certificates and the CRL in force
+//!   ([`CertificateService`], the one module that talks to `callhome-store`): signing
+//!   records the certificate, revoking regenerates the CRL at once and announces it to
+//!   the TLS listeners.
+//!
+//! It must not know about HTTP or MQTT. [`Authority`] itself is pure cryptography and
+//! files: it never touches the database.
 
 #![warn(missing_docs)]
 
@@ -28,6 +31,7 @@ mod error;
 mod fs;
 mod inspect;
 mod server;
+mod service;
 pub mod tls;
 
 pub use authority::{
@@ -39,6 +43,7 @@ pub use error::CaError;
 pub use fs::write_secret_file;
 pub use inspect::{CertificateInfo, inspect_certificate};
 pub use server::{SERVER_CERT_FILE, SERVER_KEY_FILE, ServerIdentity};
+pub use service::{CRL_VALIDITY, CertificateService};
 
 /// Re-exported so callers can name the DER types used in this API without adding the
 /// dependency themselves.

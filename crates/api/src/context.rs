@@ -1,0 +1,159 @@
+//! The middleware every request passes: authentication, HTTP metrics, and the audit row for
+//! state-changing calls.
+//!
+//! A handler can enrich the audit row by putting [`AuditTarget`], [`AuditActor`] or
+//! [`AuditDetail`] in its response's extensions.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use callhome_store::NewAuditEntry;
+use time::OffsetDateTime;
+
+use crate::AppState;
+use crate::auth::{Principal, authenticate};
+use crate::error::ApiError;
+
+/// The object a call acted on (an IMEI, a serial, a user name), for the audit row.
+#[derive(Debug, Clone)]
+pub struct AuditTarget(pub String);
+
+/// Who acted, when the caller was not authenticated yet (the token endpoint's user name).
+#[derive(Debug, Clone)]
+pub struct AuditActor(pub String);
+
+/// Extra JSON detail for the audit row (never secrets).
+#[derive(Debug, Clone)]
+pub struct AuditDetail(pub serde_json::Value);
+
+fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    let malformed =
+        || ApiError::Unauthorized("the Authorization header must be \"Bearer <token>\"".to_owned());
+    let Ok(text) = value.to_str() else {
+        return Some(Err(malformed()));
+    };
+    match text.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Some(Ok(token.trim()))
+        }
+        _ => Some(Err(malformed())),
+    }
+}
+
+fn is_state_changing(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Authenticates the caller, runs the handler, records metrics and (for state-changing
+/// methods) an audit row, whatever the outcome.
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let path = req.uri().path().to_owned();
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+
+    let mut principal: Option<Principal> = None;
+    let early: Option<ApiError> = match bearer(req.headers()) {
+        None => None,
+        Some(Err(e)) => Some(e),
+        Some(Ok(credential)) => match authenticate(&state.store, &state.tokens, credential).await {
+            Ok(p) => {
+                principal = Some(p);
+                None
+            }
+            Err(e) => Some(e),
+        },
+    };
+    let response = match early {
+        Some(e) => e.into_response(),
+        None => {
+            if let Some(p) = &principal {
+                req.extensions_mut().insert(p.clone());
+            }
+            next.run(req).await
+        }
+    };
+
+    let status = response.status();
+    let route_label = route.clone().unwrap_or_else(|| "unmatched".to_owned());
+    metrics::counter!(
+        "callhome_http_requests_total",
+        "method" => method.to_string(),
+        "route" => route_label.clone(),
+        "status" => status.as_u16().to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        "callhome_http_request_duration_seconds",
+        "method" => method.to_string(),
+        "route" => route_label
+    )
+    .record(started.elapsed().as_secs_f64());
+
+    if is_state_changing(&method) {
+        let ext = response.extensions();
+        let (actor, actor_kind) = match (&principal, ext.get::<AuditActor>()) {
+            (Some(p), _) => (p.name.clone(), p.kind.as_str().to_owned()),
+            (None, Some(a)) => (a.0.clone(), "anonymous".to_owned()),
+            (None, None) => ("anonymous".to_owned(), "anonymous".to_owned()),
+        };
+        let target = ext
+            .get::<AuditTarget>()
+            .map(|t| t.0.clone())
+            .or_else(|| (route.as_deref() != Some(path.as_str())).then(|| path.clone()));
+        let entry = NewAuditEntry {
+            at: OffsetDateTime::now_utc(),
+            actor,
+            actor_kind,
+            action: format!("{method} {}", route.as_deref().unwrap_or(&path)),
+            target,
+            outcome: if status.is_success() || status.is_redirection() {
+                "success"
+            } else {
+                "failure"
+            }
+            .to_owned(),
+            status: Some(i64::from(status.as_u16())),
+            detail: ext.get::<AuditDetail>().map(|d| d.0.to_string()),
+            remote_addr: remote,
+            request_id,
+        };
+        if let Err(e) = state.store.append_audit(&entry).await {
+            metrics::counter!("callhome_audit_write_failures_total").increment(1);
+            tracing::error!(error = %e, action = %entry.action, "could not write audit row");
+        }
+    }
+    response
+}
+
+/// The response for a handler that panicked: a 500 problem, never a dropped connection.
+pub fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    metrics::counter!("callhome_http_panics_total").increment(1);
+    ApiError::Internal("handler panicked".to_owned()).into_response()
+}

@@ -1,0 +1,254 @@
+//! The API's one error type, and its RFC 9457 `application/problem+json` rendering.
+//!
+//! Every handler returns `Result<_, ApiError>`. Library errors ([`StoreError`], [`CaError`],
+//! [`ValidationError`]) convert here and nowhere else, so a status code and a problem `type`
+//! mean the same thing on every endpoint. Internal errors are logged with the request id and
+//! answered with a generic text: nothing internal leaks to the client.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use callhome_ca::CaError;
+use callhome_core::ValidationError;
+use callhome_store::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Media type of problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:callhome:problem:validation-error",
+    "title": "Invalid request",
+    "status": 422,
+    "detail": "imei: check digit is 9, the Luhn check digit for these 14 digits is 8",
+    "errors": [{"field": "imei", "reason": "check digit is 9, the Luhn check digit for these 14 digits is 8"}]
+}))]
+pub struct Problem {
+    /// Stable identifier of the kind of problem (`urn:callhome:problem:<slug>`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong in this case.
+    pub detail: String,
+    /// For validation problems: each rejected field and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// One rejected field.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldError {
+    /// JSON member or parameter name.
+    pub field: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field failed validation (422).
+    #[error("{0}")]
+    Validation(#[from] ValidationError),
+    /// The request is malformed: bad JSON, bad parameter, bad CSR (400).
+    #[error("{detail}")]
+    BadRequest {
+        /// Problem slug.
+        slug: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No or bad credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but the role does not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The resource does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is larger than allowed (413).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The body has the wrong media type (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A dependency (the database) is not available (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure (500); the detail is logged, not shown.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 with the given problem slug.
+    pub fn bad_request(slug: &'static str, detail: impl Into<String>) -> Self {
+        Self::BadRequest {
+            slug,
+            detail: detail.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-error",
+                "Invalid request",
+            ),
+            ApiError::BadRequest { slug, .. } => (StatusCode::BAD_REQUEST, slug, "Bad request"),
+            ApiError::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Not allowed"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    /// The problem document for this error.
+    pub fn problem(&self) -> Problem {
+        let (status, slug, title) = self.parts();
+        let detail = match self {
+            ApiError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
+            other => other.to_string(),
+        };
+        let errors = match self {
+            ApiError::Validation(v) => vec![FieldError {
+                field: v.field.clone(),
+                reason: v.reason.clone(),
+            }],
+            _ => Vec::new(),
+        };
+        Problem {
+            kind: format!("urn:callhome:problem:{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            errors,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, ..) = self.parts();
+        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = &self {
+            tracing::error!(%status, error = %detail, "request failed");
+        }
+        let mut resp = (status, Json(self.problem())).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            StoreError::Conflict(what) => ApiError::Conflict(what),
+            StoreError::Database(sqlx_err) if is_unavailable(&sqlx_err) => {
+                ApiError::Unavailable(format!("database unavailable: {sqlx_err}"))
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
+}
+
+impl From<CaError> for ApiError {
+    fn from(e: CaError) -> Self {
+        match e {
+            CaError::InvalidCsr(reason) => {
+                ApiError::bad_request("invalid-csr", format!("invalid CSR: {reason}"))
+            }
+            e @ CaError::SubjectMismatch { .. } => {
+                ApiError::bad_request("invalid-csr", e.to_string())
+            }
+            CaError::NotFound(what) => ApiError::NotFound(what),
+            CaError::Store(store) => store.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonDataError(e) => ApiError::Validation(ValidationError::new(
+                "body",
+                e.body_text()
+                    .trim_start_matches(
+                        "Failed to deserialize the JSON body into the target type: ",
+                    )
+                    .to_owned(),
+            )),
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::bad_request("malformed-json", e.body_text())
+            }
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                "expected a body with Content-Type: application/json".to_owned(),
+            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge(e.body_text())
+            }
+            other => ApiError::bad_request("bad-body", other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::bad_request("bad-path-parameter", r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request("bad-query-parameter", r.body_text())
+    }
+}

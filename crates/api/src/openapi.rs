@@ -1,0 +1,58 @@
+//! The OpenAPI document's top level: info, tags and the bearer security scheme. Paths and
+//! schemas are collected from the handlers by `utoipa-axum` in [`crate::routes::router`].
+
+use utoipa::Modify;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+/// The API document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Callhome API",
+        description = "Device manager for cellular modems that never listen.\n\n\
+            Authenticate with `POST /api/v1/auth/token` (user name and password, or an API key) and send \
+            the token as `Authorization: Bearer <token>`; an API key can also be sent directly as the bearer \
+            credential. Roles: `reader` (reading-centre software: devices read-only, sessions), `operator` \
+            (fleet operations), `admin` (users, API keys, audit).\n\n\
+            Errors are RFC 9457 `application/problem+json` documents whose `type` is a stable \
+            `urn:callhome:problem:<slug>`.",
+        license(name = "Apache-2.0"),
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "auth", description = "Access tokens"),
+        (name = "users", description = "User accounts (admin)"),
+        (name = "api-keys", description = "API keys for machine clients (admin)"),
+        (name = "devices", description = "The device registry"),
+        (name = "certificates", description = "Device certificates, the CA certificate and its CRL"),
+        (name = "audit", description = "Who changed what (admin)"),
+        (name = "system", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT or API key")
+                    .description(Some(
+                        "An access token from POST /api/v1/auth/token, or an API key (chk_...)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document as the running server serves it.
+pub fn document() -> utoipa::openapi::OpenApi {
+    crate::routes::router().split_for_parts().1
+}

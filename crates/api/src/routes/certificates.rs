@@ -1,0 +1,314 @@
+//! Device certificates and the CA's public material:
+//! `POST /api/v1/devices/{imei}/certificate`, `GET /api/v1/devices/{imei}/certificates`,
+//! `GET /api/v1/certificates/{serial}`, `POST /api/v1/certificates/{serial}/revoke`,
+//! `GET /api/v1/ca/certificate`, `GET /api/v1/ca/crl`.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use callhome_ca::RevocationReason;
+use callhome_core::{Role, ValidationError};
+use callhome_store::CertificateRecord;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::context::AuditTarget;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::routes::devices::path_imei;
+use crate::time_format::{rfc3339, rfc3339_opt};
+
+/// A certificate signing request for a device.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nMIIBDzCBtgIBADBUMRgwFgYDVQQDDA80OTAxNTQyMDMyMzc1MTg...\n-----END CERTIFICATE REQUEST-----\n"}))]
+pub struct SignRequest {
+    /// PEM-encoded PKCS#10 CSR. Only its public key is used; the CA sets the subject
+    /// (CN = the IMEI), extensions, serial and validity. A subject CN, if present, must be
+    /// the IMEI.
+    pub csr: String,
+    /// Validity in days (1-3650); the CA's default when absent.
+    pub validity_days: Option<u32>,
+}
+
+/// A newly issued device certificate.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedCertificate {
+    /// The device certificate, PEM.
+    pub certificate: String,
+    /// The CA certificate(s) to present with it and to trust, PEM.
+    pub ca_chain: String,
+    /// Serial number, uppercase hex.
+    #[schema(example = "5A3F0C9E21B44D7C8E0F1A2B3C4D5E6F")]
+    pub serial: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// SHA-256 of the DER, hex.
+    pub fingerprint_sha256: String,
+}
+
+/// A certificate in the inventory.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificateView {
+    /// Serial number, uppercase hex.
+    pub serial: String,
+    /// Device it was issued to.
+    pub imei: String,
+    /// Subject CN.
+    pub common_name: String,
+    /// `valid`, `revoked` or `expired`.
+    #[schema(example = "valid")]
+    pub status: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// SHA-256 of the DER, hex.
+    pub fingerprint_sha256: String,
+    /// Who requested it.
+    pub issued_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, if revoked.
+    pub revoked_at: Option<String>,
+    /// Revocation reason, if revoked.
+    pub revocation_reason: Option<String>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+    /// The certificate, PEM.
+    pub certificate: String,
+}
+
+impl From<CertificateRecord> for CertificateView {
+    fn from(c: CertificateRecord) -> Self {
+        let status = if c.revocation.is_some() {
+            "revoked"
+        } else if c.not_after <= OffsetDateTime::now_utc() {
+            "expired"
+        } else {
+            "valid"
+        };
+        Self {
+            serial: c.serial,
+            imei: c.imei,
+            common_name: c.common_name,
+            status: status.to_owned(),
+            not_before: rfc3339(c.not_before),
+            not_after: rfc3339(c.not_after),
+            fingerprint_sha256: c.fingerprint_sha256,
+            issued_by: c.issued_by,
+            created_at: rfc3339(c.created_at),
+            revoked_at: rfc3339_opt(c.revocation.as_ref().map(|r| r.at)),
+            revocation_reason: c.revocation.as_ref().and_then(|r| r.reason.clone()),
+            revoked_by: c.revocation.map(|r| r.by),
+            certificate: c.certificate_pem,
+        }
+    }
+}
+
+/// Why a certificate is revoked.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "key_compromise"}))]
+pub struct RevokeRequest {
+    /// RFC 5280 reason: `unspecified`, `key_compromise`, `affiliation_changed`,
+    /// `superseded`, `cessation_of_operation`.
+    pub reason: Option<String>,
+}
+
+/// CRL encoding.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CrlQuery {
+    /// `pem` (default) or `der`.
+    pub format: Option<String>,
+}
+
+/// Normalises a serial given by a client: hex digits, any case, colons allowed.
+fn normalise_serial(raw: &str) -> Result<String, ApiError> {
+    let s: String = raw
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ValidationError::new("serial", "must be a hexadecimal serial number").into());
+    }
+    Ok(s)
+}
+
+/// Signs a device's CSR with the Callhome CA. The device must be registered.
+#[utoipa::path(
+    post, path = "/api/v1/devices/{imei}/certificate", tag = "certificates", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    request_body = SignRequest,
+    responses(
+        (status = 201, description = "Issued", body = SignedCertificate),
+        (status = 400, description = "The CSR is malformed, wrongly signed, or names another subject", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid IMEI or validity", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn sign_csr(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+    ApiJson(req): ApiJson<SignRequest>,
+) -> Result<
+    (
+        StatusCode,
+        axum::extract::Extension<AuditTarget>,
+        axum::Json<SignedCertificate>,
+    ),
+    ApiError,
+> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    if let Some(days) = req.validity_days {
+        if !(1..=3650).contains(&days) {
+            return Err(ValidationError::new("validity_days", "must be between 1 and 3650").into());
+        }
+    }
+    state.store.get_device(&imei).await?;
+    let record = state
+        .certs
+        .sign_device_csr(&imei, &req.csr, req.validity_days, &p.name)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::extract::Extension(AuditTarget(format!("{imei} serial {}", record.serial))),
+        axum::Json(SignedCertificate {
+            ca_chain: state.certs.ca_certificate_pem().to_owned(),
+            serial: record.serial,
+            not_before: rfc3339(record.not_before),
+            not_after: rfc3339(record.not_after),
+            fingerprint_sha256: record.fingerprint_sha256,
+            certificate: record.certificate_pem,
+        }),
+    ))
+}
+
+/// Every certificate issued to a device, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/devices/{imei}/certificates", tag = "certificates", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 200, description = "The device's certificates", body = [CertificateView]),
+        (status = 422, description = "Not a valid IMEI", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_device_certificates(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<axum::Json<Vec<CertificateView>>, ApiError> {
+    p.require(Role::Reader)?;
+    let imei = path_imei(&imei)?;
+    let certs = state.store.list_certificates(&imei).await?;
+    Ok(axum::Json(certs.into_iter().map(Into::into).collect()))
+}
+
+/// One certificate by serial.
+#[utoipa::path(
+    get, path = "/api/v1/certificates/{serial}", tag = "certificates", security(("bearer" = [])),
+    params(("serial" = String, Path, description = "Serial number, hex (colons allowed)")),
+    responses(
+        (status = 200, description = "The certificate", body = CertificateView),
+        (status = 404, description = "Unknown serial", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_certificate(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(serial): ApiPath<String>,
+) -> Result<axum::Json<CertificateView>, ApiError> {
+    p.require(Role::Reader)?;
+    let serial = normalise_serial(&serial)?;
+    Ok(axum::Json(
+        state.store.get_certificate(&serial).await?.into(),
+    ))
+}
+
+/// Revokes a certificate. The CRL is regenerated at once.
+#[utoipa::path(
+    post, path = "/api/v1/certificates/{serial}/revoke", tag = "certificates", security(("bearer" = [])),
+    params(("serial" = String, Path, description = "Serial number, hex (colons allowed)")),
+    request_body = RevokeRequest,
+    responses(
+        (status = 200, description = "Revoked", body = CertificateView),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown serial", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already revoked", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown reason", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke_certificate(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(serial): ApiPath<String>,
+    ApiJson(req): ApiJson<RevokeRequest>,
+) -> Result<axum::Json<CertificateView>, ApiError> {
+    p.require(Role::Operator)?;
+    let serial = normalise_serial(&serial)?;
+    let reason = req
+        .reason
+        .as_deref()
+        .map(|r| {
+            r.parse::<RevocationReason>()
+                .map_err(|e| ValidationError::new("reason", e.to_string()))
+        })
+        .transpose()?;
+    let record = state.certs.revoke(&serial, reason, &p.name).await?;
+    Ok(axum::Json(record.into()))
+}
+
+fn pem_response(body: String, content_type: &'static str) -> Response {
+    let mut resp = body.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// The CA certificate (PEM): the trust anchor for modems and reading platforms. No
+/// authentication.
+#[utoipa::path(get, path = "/api/v1/ca/certificate", tag = "certificates",
+    responses((status = 200, description = "CA certificate, PEM", body = String, content_type = "application/x-pem-file")))]
+pub async fn ca_certificate(State(state): State<AppState>) -> Response {
+    pem_response(
+        state.certs.ca_certificate_pem().to_owned(),
+        "application/x-pem-file",
+    )
+}
+
+/// The current certificate revocation list. No authentication.
+#[utoipa::path(get, path = "/api/v1/ca/crl", tag = "certificates",
+    params(CrlQuery),
+    responses(
+        (status = 200, description = "CRL, PEM (or DER with format=der)", body = String, content_type = "application/x-pem-file"),
+        (status = 422, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn ca_crl(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<CrlQuery>,
+) -> Result<Response, ApiError> {
+    let crl = state.certs.crl();
+    match q.format.as_deref() {
+        None | Some("pem") => Ok(pem_response(crl.pem.clone(), "application/x-pem-file")),
+        Some("der") => {
+            let mut resp = crl.der.to_vec().into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/pkix-crl"),
+            );
+            Ok(resp)
+        }
+        Some(_) => Err(ValidationError::new("format", "must be pem or der").into()),
+    }
+}

@@ -1,0 +1,315 @@
+//! The device registry: `GET/POST /api/v1/devices`, `GET/PATCH/DELETE /api/v1/devices/{imei}`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine as _;
+use callhome_core::{DeviceName, Imei, Role, Tag, ValidationError};
+use callhome_store::{Device, DeviceFilter, DevicePatch, NewDevice};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::context::AuditTarget;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, double_option};
+use crate::time_format::rfc3339;
+
+/// A registered modem.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"imei": "490154203237518", "name": "Substation 4 meter 12", "model": "199801422",
+    "tags": ["region:north", "pilot"], "disabled": false,
+    "created_at": "2026-11-21T10:00:00Z", "updated_at": "2026-11-21T10:00:00Z"}))]
+pub struct DeviceView {
+    /// 15-digit IMEI.
+    pub imei: String,
+    /// Operator-given name.
+    pub name: Option<String>,
+    /// Modem model.
+    pub model: Option<String>,
+    /// Tags for grouping and targeting.
+    pub tags: Vec<String>,
+    /// A disabled device may not connect.
+    pub disabled: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl From<Device> for DeviceView {
+    fn from(d: Device) -> Self {
+        Self {
+            imei: d.imei.to_string(),
+            name: d.name,
+            model: d.model,
+            tags: d.tags,
+            disabled: d.disabled,
+            created_at: rfc3339(d.created_at),
+            updated_at: rfc3339(d.updated_at),
+        }
+    }
+}
+
+/// A device to register.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"imei": "490154203237518", "name": "Substation 4 meter 12", "tags": ["region:north"], "model": "199801422"}))]
+pub struct CreateDevice {
+    /// 15 digits with a valid Luhn check digit.
+    pub imei: String,
+    /// 1-128 printable characters.
+    pub name: Option<String>,
+    /// Up to 32 tags of letters, digits and `.` `_` `-` `:` `/` `=`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Modem model (1-64 printable characters).
+    pub model: Option<String>,
+}
+
+/// Changes to a device: absent members stay as they are, `null` clears `name` or `model`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Substation 4 meter 12b", "tags": ["region:north", "pilot"]}))]
+pub struct UpdateDevice {
+    /// New name, or `null` to clear.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    /// New model, or `null` to clear.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub model: Option<Option<String>>,
+    /// Replacement tag list.
+    pub tags: Option<Vec<String>>,
+    /// Disable (`true`) or enable (`false`) the device.
+    pub disabled: Option<bool>,
+}
+
+/// Filters and paging for the device list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceQuery {
+    /// Only devices with this tag.
+    pub tag: Option<String>,
+    /// Case-insensitive text found in the IMEI or the name.
+    pub q: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of devices.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DevicePage {
+    /// Devices in IMEI order.
+    pub items: Vec<DeviceView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn check_model(model: &str) -> Result<(), ValidationError> {
+    if model.is_empty() || model.chars().count() > 64 || model.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "model",
+            "must be 1-64 printable characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the `{imei}` path segment, as a 422 naming the field.
+pub(crate) fn path_imei(raw: &str) -> Result<Imei, ApiError> {
+    Ok(Imei::parse(raw)?)
+}
+
+/// Registers a device.
+#[utoipa::path(
+    post, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])),
+    request_body = CreateDevice,
+    responses(
+        (status = 201, description = "Registered", body = DeviceView),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "IMEI already registered", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid IMEI, name, tags or model", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_device(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<CreateDevice>,
+) -> Result<
+    (
+        StatusCode,
+        axum::extract::Extension<AuditTarget>,
+        axum::Json<DeviceView>,
+    ),
+    ApiError,
+> {
+    p.require(Role::Operator)?;
+    let imei = Imei::parse(&req.imei)?;
+    let name = req.name.as_deref().map(DeviceName::parse).transpose()?;
+    let tags = Tag::parse_list(&req.tags)?;
+    if let Some(m) = &req.model {
+        check_model(m)?;
+    }
+    let device = state
+        .store
+        .create_device(&NewDevice {
+            imei: imei.clone(),
+            name: name.map(String::from),
+            model: req.model,
+            tags: tags.into_iter().map(String::from).collect(),
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::extract::Extension(AuditTarget(imei.to_string())),
+        axum::Json(device.into()),
+    ))
+}
+
+/// Lists devices, filtered, in pages.
+#[utoipa::path(
+    get, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])),
+    params(DeviceQuery),
+    responses(
+        (status = 200, description = "A page of devices", body = DevicePage),
+        (status = 400, description = "Bad cursor or parameter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_devices(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<DeviceQuery>,
+) -> Result<axum::Json<DevicePage>, ApiError> {
+    p.require(Role::Reader)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ValidationError::new("limit", "must be between 1 and 1000").into());
+    }
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(decode_cursor(c)?),
+    };
+    let page = state
+        .store
+        .list_devices(&DeviceFilter {
+            tag: q.tag,
+            text: q.q.filter(|t| !t.is_empty()),
+            after,
+            limit,
+        })
+        .await?;
+    Ok(axum::Json(DevicePage {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page
+            .next
+            .map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n)),
+    }))
+}
+
+fn decode_cursor(c: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad-query-parameter",
+                "cursor: not a cursor returned by this API",
+            )
+        })
+}
+
+/// One device.
+#[utoipa::path(
+    get, path = "/api/v1/devices/{imei}", tag = "devices", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 200, description = "The device", body = DeviceView),
+        (status = 404, description = "Not registered", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a valid IMEI", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_device(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<axum::Json<DeviceView>, ApiError> {
+    p.require(Role::Reader)?;
+    let imei = path_imei(&imei)?;
+    Ok(axum::Json(state.store.get_device(&imei).await?.into()))
+}
+
+/// Changes a device's name, model, tags or disabled flag.
+#[utoipa::path(
+    patch, path = "/api/v1/devices/{imei}", tag = "devices", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    request_body = UpdateDevice,
+    responses(
+        (status = 200, description = "Updated", body = DeviceView),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not registered", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid value", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_device(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateDevice>,
+) -> Result<axum::Json<DeviceView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let name = match req.name {
+        Some(Some(n)) => Some(Some(DeviceName::parse(&n)?.to_string())),
+        other => other,
+    };
+    if let Some(Some(m)) = &req.model {
+        check_model(m)?;
+    }
+    let tags = req
+        .tags
+        .as_deref()
+        .map(Tag::parse_list)
+        .transpose()?
+        .map(|t| t.into_iter().map(String::from).collect());
+    let device = state
+        .store
+        .update_device(
+            &imei,
+            &DevicePatch {
+                name,
+                model: req.model,
+                tags,
+                disabled: req.disabled,
+            },
+        )
+        .await?;
+    Ok(axum::Json(device.into()))
+}
+
+/// Removes a device from the registry. Its certificates stay in the inventory (revoke them
+/// first if the modem is being retired).
+#[utoipa::path(
+    delete, path = "/api/v1/devices/{imei}", tag = "devices", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not registered", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_device(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    state.store.delete_device(&imei).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,43 @@
+//! One module per resource; [`router`] assembles them with their OpenAPI paths.
+
+pub mod api_keys;
+pub mod audit;
+pub mod auth;
+pub mod certificates;
+pub mod devices;
+pub mod system;
+pub mod users;
+
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::openapi::ApiDoc;
+
+/// Every route, with the OpenAPI document they describe.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::token))
+        .routes(routes!(auth::whoami))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(users::update_user))
+        .routes(routes!(api_keys::list_api_keys, api_keys::create_api_key))
+        .routes(routes!(api_keys::revoke_api_key))
+        .routes(routes!(devices::list_devices, devices::create_device))
+        .routes(routes!(
+            devices::get_device,
+            devices::update_device,
+            devices::delete_device
+        ))
+        .routes(routes!(certificates::sign_csr))
+        .routes(routes!(certificates::list_device_certificates))
+        .routes(routes!(certificates::get_certificate))
+        .routes(routes!(certificates::revoke_certificate))
+        .routes(routes!(certificates::ca_certificate))
+        .routes(routes!(certificates::ca_crl))
+        .routes(routes!(audit::list_audit))
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::metrics))
+}

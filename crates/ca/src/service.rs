@@ -1,0 +1,172 @@
+//! The CA as a service: signing recorded in the inventory, revocation that regenerates the
+//! CRL at once, and the current CRL for HTTP and for the TLS listeners.
+//!
+//! [`Authority`] does the cryptography and knows nothing of the database; this module is
+//! where issued and revoked certificates meet the store.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use callhome_core::Imei;
+use callhome_store::{CertificateRecord, Revocation, Store};
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, watch};
+
+use crate::{Authority, CaError, Crl, RevocationReason, RevokedEntry};
+
+/// How long a published CRL stays current. It is rebuilt on every revocation and at least
+/// daily (see [`CertificateService::spawn_refresh`]).
+pub const CRL_VALIDITY: time::Duration = time::Duration::days(7);
+
+/// The certificate authority with its inventory and CRL.
+pub struct CertificateService {
+    authority: Authority,
+    store: Arc<dyn Store>,
+    crl: ArcSwap<Crl>,
+    /// Serialises CRL rebuilds so that a newer CRL is never replaced by an older one.
+    rebuild: Mutex<()>,
+    /// Announces each new CRL's number to whoever builds TLS configurations from it.
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for CertificateService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateService")
+            .field("ca_fingerprint", &self.authority.fingerprint_sha256())
+            .field("crl_number", &self.crl.load().crl_number)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateService {
+    /// Wraps `authority`, building the first CRL from the store's revoked certificates.
+    pub async fn new(authority: Authority, store: Arc<dyn Store>) -> Result<Self, CaError> {
+        let crl = build(&authority, &*store).await?;
+        let (changes, _) = watch::channel(crl.crl_number);
+        Ok(Self {
+            authority,
+            store,
+            crl: ArcSwap::from_pointee(crl),
+            rebuild: Mutex::new(()),
+            changes,
+        })
+    }
+
+    /// The key material and signing operations.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_certificate_pem(&self) -> &str {
+        self.authority.ca_certificate_pem()
+    }
+
+    /// The current CRL.
+    pub fn crl(&self) -> Arc<Crl> {
+        self.crl.load_full()
+    }
+
+    /// Notified with the CRL number whenever a new CRL is in force.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Signs `csr_pem` for the device `imei` and records the certificate in the inventory.
+    pub async fn sign_device_csr(
+        &self,
+        imei: &Imei,
+        csr_pem: &str,
+        validity_days: Option<u32>,
+        issued_by: &str,
+    ) -> Result<CertificateRecord, CaError> {
+        let issued = self
+            .authority
+            .sign_csr(csr_pem, imei.as_str(), validity_days)?;
+        let record = CertificateRecord {
+            serial: issued.serial,
+            imei: imei.to_string(),
+            common_name: issued.common_name,
+            fingerprint_sha256: issued.fingerprint_sha256,
+            certificate_pem: issued.certificate_pem,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            issued_by: issued_by.to_owned(),
+            created_at: OffsetDateTime::now_utc(),
+            revocation: None,
+        };
+        self.store.insert_certificate(&record).await?;
+        tracing::info!(%imei, serial = %record.serial, %issued_by, "device certificate issued");
+        Ok(record)
+    }
+
+    /// Revokes the certificate `serial` and puts a new CRL in force before returning.
+    pub async fn revoke(
+        &self,
+        serial: &str,
+        reason: Option<RevocationReason>,
+        by: &str,
+    ) -> Result<CertificateRecord, CaError> {
+        let revocation = Revocation {
+            at: OffsetDateTime::now_utc(),
+            reason: reason.map(|r| r.as_str().to_owned()),
+            by: by.to_owned(),
+        };
+        let record = self.store.revoke_certificate(serial, &revocation).await?;
+        tracing::warn!(serial, imei = %record.imei, %by, "certificate revoked");
+        self.refresh_crl().await?;
+        Ok(record)
+    }
+
+    /// Rebuilds the CRL from the store and puts it in force.
+    pub async fn refresh_crl(&self) -> Result<Arc<Crl>, CaError> {
+        let _guard = self.rebuild.lock().await;
+        let crl = Arc::new(build(&self.authority, &*self.store).await?);
+        self.crl.store(crl.clone());
+        self.changes.send_replace(crl.crl_number);
+        Ok(crl)
+    }
+
+    /// Rebuilds the CRL every `every` until `shutdown` is cancelled, so it never goes stale
+    /// even when nothing is revoked (and picks up revocations made by other nodes).
+    pub fn spawn_refresh(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = this.refresh_crl().await {
+                            tracing::error!(error = %e, "CRL refresh failed");
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+async fn build(authority: &Authority, store: &dyn Store) -> Result<Crl, CaError> {
+    let now = OffsetDateTime::now_utc();
+    let revoked = store.list_revoked_certificates(now).await?;
+    let entries = revoked
+        .into_iter()
+        .filter_map(|c| {
+            let rev = c.revocation?;
+            Some(RevokedEntry {
+                serial: c.serial,
+                revoked_at: rev.at,
+                reason: rev.reason.as_deref().and_then(|r| r.parse().ok()),
+            })
+        })
+        .collect::<Vec<_>>();
+    // CRL numbers must increase: milliseconds since the epoch do, across restarts and nodes.
+    let crl_number = u64::try_from((now.unix_timestamp_nanos() / 1_000_000).max(0)).unwrap_or(0);
+    authority.build_crl(&entries, crl_number, CRL_VALIDITY)
+}

@@ -1,0 +1,78 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Overrides;
+
+/// Callhome: a self-hosted device manager for cellular modems that never listen.
+#[derive(Debug, Parser)]
+#[command(name = "callhome", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Settings shared by every subcommand.
+    #[command(flatten)]
+    pub settings: Overrides,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the platform: HTTP API, CA, and (as they are enabled) modem gateway and tunnel.
+    Serve,
+    /// Manage users directly in the database (works while the server is stopped or running).
+    User {
+        /// What to do with users.
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Print the OpenAPI document the server serves.
+    Openapi {
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Compare with this file and fail if they differ (the CI drift check).
+        #[arg(long, conflicts_with = "output")]
+        check: Option<PathBuf>,
+    },
+}
+
+/// `callhome user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user. The password is read from standard input with --password-stdin,
+    /// otherwise one is generated and printed.
+    Add {
+        /// Login name.
+        username: String,
+        /// admin, operator or reader.
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable a user: it can no longer log in and its tokens stop working.
+    Disable {
+        /// Login name.
+        username: String,
+    },
+    /// Enable a disabled user.
+    Enable {
+        /// Login name.
+        username: String,
+    },
+    /// Set a new password (read from standard input with --password-stdin, else generated).
+    Passwd {
+        /// Login name.
+        username: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+}

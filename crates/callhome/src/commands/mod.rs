@@ -1,0 +1,37 @@
+//! The subcommands.
+
+mod openapi;
+mod serve;
+mod user;
+
+use crate::cli::{Cli, Command};
+use crate::config::{LogFormat, Settings};
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Openapi { output, check } => openapi::run(output, check),
+        Command::Serve => {
+            let settings = Settings::resolve(&cli.settings)?;
+            init_tracing(&settings);
+            serve::run(&settings).await
+        }
+        Command::User { action } => {
+            let settings = Settings::resolve(&cli.settings)?;
+            init_tracing(&settings);
+            user::run(&settings, action).await
+        }
+    }
+}
+
+fn init_tracing(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

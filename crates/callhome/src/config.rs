@@ -1,0 +1,359 @@
+//! Settings: typed, layered defaults -> TOML file -> `CALLHOME_*` environment -> flags.
+//!
+//! The file is read with unknown keys rejected. Environment variables and flags are the
+//! same clap arguments (clap reads `CALLHOME_*` when a flag is absent), so a flag always
+//! wins over the environment, and both win over the file. Secrets are [`SecretString`]s or
+//! redacted in `Debug`, so printing the settings never shows them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The settings file, as written by an operator. Every member is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    /// Where the database, CA and secrets live.
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://...`.
+    pub database_url: Option<String>,
+    /// Host names (or addresses) modems and readers are told to dial.
+    pub public_host: Option<Vec<String>>,
+    /// HTTP API.
+    #[serde(default)]
+    pub http: ListenSection,
+    /// Modem MQTT/TLS listener.
+    #[serde(default)]
+    pub mqtt: ListenSection,
+    /// Tunnel listener.
+    #[serde(default)]
+    pub tunnel: ListenSection,
+    /// Certificate authority.
+    #[serde(default)]
+    pub ca: CaSection,
+    /// Authentication.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[http]`, `[mqtt]`, `[tunnel]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// Address to bind.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[ca]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSection {
+    /// Subject CN of the root certificate created on first start.
+    pub common_name: Option<String>,
+    /// Subject O of the root and of issued certificates.
+    pub organization: Option<String>,
+    /// Root validity, days.
+    pub validity_days: Option<u32>,
+    /// Default device certificate validity, days.
+    pub device_validity_days: Option<u32>,
+    /// Server certificate validity, days.
+    pub server_validity_days: Option<u32>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Access-token lifetime, seconds.
+    pub token_ttl_s: Option<u32>,
+    /// Password of the `admin` user created on first start.
+    pub admin_password: Option<SecretString>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `tracing` filter, e.g. `info,callhome_api=debug`.
+    pub level: Option<String>,
+    /// `text` or `json`.
+    pub format: Option<LogFormat>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Values given as flags or `CALLHOME_*` variables (clap fills these).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Settings file (TOML).
+    #[arg(long, env = "CALLHOME_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory: SQLite database, CA key material, secrets.
+    #[arg(long, env = "CALLHOME_DATA_DIR", value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: `sqlite://PATH` or `postgres://USER@HOST/DB` (default: SQLite in the data directory).
+    #[arg(
+        long,
+        env = "CALLHOME_DATABASE_URL",
+        value_name = "URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// HTTP API listen address.
+    #[arg(
+        long = "http",
+        env = "CALLHOME_HTTP",
+        value_name = "ADDR",
+        global = true
+    )]
+    pub http: Option<SocketAddr>,
+    /// Modem MQTT/TLS listen address.
+    #[arg(
+        long = "mqtt",
+        env = "CALLHOME_MQTT",
+        value_name = "ADDR",
+        global = true
+    )]
+    pub mqtt: Option<SocketAddr>,
+    /// Tunnel listen address.
+    #[arg(
+        long = "tunnel",
+        env = "CALLHOME_TUNNEL",
+        value_name = "ADDR",
+        global = true
+    )]
+    pub tunnel: Option<SocketAddr>,
+    /// Host name modems and readers are told to dial (repeat or comma-separate for several).
+    #[arg(
+        long = "public-host",
+        env = "CALLHOME_PUBLIC_HOST",
+        value_name = "HOST",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub public_host: Vec<String>,
+    /// Log filter (`tracing` syntax).
+    #[arg(
+        long = "log",
+        env = "CALLHOME_LOG",
+        value_name = "FILTER",
+        global = true
+    )]
+    pub log_level: Option<String>,
+    /// Log format.
+    #[arg(
+        long = "log-format",
+        env = "CALLHOME_LOG_FORMAT",
+        value_name = "FORMAT",
+        global = true
+    )]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Resolved settings.
+#[derive(Clone)]
+pub struct Settings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Database URL (may hold a password: see the `Debug` impl).
+    pub database_url: String,
+    /// Public host names.
+    pub public_hosts: Vec<String>,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// MQTT listen address.
+    pub mqtt: SocketAddr,
+    /// Tunnel listen address.
+    pub tunnel: SocketAddr,
+    /// CA parameters.
+    pub ca: callhome_ca::CaParams,
+    /// Access-token lifetime.
+    pub token_ttl: time::Duration,
+    /// First-start admin password, if given.
+    pub admin_password: Option<SecretString>,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &callhome_store::redact_url(&self.database_url),
+            )
+            .field("public_hosts", &self.public_hosts)
+            .field("http", &self.http)
+            .field("mqtt", &self.mqtt)
+            .field("tunnel", &self.tunnel)
+            .field("ca", &self.ca)
+            .field("token_ttl", &self.token_ttl)
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "***"),
+            )
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Resolves settings from the optional file named in `o` (or `CALLHOME_CONFIG`), then
+    /// `o` itself, over the defaults. `CALLHOME_ADMIN_PASSWORD` is read here.
+    pub fn resolve(o: &Overrides) -> anyhow::Result<Self> {
+        let file = match &o.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./callhome-data"));
+        let database_url = o
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("callhome.db").display()));
+        let public_hosts = if !o.public_host.is_empty() {
+            o.public_host.clone()
+        } else {
+            file.public_host.unwrap_or_default()
+        };
+        for h in &public_hosts {
+            if h.is_empty() || h.chars().any(|c| c.is_whitespace() || c == '/') {
+                bail!("public host {h:?} is not a host name or address");
+            }
+        }
+        let defaults = callhome_ca::CaParams::default();
+        let ca = callhome_ca::CaParams {
+            common_name: file.ca.common_name.unwrap_or(defaults.common_name),
+            organization: file.ca.organization.or(defaults.organization),
+            validity_days: file.ca.validity_days.unwrap_or(defaults.validity_days),
+            device_validity_days: file
+                .ca
+                .device_validity_days
+                .unwrap_or(defaults.device_validity_days),
+            server_validity_days: file
+                .ca
+                .server_validity_days
+                .unwrap_or(defaults.server_validity_days),
+        };
+        let token_ttl_s = file.auth.token_ttl_s.unwrap_or(3600);
+        if !(60..=86_400 * 30).contains(&token_ttl_s) {
+            bail!("auth.token_ttl_s must be between 60 and 2592000 seconds, got {token_ttl_s}");
+        }
+        let admin_password = std::env::var("CALLHOME_ADMIN_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .map(SecretString::from)
+            .or(file.auth.admin_password);
+        Ok(Self {
+            data_dir,
+            database_url,
+            public_hosts,
+            http: o
+                .http
+                .or(file.http.listen)
+                .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
+            mqtt: o
+                .mqtt
+                .or(file.mqtt.listen)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 8883).into()),
+            tunnel: o
+                .tunnel
+                .or(file.tunnel.listen)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 7443).into()),
+            ca,
+            token_ttl: time::Duration::seconds(i64::from(token_ttl_s)),
+            admin_password,
+            log_level: o
+                .log_level
+                .clone()
+                .or(file.log.level)
+                .unwrap_or_else(|| "info".to_owned()),
+            log_format: o.log_format.or(file.log.format).unwrap_or_default(),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading settings file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("settings file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret as _;
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<FileSettings>("data_dri = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `data_dri`"), "{err}");
+        let err = toml::from_str::<FileSettings>("[http]\nlisten = \"1.2.3.4:80\"\nport = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `port`"), "{err}");
+    }
+
+    #[test]
+    fn layering_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/ch\"\npublic_host = [\"a.example\"]\n[http]\nlisten = \"0.0.0.0:9000\"\n[auth]\nadmin_password = \"file-secret-123\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(path),
+            http: Some("127.0.0.1:1".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&o).unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/srv/ch"));
+        assert_eq!(s.http, "127.0.0.1:1".parse().unwrap(), "flag beats file");
+        assert_eq!(s.public_hosts, vec!["a.example".to_string()]);
+        assert_eq!(s.database_url, "sqlite:///srv/ch/callhome.db");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("file-secret-123"), "{debug}");
+        if std::env::var("CALLHOME_ADMIN_PASSWORD").is_err() {
+            assert_eq!(s.admin_password.unwrap().expose_secret(), "file-secret-123");
+        }
+    }
+
+    #[test]
+    fn database_password_is_masked() {
+        let o = Overrides {
+            database_url: Some("postgres://u:hunter2@db/x".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&o).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

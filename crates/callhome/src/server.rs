@@ -1,0 +1,223 @@
+//! `callhome serve`: initialise the data directory on first start, open the store, load the
+//! CA, bind the listeners and run until shut down.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use callhome_api::{AppState, TokenKeys};
+use callhome_ca::{Authority, CertificateService};
+use callhome_core::Role;
+use callhome_store::{NewUser, OpenOptions, Store, StoreError};
+use rand::RngCore as _;
+use secrecy::ExposeSecret as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// File in the data directory holding the generated admin password (0600).
+pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
+/// File in the data directory holding the access-token signing key (0600).
+pub const JWT_KEY_FILE: &str = "jwt.key";
+/// Subdirectory holding the CA and server key material.
+pub const CA_DIR: &str = "ca";
+
+/// What first start did about the admin account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminBootstrap {
+    /// Users already existed.
+    Existing,
+    /// Created with the password from `CALLHOME_ADMIN_PASSWORD` or the settings file.
+    CreatedWithGivenPassword,
+    /// Created with a generated password (shown once, and written to the file).
+    CreatedWithGeneratedPassword(String),
+}
+
+/// A running server.
+pub struct RunningServer {
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The store, for in-process tests and maintenance.
+    pub store: Arc<dyn Store>,
+    /// What happened to the admin account.
+    pub admin: AdminBootstrap,
+    /// SHA-256 fingerprint of the CA certificate.
+    pub ca_fingerprint: String,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops the server and waits for every listener to finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after the shutdown token is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        for t in self.tasks {
+            t.await.context("server task panicked")??;
+        }
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+/// Initialises what is missing and starts serving. Listeners bind to the configured
+/// addresses (port 0 picks a free port; the bound address is in the result).
+pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data_dir = settings.data_dir.clone();
+    create_private_dir(&data_dir)?;
+
+    let store = callhome_store::open(&settings.database_url, &OpenOptions::default())
+        .await
+        .with_context(|| {
+            format!(
+                "opening database {}",
+                callhome_store::redact_url(&settings.database_url)
+            )
+        })?;
+
+    let ca_dir = data_dir.join(CA_DIR);
+    let authority = Authority::load_or_init(&ca_dir, &settings.ca)
+        .context("loading the certificate authority")?;
+    authority
+        .ensure_server_identity(&ca_dir, &settings.public_hosts)
+        .context("issuing the server certificate")?;
+    let ca_fingerprint = authority.fingerprint_sha256();
+    let certs = Arc::new(
+        CertificateService::new(authority, store.clone())
+            .await
+            .context("building the certificate revocation list")?,
+    );
+
+    let jwt_secret = load_or_create_secret(&data_dir.join(JWT_KEY_FILE))?;
+    let admin = bootstrap_admin(&store, settings, &data_dir).await?;
+
+    let state = AppState {
+        store: store.clone(),
+        certs,
+        tokens: TokenKeys::from_secret(&jwt_secret, settings.token_ttl),
+        metrics: callhome_api::metrics::handle(),
+    };
+
+    let shutdown = CancellationToken::new();
+    let http = TcpListener::bind(settings.http)
+        .await
+        .with_context(|| format!("binding the HTTP API to {}", settings.http))?;
+    let http_addr = http.local_addr()?;
+    let app = callhome_api::app(state);
+    let token = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        callhome_api::serve(http, app, async move { token.cancelled().await })
+            .await
+            .context("HTTP API server")
+    });
+    tracing::info!(%http_addr, "HTTP API listening");
+
+    Ok(RunningServer {
+        http_addr,
+        data_dir,
+        store,
+        admin,
+        ca_fingerprint,
+        shutdown,
+        tasks: vec![http_task],
+    })
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+    } else if dir.metadata()?.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), "data directory is readable by others; consider chmod 700");
+    }
+    Ok(())
+}
+
+/// Reads a 32-byte secret (base64) from `path`, creating it (0600) on first start.
+fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if path.exists() {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = b64
+            .decode(text.trim())
+            .with_context(|| format!("{} is not base64", path.display()))?;
+        anyhow::ensure!(
+            bytes.len() >= 32,
+            "{} holds fewer than 32 bytes",
+            path.display()
+        );
+        return Ok(bytes);
+    }
+    let mut bytes = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    callhome_ca::write_secret_file(path, format!("{}\n", b64.encode(&bytes)).as_bytes())?;
+    Ok(bytes)
+}
+
+async fn bootstrap_admin(
+    store: &Arc<dyn Store>,
+    settings: &Settings,
+    data_dir: &Path,
+) -> anyhow::Result<AdminBootstrap> {
+    if !store.list_users().await?.is_empty() {
+        return Ok(AdminBootstrap::Existing);
+    }
+    let (password, generated) = match &settings.admin_password {
+        Some(p) => (p.expose_secret().to_owned(), false),
+        None => (generate_password(), true),
+    };
+    callhome_api::auth::check_password_policy(&password)
+        .map_err(|e| anyhow::anyhow!("CALLHOME_ADMIN_PASSWORD: {e}"))?;
+    let password_hash = callhome_api::auth::hash_password(password.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match store
+        .create_user(&NewUser {
+            username: "admin".to_owned(),
+            password_hash,
+            role: Role::Admin,
+        })
+        .await
+    {
+        Ok(_) => {}
+        // Another node created it first.
+        Err(StoreError::Conflict(_)) => return Ok(AdminBootstrap::Existing),
+        Err(e) => return Err(e.into()),
+    }
+    if generated {
+        callhome_ca::write_secret_file(
+            &data_dir.join(ADMIN_PASSWORD_FILE),
+            format!("{password}\n").as_bytes(),
+        )?;
+        Ok(AdminBootstrap::CreatedWithGeneratedPassword(password))
+    } else {
+        Ok(AdminBootstrap::CreatedWithGivenPassword)
+    }
+}
+
+/// A random 24-character password of letters and digits (about 142 bits).
+pub fn generate_password() -> String {
+    use rand::distr::{Alphanumeric, SampleString as _};
+    Alphanumeric.sample_string(&mut rand::rng(), 24)
+}

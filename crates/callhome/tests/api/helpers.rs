@@ -1,0 +1,168 @@
+//! `TestApp`: the real server started in-process on port 0, with its own data directory and
+//! database (a SQLite file; a private PostgreSQL schema when `TEST_DATABASE_URL` is set and
+//! `CALLHOME_TEST_API_BACKEND=postgres`), and a client to call it.
+
+use std::path::PathBuf;
+
+use callhome::config::{Overrides, Settings};
+use callhome::server::{self, RunningServer};
+use callhome_store::testing::TestDatabase;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    server: Option<RunningServer>,
+    settings: Settings,
+    _dir: tempfile::TempDir,
+    db: Option<TestDatabase>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let db = if std::env::var("CALLHOME_TEST_API_BACKEND").as_deref() == Ok("postgres") {
+            TestDatabase::postgres_from_env()
+                .await
+                .expect("postgres schema")
+        } else {
+            None
+        };
+        let mut settings = Settings::resolve(&Overrides {
+            data_dir: Some(data_dir.clone()),
+            database_url: db.as_ref().map(|d| d.url.clone()),
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        })
+        .expect("settings");
+        settings.admin_password = Some(SecretString::from(ADMIN_PASSWORD));
+        let server = server::start(&settings).await.expect("server starts");
+        let base = format!("http://{}", server.http_addr);
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            data_dir,
+            server: Some(server),
+            settings,
+            _dir: dir,
+            db,
+        }
+    }
+
+    /// Stops the server and starts it again on the same data directory and database.
+    pub async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("clean shutdown");
+        }
+        let server = server::start(&self.settings)
+            .await
+            .expect("server restarts");
+        self.base = format!("http://{}", server.http_addr);
+        self.server = Some(server);
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("clean shutdown");
+        }
+        if let Some(db) = self.db.take() {
+            db.cleanup().await.expect("drop schema");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request with an optional bearer token and JSON body; returns status and body
+    /// (parsed as JSON when it is JSON, else as a string value).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let text = resp.text().await.expect("body");
+        if status.is_client_error() || status.is_server_error() {
+            assert_eq!(
+                ctype, "application/problem+json",
+                "errors are problem documents: {status} {text}"
+            );
+        }
+        let value = if ctype.contains("json") && !text.is_empty() {
+            serde_json::from_str(&text).expect("valid JSON")
+        } else {
+            Value::String(text)
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn token(&self, username: &str, password: &str) -> String {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/v1/auth/token",
+                None,
+                Some(json!({"username": username, "password": password})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.token("admin", ADMIN_PASSWORD).await
+    }
+
+    /// Creates a user with `role` and returns a token for it.
+    pub async fn user_token(&self, username: &str, role: &str) -> String {
+        let admin = self.admin_token().await;
+        let password = format!("{username}-password-long");
+        let (status, body) = self
+            .post(
+                "/api/v1/users",
+                &admin,
+                json!({"username": username, "password": password, "role": role}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        self.token(username, &password).await
+    }
+}
+
+/// A valid IMEI built from a 14-digit body.
+pub fn imei(n: u64) -> String {
+    callhome_core::Imei::from_body(&format!("35693803{n:06}"))
+        .unwrap()
+        .to_string()
+}

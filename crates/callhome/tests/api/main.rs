@@ -1,0 +1,8 @@
+//! API integration tests: every test starts the real server on port 0 with its own
+//! database and talks to it over HTTP. One test binary, modules by area.
+
+mod auth;
+mod certificates;
+mod devices;
+mod helpers;
+mod system;
