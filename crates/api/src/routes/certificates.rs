@@ -171,10 +171,10 @@ pub async fn sign_csr(
 > {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    if let Some(days) = req.validity_days {
-        if !(1..=3650).contains(&days) {
-            return Err(ValidationError::new("validity_days", "must be between 1 and 3650").into());
-        }
+    if let Some(days) = req.validity_days
+        && !(1..=3650).contains(&days)
+    {
+        return Err(ValidationError::new("validity_days", "must be between 1 and 3650").into());
     }
     state.store.get_device(&imei).await?;
     let record = state
