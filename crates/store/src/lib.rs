@@ -118,9 +118,95 @@ pub trait Audit: Send + Sync {
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Page<AuditEntry>>;
 }
 
+/// Connection state of devices, written by the gateway.
+#[async_trait]
+pub trait Presence: Send + Sync {
+    /// Records an accepted connection (replacing any earlier session).
+    async fn mark_online(&self, imei: &Imei, rec: &OnlineRecord) -> Result<()>;
+    /// Records the end of session `session_id`; does nothing (returns `false`) if a newer
+    /// session has taken over.
+    async fn mark_offline(&self, imei: &Imei, session_id: &str, at: OffsetDateTime)
+    -> Result<bool>;
+    /// Records last-seen times in bulk.
+    async fn touch_last_seen(&self, seen: &[(Imei, OffsetDateTime)]) -> Result<()>;
+    /// Marks offline every device whose session id is one of `sessions_prefix*` (this
+    /// node's sessions from before a restart). Returns how many.
+    async fn mark_node_offline(&self, session_prefix: &str, at: OffsetDateTime) -> Result<u64>;
+    /// How many devices are online.
+    async fn count_online(&self) -> Result<i64>;
+    /// The device whose legacy MQTT user name is `username`.
+    async fn get_device_by_mqtt_username(&self, username: &str) -> Result<Device>;
+}
+
+/// Status messages received from devices.
+#[async_trait]
+pub trait StatusLog: Send + Sync {
+    /// Stores one.
+    async fn append_status(&self, status: &NewStatus) -> Result<StatusRecord>;
+    /// The newest for a device.
+    async fn latest_status(&self, imei: &Imei) -> Result<Option<StatusRecord>>;
+    /// A device's history since `since`, newest first, in pages (`before` = id cursor).
+    async fn status_history(
+        &self,
+        imei: &Imei,
+        since: Option<OffsetDateTime>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<StatusRecord>>;
+    /// Deletes status received before `cutoff`. Returns how many.
+    async fn prune_status(&self, cutoff: OffsetDateTime) -> Result<u64>;
+}
+
+/// The persistent per-device AT command queue.
+#[async_trait]
+pub trait Commands: Send + Sync {
+    /// Queues a command.
+    async fn enqueue_command(&self, cmd: &NewCommand) -> Result<CommandRecord>;
+    /// A command by id.
+    async fn get_command(&self, id: Uuid) -> Result<CommandRecord>;
+    /// Commands, newest first.
+    async fn list_commands(&self, filter: &CommandFilter) -> Result<Page<CommandRecord>>;
+    /// The oldest queued, unexpired command of a device (FIFO head).
+    async fn next_queued_command(
+        &self,
+        imei: &Imei,
+        now: OffsetDateTime,
+    ) -> Result<Option<CommandRecord>>;
+    /// The device's command currently `sent`, if any.
+    async fn in_flight_command(&self, imei: &Imei) -> Result<Option<CommandRecord>>;
+    /// `queued` -> `sent`, counting an attempt. [`StoreError::Conflict`] if not queued any more.
+    async fn mark_command_sent(&self, id: Uuid, at: OffsetDateTime) -> Result<CommandRecord>;
+    /// `sent` -> final. [`StoreError::Conflict`] if not `sent`.
+    async fn complete_command(&self, id: Uuid, outcome: &CommandOutcome) -> Result<CommandRecord>;
+    /// `sent` -> `queued` for another attempt, noting why.
+    async fn requeue_command(&self, id: Uuid, error: &str) -> Result<CommandRecord>;
+    /// `queued` -> `cancelled`. [`StoreError::Conflict`] if not queued.
+    async fn cancel_command(&self, id: Uuid, at: OffsetDateTime) -> Result<CommandRecord>;
+    /// Records a reply that came after the command had timed out.
+    async fn record_late_reply(&self, id: Uuid, reply: &str, at: OffsetDateTime) -> Result<()>;
+    /// Queued commands whose expiry has passed -> `expired`. Returns them.
+    async fn expire_commands(&self, now: OffsetDateTime) -> Result<Vec<CommandRecord>>;
+    /// Every `sent` command (for the timeout sweeper after a restart).
+    async fn sent_commands(&self) -> Result<Vec<CommandRecord>>;
+    /// Devices with at least one queued command.
+    async fn devices_with_queued_commands(&self) -> Result<Vec<Imei>>;
+}
+
 /// Everything Callhome stores, behind one handle.
 #[async_trait]
-pub trait Store: Users + ApiKeys + Devices + Certificates + Audit + Send + Sync + 'static {
+pub trait Store:
+    Users
+    + ApiKeys
+    + Devices
+    + Certificates
+    + Audit
+    + Presence
+    + StatusLog
+    + Commands
+    + Send
+    + Sync
+    + 'static
+{
     /// Which backend this is.
     fn backend(&self) -> Backend;
     /// Checks that the database answers (readiness).

@@ -104,6 +104,45 @@ pub struct Device {
     pub created_at: OffsetDateTime,
     /// When last changed.
     pub updated_at: OffsetDateTime,
+    /// Connection state, as the gateway last recorded it.
+    pub presence: PresenceInfo,
+    /// MQTT topics and optional legacy credentials.
+    pub mqtt: MqttIdentity,
+}
+
+/// Where a device is on the command channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceInfo {
+    /// Connected now.
+    pub online: bool,
+    /// Gateway session id of the current (or last) connection.
+    pub session_id: Option<String>,
+    /// When the current (or last) connection was accepted.
+    pub connected_at: Option<OffsetDateTime>,
+    /// When the last connection ended.
+    pub disconnected_at: Option<OffsetDateTime>,
+    /// Last packet seen (recorded at connect, status, disconnect, and periodically).
+    pub last_seen: Option<OffsetDateTime>,
+    /// Peer address of the current (or last) connection.
+    pub remote_addr: Option<String>,
+    /// Serial of the client certificate it authenticated with (none for password logins).
+    pub cert_serial: Option<String>,
+}
+
+/// A device's MQTT topics (`None` = the default `{IMEI}/AT`, `{IMEI}/ATR`, `{IMEI}/dns`) and
+/// legacy username/password credentials for modems without client certificates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttIdentity {
+    /// Topic the modem subscribes to for AT commands (`MQTT_attopic1`).
+    pub command_topic: Option<String>,
+    /// Topic the modem publishes replies on (`MQTT_atrtopic`).
+    pub reply_topic: Option<String>,
+    /// Topic the modem publishes status on (`DNS_mqttTopic`).
+    pub status_topic: Option<String>,
+    /// Legacy login name (`MQTT_login`), unique across devices.
+    pub username: Option<String>,
+    /// Argon2 hash of the legacy password (`MQTT_password`).
+    pub password_hash: Option<String>,
 }
 
 /// A device to register.
@@ -130,6 +169,14 @@ pub struct DevicePatch {
     pub tags: Option<Vec<String>>,
     /// Disable or enable.
     pub disabled: Option<bool>,
+    /// New command topic, or back to the default.
+    pub command_topic: Option<Option<String>>,
+    /// New reply topic, or back to the default.
+    pub reply_topic: Option<Option<String>>,
+    /// New status topic, or back to the default.
+    pub status_topic: Option<Option<String>>,
+    /// Legacy credentials: `Some(Some((username, hash)))` sets, `Some(None)` removes.
+    pub mqtt_credentials: Option<Option<(String, String)>>,
 }
 
 /// Which devices to list.
@@ -139,6 +186,8 @@ pub struct DeviceFilter {
     pub tag: Option<String>,
     /// Case-insensitive substring of IMEI or name.
     pub text: Option<String>,
+    /// Only devices that are (`true`) or are not (`false`) connected.
+    pub online: Option<bool>,
     /// Only devices with IMEI greater than this (the page cursor).
     pub after: Option<String>,
     /// Page size.
@@ -251,6 +300,190 @@ pub struct AuditFilter {
     pub target: Option<String>,
     /// Only rows with id below this (the page cursor).
     pub before: Option<i64>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// A connection the gateway accepted.
+#[derive(Debug, Clone)]
+pub struct OnlineRecord {
+    /// Gateway session id (unique per connection).
+    pub session_id: String,
+    /// When.
+    pub at: OffsetDateTime,
+    /// Peer address.
+    pub remote_addr: String,
+    /// Client certificate serial, if any.
+    pub cert_serial: Option<String>,
+}
+
+/// A status message received from a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRecord {
+    /// Increasing id.
+    pub id: i64,
+    /// Device.
+    pub imei: String,
+    /// When received.
+    pub received_at: OffsetDateTime,
+    /// Topic it came on.
+    pub topic: String,
+    /// Payload as received.
+    pub payload: Vec<u8>,
+    /// Parsed fields (JSON object text), when the payload was JSON or `key=value` text.
+    pub parsed: Option<String>,
+}
+
+/// A status message to store.
+#[derive(Debug, Clone)]
+pub struct NewStatus {
+    /// Device.
+    pub imei: Imei,
+    /// When received.
+    pub received_at: OffsetDateTime,
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Parsed fields (JSON object text).
+    pub parsed: Option<String>,
+}
+
+/// Where a command is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandState {
+    /// Waiting for the device (offline, or behind another command).
+    Queued,
+    /// Published to the device; waiting for its reply.
+    Sent,
+    /// Final result `OK`.
+    Succeeded,
+    /// Final result `ERROR`, `+CME ERROR`, `+CMS ERROR` or another error.
+    Failed,
+    /// No reply within the timeout (after the last attempt).
+    TimedOut,
+    /// Cancelled while queued.
+    Cancelled,
+    /// Never delivered before its expiry.
+    Expired,
+}
+
+impl CommandState {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandState::Queued => "queued",
+            CommandState::Sent => "sent",
+            CommandState::Succeeded => "succeeded",
+            CommandState::Failed => "failed",
+            CommandState::TimedOut => "timed_out",
+            CommandState::Cancelled => "cancelled",
+            CommandState::Expired => "expired",
+        }
+    }
+
+    /// Whether the command can change no more.
+    pub fn is_final(self) -> bool {
+        !matches!(self, CommandState::Queued | CommandState::Sent)
+    }
+}
+
+impl std::str::FromStr for CommandState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "queued" => CommandState::Queued,
+            "sent" => CommandState::Sent,
+            "succeeded" => CommandState::Succeeded,
+            "failed" => CommandState::Failed,
+            "timed_out" => CommandState::TimedOut,
+            "cancelled" => CommandState::Cancelled,
+            "expired" => CommandState::Expired,
+            other => return Err(format!("unknown command state {other:?}")),
+        })
+    }
+}
+
+/// An AT command addressed to a device, and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    /// Id (UUIDv7: sorts by creation time).
+    pub id: Uuid,
+    /// Device.
+    pub imei: String,
+    /// The AT command text.
+    pub command: String,
+    /// State.
+    pub state: CommandState,
+    /// When queued.
+    pub created_at: OffsetDateTime,
+    /// Who queued it.
+    pub created_by: String,
+    /// How long to wait for the reply after sending, per attempt.
+    pub timeout_ms: i64,
+    /// After this a queued command is no longer sent.
+    pub expires_at: OffsetDateTime,
+    /// Attempts allowed (a timed-out attempt is re-sent while attempts remain).
+    pub max_attempts: i64,
+    /// Times sent so far.
+    pub attempts: i64,
+    /// When last sent.
+    pub sent_at: Option<OffsetDateTime>,
+    /// When it reached a final state.
+    pub completed_at: Option<OffsetDateTime>,
+    /// The modem's reply text.
+    pub reply: Option<String>,
+    /// The final result line (`OK`, `ERROR`, `+CME ERROR: 10`, ...).
+    pub result: Option<String>,
+    /// Why it failed, timed out, or expired, in words.
+    pub error: Option<String>,
+    /// A reply that arrived after the command had timed out (never matched to another).
+    pub late_reply: Option<String>,
+    /// When the late reply arrived.
+    pub late_reply_at: Option<OffsetDateTime>,
+}
+
+/// A command to queue.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    /// Device.
+    pub imei: Imei,
+    /// Validated AT command text.
+    pub command: String,
+    /// Who.
+    pub created_by: String,
+    /// Reply timeout per attempt.
+    pub timeout_ms: i64,
+    /// Expiry of the queued command.
+    pub expires_at: OffsetDateTime,
+    /// Attempts allowed (1 = never re-sent).
+    pub max_attempts: i64,
+}
+
+/// How a sent command ended.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    /// Final state (`Succeeded`, `Failed`, `TimedOut`).
+    pub state: CommandState,
+    /// Reply text.
+    pub reply: Option<String>,
+    /// Final result line.
+    pub result: Option<String>,
+    /// Error in words.
+    pub error: Option<String>,
+    /// When.
+    pub at: OffsetDateTime,
+}
+
+/// Which commands to list.
+#[derive(Debug, Clone, Default)]
+pub struct CommandFilter {
+    /// Only this device.
+    pub imei: Option<String>,
+    /// Only these states.
+    pub states: Vec<CommandState>,
+    /// Only ids below this (page cursor; ids sort by time).
+    pub before: Option<Uuid>,
     /// Page size.
     pub limit: u32,
 }

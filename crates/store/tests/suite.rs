@@ -9,6 +9,7 @@ use callhome_core::{Imei, Role};
 use callhome_store::testing::TestDatabase;
 use callhome_store::*;
 use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
 
 /// Runs `scenario` on SQLite, then on PostgreSQL if configured.
 async fn on_each_backend<F, Fut>(name: &str, scenario: F)
@@ -389,4 +390,216 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
         open("mysql://x", &OpenOptions::default()).await,
         Err(StoreError::InvalidUrl(_))
     ));
+}
+
+async fn registered(s: &Arc<dyn Store>, n: u64) -> Imei {
+    let id = imei(n);
+    s.create_device(&NewDevice {
+        imei: id.clone(),
+        name: None,
+        model: None,
+        tags: vec![],
+    })
+    .await
+    .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn presence_sessions_and_takeover() {
+    on_each_backend("presence", |s| async move {
+        let d = registered(&s, 40).await;
+        let t0 = OffsetDateTime::now_utc();
+        let rec = |sid: &str| OnlineRecord {
+            session_id: sid.into(),
+            at: t0,
+            remote_addr: "127.0.0.1:5000".into(),
+            cert_serial: Some("0A".into()),
+        };
+        s.mark_online(&d, &rec("node1-a")).await.unwrap();
+        assert_eq!(s.count_online().await.unwrap(), 1);
+        // A second connection takes over; the first one's end must not mark it offline.
+        s.mark_online(&d, &rec("node1-b")).await.unwrap();
+        assert!(!s.mark_offline(&d, "node1-a", t0).await.unwrap());
+        let dev = s.get_device(&d).await.unwrap();
+        assert!(dev.presence.online);
+        assert_eq!(dev.presence.session_id.as_deref(), Some("node1-b"));
+        assert_eq!(dev.presence.cert_serial.as_deref(), Some("0A"));
+        let online = s
+            .list_devices(&DeviceFilter {
+                online: Some(true),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(online.items.len(), 1);
+        assert!(
+            s.mark_offline(&d, "node1-b", t0 + Duration::seconds(5))
+                .await
+                .unwrap()
+        );
+        let dev = s.get_device(&d).await.unwrap();
+        assert!(!dev.presence.online);
+        assert!(dev.presence.disconnected_at.is_some());
+        // A restart marks this node's leftover sessions offline.
+        s.mark_online(&d, &rec("node1-c")).await.unwrap();
+        assert_eq!(s.mark_node_offline("node2-", t0).await.unwrap(), 0);
+        assert_eq!(s.mark_node_offline("node1-", t0).await.unwrap(), 1);
+        assert_eq!(s.count_online().await.unwrap(), 0);
+        s.touch_last_seen(&[(d.clone(), t0 + Duration::minutes(1))])
+            .await
+            .unwrap();
+        assert!(s.get_device(&d).await.unwrap().presence.last_seen.unwrap() > t0);
+        assert!(matches!(
+            s.mark_online(&imei(41), &rec("x")).await,
+            Err(StoreError::NotFound(_))
+        ));
+        // Legacy MQTT credentials are unique.
+        let patch = DevicePatch {
+            mqtt_credentials: Some(Some(("meter-login".into(), "$argon2id$h".into()))),
+            reply_topic: Some(Some("custom/ATR".into())),
+            ..Default::default()
+        };
+        let dev = s.update_device(&d, &patch).await.unwrap();
+        assert_eq!(dev.mqtt.username.as_deref(), Some("meter-login"));
+        assert_eq!(dev.mqtt.reply_topic.as_deref(), Some("custom/ATR"));
+        assert_eq!(
+            s.get_device_by_mqtt_username("meter-login")
+                .await
+                .unwrap()
+                .imei,
+            d
+        );
+        let other = registered(&s, 42).await;
+        assert!(matches!(
+            s.update_device(&other, &patch).await,
+            Err(StoreError::Conflict(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn status_log_history_and_retention() {
+    on_each_backend("status", |s| async move {
+        let d = registered(&s, 50).await;
+        let t0 = OffsetDateTime::now_utc() - Duration::hours(2);
+        for i in 0..5i64 {
+            s.append_status(&NewStatus {
+                imei: d.clone(),
+                received_at: t0 + Duration::minutes(30 * i),
+                topic: format!("{d}/dns"),
+                payload: vec![0, 159, 146, 150, i as u8],
+                parsed: Some(format!("{{\"n\":{i}}}")),
+            })
+            .await
+            .unwrap();
+        }
+        let latest = s.latest_status(&d).await.unwrap().unwrap();
+        assert_eq!(
+            latest.payload,
+            vec![0, 159, 146, 150, 4],
+            "binary payloads kept exactly"
+        );
+        let since = s
+            .status_history(&d, Some(t0 + Duration::minutes(45)), None, 2)
+            .await
+            .unwrap();
+        assert_eq!(since.items.len(), 2);
+        let more = s
+            .status_history(
+                &d,
+                Some(t0 + Duration::minutes(45)),
+                since.next.as_deref().map(|n| n.parse().unwrap()),
+                2,
+            )
+            .await
+            .unwrap();
+        assert_eq!(more.items.len(), 1);
+        assert!(more.next.is_none());
+        assert_eq!(s.prune_status(t0 + Duration::minutes(61)).await.unwrap(), 3);
+        assert_eq!(
+            s.status_history(&d, None, None, 100)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            2
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn command_queue_state_machine() {
+    on_each_backend("commands", |s| async move {
+        let d = registered(&s, 60).await;
+        let now = OffsetDateTime::now_utc();
+        let new = |cmd: &str, expires: Duration| NewCommand {
+            imei: d.clone(),
+            command: cmd.into(),
+            created_by: "ops".into(),
+            timeout_ms: 5000,
+            expires_at: now + expires,
+            max_attempts: 2,
+        };
+        let a = s.enqueue_command(&new("AT", Duration::hours(1))).await.unwrap();
+        let b = s.enqueue_command(&new("AT+CSQ", Duration::hours(1))).await.unwrap();
+        let c = s.enqueue_command(&new("ATI", Duration::seconds(-1))).await.unwrap();
+        assert_eq!(a.state, CommandState::Queued);
+        // FIFO head, skipping the expired one.
+        assert_eq!(s.next_queued_command(&d, now).await.unwrap().unwrap().id, a.id);
+        let sent = s.mark_command_sent(a.id, now).await.unwrap();
+        assert_eq!((sent.state, sent.attempts), (CommandState::Sent, 1));
+        assert!(matches!(s.mark_command_sent(a.id, now).await, Err(StoreError::Conflict(_))));
+        assert_eq!(s.in_flight_command(&d).await.unwrap().unwrap().id, a.id);
+        assert_eq!(s.next_queued_command(&d, now).await.unwrap().unwrap().id, b.id);
+        // Retry: back to queued with the reason kept, attempts kept.
+        let rq = s.requeue_command(a.id, "no reply within 5 s").await.unwrap();
+        assert_eq!((rq.state, rq.attempts), (CommandState::Queued, 1));
+        let sent = s.mark_command_sent(a.id, now).await.unwrap();
+        assert_eq!(sent.attempts, 2);
+        let done = s
+            .complete_command(a.id, &CommandOutcome {
+                state: CommandState::Succeeded,
+                reply: Some("OK".into()),
+                result: Some("OK".into()),
+                error: None,
+                at: now,
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.state, CommandState::Succeeded);
+        assert!(matches!(
+            s.complete_command(a.id, &CommandOutcome { state: CommandState::Failed, reply: None, result: None, error: None, at: now }).await,
+            Err(StoreError::Conflict(m)) if m.contains("succeeded")
+        ));
+        s.record_late_reply(a.id, "OK", now).await.unwrap();
+        assert_eq!(s.get_command(a.id).await.unwrap().late_reply.as_deref(), Some("OK"));
+        // Cancel only while queued.
+        assert_eq!(s.cancel_command(b.id, now).await.unwrap().state, CommandState::Cancelled);
+        assert!(matches!(s.cancel_command(a.id, now).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(s.cancel_command(Uuid::now_v7(), now).await, Err(StoreError::NotFound(_))));
+        // Expiry.
+        assert_eq!(s.devices_with_queued_commands().await.unwrap(), vec![d.clone()]);
+        let expired = s.expire_commands(now).await.unwrap();
+        assert_eq!(expired.iter().map(|c| c.id).collect::<Vec<_>>(), vec![c.id]);
+        assert_eq!(s.get_command(c.id).await.unwrap().state, CommandState::Expired);
+        assert!(s.devices_with_queued_commands().await.unwrap().is_empty());
+        // Listing: newest first, by state.
+        let all = s.list_commands(&CommandFilter { imei: Some(d.to_string()), limit: 2, ..Default::default() }).await.unwrap();
+        assert_eq!(all.items[0].id, c.id);
+        assert!(all.next.is_some());
+        let ok = s
+            .list_commands(&CommandFilter { states: vec![CommandState::Succeeded, CommandState::Cancelled], limit: 10, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(ok.items.len(), 2);
+        assert!(s.sent_commands().await.unwrap().is_empty());
+        // Deleting the device takes its commands along.
+        s.delete_device(&d).await.unwrap();
+        assert!(matches!(s.get_command(a.id).await, Err(StoreError::NotFound(_))));
+    })
+    .await;
 }

@@ -95,6 +95,8 @@ pub struct DeviceQuery {
     pub tag: Option<String>,
     /// Case-insensitive text found in the IMEI or the name.
     pub q: Option<String>,
+    /// Only devices connected (`true`) or not connected (`false`) to the command channel.
+    pub online: Option<bool>,
     /// Page size, 1-1000 (default 100).
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
@@ -199,6 +201,7 @@ pub async fn list_devices(
         .list_devices(&DeviceFilter {
             tag: q.tag,
             text: q.q.filter(|t| !t.is_empty()),
+            online: q.online,
             after,
             limit,
         })
@@ -286,6 +289,7 @@ pub async fn update_device(
                 model: req.model,
                 tags,
                 disabled: req.disabled,
+                ..Default::default()
             },
         )
         .await?;

@@ -209,7 +209,7 @@ impl ApiKeys for SqlStore {
 
 macro_rules! device_cols {
     () => {
-        "imei, name, model, tags, disabled, created_at, updated_at"
+        "imei, name, model, tags, disabled, created_at, updated_at, online, session_id, connected_at, disconnected_at, last_seen, remote_addr, cert_serial, command_topic, reply_topic, status_topic, mqtt_username, mqtt_password_hash"
     };
 }
 
@@ -226,6 +226,22 @@ fn device_from_row(r: &DbRow) -> Result<Device> {
         disabled: r.try_get("disabled")?,
         created_at: from_ms(r.try_get("created_at")?),
         updated_at: from_ms(r.try_get("updated_at")?),
+        presence: crate::PresenceInfo {
+            online: r.try_get("online")?,
+            session_id: r.try_get("session_id")?,
+            connected_at: opt_from_ms(r.try_get("connected_at")?),
+            disconnected_at: opt_from_ms(r.try_get("disconnected_at")?),
+            last_seen: opt_from_ms(r.try_get("last_seen")?),
+            remote_addr: r.try_get("remote_addr")?,
+            cert_serial: r.try_get("cert_serial")?,
+        },
+        mqtt: crate::MqttIdentity {
+            command_topic: r.try_get("command_topic")?,
+            reply_topic: r.try_get("reply_topic")?,
+            status_topic: r.try_get("status_topic")?,
+            username: r.try_get("mqtt_username")?,
+            password_hash: r.try_get("mqtt_password_hash")?,
+        },
     })
 }
 
@@ -289,6 +305,9 @@ impl Devices for SqlStore {
     async fn list_devices(&self, filter: &DeviceFilter) -> Result<Page<Device>> {
         let limit = filter.limit.clamp(1, 1000);
         let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", device_cols!(), " FROM devices d WHERE 1 = 1"));
+        if let Some(online) = filter.online {
+            q.push(" AND d.online = ").push_bind(online);
+        }
         if let Some(after) = &filter.after {
             q.push(" AND d.imei > ").push_bind(after.clone());
         }
@@ -338,7 +357,22 @@ impl Devices for SqlStore {
             device.tags.clone_from(tags);
             replace_tags(&mut tx, imei, tags).await?;
         }
-        let row = sqlx::query(concat!("UPDATE devices SET name = $2, model = $3, tags = $4, disabled = $5, updated_at = $6 \
+        for (field, value) in [
+            (&mut device.mqtt.command_topic, &patch.command_topic),
+            (&mut device.mqtt.reply_topic, &patch.reply_topic),
+            (&mut device.mqtt.status_topic, &patch.status_topic),
+        ] {
+            if let Some(v) = value {
+                field.clone_from(v);
+            }
+        }
+        if let Some(creds) = &patch.mqtt_credentials {
+            let (user, hash) = creds.clone().unzip();
+            device.mqtt.username = user;
+            device.mqtt.password_hash = hash;
+        }
+        let row = sqlx::query(concat!("UPDATE devices SET name = $2, model = $3, tags = $4, disabled = $5, updated_at = $6, \
+             command_topic = $7, reply_topic = $8, status_topic = $9, mqtt_username = $10, mqtt_password_hash = $11 \
              WHERE imei = $1 RETURNING ", device_cols!()))
         .bind(imei.as_str())
         .bind(device.name.as_deref())
@@ -346,8 +380,20 @@ impl Devices for SqlStore {
         .bind(tags_json(&device.tags))
         .bind(device.disabled)
         .bind(ms(OffsetDateTime::now_utc()))
+        .bind(device.mqtt.command_topic.as_deref())
+        .bind(device.mqtt.reply_topic.as_deref())
+        .bind(device.mqtt.status_topic.as_deref())
+        .bind(device.mqtt.username.as_deref())
+        .bind(device.mqtt.password_hash.as_deref())
         .fetch_one(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!(
+                "MQTT user name {:?} is used by another device",
+                device.mqtt.username.as_deref().unwrap_or_default()
+            )),
+            other => other,
+        })?;
         tx.commit().await?;
         device_from_row(&row)
     }
