@@ -21,11 +21,10 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// An RFC 9457 problem document.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({
-    "type": "urn:callhome:problem:validation-error",
-    "title": "Invalid request",
-    "status": 422,
-    "detail": "imei: check digit is 9, the Luhn check digit for these 14 digits is 8",
-    "errors": [{"field": "imei", "reason": "check digit is 9, the Luhn check digit for these 14 digits is 8"}]
+    "type": "urn:callhome:problem:not-found",
+    "title": "Not found",
+    "status": 404,
+    "detail": "device 490154203237518 not found"
 }))]
 pub struct Problem {
     /// Stable identifier of the kind of problem (`urn:callhome:problem:<slug>`).
@@ -74,6 +73,9 @@ pub enum ApiError {
     /// The resource does not exist (404).
     #[error("{0}")]
     NotFound(String),
+    /// The route exists but not with this method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The request conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
@@ -115,6 +117,11 @@ impl ApiError {
             ),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Not allowed"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::PayloadTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

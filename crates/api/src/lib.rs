@@ -65,6 +65,7 @@ pub fn app(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
         .fallback(routes::system::not_found)
+        .method_not_allowed_fallback(routes::system::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             context::request_context,

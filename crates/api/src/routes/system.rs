@@ -59,3 +59,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
 }
+
+/// A route that exists, called with a method it does not have: a 405 problem.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not support {method}", uri.path()))
+}
