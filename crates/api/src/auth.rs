@@ -1,4 +1,4 @@
-//! Who is calling: password hashing (argon2), access tokens (HS256 JWT), API keys, and the
+//! Who is calling: password hashing (argon2, via `callhome-core`), access tokens (HS256 JWT), API keys, and the
 //! [`Principal`] that handlers check roles against.
 //!
 //! API keys look like `chk_<prefix>_<secret>`: the prefix finds the record, the SHA-256 of
@@ -7,9 +7,6 @@
 
 use std::sync::Arc;
 
-use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use callhome_core::Role;
 use callhome_store::{Store, StoreError};
@@ -276,40 +273,17 @@ pub fn generate_api_key() -> (String, String, String) {
 /// Hashes a password with argon2id (on a blocking thread: it is deliberately slow).
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::Internal(format!("hashing password: {e}")))
+        callhome_core::password::hash(&password).map_err(ApiError::Internal)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?
 }
 
-/// Checks a password against a stored hash; `None` compares against a dummy hash so that a
-/// missing user takes as long as a wrong password.
+/// Checks a password against a stored hash (`None`: unknown user, same time, `false`).
 pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let dummy = DUMMY.get_or_init(|| {
-            let salt = SaltString::generate(&mut OsRng);
-            Argon2::default()
-                .hash_password(b"not a real password", &salt)
-                .map(|h| h.to_string())
-                .unwrap_or_default()
-        });
-        let known = hash.is_some();
-        let hash = hash.unwrap_or_else(|| dummy.clone());
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-            && known
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("password task: {e}")))
+    tokio::task::spawn_blocking(move || callhome_core::password::verify(&password, hash.as_deref()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("password task: {e}")))
 }
 
 /// Checks a new password's strength: at least 12 characters, at most 1024.

@@ -47,6 +47,14 @@ fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
     }
 }
 
+/// Longest a non-streaming request may take (a `wait_s` of up to 60 s fits).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// Streams (SSE, WebSocket) run as long as their client stays.
+fn is_stream(path: &str) -> bool {
+    path == "/api/v1/events" || path.ends_with("/stream")
+}
+
 fn is_state_changing(m: &Method) -> bool {
     !matches!(
         *m,
@@ -96,7 +104,18 @@ pub async fn request_context(
             if let Some(p) = &principal {
                 req.extensions_mut().insert(p.clone());
             }
-            next.run(req).await
+            if is_stream(&path) {
+                next.run(req).await
+            } else {
+                match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+                    Ok(r) => r,
+                    Err(_) => ApiError::Unavailable(format!(
+                        "the request took longer than {} s",
+                        REQUEST_TIMEOUT.as_secs()
+                    ))
+                    .into_response(),
+                }
+            }
         }
     };
 

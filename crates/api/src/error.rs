@@ -223,6 +223,20 @@ impl From<CaError> for ApiError {
     }
 }
 
+impl From<callhome_gateway::GatewayError> for ApiError {
+    fn from(e: callhome_gateway::GatewayError) -> Self {
+        use callhome_gateway::GatewayError as G;
+        match e {
+            G::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            G::Conflict(what) => ApiError::Conflict(what),
+            G::Validation(v) => ApiError::Validation(v),
+            G::Store(s) => s.into(),
+            G::Ca(c) => c.into(),
+            G::Io(io) => ApiError::Internal(io.to_string()),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {

@@ -25,10 +25,9 @@ mod time_format;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::HeaderName;
 use callhome_ca::CertificateService;
 use callhome_store::Store;
 use tokio::net::TcpListener;
@@ -36,7 +35,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -57,6 +55,8 @@ pub struct AppState {
     pub tokens: TokenKeys,
     /// Prometheus registry.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The modem command channel.
+    pub gateway: callhome_gateway::Gateway,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document, Swagger UI at `/docs`.
@@ -69,10 +69,6 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             context::request_context,
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(60),
         ))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

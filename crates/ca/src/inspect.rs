@@ -37,6 +37,12 @@ pub fn inspect_certificate(pem: &str) -> Result<CertificateInfo, CaError> {
     Ok(certificate_info(&cert, der))
 }
 
+/// Inspects a DER certificate (for example the one a TLS peer presented).
+pub fn inspect_certificate_der(der: &[u8]) -> Result<CertificateInfo, CaError> {
+    let cert = parse_certificate_der(der).map_err(CaError::InvalidCertificate)?;
+    Ok(certificate_info(&cert, der))
+}
+
 pub(crate) fn certificate_info(cert: &X509Certificate<'_>, der: &[u8]) -> CertificateInfo {
     CertificateInfo {
         serial: serial_hex(cert.raw_serial()),

@@ -41,7 +41,7 @@ pub use crl::{Crl, RevocationReason, RevokedEntry};
 pub use csr::{MAX_CSR_PEM_LEN, generate_key_and_csr};
 pub use error::CaError;
 pub use fs::write_secret_file;
-pub use inspect::{CertificateInfo, inspect_certificate};
+pub use inspect::{CertificateInfo, inspect_certificate, inspect_certificate_der};
 pub use server::{SERVER_CERT_FILE, SERVER_KEY_FILE, ServerIdentity};
 pub use service::{CRL_VALIDITY, CertificateService};
 

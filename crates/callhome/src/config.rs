@@ -28,7 +28,7 @@ pub struct FileSettings {
     pub http: ListenSection,
     /// Modem MQTT/TLS listener.
     #[serde(default)]
-    pub mqtt: ListenSection,
+    pub mqtt: MqttSection,
     /// Tunnel listener.
     #[serde(default)]
     pub tunnel: ListenSection,
@@ -49,6 +49,26 @@ pub struct FileSettings {
 pub struct ListenSection {
     /// Address to bind.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[mqtt]`: the modem gateway.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Address to bind.
+    pub listen: Option<SocketAddr>,
+    /// Accept modems without a client certificate that log in with per-device credentials.
+    pub allow_password_auth: Option<bool>,
+    /// TLS handshake + CONNECT deadline, seconds.
+    pub handshake_timeout_s: Option<u64>,
+    /// Most modem connections at once.
+    pub max_connections: Option<usize>,
+    /// Largest MQTT packet accepted, bytes.
+    pub max_packet_bytes: Option<usize>,
+    /// Days status messages are kept.
+    pub status_retention_days: Option<u32>,
+    /// Node id (distinct per node when several share a database).
+    pub node_id: Option<String>,
 }
 
 /// `[ca]`.
@@ -149,6 +169,14 @@ pub struct Overrides {
         global = true
     )]
     pub public_host: Vec<String>,
+    /// Node id, distinct per node when several share one database.
+    #[arg(
+        long = "node-id",
+        env = "CALLHOME_NODE_ID",
+        value_name = "ID",
+        global = true
+    )]
+    pub node_id: Option<String>,
     /// Log filter (`tracing` syntax).
     #[arg(
         long = "log",
@@ -182,6 +210,8 @@ pub struct Settings {
     pub mqtt: SocketAddr,
     /// Tunnel listen address.
     pub tunnel: SocketAddr,
+    /// Modem gateway settings (its listen address is `mqtt`).
+    pub gateway: callhome_gateway::GatewayConfig,
     /// CA parameters.
     pub ca: callhome_ca::CaParams,
     /// Access-token lifetime.
@@ -206,6 +236,7 @@ impl fmt::Debug for Settings {
             .field("http", &self.http)
             .field("mqtt", &self.mqtt)
             .field("tunnel", &self.tunnel)
+            .field("gateway", &self.gateway)
             .field("ca", &self.ca)
             .field("token_ttl", &self.token_ttl)
             .field(
@@ -260,6 +291,34 @@ impl Settings {
                 .server_validity_days
                 .unwrap_or(defaults.server_validity_days),
         };
+        let mut gateway = callhome_gateway::GatewayConfig::default();
+        if let Some(v) = file.mqtt.allow_password_auth {
+            gateway.allow_password_auth = v;
+        }
+        if let Some(v) = file.mqtt.handshake_timeout_s {
+            if !(1..=120).contains(&v) {
+                bail!("mqtt.handshake_timeout_s must be between 1 and 120, got {v}");
+            }
+            gateway.handshake_timeout = std::time::Duration::from_secs(v);
+        }
+        if let Some(v) = file.mqtt.max_connections {
+            gateway.max_connections = v.max(1);
+        }
+        if let Some(v) = file.mqtt.max_packet_bytes {
+            if !(1024..=16 * 1024 * 1024).contains(&v) {
+                bail!("mqtt.max_packet_bytes must be between 1024 and 16777216, got {v}");
+            }
+            gateway.max_packet_bytes = v;
+        }
+        if let Some(v) = file.mqtt.status_retention_days {
+            gateway.status_retention = time::Duration::days(i64::from(v.max(1)));
+        }
+        if let Some(v) = o.node_id.clone().or(file.mqtt.node_id) {
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                bail!("node id {v:?} must be letters, digits or '_'");
+            }
+            gateway.node_id = v;
+        }
         let token_ttl_s = file.auth.token_ttl_s.unwrap_or(3600);
         if !(60..=86_400 * 30).contains(&token_ttl_s) {
             bail!("auth.token_ttl_s must be between 60 and 2592000 seconds, got {token_ttl_s}");
@@ -285,6 +344,7 @@ impl Settings {
                 .tunnel
                 .or(file.tunnel.listen)
                 .unwrap_or_else(|| ([0, 0, 0, 0], 7443).into()),
+            gateway,
             ca,
             token_ttl: time::Duration::seconds(i64::from(token_ttl_s)),
             admin_password,

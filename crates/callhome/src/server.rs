@@ -10,6 +10,7 @@ use base64::Engine as _;
 use callhome_api::{AppState, TokenKeys};
 use callhome_ca::{Authority, CertificateService};
 use callhome_core::Role;
+use callhome_gateway::{EventBus, Gateway};
 use callhome_store::{NewUser, OpenOptions, Store, StoreError};
 use rand::RngCore as _;
 use secrecy::ExposeSecret as _;
@@ -41,6 +42,10 @@ pub enum AdminBootstrap {
 pub struct RunningServer {
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Bound modem gateway address.
+    pub mqtt_addr: SocketAddr,
+    /// The modem gateway.
+    pub gateway: Gateway,
     /// The data directory.
     pub data_dir: PathBuf,
     /// The store, for in-process tests and maintenance.
@@ -94,7 +99,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let ca_dir = data_dir.join(CA_DIR);
     let authority = Authority::load_or_init(&ca_dir, &settings.ca)
         .context("loading the certificate authority")?;
-    authority
+    let identity = authority
         .ensure_server_identity(&ca_dir, &settings.public_hosts)
         .context("issuing the server certificate")?;
     let ca_fingerprint = authority.fingerprint_sha256();
@@ -107,14 +112,38 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let jwt_secret = load_or_create_secret(&data_dir.join(JWT_KEY_FILE))?;
     let admin = bootstrap_admin(&store, settings, &data_dir).await?;
 
+    let shutdown = CancellationToken::new();
+    let events = Arc::new(EventBus::new());
+    let gateway = Gateway::new(
+        settings.gateway.clone(),
+        store.clone(),
+        certs.clone(),
+        identity,
+        events,
+        shutdown.clone(),
+    )
+    .context("setting up the modem gateway")?;
+    let mqtt = TcpListener::bind(settings.mqtt)
+        .await
+        .with_context(|| format!("binding the modem gateway to {}", settings.mqtt))?;
+    let mqtt_addr = mqtt.local_addr()?;
+    let gw = gateway.clone();
+    let mqtt_task = tokio::spawn(async move { gw.run(mqtt).await.context("modem gateway") });
+    tracing::info!(%mqtt_addr, "modem gateway (MQTT over mutual TLS) listening");
+    let crl_task = certs.spawn_refresh(std::time::Duration::from_secs(24 * 3600), shutdown.clone());
+    let crl_task = tokio::spawn(async move {
+        crl_task.await.context("CRL refresher")?;
+        anyhow::Ok(())
+    });
+
     let state = AppState {
         store: store.clone(),
         certs,
         tokens: TokenKeys::from_secret(&jwt_secret, settings.token_ttl),
         metrics: callhome_api::metrics::handle(),
+        gateway: gateway.clone(),
     };
 
-    let shutdown = CancellationToken::new();
     let http = TcpListener::bind(settings.http)
         .await
         .with_context(|| format!("binding the HTTP API to {}", settings.http))?;
@@ -130,12 +159,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
 
     Ok(RunningServer {
         http_addr,
+        mqtt_addr,
+        gateway,
         data_dir,
         store,
         admin,
         ca_fingerprint,
         shutdown,
-        tasks: vec![http_task],
+        tasks: vec![http_task, mqtt_task, crl_task],
     })
 }
 

@@ -12,10 +12,13 @@
 //! - [`imei`]: the 15-digit IMEI with its Luhn check digit.
 //! - [`identity`]: users, roles, tags and device names.
 //! - [`at`]: AT command text as accepted from operators.
+//! - [`password`]: argon2id hashing of passwords (pure computation, no I/O).
 
 pub mod at;
+pub mod dialect;
 pub mod identity;
 pub mod imei;
+pub mod password;
 
 pub use at::AtCommand;
 pub use identity::{DeviceName, Role, Tag, Username};

@@ -1,12 +1,315 @@
 //! The modem-facing command channel: an MQTT 3.1.1 endpoint over mutual TLS.
 //!
-//! Owns (as the command-channel issue fills it in): the modem listener, the TLS handshake
-//! with client certificates checked against the CA and its CRL, binding the certificate CN
-//! (the IMEI) to the MQTT client id, per-device topic ACLs, keepalive, presence, status
-//! ingestion and the per-device AT command queue with reply correlation.
+//! Owns: the modem listener ([`Gateway::run`]); the TLS handshake with client certificates
+//! checked against our CA and its CRL (rebuilt and swapped atomically when the CRL changes;
+//! sessions of a revoked certificate are closed at once); binding the certificate CN (the
+//! IMEI) to the MQTT client id; legacy username/password modems when enabled; per-device
+//! topic ACLs by construction; keepalive and QoS 0/1/2; presence; status ingestion; the
+//! per-device FIFO command dispatcher with reply correlation ([`dispatch`]); the command
+//! service the API calls ([`Gateway::enqueue`], [`Gateway::cancel`], [`Gateway::wait_final`]);
+//! and the platform [`events`] bus.
 //!
-//! Must not know: HTTP, SQL (it uses `callhome-store` traits), certificate cryptography
-//! (it uses `callhome-ca`), or the meter-reading tunnel.
+//! Must not know: HTTP, SQL (it calls `callhome-store` traits), certificate cryptography
+//! (`callhome-ca` builds the rustls configs).
 //!
-//! Nothing is bound or served from here yet: `callhome serve` does not open the modem port
-//! until this crate implements it.
+//! Modules: [`codec`] (MQTT framing with `rumqttc::mqttbytes::v4`), `server` (accept loop,
+//! handshakes, CRL watch), `session` (one connection), [`dispatch`] (command correlation),
+//! `sweeper` (expiry, orphaned commands, last-seen flush, status retention), `hub` (live
+//! sessions), [`status`] (payload parsing), [`topics`].
+
+pub mod codec;
+pub mod dispatch;
+pub mod events;
+mod hub;
+mod password;
+mod server;
+mod session;
+pub mod status;
+mod sweeper;
+pub mod topics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callhome_ca::tls::SharedServerConfig;
+use callhome_ca::{CaError, CertificateService, ServerIdentity};
+use callhome_core::{AtCommand, Imei, ValidationError};
+use callhome_store::{CommandRecord, NewCommand, Store, StoreError};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use events::{Event, EventBus};
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Node id, the prefix of session ids (distinct per node when several share a database).
+    pub node_id: String,
+    /// TLS handshake and CONNECT must complete within this.
+    pub handshake_timeout: Duration,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Most TLS handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// Largest MQTT packet accepted, bytes.
+    pub max_packet_bytes: usize,
+    /// Idle limit for clients with keepalive 0 (and cap on 1.5 x keepalive).
+    pub max_idle: Duration,
+    /// A packet write that takes longer ends the connection.
+    pub write_timeout: Duration,
+    /// Accept modems without a client certificate that log in with per-device credentials.
+    pub allow_password_auth: bool,
+    /// After a command times out, how long a reply is still taken as its late reply before
+    /// the next command is sent.
+    pub late_reply_grace: Duration,
+    /// How long status messages are kept.
+    pub status_retention: time::Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "node1".to_owned(),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 200_000,
+            max_handshakes: 2048,
+            max_packet_bytes: 64 * 1024,
+            max_idle: Duration::from_secs(1800),
+            write_timeout: Duration::from_secs(30),
+            allow_password_auth: false,
+            late_reply_grace: Duration::from_secs(5),
+            status_retention: time::Duration::days(30),
+        }
+    }
+}
+
+/// Why a gateway operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No such device or command.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Not possible in the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Invalid input.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The listener failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<StoreError> for GatewayError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(w) => GatewayError::NotFound(w),
+            StoreError::Conflict(w) => GatewayError::Conflict(w),
+            other => GatewayError::Store(other),
+        }
+    }
+}
+
+/// State shared by the listener, sessions, dispatchers and the sweeper.
+pub(crate) struct Shared {
+    cfg: GatewayConfig,
+    store: Arc<dyn Store>,
+    certs: Arc<CertificateService>,
+    identity: ServerIdentity,
+    events: Arc<EventBus>,
+    hub: hub::Hub,
+    shutdown: CancellationToken,
+}
+
+/// A command to queue for a device.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    /// Device.
+    pub imei: Imei,
+    /// Validated command.
+    pub command: AtCommand,
+    /// Reply timeout per attempt.
+    pub timeout: Duration,
+    /// A queued command not delivered by then expires.
+    pub expires_in: Duration,
+    /// Attempts (1 = never re-sent after a timeout).
+    pub max_attempts: u32,
+    /// Who asked.
+    pub created_by: String,
+}
+
+/// The command channel.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    tls: Arc<SharedServerConfig>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("cfg", &self.shared.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway that stops when `shutdown` is cancelled.
+    pub fn new(
+        cfg: GatewayConfig,
+        store: Arc<dyn Store>,
+        certs: Arc<CertificateService>,
+        identity: ServerIdentity,
+        events: Arc<EventBus>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, GatewayError> {
+        let shared = Arc::new(Shared {
+            cfg,
+            store,
+            certs,
+            identity,
+            events,
+            hub: hub::Hub::default(),
+            shutdown,
+        });
+        let tls = Arc::new(SharedServerConfig::new(server::build_tls(&shared)?));
+        Ok(Self { shared, tls })
+    }
+
+    /// Serves modems on `listener` until shutdown: marks this node's leftover sessions
+    /// offline, then runs the accept loop, the CRL watch and the sweeper.
+    pub async fn run(&self, listener: TcpListener) -> Result<(), GatewayError> {
+        let now = OffsetDateTime::now_utc();
+        let prefix = format!("{}-", self.shared.cfg.node_id);
+        let stale = self.shared.store.mark_node_offline(&prefix, now).await?;
+        if stale > 0 {
+            tracing::info!(
+                devices = stale,
+                "devices left online by the previous run marked offline"
+            );
+        }
+        let crl = tokio::spawn(server::watch_crl(self.shared.clone(), self.tls.clone()));
+        let sweeper = tokio::spawn(sweeper::run(self.shared.clone()));
+        server::accept_loop(self.shared.clone(), listener, self.tls.clone()).await;
+        self.shared.hub.kill_all();
+        // Give sessions a moment to record their disconnection.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.shared.hub.len() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = crl.await;
+        let _ = sweeper.await;
+        Ok(())
+    }
+
+    /// The event bus.
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.shared.events
+    }
+
+    /// Whether a device is connected to this node.
+    pub fn is_connected(&self, imei: &Imei) -> bool {
+        self.shared.hub.get(imei).is_some()
+    }
+
+    /// Devices connected to this node.
+    pub fn connected(&self) -> usize {
+        self.shared.hub.len()
+    }
+
+    /// Queues a command for a registered device and wakes its dispatcher.
+    pub async fn enqueue(&self, req: CommandRequest) -> Result<CommandRecord, GatewayError> {
+        let device = self.shared.store.get_device(&req.imei).await?;
+        if device.disabled {
+            return Err(GatewayError::Conflict(format!(
+                "device {} is disabled",
+                req.imei
+            )));
+        }
+        let to_ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let rec = self
+            .shared
+            .store
+            .enqueue_command(&NewCommand {
+                imei: req.imei.clone(),
+                command: req.command.to_string(),
+                created_by: req.created_by,
+                timeout_ms: to_ms(req.timeout),
+                expires_at: OffsetDateTime::now_utc()
+                    + time::Duration::milliseconds(to_ms(req.expires_in)),
+                max_attempts: i64::from(req.max_attempts.max(1)),
+            })
+            .await?;
+        metrics::counter!("callhome_commands_queued_total").increment(1);
+        self.shared.events.publish(
+            "command.queued",
+            Some(req.imei.as_str()),
+            serde_json::json!({"id": rec.id, "command": rec.command}),
+        );
+        if let Some(s) = self.shared.hub.get(&req.imei) {
+            s.notify.notify_one();
+        }
+        Ok(rec)
+    }
+
+    /// Cancels a queued command.
+    pub async fn cancel(&self, id: Uuid) -> Result<CommandRecord, GatewayError> {
+        let rec = self
+            .shared
+            .store
+            .cancel_command(id, OffsetDateTime::now_utc())
+            .await?;
+        metrics::counter!("callhome_commands_total", "state" => "cancelled").increment(1);
+        self.shared.events.publish(
+            "command.cancelled",
+            Some(&rec.imei),
+            serde_json::json!({"id": rec.id, "command": rec.command}),
+        );
+        Ok(rec)
+    }
+
+    /// Waits up to `max` for the command to reach a final state; returns it as it is then.
+    pub async fn wait_final(&self, id: Uuid, max: Duration) -> Result<CommandRecord, GatewayError> {
+        let mut events = self.shared.events.subscribe();
+        let deadline = tokio::time::Instant::now() + max;
+        let id_text = id.to_string();
+        loop {
+            let rec = self.shared.store.get_command(id).await?;
+            if rec.state.is_final() {
+                return Ok(rec);
+            }
+            // Wake on this command's events, or re-read every second (events may lag).
+            let wait = async {
+                loop {
+                    match events.recv().await {
+                        Ok(e)
+                            if e.data.get("id").and_then(|v| v.as_str())
+                                == Some(id_text.as_str()) =>
+                        {
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Ok(self.shared.store.get_command(id).await?),
+                () = wait => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}

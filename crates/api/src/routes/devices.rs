@@ -13,7 +13,7 @@ use crate::auth::Principal;
 use crate::context::AuditTarget;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, double_option};
-use crate::time_format::rfc3339;
+use crate::time_format::{rfc3339, rfc3339_opt};
 
 /// A registered modem.
 #[derive(Debug, Serialize, ToSchema)]
@@ -35,10 +35,41 @@ pub struct DeviceView {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// Connected to the command channel now.
+    pub online: bool,
+    /// RFC 3339: when the current (or last) connection was accepted.
+    pub connected_at: Option<String>,
+    /// RFC 3339: when the last connection ended.
+    pub disconnected_at: Option<String>,
+    /// RFC 3339: last packet seen (updated at least every 30 s while connected).
+    pub last_seen: Option<String>,
+    /// Peer address of the current (or last) connection.
+    pub remote_addr: Option<String>,
+    /// Serial of the client certificate of the current (or last) connection.
+    pub cert_serial: Option<String>,
+    /// MQTT topics in force and legacy login.
+    pub mqtt: MqttView,
+}
+
+/// A device's MQTT topics (resolved) and legacy login name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MqttView {
+    /// The modem subscribes here for AT commands.
+    #[schema(example = "490154203237518/AT")]
+    pub command_topic: String,
+    /// The modem publishes replies here.
+    #[schema(example = "490154203237518/ATR")]
+    pub reply_topic: String,
+    /// The modem publishes status here.
+    #[schema(example = "490154203237518/dns")]
+    pub status_topic: String,
+    /// Legacy MQTT user name, when password login is set up for this device.
+    pub username: Option<String>,
 }
 
 impl From<Device> for DeviceView {
     fn from(d: Device) -> Self {
+        let topics = callhome_gateway::topics::Topics::for_device(&d);
         Self {
             imei: d.imei.to_string(),
             name: d.name,
@@ -47,6 +78,18 @@ impl From<Device> for DeviceView {
             disabled: d.disabled,
             created_at: rfc3339(d.created_at),
             updated_at: rfc3339(d.updated_at),
+            online: d.presence.online,
+            connected_at: rfc3339_opt(d.presence.connected_at),
+            disconnected_at: rfc3339_opt(d.presence.disconnected_at),
+            last_seen: rfc3339_opt(d.presence.last_seen),
+            remote_addr: d.presence.remote_addr,
+            cert_serial: d.presence.cert_serial,
+            mqtt: MqttView {
+                command_topic: topics.command,
+                reply_topic: topics.reply,
+                status_topic: topics.status,
+                username: d.mqtt.username,
+            },
         }
     }
 }
@@ -84,6 +127,18 @@ pub struct UpdateDevice {
     pub tags: Option<Vec<String>>,
     /// Disable (`true`) or enable (`false`) the device.
     pub disabled: Option<bool>,
+    /// Command topic (`MQTT_attopic1`; `[IMEI]` allowed), or `null` for `{IMEI}/AT`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub command_topic: Option<Option<String>>,
+    /// Reply topic (`MQTT_atrtopic`), or `null` for `{IMEI}/ATR`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub reply_topic: Option<Option<String>>,
+    /// Status topic (`DNS_mqttTopic`), or `null` for `{IMEI}/dns`.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub status_topic: Option<Option<String>>,
 }
 
 /// Filters and paging for the device list.
@@ -280,6 +335,15 @@ pub async fn update_device(
         .map(Tag::parse_list)
         .transpose()?
         .map(|t| t.into_iter().map(String::from).collect());
+    for (field, topic) in [
+        ("command_topic", &req.command_topic),
+        ("reply_topic", &req.reply_topic),
+        ("status_topic", &req.status_topic),
+    ] {
+        if let Some(Some(t)) = topic {
+            callhome_gateway::topics::check_topic(field, t)?;
+        }
+    }
     let device = state
         .store
         .update_device(
@@ -289,6 +353,101 @@ pub async fn update_device(
                 model: req.model,
                 tags,
                 disabled: req.disabled,
+                command_topic: req.command_topic,
+                reply_topic: req.reply_topic,
+                status_topic: req.status_topic,
+                mqtt_credentials: None,
+            },
+        )
+        .await?;
+    Ok(axum::Json(device.into()))
+}
+
+/// Legacy MQTT login for a modem without a client certificate (`MQTT_login` /
+/// `MQTT_password` in its Config.txt).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "jfj1usly8ijhh9hizfr453", "password": "gthhdte67y3ttes33fgg"}))]
+pub struct MqttCredentials {
+    /// Login name, unique across devices (1-64 characters, no spaces).
+    pub username: String,
+    /// Password (8-256 characters); stored as an argon2 hash.
+    pub password: String,
+}
+
+/// Sets legacy MQTT credentials. The modem then connects over server-authenticated TLS
+/// with this login and its IMEI as client id (the gateway must allow password logins).
+#[utoipa::path(
+    put, path = "/api/v1/devices/{imei}/mqtt-credentials", tag = "devices", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    request_body = MqttCredentials,
+    responses(
+        (status = 200, description = "Set", body = DeviceView),
+        (status = 404, description = "Not registered", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "User name used by another device", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid user name or password", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn set_mqtt_credentials(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+    ApiJson(req): ApiJson<MqttCredentials>,
+) -> Result<axum::Json<DeviceView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let n = req.username.chars().count();
+    if n == 0
+        || n > 64
+        || req
+            .username
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(
+            ValidationError::new("username", "must be 1-64 characters without spaces").into(),
+        );
+    }
+    let pw = req.password.chars().count();
+    if !(8..=256).contains(&pw) {
+        return Err(ValidationError::new("password", "must be 8-256 characters").into());
+    }
+    let hash = crate::auth::hash_password(req.password).await?;
+    let device = state
+        .store
+        .update_device(
+            &imei,
+            &DevicePatch {
+                mqtt_credentials: Some(Some((req.username, hash))),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(axum::Json(device.into()))
+}
+
+/// Removes legacy MQTT credentials: the modem must use its client certificate.
+#[utoipa::path(
+    delete, path = "/api/v1/devices/{imei}/mqtt-credentials", tag = "devices", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 200, description = "Removed", body = DeviceView),
+        (status = 404, description = "Not registered", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_mqtt_credentials(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<axum::Json<DeviceView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let device = state
+        .store
+        .update_device(
+            &imei,
+            &DevicePatch {
+                mqtt_credentials: Some(None),
                 ..Default::default()
             },
         )

@@ -4,7 +4,10 @@ pub mod api_keys;
 pub mod audit;
 pub mod auth;
 pub mod certificates;
+pub mod commands;
 pub mod devices;
+pub mod events;
+pub mod status;
 pub mod system;
 pub mod users;
 

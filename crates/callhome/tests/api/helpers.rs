@@ -38,6 +38,7 @@ impl TestApp {
             data_dir: Some(data_dir.clone()),
             database_url: db.as_ref().map(|d| d.url.clone()),
             http: Some("127.0.0.1:0".parse().unwrap()),
+            mqtt: Some("127.0.0.1:0".parse().unwrap()),
             ..Default::default()
         })
         .expect("settings");
