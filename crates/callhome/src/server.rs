@@ -142,6 +142,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         tokens: TokenKeys::from_secret(&jwt_secret, settings.token_ttl),
         metrics: callhome_api::metrics::handle(),
         gateway: gateway.clone(),
+        shutdown: shutdown.clone(),
     };
 
     let http = TcpListener::bind(settings.http)
@@ -150,10 +151,19 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let http_addr = http.local_addr()?;
     let app = callhome_api::app(state);
     let token = shutdown.clone();
+    let drain = token.clone();
     let http_task = tokio::spawn(async move {
-        callhome_api::serve(http, app, async move { token.cancelled().await })
-            .await
-            .context("HTTP API server")
+        let server = callhome_api::serve(http, app, async move { token.cancelled().await });
+        tokio::pin!(server);
+        // Graceful: in-flight requests finish; but a client that never lets go does not
+        // hold the process for more than a few seconds after shutdown begins.
+        tokio::select! {
+            r = &mut server => r.context("HTTP API server"),
+            () = async { drain.cancelled().await; tokio::time::sleep(std::time::Duration::from_secs(10)).await } => {
+                tracing::warn!("HTTP connections still open 10 s after shutdown; closing them");
+                Ok(())
+            }
+        }
     });
     tracing::info!(%http_addr, "HTTP API listening");
 

@@ -79,9 +79,14 @@ pub async fn stream(
         .map(str::to_owned)
         .collect();
     let mut rx = state.gateway.events().subscribe();
+    let shutdown = state.shutdown.clone();
     let stream = async_stream(move |tx| async move {
         loop {
-            match rx.recv().await {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = rx.recv() => r,
+            };
+            match received {
                 Ok(e) => {
                     if device
                         .as_deref()

@@ -33,6 +33,18 @@ pub fn router() -> OpenApiRouter<AppState> {
             devices::update_device,
             devices::delete_device
         ))
+        .routes(routes!(
+            devices::set_mqtt_credentials,
+            devices::delete_mqtt_credentials
+        ))
+        .routes(routes!(
+            commands::create_command,
+            commands::list_device_commands
+        ))
+        .routes(routes!(commands::get_command, commands::cancel_command))
+        .routes(routes!(status::latest))
+        .routes(routes!(status::history))
+        .routes(routes!(events::stream))
         .routes(routes!(certificates::sign_csr))
         .routes(routes!(certificates::list_device_certificates))
         .routes(routes!(certificates::get_certificate))

@@ -15,6 +15,7 @@ pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
 pub struct TestApp {
     pub base: String,
+    pub mqtt: std::net::SocketAddr,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     server: Option<RunningServer>,
@@ -25,6 +26,11 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts the server with settings adjusted by `tweak`.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         let db = if std::env::var("CALLHOME_TEST_API_BACKEND").as_deref() == Ok("postgres") {
@@ -43,10 +49,12 @@ impl TestApp {
         })
         .expect("settings");
         settings.admin_password = Some(SecretString::from(ADMIN_PASSWORD));
+        tweak(&mut settings);
         let server = server::start(&settings).await.expect("server starts");
         let base = format!("http://{}", server.http_addr);
         Self {
             base,
+            mqtt: server.mqtt_addr,
             client: reqwest::Client::new(),
             data_dir,
             server: Some(server),
@@ -65,6 +73,7 @@ impl TestApp {
             .await
             .expect("server restarts");
         self.base = format!("http://{}", server.http_addr);
+        self.mqtt = server.mqtt_addr;
         self.server = Some(server);
     }
 
@@ -166,4 +175,42 @@ pub fn imei(n: u64) -> String {
     callhome_core::Imei::from_body(&format!("35693803{n:06}"))
         .unwrap()
         .to_string()
+}
+
+/// A device's key and certificate, and the CA certificate.
+pub struct Enrolled {
+    pub imei: String,
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub serial: String,
+}
+
+impl TestApp {
+    /// Registers a device and has its CSR signed.
+    pub async fn enroll(&self, token: &str, imei: &str) -> Enrolled {
+        let (status, body) = self
+            .post("/api/v1/devices", token, json!({"imei": imei}))
+            .await;
+        assert!(
+            status == StatusCode::CREATED || status == StatusCode::CONFLICT,
+            "{body}"
+        );
+        let (key_pem, csr) = callhome_ca::generate_key_and_csr(imei).unwrap();
+        let (status, signed) = self
+            .post(
+                &format!("/api/v1/devices/{imei}/certificate"),
+                token,
+                json!({"csr": csr}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{signed}");
+        Enrolled {
+            imei: imei.to_owned(),
+            key_pem,
+            cert_pem: signed["certificate"].as_str().unwrap().to_owned(),
+            ca_pem: signed["ca_chain"].as_str().unwrap().to_owned(),
+            serial: signed["serial"].as_str().unwrap().to_owned(),
+        }
+    }
 }

@@ -4,5 +4,7 @@
 mod auth;
 mod certificates;
 mod devices;
+mod gateway;
 mod helpers;
+mod modem;
 mod system;
