@@ -12,8 +12,11 @@
 //! - [`imei`]: the 15-digit IMEI with its Luhn check digit.
 //! - [`identity`]: users, roles, tags and device names.
 //! - [`at`]: AT command text as accepted from operators.
+//! - [`configtxt`]: the MTX-Tunnel Config.txt: lossless parsing and rendering, the schema of
+//!   known keys and its validation, placeholders, phone whitelists, diffs.
 
 pub mod at;
+pub mod configtxt;
 pub mod identity;
 pub mod imei;
 
