@@ -13,8 +13,12 @@
 //! - [`identity`]: users, roles, tags and device names.
 //! - [`at`]: AT command text as accepted from operators.
 //! - [`password`]: argon2id hashing of passwords (pure computation, no I/O).
+//! - [`configtxt`]: the MTX-Tunnel Config.txt: lossless parsing and rendering, the schema of
+//!   known keys and its validation, placeholders, phone whitelists, diffs.
+//! - [`dialect`]: the modem's AT command dialect: how commands are built and replies read.
 
 pub mod at;
+pub mod configtxt;
 pub mod dialect;
 pub mod identity;
 pub mod imei;
