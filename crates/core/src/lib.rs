@@ -12,8 +12,11 @@
 //! - [`imei`]: the 15-digit IMEI with its Luhn check digit.
 //! - [`identity`]: users, roles, tags and device names.
 //! - [`at`]: AT command text as accepted from operators.
+//! - [`dialect`]: the modem command dialect: building MTX-Tunnel commands from templates,
+//!   parsing them as a modem does, and reading modem replies (final result codes).
 
 pub mod at;
+pub mod dialect;
 pub mod identity;
 pub mod imei;
 
