@@ -38,6 +38,8 @@ pub enum Command {
         #[arg(long, conflicts_with = "output")]
         check: Option<PathBuf>,
     },
+    /// Run a fleet of simulated MTX modems against the platform (or a reference broker).
+    Sim(Box<crate::commands::sim::SimArgs>),
 }
 
 /// `callhome user ...`.

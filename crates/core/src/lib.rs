@@ -15,7 +15,8 @@
 //! - [`password`]: argon2id hashing of passwords (pure computation, no I/O).
 //! - [`configtxt`]: the MTX-Tunnel Config.txt: lossless parsing and rendering, the schema of
 //!   known keys and its validation, placeholders, phone whitelists, diffs.
-//! - [`dialect`]: the modem's AT command dialect: how commands are built and replies read.
+//! - [`dialect`]: the modem command dialect: building MTX-Tunnel commands from templates,
+//!   parsing them as a modem does, and reading modem replies (final result codes).
 
 pub mod at;
 pub mod configtxt;

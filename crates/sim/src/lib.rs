@@ -1,10 +1,50 @@
 //! The modem and meter simulator, and the fleet load generator behind `callhome sim` and
 //! `callhome bench`.
 //!
-//! Owns (as the command-channel and meter-reading issues fill it in): simulated modems with
-//! their own keys and certificates enrolled through the REST API, an MQTT client per modem,
-//! an in-memory Config.txt, AT command answers, periodic status, TEMPORALCLIENT sockets, and
-//! simulated meters behind them.
+//! Owns: simulated MTX modems ([`SimModem`], [`Fleet`]) with their own keys and
+//! certificates enrolled through the REST API ([`Enroller`]), one MQTT client per modem
+//! over mutual TLS (or plain TCP, to measure a reference broker), an in-memory
+//! Config.txt ([`config`]), AT command answers ([`answer`]), periodic status, switches
+//! for misbehaviour ([`Behaviour`]) and fleet counters ([`Counters`]). Later:
+//! TEMPORALCLIENT sockets and simulated meters behind them.
 //!
 //! Must not know: server internals. It talks to Callhome only the way a modem or an operator
 //! does: over the REST API, MQTT/TLS and the tunnel.
+//!
+//! # What a simulated modem does on the wire
+//!
+//! - MQTT 3.1.1, client id = IMEI, clean session, keep-alive `MQTT_keepalive` (300 s).
+//! - On CONNACK it subscribes to its command topic `MQTT_attopic1` (`{IMEI}/AT`) at
+//!   QoS 1; it counts as connected once the SUBACK grants it.
+//! - Each PUBLISH there is one AT command (payload = command text, surrounding
+//!   whitespace and CR/LF ignored). The answer is published on `MQTT_atrtopic`
+//!   (`{IMEI}/ATR`), QoS 1, not retained: the AT response text, `\r\n` line ends, final
+//!   result code last (e.g. `+CSQ: 20,99\r\n\r\nOK`).
+//! - Status JSON on `DNS_mqttTopic` (`{IMEI}/dns`), QoS 1, once subscribed and then
+//!   every `DNS_period` seconds: `{"imei","ip","csq","rssi","model","fw","uptime"}`.
+//! - Reconnects after any loss with jittered exponential backoff (cap 30 s).
+//!
+//! # Scale
+//!
+//! One tokio task per modem, driving one rumqttc event loop; bounded channels
+//! everywhere (a full one drops and counts); the master Config.txt is shared and each
+//! modem stores only its `SETPARAM` changes; one TLS root configuration is shared and
+//! each modem's copy differs only by its certificate.
+
+#![warn(missing_docs)]
+
+pub mod answer;
+pub mod config;
+mod counters;
+mod enroll;
+mod error;
+mod fleet;
+mod modem;
+mod tls;
+
+pub use counters::{CounterSnapshot, Counters};
+pub use enroll::{CA_FILE, Enroller};
+pub use error::SimError;
+pub use fleet::{Fleet, FleetConfig, FleetTransport, fleet_imeis, is_picked};
+pub use modem::{Backoff, Behaviour, ModemHandle, ModemSettings, ReplyMode, SimModem, Transport};
+pub use tls::{Credentials, TlsBase, install_crypto_provider};

@@ -2,6 +2,7 @@
 
 mod openapi;
 mod serve;
+pub mod sim;
 mod user;
 
 use crate::cli::{Cli, Command};
@@ -15,6 +16,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::resolve(&cli.settings)?;
             init_tracing(&settings);
             serve::run(&settings).await
+        }
+        Command::Sim(args) => {
+            init_sim_tracing();
+            sim::run(*args, cli.settings.mqtt).await
         }
         Command::User { action } => {
             let settings = Settings::resolve(&cli.settings)?;
@@ -34,4 +39,14 @@ fn init_tracing(settings: &Settings) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The simulator logs warnings only (RUST_LOG overrides), so the progress bar stays readable.
+fn init_sim_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

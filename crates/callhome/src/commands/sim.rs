@@ -1,0 +1,329 @@
+//! `callhome sim`: a fleet of simulated MTX modems.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use callhome_sim::{
+    Behaviour, CounterSnapshot, Counters, Enroller, Fleet, FleetConfig, FleetTransport,
+    ModemSettings, ReplyMode, TlsBase, config::MasterConfig, fleet_imeis,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// How the misbehaving part of the fleet misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Misbehave {
+    /// Answer ERROR to every command.
+    Error,
+    /// Never answer.
+    Silent,
+    /// Drop the connection when a command arrives.
+    Drop,
+}
+
+/// `callhome sim ...`.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Callhome API base URL, e.g. http://127.0.0.1:8080 (for enrollment; not needed
+    /// with --plain).
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// Access token for the API (operator role).
+    #[arg(long, env = "CALLHOME_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// API key for the API (operator role), instead of --token.
+    #[arg(
+        long,
+        env = "CALLHOME_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "token"
+    )]
+    pub api_key: Option<String>,
+    /// CA certificate (PEM) to trust for an https API URL.
+    #[arg(long, value_name = "FILE")]
+    pub api_ca: Option<PathBuf>,
+    /// MQTT endpoint as HOST:PORT; the host is also the TLS server name. Defaults to
+    /// the global --mqtt address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub broker: Option<String>,
+    /// Plain TCP without certificates (a reference broker such as Mosquitto); skips
+    /// enrollment.
+    #[arg(long)]
+    pub plain: bool,
+    /// Number of modems.
+    #[arg(long, default_value_t = 1)]
+    pub modems: usize,
+    /// First 14 IMEI digits; the fleet counts up from there.
+    #[arg(long, value_name = "BODY14", default_value = "35693803000000")]
+    pub first_imei: String,
+    /// Where keys, certificates and the CA certificate are cached between runs.
+    #[arg(long, value_name = "DIR", default_value = "callhome-sim-cache")]
+    pub cache_dir: PathBuf,
+    /// Seconds between status messages (Config.txt DNS_period).
+    #[arg(long, value_name = "S", default_value_t = 600)]
+    pub status_period: u64,
+    /// Connection attempts in progress at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Enrollments in progress at once.
+    #[arg(long, default_value_t = 32)]
+    pub enroll_concurrency: usize,
+    /// Make part of the fleet misbehave.
+    #[arg(long, value_enum)]
+    pub misbehave: Option<Misbehave>,
+    /// Fraction of the fleet (0-1, spread evenly) that misbehaves.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub misbehave_fraction: f64,
+    /// The misbehaving modems delay every reply by this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub reply_delay_ms: Option<u64>,
+    /// The misbehaving modems drop each connection this many seconds after it is made.
+    #[arg(long, value_name = "S")]
+    pub drop_after: Option<u64>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, value_name = "S")]
+    pub duration: Option<u64>,
+}
+
+/// Splits `HOST:PORT` (`[v6]:PORT` too).
+fn parse_endpoint(s: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("{s:?}: expected HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("{s:?}: the host is empty");
+    }
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{s:?}: the port is not a number 1-65535"))?;
+    if port == 0 {
+        bail!("{s:?}: the port must not be 0");
+    }
+    Ok((host.to_owned(), port))
+}
+
+fn endpoint(args: &SimArgs, global_mqtt: Option<SocketAddr>) -> anyhow::Result<(String, u16)> {
+    if let Some(b) = &args.broker {
+        return parse_endpoint(b);
+    }
+    match global_mqtt {
+        // A listen address such as 0.0.0.0:8883 means "this machine".
+        Some(a) if a.ip().is_unspecified() => Ok(("127.0.0.1".into(), a.port())),
+        Some(a) => Ok((a.ip().to_string(), a.port())),
+        None => bail!("give the MQTT endpoint with --broker HOST:PORT (or --mqtt ADDR)"),
+    }
+}
+
+fn misbehaviour(args: &SimArgs) -> anyhow::Result<Option<(Behaviour, f64)>> {
+    if !(0.0..=1.0).contains(&args.misbehave_fraction) {
+        bail!("--misbehave-fraction must be between 0 and 1");
+    }
+    let b = Behaviour {
+        reply: match args.misbehave {
+            None => ReplyMode::Normal,
+            Some(Misbehave::Error) => ReplyMode::Error,
+            Some(Misbehave::Silent) => ReplyMode::Silent,
+            Some(Misbehave::Drop) => ReplyMode::Drop,
+        },
+        reply_delay: Duration::from_millis(args.reply_delay_ms.unwrap_or(0)),
+        drop_after: args.drop_after.map(Duration::from_secs),
+    };
+    Ok((b != Behaviour::default()).then_some((b, args.misbehave_fraction)))
+}
+
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// Resolves when Ctrl-C is pressed or `duration` has passed.
+async fn stop_signal(duration: Option<u64>) {
+    let timer = async {
+        match duration {
+            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = timer => {}
+    }
+}
+
+pub(super) async fn run(args: SimArgs, global_mqtt: Option<SocketAddr>) -> anyhow::Result<()> {
+    callhome_sim::install_crypto_provider();
+    let (host, port) = endpoint(&args, global_mqtt)?;
+    let misbehaviour = misbehaviour(&args)?;
+    let imeis = fleet_imeis(&args.first_imei, args.modems)?;
+    if imeis.is_empty() {
+        bail!("--modems must be at least 1");
+    }
+    let stop = stop_signal(args.duration);
+    tokio::pin!(stop);
+
+    let transport = if args.plain {
+        FleetTransport::Plain
+    } else {
+        let Some(api) = &args.api else {
+            bail!("mutual TLS needs --api URL to enroll the modems (or use --plain)");
+        };
+        let Some(credential) = args.token.as_deref().or(args.api_key.as_deref()) else {
+            bail!("enrollment needs --token or --api-key");
+        };
+        let api_ca = match &args.api_ca {
+            Some(p) => Some(
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let enroller = Enroller::new(api, credential, &args.cache_dir, api_ca.as_deref())?;
+        let ca = enroller
+            .ca_certificate()
+            .await
+            .context("fetching the CA certificate")?;
+        let bar = ProgressBar::new(imeis.len() as u64).with_style(bar_style(
+            "enrolling  [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})",
+        ));
+        let enrolled = tokio::select! {
+            r = enroller.enroll_all(&imeis, args.enroll_concurrency, |_| bar.inc(1)) => r,
+            () = &mut stop => {
+                bar.abandon();
+                println!("interrupted during enrollment");
+                return Ok(());
+            }
+        };
+        bar.finish();
+        let credentials = enrolled.context("enrolling")?;
+        FleetTransport::MutualTls {
+            base: TlsBase::new(&ca)?,
+            credentials,
+        }
+    };
+
+    let mut settings = ModemSettings::new(&host, port, !args.plain);
+    settings.master = std::sync::Arc::new(MasterConfig::for_platform(
+        &host,
+        port,
+        !args.plain,
+        Some(args.status_period),
+    ));
+    let mut config = FleetConfig::new(&args.first_imei, imeis.len(), settings);
+    config.connect_concurrency = args.connect_concurrency;
+    config.misbehaviour = misbehaviour;
+    let fleet = Fleet::start(config, transport)?;
+    let counters = fleet.counters().clone();
+
+    let scheme = if args.plain { "mqtt" } else { "mqtts" };
+    println!(
+        "{} modems ({}..) -> {scheme}://{host}:{port}",
+        imeis.len(),
+        imeis[0]
+    );
+    let bar = ProgressBar::new(imeis.len() as u64).with_style(bar_style(
+        "connecting [{bar:40}] {pos}/{len} ({per_sec}, {elapsed}) {msg}",
+    ));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut phase_connecting = true;
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tick.tick() => {
+                let c = counters.snapshot();
+                if phase_connecting {
+                    bar.set_position(c.ever_connected);
+                    bar.set_message(format!("failures {}", c.connect_failures));
+                    if let Some(t) = counters.time_to_all_connected() {
+                        bar.finish();
+                        println!(
+                            "all {} modems connected in {:.2} s ({:.0} connections/s)",
+                            counters.target(),
+                            t.as_secs_f64(),
+                            rate(counters.target(), t)
+                        );
+                        phase_connecting = false;
+                        bar.reset();
+                        bar.set_style(bar_style("{spinner} {elapsed} {msg}"));
+                    }
+                } else {
+                    bar.tick();
+                    bar.set_message(format!(
+                        "connected {}  replies {}  status {}  reconnects {}",
+                        c.connected, c.replies_sent, c.status_sent, c.reconnects
+                    ));
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let c = counters.snapshot();
+    let elapsed = counters.elapsed();
+    fleet.shutdown().await;
+    print_summary(&counters, &c, elapsed);
+    Ok(())
+}
+
+fn rate(n: u64, t: Duration) -> f64 {
+    if t.is_zero() {
+        0.0
+    } else {
+        n as f64 / t.as_secs_f64()
+    }
+}
+
+fn print_summary(counters: &Counters, c: &CounterSnapshot, elapsed: Duration) {
+    let line = |label: &str, value: String| println!("  {label:<25} {value}");
+    let n = counters.target();
+    println!(
+        "summary ({:.1} s since the fleet started)",
+        elapsed.as_secs_f64()
+    );
+    line("modems:", n.to_string());
+    line("connected at the end:", c.connected.to_string());
+    line("connected at least once:", c.ever_connected.to_string());
+    match counters.time_to_all_connected() {
+        Some(t) => {
+            line(
+                "time to all connected:",
+                format!("{:.2} s", t.as_secs_f64()),
+            );
+            line("connections/s:", format!("{:.0}", rate(n, t)));
+        }
+        None => {
+            line("time to all connected:", "not reached".into());
+            line(
+                "connections/s:",
+                format!(
+                    "{:.0} (over the whole run)",
+                    rate(c.ever_connected, elapsed)
+                ),
+            );
+        }
+    }
+    line("connect failures:", c.connect_failures.to_string());
+    line("reconnects:", c.reconnects.to_string());
+    line("commands received:", c.commands_received.to_string());
+    line(
+        "replies sent:",
+        format!("{} ({} errors)", c.replies_sent, c.error_replies),
+    );
+    line("status messages:", c.status_sent.to_string());
+    line("dropped (queues full):", c.dropped.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoint("gw.example:8883").unwrap(),
+            ("gw.example".into(), 8883)
+        );
+        assert_eq!(parse_endpoint("[::1]:1883").unwrap(), ("::1".into(), 1883));
+        assert!(parse_endpoint("gw.example").is_err());
+        assert!(parse_endpoint(":1").is_err());
+        assert!(parse_endpoint("h:0").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! Fleet-wide counters, updated lock-free by every modem task.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Counters shared by the modems of a fleet (or by a single modem).
+#[derive(Debug)]
+pub struct Counters {
+    started: Instant,
+    target: u64,
+    all_connected_micros: AtomicU64,
+    /// Modems connected and subscribed right now.
+    pub connected: AtomicU64,
+    /// Modems that have been connected and subscribed at least once.
+    pub ever_connected: AtomicU64,
+    /// Successful connections (CONNACK and SUBACK), first ones included.
+    pub connections: AtomicU64,
+    /// Successful connections after a modem's first.
+    pub reconnects: AtomicU64,
+    /// Connection attempts that failed (TCP, TLS, CONNACK refused, timeout).
+    pub connect_failures: AtomicU64,
+    /// Established connections that ended (error, drop switch, broker close).
+    pub disconnects: AtomicU64,
+    /// Commands received on command topics.
+    pub commands_received: AtomicU64,
+    /// Replies handed to the MQTT client (OK and error answers alike).
+    pub replies_sent: AtomicU64,
+    /// Replies whose final result was an error (`ERROR`, `+CME ERROR`, ...).
+    pub error_replies: AtomicU64,
+    /// Replies or status messages dropped because a queue was full.
+    pub dropped: AtomicU64,
+    /// Status messages handed to the MQTT client.
+    pub status_sent: AtomicU64,
+}
+
+/// A copy of [`Counters`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterSnapshot {
+    /// See [`Counters::connected`].
+    pub connected: u64,
+    /// See [`Counters::ever_connected`].
+    pub ever_connected: u64,
+    /// See [`Counters::connections`].
+    pub connections: u64,
+    /// See [`Counters::reconnects`].
+    pub reconnects: u64,
+    /// See [`Counters::connect_failures`].
+    pub connect_failures: u64,
+    /// See [`Counters::disconnects`].
+    pub disconnects: u64,
+    /// See [`Counters::commands_received`].
+    pub commands_received: u64,
+    /// See [`Counters::replies_sent`].
+    pub replies_sent: u64,
+    /// See [`Counters::error_replies`].
+    pub error_replies: u64,
+    /// See [`Counters::dropped`].
+    pub dropped: u64,
+    /// See [`Counters::status_sent`].
+    pub status_sent: u64,
+}
+
+impl Counters {
+    /// Counters for a fleet of `target` modems, timed from now.
+    pub fn new(target: u64) -> Self {
+        Self {
+            started: Instant::now(),
+            target,
+            all_connected_micros: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            ever_connected: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            commands_received: AtomicU64::new(0),
+            replies_sent: AtomicU64::new(0),
+            error_replies: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            status_sent: AtomicU64::new(0),
+        }
+    }
+
+    /// The number of modems the fleet was started with.
+    pub fn target(&self) -> u64 {
+        self.target
+    }
+
+    /// Time since the counters were created.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Time from creation until every modem had connected once, if that happened.
+    pub fn time_to_all_connected(&self) -> Option<Duration> {
+        match self.all_connected_micros.load(Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    pub(crate) fn on_connected(&self, first: bool) {
+        self.connected.fetch_add(1, Relaxed);
+        self.connections.fetch_add(1, Relaxed);
+        if first {
+            let n = self.ever_connected.fetch_add(1, Relaxed) + 1;
+            if n == self.target {
+                let us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.all_connected_micros.store(us.max(1), Relaxed);
+            }
+        } else {
+            self.reconnects.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn on_disconnected(&self) {
+        self.connected.fetch_sub(1, Relaxed);
+        self.disconnects.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            connected: self.connected.load(Relaxed),
+            ever_connected: self.ever_connected.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            connect_failures: self.connect_failures.load(Relaxed),
+            disconnects: self.disconnects.load(Relaxed),
+            commands_received: self.commands_received.load(Relaxed),
+            replies_sent: self.replies_sent.load(Relaxed),
+            error_replies: self.error_replies.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            status_sent: self.status_sent.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Enrolling simulated modems through the REST API, with an on-disk cache.
+//!
+//! For each IMEI: `POST /api/v1/devices {"imei"}` (409, already registered, is fine),
+//! a new P-256 key and CSR, `POST /api/v1/devices/{imei}/certificate {"csr"}`. The CA
+//! certificate comes from `GET /api/v1/ca/certificate`. Cached in a directory:
+//! `<imei>.key.pem` (mode 0600), `<imei>.crt.pem` and `ca.pem`, so a restart reuses
+//! them; a changed CA certificate (a new platform) discards the cached device
+//! certificates.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use callhome_core::Imei;
+use futures::StreamExt as _;
+use reqwest::StatusCode;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+use crate::SimError;
+use crate::tls::{Credentials, install_crypto_provider};
+
+/// The cached CA certificate's file name.
+pub const CA_FILE: &str = "ca.pem";
+
+/// Enrolls modems through one API base URL with one credential.
+#[derive(Debug, Clone)]
+pub struct Enroller {
+    client: reqwest::Client,
+    base: String,
+    credential: String,
+    cache_dir: PathBuf,
+    ca_changed: Arc<AtomicBool>,
+}
+
+#[derive(Deserialize)]
+struct Signed {
+    certificate: String,
+}
+
+impl Enroller {
+    /// `api_base` like `http://127.0.0.1:8080` (no trailing `/api/v1`); `credential` an
+    /// access token or an API key (both are sent as `Authorization: Bearer`);
+    /// `api_ca_pem` the CA to trust for an `https` API (the system's roots otherwise).
+    pub fn new(
+        api_base: &str,
+        credential: &str,
+        cache_dir: &Path,
+        api_ca_pem: Option<&str>,
+    ) -> Result<Self, SimError> {
+        install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64);
+        if let Some(ca) = api_ca_pem {
+            let config = callhome_ca::tls::client_config(ca, None, None)?;
+            builder = builder.tls_backend_preconfigured((*config).clone());
+        }
+        let client = builder
+            .build()
+            .map_err(|e| SimError::Http("building the HTTP client".into(), e))?;
+        std::fs::create_dir_all(cache_dir).map_err(|source| SimError::Io {
+            path: cache_dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            client,
+            base: api_base.trim_end_matches('/').to_owned(),
+            credential: credential.to_owned(),
+            cache_dir: cache_dir.to_owned(),
+            ca_changed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Fetches the CA certificate, compares it with the cached `ca.pem` and stores it.
+    /// Call before [`Enroller::enroll`]: a changed CA invalidates cached certificates.
+    pub async fn ca_certificate(&self) -> Result<String, SimError> {
+        let path = "/api/v1/ca/certificate";
+        let resp = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(|e| SimError::Http(format!("GET {path}"), e))?;
+        let ca = expect(resp, "GET", path, StatusCode::OK).await?;
+        let file = self.cache_dir.join(CA_FILE);
+        let cached = std::fs::read_to_string(&file).ok();
+        if cached.as_deref() != Some(ca.as_str()) {
+            self.ca_changed.store(cached.is_some(), Ordering::Relaxed);
+            write_file(&file, ca.as_bytes(), false)?;
+        }
+        Ok(ca)
+    }
+
+    /// The cached key and certificate of `imei`, if present, matching, and issued by
+    /// the current CA.
+    pub fn cached(&self, imei: &Imei) -> Option<Credentials> {
+        if self.ca_changed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let key_pem = std::fs::read_to_string(self.key_path(imei)).ok()?;
+        let cert_pem = std::fs::read_to_string(self.cert_path(imei)).ok()?;
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).ok()?;
+        let provider = rustls::crypto::ring::default_provider();
+        let certified = CertifiedKey::from_der(chain, key, &provider).ok()?;
+        certified.keys_match().ok()?;
+        Some(Credentials { cert_pem, key_pem })
+    }
+
+    fn key_path(&self, imei: &Imei) -> PathBuf {
+        self.cache_dir.join(format!("{imei}.key.pem"))
+    }
+
+    fn cert_path(&self, imei: &Imei) -> PathBuf {
+        self.cache_dir.join(format!("{imei}.crt.pem"))
+    }
+
+    /// Registers `imei` (if needed) and gets it a certificate for a new key, or returns
+    /// the cached ones. Transient failures (connection errors, 5xx, 429) are retried
+    /// three times.
+    pub async fn enroll(&self, imei: &Imei) -> Result<Credentials, SimError> {
+        if let Some(c) = self.cached(imei) {
+            return Ok(c);
+        }
+        let mut attempt = 0;
+        loop {
+            match self.enroll_once(imei).await {
+                Ok(c) => return Ok(c),
+                Err(e) if attempt < 3 && is_transient(&e) => {
+                    attempt += 1;
+                    tracing::debug!(%imei, error = %e, attempt, "enrollment failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn enroll_once(&self, imei: &Imei) -> Result<Credentials, SimError> {
+        let path = "/api/v1/devices";
+        let resp = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.credential)
+            .json(&serde_json::json!({ "imei": imei.as_str() }))
+            .send()
+            .await
+            .map_err(|e| SimError::Http(format!("POST {path}"), e))?;
+        if resp.status() != StatusCode::CONFLICT {
+            expect(resp, "POST", path, StatusCode::CREATED).await?;
+        }
+
+        let (key_pem, csr_pem) = callhome_ca::generate_key_and_csr(imei.as_str())?;
+        let path = format!("/api/v1/devices/{imei}/certificate");
+        let resp = self
+            .client
+            .post(self.url(&path))
+            .bearer_auth(&self.credential)
+            .json(&serde_json::json!({ "csr": csr_pem }))
+            .send()
+            .await
+            .map_err(|e| SimError::Http(format!("POST {path}"), e))?;
+        let body = expect(resp, "POST", &path, StatusCode::CREATED).await?;
+        let signed: Signed = serde_json::from_str(&body).map_err(|e| SimError::Api {
+            method: "POST",
+            path: path.clone(),
+            status: 201,
+            body: format!("unexpected body: {e}"),
+        })?;
+        write_file(&self.key_path(imei), key_pem.as_bytes(), true)?;
+        write_file(&self.cert_path(imei), signed.certificate.as_bytes(), false)?;
+        Ok(Credentials {
+            cert_pem: signed.certificate,
+            key_pem,
+        })
+    }
+
+    /// Enrolls every IMEI, `concurrency` at a time, calling `progress` after each; the
+    /// result is in the order of `imeis`. Stops at the first error.
+    pub async fn enroll_all(
+        &self,
+        imeis: &[Imei],
+        concurrency: usize,
+        progress: impl Fn(&Imei),
+    ) -> Result<Vec<Credentials>, SimError> {
+        let mut out = Vec::with_capacity(imeis.len());
+        let mut stream = futures::stream::iter(imeis.iter().map(|imei| async move {
+            let r = self.enroll(imei).await;
+            (imei, r)
+        }))
+        .buffered(concurrency.max(1));
+        while let Some((imei, r)) = stream.next().await {
+            out.push(r?);
+            progress(imei);
+        }
+        Ok(out)
+    }
+}
+
+fn is_transient(e: &SimError) -> bool {
+    match e {
+        SimError::Http(_, e) => e.is_connect() || e.is_timeout() || e.is_request(),
+        SimError::Api { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
+    }
+}
+
+/// Reads the body; an error unless the status is `want`.
+async fn expect(
+    resp: reqwest::Response,
+    method: &'static str,
+    path: &str,
+    want: StatusCode,
+) -> Result<String, SimError> {
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| SimError::Http(format!("{method} {path}: reading the body"), e))?;
+    if status != want {
+        let mut body = body;
+        body.truncate(500);
+        return Err(SimError::Api {
+            method,
+            path: path.to_owned(),
+            status: status.as_u16(),
+            body,
+        });
+    }
+    Ok(body)
+}
+
+fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SimError> {
+    if secret {
+        callhome_ca::write_secret_file(path, bytes)?;
+        Ok(())
+    } else {
+        std::fs::write(path, bytes).map_err(|source| SimError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}

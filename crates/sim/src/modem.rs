@@ -1,0 +1,742 @@
+//! One simulated modem: an MQTT client task that answers AT commands and sends status.
+//!
+//! Each modem is one tokio task driving one rumqttc event loop. It never awaits the
+//! MQTT client from inside that loop: replies and status go through the client's
+//! bounded request channel with `try_publish` (a full channel drops the message and
+//! counts it), so the loop cannot deadlock on itself.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use callhome_core::Imei;
+use callhome_core::dialect::FinalResult;
+use rand::Rng as _;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, QoS,
+    SubscribeReasonCode, TlsConfiguration,
+};
+use rustls::ClientConfig;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::answer::{FIRMWARE_VERSION, answer};
+use crate::config::{MasterConfig, ModemConfig};
+use crate::counters::Counters;
+use crate::tls::{Credentials, TlsBase};
+
+/// Capacity of each modem's MQTT request channel (replies and status waiting to be sent).
+const REQUEST_CAPACITY: usize = 16;
+/// Replies waiting for their delay to pass, at most.
+const MAX_DELAYED_REPLIES: usize = 16;
+/// Capacity of each modem's control channel.
+const CONTROL_CAPACITY: usize = 4;
+/// MQTT packets in flight at once (QoS 1 publishes awaiting PUBACK).
+const MAX_INFLIGHT: u16 = 8;
+/// Largest MQTT packet accepted or sent (a GETCONFIG reply is about 1.5 KB).
+const MAX_PACKET: usize = 64 * 1024;
+
+/// Jittered exponential backoff between connection attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay before the first retry (after a connection ends, or a first failed attempt).
+    pub initial: Duration,
+    /// The cap (30 s by default).
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0 = first): `initial * 2^attempt`, capped
+    /// at `max`, then a uniformly random point in its upper half ("equal jitter"), so a
+    /// fleet cut off at once does not come back at once.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
+        let full = self.initial.saturating_mul(factor).min(self.max);
+        let half = full / 2;
+        let jitter_us = u64::try_from(half.as_micros()).unwrap_or(u64::MAX);
+        half + Duration::from_micros(rand::rng().random_range(0..=jitter_us))
+    }
+}
+
+/// Settings shared by the modems of a fleet.
+#[derive(Debug, Clone)]
+pub struct ModemSettings {
+    /// MQTT endpoint host; also the TLS server name.
+    pub host: String,
+    /// MQTT endpoint port.
+    pub port: u16,
+    /// The Config.txt every modem starts from (topics, `DNS_period`, keep-alive...).
+    pub master: Arc<MasterConfig>,
+    /// Reconnection backoff.
+    pub backoff: Backoff,
+    /// Send one status message as soon as the modem is subscribed, not only every
+    /// `DNS_period` seconds.
+    pub status_on_connect: bool,
+    /// Time allowed for TCP + TLS + CONNACK.
+    pub connect_timeout: Duration,
+    /// MQTT keep-alive; `None` takes `MQTT_keepalive` from the configuration (300 s in
+    /// the seed).
+    pub keep_alive: Option<Duration>,
+}
+
+impl ModemSettings {
+    /// Defaults for `host:port` with the platform master configuration.
+    pub fn new(host: &str, port: u16, tls: bool) -> Self {
+        Self {
+            host: host.to_owned(),
+            port,
+            master: Arc::new(MasterConfig::for_platform(host, port, tls, None)),
+            backoff: Backoff::default(),
+            status_on_connect: true,
+            connect_timeout: Duration::from_secs(30),
+            keep_alive: None,
+        }
+    }
+}
+
+/// How a modem connects.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Plain TCP, no certificate (a reference broker such as Mosquitto).
+    Plain,
+    /// TLS with a ready client configuration.
+    Tls(Arc<ClientConfig>),
+    /// Mutual TLS: the modem builds its configuration from the shared base and its own
+    /// key and certificate when its task starts, then drops the PEM text.
+    MutualTls {
+        /// The shared CA configuration.
+        base: TlsBase,
+        /// This modem's key and certificate.
+        credentials: Credentials,
+    },
+}
+
+/// How a modem answers commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyMode {
+    /// Answers as a working modem does.
+    #[default]
+    Normal,
+    /// Answers `ERROR` to everything.
+    Error,
+    /// Never answers.
+    Silent,
+    /// Drops the connection when a command arrives, without answering.
+    Drop,
+}
+
+/// A modem's (mis)behaviour, changeable while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Behaviour {
+    /// How commands are answered.
+    pub reply: ReplyMode,
+    /// Delay before each reply is published.
+    pub reply_delay: Duration,
+    /// Drop every connection this long after it is established.
+    pub drop_after: Option<Duration>,
+}
+
+impl Behaviour {
+    /// Answers `ERROR` to everything.
+    pub fn error() -> Self {
+        Self {
+            reply: ReplyMode::Error,
+            ..Self::default()
+        }
+    }
+
+    /// Never answers.
+    pub fn silent() -> Self {
+        Self {
+            reply: ReplyMode::Silent,
+            ..Self::default()
+        }
+    }
+
+    /// Drops the connection on every command.
+    pub fn drop_on_command() -> Self {
+        Self {
+            reply: ReplyMode::Drop,
+            ..Self::default()
+        }
+    }
+}
+
+enum Control {
+    SetBehaviour(Behaviour),
+    DropConnection,
+    Stop,
+}
+
+/// Controls a running modem. Cheap to clone; dropping every handle leaves the modem
+/// running (stop it with [`ModemHandle::stop`] or the cancellation token it was
+/// spawned with).
+#[derive(Debug, Clone)]
+pub struct ModemHandle {
+    imei: Imei,
+    control: mpsc::Sender<Control>,
+}
+
+impl ModemHandle {
+    /// The modem's IMEI (its MQTT client id).
+    pub fn imei(&self) -> &Imei {
+        &self.imei
+    }
+
+    /// Changes how the modem answers from the next command on. `false` if it has
+    /// stopped.
+    pub async fn set_behaviour(&self, behaviour: Behaviour) -> bool {
+        self.control
+            .send(Control::SetBehaviour(behaviour))
+            .await
+            .is_ok()
+    }
+
+    /// Drops the current connection now (as on losing coverage: no DISCONNECT); the
+    /// modem reconnects after its backoff. `false` if it has stopped.
+    pub async fn drop_connection(&self) -> bool {
+        self.control.send(Control::DropConnection).await.is_ok()
+    }
+
+    /// Disconnects cleanly and ends the modem's task.
+    pub async fn stop(&self) {
+        let _ = self.control.send(Control::Stop).await;
+    }
+}
+
+/// One simulated modem, ready to be spawned.
+#[derive(Debug)]
+pub struct SimModem {
+    imei: Imei,
+    transport: Transport,
+    settings: Arc<ModemSettings>,
+    behaviour: Behaviour,
+    counters: Arc<Counters>,
+    gate: Option<Arc<Semaphore>>,
+}
+
+impl SimModem {
+    /// A modem with its own counters and normal behaviour.
+    pub fn new(imei: Imei, transport: Transport, settings: Arc<ModemSettings>) -> Self {
+        Self {
+            imei,
+            transport,
+            settings,
+            behaviour: Behaviour::default(),
+            counters: Arc::new(Counters::new(1)),
+            gate: None,
+        }
+    }
+
+    /// Counts into `counters` (shared with other modems).
+    #[must_use]
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// Starts with `behaviour`.
+    #[must_use]
+    pub fn with_behaviour(mut self, behaviour: Behaviour) -> Self {
+        self.behaviour = behaviour;
+        self
+    }
+
+    /// Holds a permit of `gate` during every connection attempt (TCP, TLS and CONNACK),
+    /// bounding how many modems of a fleet connect at once.
+    #[must_use]
+    pub fn with_connect_gate(mut self, gate: Arc<Semaphore>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The counters this modem updates.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Starts the modem's task. It runs until `cancel` fires or [`ModemHandle::stop`].
+    pub fn spawn(self, cancel: CancellationToken) -> (ModemHandle, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(CONTROL_CAPACITY);
+        let handle = ModemHandle {
+            imei: self.imei.clone(),
+            control: tx,
+        };
+        let task = tokio::spawn(run(self, rx, cancel));
+        (handle, task)
+    }
+}
+
+/// A modem's state while its task runs.
+struct Modem {
+    imei: Imei,
+    config: ModemConfig,
+    behaviour: Behaviour,
+    settings: Arc<ModemSettings>,
+    counters: Arc<Counters>,
+    gate: Option<Arc<Semaphore>>,
+    command_topic: String,
+    reply_topic: String,
+    status_topic: String,
+    started: Instant,
+    ever_connected: bool,
+    control_open: bool,
+}
+
+/// The state of one connection.
+#[derive(Default)]
+struct Session {
+    subscribed: bool,
+    next_status: Option<Instant>,
+    drop_at: Option<Instant>,
+    delayed: VecDeque<(Instant, String)>,
+    armed: Option<Instant>,
+}
+
+impl Session {
+    fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.next_status,
+            self.drop_at,
+            self.delayed.front().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// How a connection ended.
+enum Outcome {
+    /// Stop the modem.
+    Stop,
+    /// The attempt failed before the modem was subscribed.
+    Failed,
+    /// An established connection ended.
+    Ended,
+}
+
+type Cancelled = Pin<Box<WaitForCancellationFutureOwned>>;
+
+async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: CancellationToken) {
+    let SimModem {
+        imei,
+        transport,
+        settings,
+        behaviour,
+        counters,
+        gate,
+    } = modem;
+    let tls = match transport {
+        Transport::Plain => None,
+        Transport::Tls(c) => Some(c),
+        Transport::MutualTls { base, credentials } => match base.for_device(&credentials) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(%imei, error = %e, "cannot build the modem's TLS configuration");
+                return;
+            }
+        },
+    };
+    let config = ModemConfig::new(settings.master.clone());
+    let topic = |key: &str, default: &str| {
+        config
+            .get(key, imei.as_str())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| format!("{imei}/{default}"))
+    };
+    let mut m = Modem {
+        command_topic: topic("MQTT_attopic1", "AT"),
+        reply_topic: topic("MQTT_atrtopic", "ATR"),
+        status_topic: topic("DNS_mqttTopic", "dns"),
+        imei,
+        config,
+        behaviour,
+        settings,
+        counters,
+        gate,
+        started: Instant::now(),
+        ever_connected: false,
+        control_open: true,
+    };
+    let (client, mut eventloop) = AsyncClient::new(m.mqtt_options(tls), REQUEST_CAPACITY);
+    eventloop
+        .network_options
+        .set_connection_timeout(m.settings.connect_timeout.as_secs().max(1));
+    // rumqttc preallocates room for 100 buffered events per client (about 10 KB); a
+    // modem sees a handful at a time, and the queue grows if it ever needs to.
+    eventloop.state.events = VecDeque::with_capacity(4);
+    let mut cancelled: Cancelled = Box::pin(cancel.cancelled_owned());
+    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let mut attempt: u32 = 0;
+    loop {
+        let permit = match m.gate.clone() {
+            None => None,
+            Some(gate) => loop {
+                tokio::select! {
+                    biased;
+                    () = &mut cancelled => return,
+                    c = control.recv(), if m.control_open => {
+                        if m.on_idle_control(c) { return; }
+                    }
+                    p = gate.clone().acquire_owned() => break p.ok(),
+                }
+            },
+        };
+        let outcome = m
+            .session(
+                &client,
+                &mut eventloop,
+                &mut control,
+                &mut cancelled,
+                &mut timer,
+                permit,
+            )
+            .await;
+        match outcome {
+            Outcome::Stop => return,
+            Outcome::Ended => attempt = 0,
+            Outcome::Failed => {}
+        }
+        let wake = Instant::now() + m.settings.backoff.delay(attempt);
+        attempt = attempt.saturating_add(1);
+        timer.as_mut().reset(wake);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut cancelled => return,
+                c = control.recv(), if m.control_open => {
+                    if m.on_idle_control(c) { return; }
+                }
+                () = &mut timer => break,
+            }
+        }
+    }
+}
+
+impl Modem {
+    fn mqtt_options(&self, tls: Option<Arc<ClientConfig>>) -> MqttOptions {
+        let mut o = MqttOptions::new(
+            self.imei.as_str(),
+            self.settings.host.clone(),
+            self.settings.port,
+        );
+        let keep_alive = self.settings.keep_alive.unwrap_or_else(|| {
+            let secs = self
+                .config
+                .get("MQTT_keepalive", self.imei.as_str())
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|s| (5..=65_535).contains(s))
+                .unwrap_or(300);
+            Duration::from_secs(secs)
+        });
+        o.set_keep_alive(keep_alive)
+            .set_clean_session(true)
+            .set_inflight(MAX_INFLIGHT)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        if let Some(config) = tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                TlsConfiguration::Rustls(config),
+            ));
+        }
+        o
+    }
+
+    /// Handles a control message while not connected; `true` to stop.
+    fn on_idle_control(&mut self, c: Option<Control>) -> bool {
+        match c {
+            Some(Control::Stop) => true,
+            Some(Control::SetBehaviour(b)) => {
+                self.behaviour = b;
+                false
+            }
+            Some(Control::DropConnection) => false,
+            None => {
+                self.control_open = false;
+                false
+            }
+        }
+    }
+
+    /// Connects (or resumes connecting) and serves one connection until it ends.
+    async fn session(
+        &mut self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        control: &mut mpsc::Receiver<Control>,
+        cancelled: &mut Cancelled,
+        timer: &mut Pin<Box<Sleep>>,
+        mut permit: Option<OwnedSemaphorePermit>,
+    ) -> Outcome {
+        let mut s = Session::default();
+        loop {
+            let deadline = s.next_deadline();
+            if deadline != s.armed {
+                if let Some(d) = deadline {
+                    timer.as_mut().reset(d);
+                }
+                s.armed = deadline;
+            }
+            tokio::select! {
+                biased;
+                () = &mut *cancelled => {
+                    self.leave(client, eventloop, &s).await;
+                    return Outcome::Stop;
+                }
+                c = control.recv(), if self.control_open => match c {
+                    Some(Control::Stop) => {
+                        self.leave(client, eventloop, &s).await;
+                        return Outcome::Stop;
+                    }
+                    Some(Control::SetBehaviour(b)) => {
+                        self.behaviour = b;
+                        if s.subscribed {
+                            s.drop_at = b.drop_after.map(|d| Instant::now() + d);
+                        }
+                    }
+                    Some(Control::DropConnection) => return self.drop_connection(eventloop, &s),
+                    None => self.control_open = false,
+                },
+                () = timer.as_mut(), if deadline.is_some() => {
+                    s.armed = None;
+                    if self.on_timer(client, &mut s) {
+                        return self.drop_connection(eventloop, &s);
+                    }
+                }
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        permit.take();
+                        if client.try_subscribe(self.command_topic.clone(), QoS::AtLeastOnce).is_err() {
+                            tracing::warn!(imei = %self.imei, "cannot queue SUBSCRIBE");
+                            return self.drop_connection(eventloop, &s);
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                        if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                            tracing::warn!(imei = %self.imei, topic = %self.command_topic, "subscription refused");
+                            Counters::add(&self.counters.connect_failures);
+                            eventloop.clean();
+                            return Outcome::Failed;
+                        }
+                        if !s.subscribed {
+                            s.subscribed = true;
+                            self.counters.on_connected(!self.ever_connected);
+                            self.ever_connected = true;
+                            let now = Instant::now();
+                            s.next_status = self.status_period().map(|p| {
+                                if self.settings.status_on_connect { now } else { now + p }
+                            });
+                            s.drop_at = self.behaviour.drop_after.map(|d| now + d);
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        if p.topic == self.command_topic && self.on_command(client, &mut s, &p.payload) {
+                            return self.drop_connection(eventloop, &s);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        drop(permit.take());
+                        return self.connection_error(&s, &e);
+                    }
+                },
+            }
+        }
+    }
+
+    fn connection_error(&self, s: &Session, e: &ConnectionError) -> Outcome {
+        if s.subscribed {
+            tracing::debug!(imei = %self.imei, error = %e, "connection lost");
+            self.counters.on_disconnected();
+            Outcome::Ended
+        } else {
+            tracing::debug!(imei = %self.imei, error = %e, "connection attempt failed");
+            Counters::add(&self.counters.connect_failures);
+            Outcome::Failed
+        }
+    }
+
+    /// Drops the socket without DISCONNECT.
+    fn drop_connection(&self, eventloop: &mut EventLoop, s: &Session) -> Outcome {
+        eventloop.clean();
+        if s.subscribed {
+            self.counters.on_disconnected();
+            Outcome::Ended
+        } else {
+            Counters::add(&self.counters.connect_failures);
+            Outcome::Failed
+        }
+    }
+
+    /// Sends DISCONNECT (best effort, briefly) when stopping.
+    async fn leave(&self, client: &AsyncClient, eventloop: &mut EventLoop, s: &Session) {
+        if !s.subscribed {
+            return;
+        }
+        self.counters
+            .connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if client.try_disconnect().is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Handles a command; `true` to drop the connection.
+    fn on_command(&mut self, client: &AsyncClient, s: &mut Session, payload: &[u8]) -> bool {
+        Counters::add(&self.counters.commands_received);
+        let reply = match self.behaviour.reply {
+            ReplyMode::Silent => return false,
+            ReplyMode::Drop => return true,
+            ReplyMode::Error => "ERROR".to_owned(),
+            ReplyMode::Normal => {
+                let text = String::from_utf8_lossy(payload);
+                let csq = self.csq();
+                answer(&text, self.imei.as_str(), &mut self.config, csq)
+            }
+        };
+        if self.behaviour.reply_delay.is_zero() {
+            self.publish_reply(client, reply);
+        } else if s.delayed.len() >= MAX_DELAYED_REPLIES {
+            Counters::add(&self.counters.dropped);
+        } else {
+            s.delayed
+                .push_back((Instant::now() + self.behaviour.reply_delay, reply));
+        }
+        false
+    }
+
+    fn publish_reply(&self, client: &AsyncClient, reply: String) {
+        let is_error = FinalResult::classify(&reply).is_error();
+        match client.try_publish(
+            self.reply_topic.clone(),
+            QoS::AtLeastOnce,
+            false,
+            reply.into_bytes(),
+        ) {
+            Ok(()) => {
+                Counters::add(&self.counters.replies_sent);
+                if is_error {
+                    Counters::add(&self.counters.error_replies);
+                }
+            }
+            Err(_) => Counters::add(&self.counters.dropped),
+        }
+    }
+
+    /// Handles due timers; `true` to drop the connection.
+    fn on_timer(&mut self, client: &AsyncClient, s: &mut Session) -> bool {
+        let now = Instant::now();
+        if s.drop_at.is_some_and(|t| t <= now) {
+            return true;
+        }
+        while s.delayed.front().is_some_and(|(t, _)| *t <= now) {
+            if let Some((_, reply)) = s.delayed.pop_front() {
+                self.publish_reply(client, reply);
+            }
+        }
+        if s.next_status.is_some_and(|t| t <= now) {
+            self.publish_status(client);
+            s.next_status = self.status_period().map(|p| now + p);
+        }
+        false
+    }
+
+    fn publish_status(&self, client: &AsyncClient) {
+        let csq = self.csq();
+        let model = self
+            .config
+            .get("MTX_model", self.imei.as_str())
+            .unwrap_or_default();
+        let body = serde_json::json!({
+            "imei": self.imei.as_str(),
+            "ip": self.ip(),
+            "csq": csq,
+            "rssi": -113 + 2 * i32::from(csq),
+            "model": model,
+            "fw": FIRMWARE_VERSION,
+            "uptime": self.started.elapsed().as_secs(),
+        });
+        match client.try_publish(
+            self.status_topic.clone(),
+            QoS::AtLeastOnce,
+            false,
+            body.to_string().into_bytes(),
+        ) {
+            Ok(()) => Counters::add(&self.counters.status_sent),
+            Err(_) => Counters::add(&self.counters.dropped),
+        }
+    }
+
+    /// `DNS_period` when `DNS_enabled: on` and `DNS_mode: mqtt`.
+    fn status_period(&self) -> Option<Duration> {
+        let get = |k: &str| self.config.get(k, self.imei.as_str()).unwrap_or_default();
+        if !get("DNS_enabled").eq_ignore_ascii_case("on")
+            || !get("DNS_mode").eq_ignore_ascii_case("mqtt")
+        {
+            return None;
+        }
+        get("DNS_period")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+    }
+
+    fn imei_number(&self) -> u64 {
+        self.imei.as_str().parse().unwrap_or(0)
+    }
+
+    /// Signal quality, 10-31, fixed per modem.
+    fn csq(&self) -> u8 {
+        10 + u8::try_from(self.imei_number() % 22).unwrap_or(0)
+    }
+
+    /// A private address derived from the IMEI.
+    fn ip(&self) -> String {
+        let n = self.imei_number() / 10;
+        format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jitters_and_caps() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        };
+        for _ in 0..100 {
+            let d0 = b.delay(0);
+            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
+            let d3 = b.delay(3);
+            assert!(d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800));
+            let d = b.delay(1000);
+            assert!(d >= Duration::from_secs(15) && d <= Duration::from_secs(30));
+        }
+    }
+}
