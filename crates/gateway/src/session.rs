@@ -345,7 +345,7 @@ async fn handle_packet<W: AsyncWrite + Unpin>(
             }
         }
         Packet::Unsubscribe(u) => {
-            if u.topics.iter().any(|t| *t == topics.command) {
+            if u.topics.contains(&topics.command) {
                 state.sub_qos = None;
                 subscribed.send_replace(None);
             }

@@ -23,10 +23,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         n += 1;
         expire(&shared).await;
         orphans(&shared).await;
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             wake_queued(&shared).await;
         }
-        if n % 30 == 0 {
+        if n.is_multiple_of(30) {
             flush_seen(&shared).await;
         }
         if n % 3600 == 1 {
