@@ -128,6 +128,21 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
     }
 }
 
+/// The principal if the request was authenticated, without rejecting anonymous requests.
+#[derive(Debug, Clone)]
+pub struct MaybePrincipal(pub Option<Principal>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MaybePrincipal {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<Principal>().cloned()))
+    }
+}
+
 /// Issues an access token for `principal`.
 pub fn issue_token(keys: &TokenKeys, principal: &Principal) -> Result<(String, i64), ApiError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();

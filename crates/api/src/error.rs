@@ -237,6 +237,21 @@ impl From<callhome_gateway::GatewayError> for ApiError {
     }
 }
 
+impl From<callhome_tunnel::TunnelError> for ApiError {
+    fn from(e: callhome_tunnel::TunnelError) -> Self {
+        use callhome_tunnel::TunnelError as T;
+        match e {
+            T::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            T::Conflict(what) => ApiError::Conflict(what),
+            T::Unauthorized(what) => ApiError::Unauthorized(what),
+            T::Validation(v) => ApiError::Validation(v),
+            T::Store(s) => s.into(),
+            T::Gateway(g) => g.into(),
+            T::Ca(c) => c.into(),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {

@@ -57,6 +57,8 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The modem command channel.
     pub gateway: callhome_gateway::Gateway,
+    /// Meter-reading sessions.
+    pub tunnel: callhome_tunnel::Tunnel,
     /// Cancelled at shutdown: long-lived streams end so that the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -12,7 +12,8 @@ use callhome_store::{CertificateRecord, Revocation, Store};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
-use crate::{Authority, CaError, Crl, RevocationReason, RevokedEntry};
+use crate::tls::{ClientAuth, SharedServerConfig, server_config};
+use crate::{Authority, CaError, Crl, RevocationReason, RevokedEntry, ServerIdentity};
 
 /// How long a published CRL stays current. It is rebuilt on every revocation and at least
 /// daily (see [`CertificateService::spawn_refresh`]).
@@ -65,6 +66,47 @@ impl CertificateService {
     /// The current CRL.
     pub fn crl(&self) -> Arc<Crl> {
         self.crl.load_full()
+    }
+
+    /// A rustls server configuration for a TLS listener: `identity` as the server, clients
+    /// verified against this CA and the CRL in force now.
+    pub fn server_tls(
+        &self,
+        identity: &ServerIdentity,
+        client_auth: ClientAuth,
+    ) -> Result<Arc<rustls::ServerConfig>, CaError> {
+        let crl = self.crl();
+        server_config(
+            identity,
+            std::slice::from_ref(self.authority.ca_certificate_der()),
+            vec![crl.der.clone()],
+            client_auth,
+        )
+    }
+
+    /// Keeps `target` built from the CRL in force: rebuilt (and swapped atomically) on every
+    /// new CRL until `shutdown`. A failed rebuild keeps the previous configuration.
+    pub fn keep_tls_current(
+        self: &Arc<Self>,
+        identity: ServerIdentity,
+        client_auth: ClientAuth,
+        target: Arc<SharedServerConfig>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        let mut changes = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                match this.server_tls(&identity, client_auth) {
+                    Ok(cfg) => target.store(cfg),
+                    Err(e) => tracing::error!(error = %e, "could not rebuild a TLS configuration; keeping the previous one"),
+                }
+            }
+        })
     }
 
     /// Notified with the CRL number whenever a new CRL is in force.

@@ -31,7 +31,7 @@ pub struct FileSettings {
     pub mqtt: MqttSection,
     /// Tunnel listener.
     #[serde(default)]
-    pub tunnel: ListenSection,
+    pub tunnel: TunnelSection,
     /// Certificate authority.
     #[serde(default)]
     pub ca: CaSection,
@@ -69,6 +69,18 @@ pub struct MqttSection {
     pub status_retention_days: Option<u32>,
     /// Node id (distinct per node when several share a database).
     pub node_id: Option<String>,
+}
+
+/// `[tunnel]`: the meter-reading rendezvous.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSection {
+    /// Address to bind.
+    pub listen: Option<SocketAddr>,
+    /// Port modems are told to dial, when it differs from the bound one (port forwarding).
+    pub public_port: Option<u16>,
+    /// Deadline for the modem's ID bytes after the TLS handshake, seconds.
+    pub id_timeout_s: Option<u64>,
 }
 
 /// `[ca]`.
@@ -210,6 +222,10 @@ pub struct Settings {
     pub mqtt: SocketAddr,
     /// Tunnel listen address.
     pub tunnel: SocketAddr,
+    /// Port modems dial for rendezvous sessions (`None`: the bound tunnel port).
+    pub tunnel_public_port: Option<u16>,
+    /// Deadline for a modem's ID bytes on the tunnel.
+    pub tunnel_id_timeout: std::time::Duration,
     /// Modem gateway settings (its listen address is `mqtt`).
     pub gateway: callhome_gateway::GatewayConfig,
     /// CA parameters.
@@ -345,6 +361,8 @@ impl Settings {
                 .or(file.tunnel.listen)
                 .unwrap_or_else(|| ([0, 0, 0, 0], 7443).into()),
             gateway,
+            tunnel_public_port: file.tunnel.public_port,
+            tunnel_id_timeout: std::time::Duration::from_secs(file.tunnel.id_timeout_s.unwrap_or(5).clamp(1, 60)),
             ca,
             token_ttl: time::Duration::seconds(i64::from(token_ttl_s)),
             admin_password,

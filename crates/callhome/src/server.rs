@@ -11,6 +11,7 @@ use callhome_api::{AppState, TokenKeys};
 use callhome_ca::{Authority, CertificateService};
 use callhome_core::Role;
 use callhome_gateway::{EventBus, Gateway};
+use callhome_tunnel::{Tunnel, TunnelConfig};
 use callhome_store::{NewUser, OpenOptions, Store, StoreError};
 use rand::RngCore as _;
 use secrecy::ExposeSecret as _;
@@ -44,6 +45,8 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     /// Bound modem gateway address.
     pub mqtt_addr: SocketAddr,
+    /// Bound tunnel address.
+    pub tunnel_addr: SocketAddr,
     /// The modem gateway.
     pub gateway: Gateway,
     /// The data directory.
@@ -118,7 +121,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         settings.gateway.clone(),
         store.clone(),
         certs.clone(),
-        identity,
+        identity.clone(),
         events,
         shutdown.clone(),
     )
@@ -130,6 +133,36 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let gw = gateway.clone();
     let mqtt_task = tokio::spawn(async move { gw.run(mqtt).await.context("modem gateway") });
     tracing::info!(%mqtt_addr, "modem gateway (MQTT over mutual TLS) listening");
+    let tunnel_listener = TcpListener::bind(settings.tunnel)
+        .await
+        .with_context(|| format!("binding the tunnel to {}", settings.tunnel))?;
+    let tunnel_addr = tunnel_listener.local_addr()?;
+    let public_host = match settings.public_hosts.first() {
+        Some(h) => h.clone(),
+        None if !tunnel_addr.ip().is_unspecified() => tunnel_addr.ip().to_string(),
+        None => {
+            tracing::warn!(
+                "no --public-host: rendezvous sessions tell modems to dial localhost, which only a modem on this machine can reach"
+            );
+            "localhost".to_owned()
+        }
+    };
+    let tunnel = Tunnel::new(
+        TunnelConfig {
+            public_host,
+            public_port: settings.tunnel_public_port.unwrap_or(tunnel_addr.port()),
+            id_timeout: settings.tunnel_id_timeout,
+            ..TunnelConfig::default()
+        },
+        store.clone(),
+        certs.clone(),
+        identity,
+        gateway.clone(),
+        shutdown.clone(),
+    );
+    let tn = tunnel.clone();
+    let tunnel_task = tokio::spawn(async move { tn.run(tunnel_listener).await.context("tunnel") });
+    tracing::info!(%tunnel_addr, "meter-reading tunnel listening");
     let crl_task = certs.spawn_refresh(std::time::Duration::from_secs(24 * 3600), shutdown.clone());
     let crl_task = tokio::spawn(async move {
         crl_task.await.context("CRL refresher")?;
@@ -142,6 +175,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         tokens: TokenKeys::from_secret(&jwt_secret, settings.token_ttl),
         metrics: callhome_api::metrics::handle(),
         gateway: gateway.clone(),
+        tunnel,
         shutdown: shutdown.clone(),
     };
 
@@ -170,13 +204,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         http_addr,
         mqtt_addr,
+        tunnel_addr,
         gateway,
         data_dir,
         store,
         admin,
         ca_fingerprint,
         shutdown,
-        tasks: vec![http_task, mqtt_task, crl_task],
+        tasks: vec![http_task, mqtt_task, tunnel_task, crl_task],
     })
 }
 

@@ -54,16 +54,6 @@ pub(crate) fn result_line(reply: &str) -> Option<String> {
 }
 
 pub(crate) async fn run(mut ctx: DispatchCtx) {
-    // Commands are only sent once the modem listens on its command topic.
-    loop {
-        if ctx.subscribed.borrow().is_some() {
-            break;
-        }
-        tokio::select! {
-            () = ctx.kill.cancelled() => return,
-            changed = ctx.subscribed.changed() => if changed.is_err() { return },
-        }
-    }
     let outbound = match ctx.shared.hub.get(&ctx.imei) {
         Some(e) => e.outbound,
         None => return,
@@ -71,13 +61,11 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
     let mut last_timed_out: Option<(Uuid, Instant)> = None;
 
     // A command left in flight by an earlier connection (or node) is still awaited until
-    // its deadline: its reply may yet come.
+    // its deadline: its reply may come on this connection, even before it subscribes.
     match ctx.shared.store.in_flight_command(&ctx.imei).await {
         Ok(Some(cmd)) => {
             let deadline = deadline_of(&cmd);
-            if let Wait::SessionGone =
-                await_reply(&mut ctx, &cmd, deadline, &mut last_timed_out).await
-            {
+            if let Wait::SessionGone = await_reply(&mut ctx, &cmd, deadline, &mut last_timed_out).await {
                 return;
             }
         }
@@ -86,20 +74,9 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
     }
 
     loop {
-        // Send everything queued, one at a time.
-        loop {
-            if ctx.kill.is_cancelled() {
-                return;
-            }
-            if ctx.subscribed.borrow().is_none() {
-                break;
-            }
-            let next = match ctx
-                .shared
-                .store
-                .next_queued_command(&ctx.imei, OffsetDateTime::now_utc())
-                .await
-            {
+        // Send everything queued, one at a time, once the modem listens on its command topic.
+        while ctx.subscribed.borrow().is_some() && !ctx.kill.is_cancelled() {
+            let next = match ctx.shared.store.next_queued_command(&ctx.imei, OffsetDateTime::now_utc()).await {
                 Ok(n) => n,
                 Err(e) => {
                     warn!(error = %e, "could not read the command queue");
@@ -107,12 +84,7 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
                 }
             };
             let Some(cmd) = next else { break };
-            let sent = match ctx
-                .shared
-                .store
-                .mark_command_sent(cmd.id, OffsetDateTime::now_utc())
-                .await
-            {
+            let sent = match ctx.shared.store.mark_command_sent(cmd.id, OffsetDateTime::now_utc()).await {
                 Ok(s) => s,
                 Err(StoreError::Conflict(_)) => continue, // cancelled or taken meanwhile
                 Err(e) => {
@@ -126,33 +98,27 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
                 serde_json::json!({"id": sent.id, "command": sent.command, "attempt": sent.attempts}),
             );
             debug!(id = %sent.id, command = %sent.command, attempt = sent.attempts, "command sent");
-            if outbound
-                .send(Outbound::Command {
-                    text: sent.command.clone(),
-                })
-                .await
-                .is_err()
-            {
+            if outbound.send(Outbound::Command { text: sent.command.clone() }).await.is_err() {
                 // The session is gone; the sweeper or the next session resolves the command.
                 return;
             }
-            let deadline =
-                Instant::now() + Duration::from_millis(u64::try_from(sent.timeout_ms).unwrap_or(0));
-            if let Wait::SessionGone =
-                await_reply(&mut ctx, &sent, deadline, &mut last_timed_out).await
-            {
+            let deadline = Instant::now() + Duration::from_millis(u64::try_from(sent.timeout_ms).unwrap_or(0));
+            if let Wait::SessionGone = await_reply(&mut ctx, &sent, deadline, &mut last_timed_out).await {
                 return;
             }
         }
-        // Idle: wait for new work, or a stray reply.
+        // Idle: wait for new work, or a stray reply. Replies already received are handled
+        // before the session's end is (biased), so a reply followed at once by DISCONNECT
+        // is not lost.
         tokio::select! {
-            () = ctx.kill.cancelled() => return,
-            () = ctx.notify.notified() => {}
-            _ = ctx.subscribed.changed() => {}
+            biased;
             reply = ctx.reply_rx.recv() => match reply {
                 None => return,
                 Some(text) => unsolicited(&ctx, &text, &mut last_timed_out).await,
             },
+            () = ctx.kill.cancelled() => return,
+            () = ctx.notify.notified() => {}
+            _ = ctx.subscribed.changed() => {}
             () = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
@@ -174,7 +140,7 @@ async fn await_reply(
     let mut text = String::new();
     loop {
         tokio::select! {
-            () = ctx.kill.cancelled() => return Wait::SessionGone,
+            biased;
             reply = ctx.reply_rx.recv() => {
                 let Some(chunk) = reply else { return Wait::SessionGone };
                 if !text.is_empty() && !text.ends_with('\n') {
@@ -196,6 +162,7 @@ async fn await_reply(
                 finish(ctx, cmd, &outcome).await;
                 return Wait::Done;
             }
+            () = ctx.kill.cancelled() => return Wait::SessionGone,
             () = tokio::time::sleep_until(deadline) => {
                 let secs = cmd.timeout_ms as f64 / 1000.0;
                 let error = if text.is_empty() {
@@ -231,11 +198,12 @@ async fn await_reply(
                 let until = Instant::now() + grace;
                 loop {
                     tokio::select! {
-                        () = ctx.kill.cancelled() => return Wait::SessionGone,
+                        biased;
                         reply = ctx.reply_rx.recv() => match reply {
                             None => return Wait::SessionGone,
                             Some(t) => unsolicited(ctx, &t, last_timed_out).await,
                         },
+                        () = ctx.kill.cancelled() => return Wait::SessionGone,
                         () = tokio::time::sleep_until(until) => return Wait::Done,
                     }
                 }

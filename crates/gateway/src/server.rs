@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callhome_ca::tls::{ClientAuth, SharedServerConfig, server_config};
+use callhome_ca::tls::{ClientAuth, SharedServerConfig};
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -17,19 +17,12 @@ use crate::{GatewayError, Shared};
 
 /// Builds the rustls config from the current CRL.
 pub(crate) fn build_tls(shared: &Shared) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
-    let crl = shared.certs.crl();
-    let roots = vec![shared.certs.authority().ca_certificate_der().clone()];
     let auth = if shared.cfg.allow_password_auth {
         ClientAuth::Optional
     } else {
         ClientAuth::Required
     };
-    Ok(server_config(
-        &shared.identity,
-        &roots,
-        vec![crl.der.clone()],
-        auth,
-    )?)
+    Ok(shared.certs.server_tls(&shared.identity, auth)?)
 }
 
 /// Rebuilds the TLS config whenever a new CRL is in force, and ends live sessions whose

@@ -208,6 +208,9 @@ where
             }
         };
 
+        // Close the reply channel first: the dispatcher handles what is still in it, then
+        // stops.
+        drop(reply_tx);
         kill.cancel();
         let _ = dispatcher.await;
         writer.shutdown().await;

@@ -192,6 +192,26 @@ pub trait Commands: Send + Sync {
     async fn devices_with_queued_commands(&self) -> Result<Vec<Imei>>;
 }
 
+/// Meter-reading sessions.
+#[async_trait]
+pub trait Sessions: Send + Sync {
+    /// Opens a session; [`StoreError::Conflict`] naming the open session's id if the device
+    /// has one already.
+    async fn create_session(&self, s: &NewSession) -> Result<SessionRecord>;
+    /// A session by id.
+    async fn get_session(&self, id: Uuid) -> Result<SessionRecord>;
+    /// The device's open (not closed) session.
+    async fn open_session_of(&self, imei: &Imei) -> Result<Option<SessionRecord>>;
+    /// A device's sessions, newest first.
+    async fn list_sessions(&self, imei: &Imei, before: Option<Uuid>, limit: u32) -> Result<Page<SessionRecord>>;
+    /// Applies `update` unless the session is already closed. [`StoreError::Conflict`] if it is.
+    async fn update_session(&self, id: Uuid, update: &SessionUpdate) -> Result<SessionRecord>;
+    /// Marks the reader token used, if it matches and was not used. Returns whether it did.
+    async fn consume_session_token(&self, id: Uuid, token_hash: &str) -> Result<bool>;
+    /// Closes every open session with `reason` (at start-up: left over by the previous run).
+    async fn close_open_sessions(&self, reason: &str, at: OffsetDateTime) -> Result<u64>;
+}
+
 /// Everything Callhome stores, behind one handle.
 #[async_trait]
 pub trait Store:
@@ -203,6 +223,7 @@ pub trait Store:
     + Presence
     + StatusLog
     + Commands
+    + Sessions
     + Send
     + Sync
     + 'static

@@ -143,6 +143,8 @@ pub struct MqttIdentity {
     pub username: Option<String>,
     /// Argon2 hash of the legacy password (`MQTT_password`).
     pub password_hash: Option<String>,
+    /// The modem's `MTX_IDClient`: the bytes it sends first on a tunnel (`None` = its IMEI).
+    pub id_client: Option<String>,
 }
 
 /// A device to register.
@@ -177,6 +179,8 @@ pub struct DevicePatch {
     pub status_topic: Option<Option<String>>,
     /// Legacy credentials: `Some(Some((username, hash)))` sets, `Some(None)` removes.
     pub mqtt_credentials: Option<Option<(String, String)>>,
+    /// New `MTX_IDClient`, or back to the IMEI.
+    pub id_client: Option<Option<String>>,
 }
 
 /// Which devices to list.
@@ -486,4 +490,149 @@ pub struct CommandFilter {
     pub before: Option<Uuid>,
     /// Page size.
     pub limit: u32,
+}
+
+/// Where a meter-reading session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// Asked for; the TEMPORALCLIENT command is on its way to the modem.
+    Requested,
+    /// The modem is connected to the rendezvous; waiting for the reader.
+    ModemConnected,
+    /// The reader is connected; waiting for the modem.
+    ReaderConnected,
+    /// Bytes flow (rendezvous: both ends paired; direct: the modem acknowledged).
+    Active,
+    /// Over; see the close reason.
+    Closed,
+}
+
+impl SessionState {
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Requested => "requested",
+            SessionState::ModemConnected => "modem_connected",
+            SessionState::ReaderConnected => "reader_connected",
+            SessionState::Active => "active",
+            SessionState::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for SessionState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "requested" => SessionState::Requested,
+            "modem_connected" => SessionState::ModemConnected,
+            "reader_connected" => SessionState::ReaderConnected,
+            "active" => SessionState::Active,
+            "closed" => SessionState::Closed,
+            other => return Err(format!("unknown session state {other:?}")),
+        })
+    }
+}
+
+/// A meter-reading session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Id.
+    pub id: Uuid,
+    /// Device.
+    pub imei: String,
+    /// `direct` or `rendezvous`.
+    pub mode: String,
+    /// State.
+    pub state: SessionState,
+    /// Why it closed.
+    pub close_reason: Option<String>,
+    /// Detail of a failure.
+    pub error: Option<String>,
+    /// Where the modem was told to connect.
+    pub host: String,
+    /// Port the modem was told to connect to.
+    pub port: i64,
+    /// Idle timeout, seconds.
+    pub timeout_s: i64,
+    /// How long the ends may take to meet, seconds.
+    pub pairing_timeout_s: i64,
+    /// Whether the modem's ID bytes are passed on to the reader.
+    pub forward_id: bool,
+    /// SHA-256 (hex) of the one-time reader token.
+    pub token_hash: Option<String>,
+    /// Whether the reader token has been used.
+    pub token_used: bool,
+    /// The TEMPORALCLIENT command.
+    pub command_id: Option<Uuid>,
+    /// Who asked.
+    pub created_by: String,
+    /// When asked.
+    pub created_at: OffsetDateTime,
+    /// When the modem connected (rendezvous).
+    pub modem_connected_at: Option<OffsetDateTime>,
+    /// When the reader connected (rendezvous).
+    pub reader_connected_at: Option<OffsetDateTime>,
+    /// When bytes started to flow.
+    pub active_at: Option<OffsetDateTime>,
+    /// When it closed.
+    pub closed_at: Option<OffsetDateTime>,
+    /// The modem's address on the tunnel listener.
+    pub modem_addr: Option<String>,
+    /// The reader's address.
+    pub reader_addr: Option<String>,
+    /// Bytes the modem sent to the reader (without the ID preamble).
+    pub bytes_from_modem: i64,
+    /// Bytes the reader sent to the modem.
+    pub bytes_to_modem: i64,
+}
+
+/// A session to open.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Device.
+    pub imei: Imei,
+    /// `direct` or `rendezvous`.
+    pub mode: String,
+    /// Host for TEMPORALCLIENT.
+    pub host: String,
+    /// Port for TEMPORALCLIENT.
+    pub port: i64,
+    /// Idle timeout.
+    pub timeout_s: i64,
+    /// Pairing timeout.
+    pub pairing_timeout_s: i64,
+    /// Forward the ID bytes.
+    pub forward_id: bool,
+    /// SHA-256 of the reader token.
+    pub token_hash: Option<String>,
+    /// Who.
+    pub created_by: String,
+}
+
+/// A change of session state, written together.
+#[derive(Debug, Clone, Default)]
+pub struct SessionUpdate {
+    /// New state.
+    pub state: Option<SessionState>,
+    /// Close reason.
+    pub close_reason: Option<String>,
+    /// Error detail.
+    pub error: Option<String>,
+    /// The TEMPORALCLIENT command.
+    pub command_id: Option<Uuid>,
+    /// Modem connected at.
+    pub modem_connected_at: Option<OffsetDateTime>,
+    /// Reader connected at.
+    pub reader_connected_at: Option<OffsetDateTime>,
+    /// Active at.
+    pub active_at: Option<OffsetDateTime>,
+    /// Closed at.
+    pub closed_at: Option<OffsetDateTime>,
+    /// Modem address.
+    pub modem_addr: Option<String>,
+    /// Reader address.
+    pub reader_addr: Option<String>,
+    /// Byte counts (replace).
+    pub bytes: Option<(i64, i64)>,
 }

@@ -1,12 +1,620 @@
-//! Meter-reading rendezvous: modem TLS sockets paired with readers, and the splice between
-//! them.
+//! Meter-reading sessions: TEMPORALCLIENT on demand, direct to the reader or through
+//! Callhome's own rendezvous, where modem TLS sockets are paired with readers and spliced.
 //!
-//! Owns (as the meter-reading issue fills it in): the tunnel listener, the modem's
-//! `MTX_IDClient` preamble check, pairing with a pending session, the bidirectional splice
-//! with backpressure, byte counts and idle timeouts.
+//! Owns: the session life cycle ([`Tunnel::open`], [`Tunnel::close`]; states `requested` ->
+//! `modem_connected` / `reader_connected` -> `active` -> `closed` with a reason), the tunnel
+//! listener for modems ([`Tunnel::run`]: mutual TLS with the CA and CRL, certificate CN =
+//! device, the `MTX_IDClient` preamble checked, only a modem with a pending session of its own
+//! paired), the reader attachment ([`Tunnel::attach_reader`], any byte stream: the API's
+//! WebSocket, `callhome connect`'s TCP), and the [`splice`].
 //!
-//! Must not know: HTTP or MQTT (sessions are requested through the gateway's command queue
-//! by the API), SQL.
-//!
-//! Nothing is bound or served from here yet: `callhome serve` does not open the tunnel port
-//! until this crate implements it.
+//! Must not know: HTTP or WebSocket framing (the API hands over a byte stream), SQL (it uses
+//! `callhome-store`), MQTT (commands go through `callhome-gateway`).
+
+mod listener;
+pub mod splice;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use callhome_ca::tls::{ClientAuth, SharedServerConfig};
+use callhome_ca::{CertificateService, ServerIdentity};
+use callhome_core::dialect::Dialect;
+use callhome_core::{Imei, ValidationError};
+use callhome_gateway::{CommandRequest, EventBus, Gateway, GatewayError};
+use callhome_store::{CommandState, NewSession, SessionRecord, SessionState, SessionUpdate, Store, StoreError};
+use rand::RngCore as _;
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::splice::{Counters, SpliceEnd};
+
+/// Prefix of one-time reader tokens.
+pub const SESSION_TOKEN_PREFIX: &str = "chs_";
+
+/// A byte stream either end of a tunnel can be.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// Tunnel settings.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// Host modems are told to dial for rendezvous sessions.
+    pub public_host: String,
+    /// Port modems are told to dial (the listener's, unless behind port forwarding).
+    pub public_port: u16,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Deadline for the modem's ID preamble after the handshake.
+    pub id_timeout: Duration,
+    /// Most modem connections at once.
+    pub max_connections: usize,
+    /// Reply timeout of the TEMPORALCLIENT command.
+    pub command_timeout: Duration,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            public_host: "localhost".to_owned(),
+            public_port: 7443,
+            handshake_timeout: Duration::from_secs(10),
+            id_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            command_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a tunnel operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// No such device or session.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Not possible now (an open session exists, the session is not waiting, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// The reader's credential is wrong or used.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Invalid input.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The command channel failed.
+    #[error(transparent)]
+    Gateway(GatewayError),
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Ca(#[from] callhome_ca::CaError),
+}
+
+impl From<StoreError> for TunnelError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(w) => TunnelError::NotFound(w),
+            StoreError::Conflict(w) => TunnelError::Conflict(w),
+            other => TunnelError::Store(other),
+        }
+    }
+}
+
+impl From<GatewayError> for TunnelError {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::NotFound(w) => TunnelError::NotFound(w),
+            GatewayError::Conflict(w) => TunnelError::Conflict(w),
+            GatewayError::Validation(v) => TunnelError::Validation(v),
+            other => TunnelError::Gateway(other),
+        }
+    }
+}
+
+/// Where the modem is told to connect.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// To the reading platform's own TLS server.
+    Direct {
+        /// Host or IP.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// To Callhome's tunnel listener; the reader connects to Callhome.
+    Rendezvous,
+}
+
+/// A session to open.
+#[derive(Debug, Clone)]
+pub struct OpenRequest {
+    /// Device.
+    pub imei: Imei,
+    /// Direct or rendezvous.
+    pub mode: Mode,
+    /// Idle timeout, seconds (also the modem's TEMPORALCLIENT timeout).
+    pub timeout_s: u32,
+    /// Rendezvous: how long the modem and reader may take to meet.
+    pub pairing_timeout_s: u32,
+    /// Rendezvous: pass the modem's ID bytes on to the reader.
+    pub forward_id: bool,
+    /// Who asked.
+    pub created_by: String,
+}
+
+/// An opened session and, for rendezvous, the one-time reader token (shown once).
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The session.
+    pub session: SessionRecord,
+    /// `chs_...`: lets one reader attach to this session, once.
+    pub reader_token: Option<String>,
+}
+
+/// A rendezvous waiting for its two ends.
+struct Slot {
+    imei: Imei,
+    expected_id: Vec<u8>,
+    forward_id: bool,
+    idle: Duration,
+    cancel: CancellationToken,
+    /// Set by DELETE / timeouts before cancelling, so the splice knows why it stopped.
+    cancel_reason: Arc<Mutex<Option<String>>>,
+    modem: Option<(Box<dyn Stream>, String)>,
+    reader: Option<(Box<dyn Stream>, String)>,
+    /// The splice runs: it records the close (with byte counts) when it ends.
+    splicing: bool,
+}
+
+pub(crate) struct Inner {
+    cfg: TunnelConfig,
+    store: Arc<dyn Store>,
+    certs: Arc<CertificateService>,
+    identity: ServerIdentity,
+    gateway: Gateway,
+    events: Arc<EventBus>,
+    dialect: Dialect,
+    slots: Mutex<HashMap<Uuid, Slot>>,
+    shutdown: CancellationToken,
+}
+
+/// Meter-reading sessions.
+#[derive(Clone)]
+pub struct Tunnel {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel").field("cfg", &self.inner.cfg).finish_non_exhaustive()
+    }
+}
+
+fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Tunnel {
+    /// A tunnel service that stops when `shutdown` is cancelled.
+    pub fn new(
+        cfg: TunnelConfig,
+        store: Arc<dyn Store>,
+        certs: Arc<CertificateService>,
+        identity: ServerIdentity,
+        gateway: Gateway,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let events = gateway.events().clone();
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                certs,
+                identity,
+                gateway,
+                events,
+                dialect: Dialect::mtx(),
+                slots: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Slot>> {
+        self.inner.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Serves modems on `listener` until shutdown. Sessions left open by a previous run are
+    /// closed first (`server_shutdown`); at shutdown the open ones are closed the same way.
+    pub async fn run(&self, listener: TcpListener) -> Result<(), TunnelError> {
+        let n = self
+            .inner
+            .store
+            .close_open_sessions("server_shutdown", OffsetDateTime::now_utc())
+            .await?;
+        if n > 0 {
+            info!(sessions = n, "sessions left open by the previous run closed");
+        }
+        let tls = Arc::new(SharedServerConfig::new(
+            self.inner.certs.server_tls(&self.inner.identity, ClientAuth::Required)?,
+        ));
+        let keeper = self.inner.certs.keep_tls_current(
+            self.inner.identity.clone(),
+            ClientAuth::Required,
+            tls.clone(),
+            self.inner.shutdown.clone(),
+        );
+        listener::accept_loop(self.clone(), listener, tls).await;
+        let open: Vec<Uuid> = self.slots().keys().copied().collect();
+        for id in open {
+            self.close(id, "server_shutdown", None).await;
+        }
+        // Direct sessions have no slot: close what is still open.
+        let _ = self
+            .inner
+            .store
+            .close_open_sessions("server_shutdown", OffsetDateTime::now_utc())
+            .await;
+        let _ = keeper.await;
+        Ok(())
+    }
+
+    /// Opens a session: records it, queues TEMPORALCLIENT on the command channel, and follows
+    /// the command's outcome.
+    pub async fn open(&self, req: OpenRequest) -> Result<Opened, TunnelError> {
+        let device = self.inner.store.get_device(&req.imei).await?;
+        if device.disabled {
+            return Err(TunnelError::Conflict(format!("device {} is disabled", req.imei)));
+        }
+        if !(1..=86_400).contains(&req.timeout_s) {
+            return Err(ValidationError::new("timeout_s", "must be between 1 and 86400").into());
+        }
+        if !(5..=3600).contains(&req.pairing_timeout_s) {
+            return Err(ValidationError::new("pairing_timeout_s", "must be between 5 and 3600").into());
+        }
+        let (mode, host, port) = match &req.mode {
+            Mode::Direct { host, port } => ("direct", host.clone(), *port),
+            Mode::Rendezvous => ("rendezvous", self.inner.cfg.public_host.clone(), self.inner.cfg.public_port),
+        };
+        let command = self.inner.dialect.temporal_client(&host, port, req.timeout_s)?;
+        let token = matches!(req.mode, Mode::Rendezvous).then(|| {
+            let mut b = [0u8; 32];
+            rand::rng().fill_bytes(&mut b);
+            format!("{SESSION_TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+        });
+        let session = self
+            .inner
+            .store
+            .create_session(&NewSession {
+                imei: req.imei.clone(),
+                mode: mode.to_owned(),
+                host: host.clone(),
+                port: i64::from(port),
+                timeout_s: i64::from(req.timeout_s),
+                pairing_timeout_s: i64::from(req.pairing_timeout_s),
+                forward_id: req.forward_id,
+                token_hash: token.as_deref().map(hash_token),
+                created_by: req.created_by.clone(),
+            })
+            .await?;
+        let id = session.id;
+        if matches!(req.mode, Mode::Rendezvous) {
+            let expected = device.mqtt.id_client.clone().unwrap_or_else(|| req.imei.to_string());
+            self.slots().insert(
+                id,
+                Slot {
+                    imei: req.imei.clone(),
+                    expected_id: expected.replace("[IMEI]", req.imei.as_str()).into_bytes(),
+                    forward_id: req.forward_id,
+                    idle: Duration::from_secs(u64::from(req.timeout_s)),
+                    cancel: self.inner.shutdown.child_token(),
+                    cancel_reason: Arc::new(Mutex::new(None)),
+                    modem: None,
+                    reader: None,
+                    splicing: false,
+                },
+            );
+        }
+        let pairing = Duration::from_secs(u64::from(req.pairing_timeout_s));
+        let cmd = match self
+            .inner
+            .gateway
+            .enqueue(CommandRequest {
+                imei: req.imei.clone(),
+                command,
+                timeout: self.inner.cfg.command_timeout,
+                expires_in: pairing,
+                max_attempts: 1,
+                created_by: req.created_by.clone(),
+            })
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.close(id, "command_failed", Some(e.to_string())).await;
+                return Err(e.into());
+            }
+        };
+        let session = self
+            .inner
+            .store
+            .update_session(id, &SessionUpdate { command_id: Some(cmd.id), ..Default::default() })
+            .await?;
+        metrics::counter!("callhome_sessions_total", "mode" => mode).increment(1);
+        self.inner.events.publish(
+            "session.requested",
+            Some(req.imei.as_str()),
+            serde_json::json!({"id": id, "mode": mode, "command_id": cmd.id}),
+        );
+        info!(%id, imei = %req.imei, mode, "session requested");
+
+        // Follow the command; time out the pairing.
+        let this = self.clone();
+        let is_direct = matches!(req.mode, Mode::Direct { .. });
+        let timeout_s = req.timeout_s;
+        tokio::spawn(async move {
+            let wait = pairing + this.inner.cfg.command_timeout + Duration::from_secs(5);
+            let done = match this.inner.gateway.wait_final(cmd.id, wait).await {
+                Ok(c) => c,
+                Err(e) => {
+                    this.close(id, "command_failed", Some(e.to_string())).await;
+                    return;
+                }
+            };
+            if done.state != CommandState::Succeeded {
+                let why = done.error.clone().unwrap_or_else(|| format!("TEMPORALCLIENT {}", done.state.as_str()));
+                this.close(id, "command_failed", Some(why)).await;
+                return;
+            }
+            if is_direct {
+                // Callhome is not in the data path: the modem connects to the reader. The
+                // session counts as active for the modem's own idle timeout.
+                let now = OffsetDateTime::now_utc();
+                if this
+                    .inner
+                    .store
+                    .update_session(id, &SessionUpdate { state: Some(SessionState::Active), active_at: Some(now), ..Default::default() })
+                    .await
+                    .is_ok()
+                {
+                    this.publish(id, "session.active", serde_json::json!({"mode": "direct"})).await;
+                }
+                tokio::select! {
+                    () = this.inner.shutdown.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_secs(u64::from(timeout_s))) => {
+                        this.close(id, "idle_timeout", None).await;
+                    }
+                }
+            }
+        });
+        if matches!(req.mode, Mode::Rendezvous) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = this.inner.shutdown.cancelled() => {}
+                    () = tokio::time::sleep(pairing) => {
+                        let unpaired = this.slots().get(&id).is_some_and(|s| s.modem.is_none() || s.reader.is_none());
+                        if unpaired {
+                            this.close(id, "pairing_timeout", None).await;
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Opened { session, reader_token: token })
+    }
+
+    async fn publish(&self, id: Uuid, kind: &str, mut data: serde_json::Value) {
+        let imei = self.inner.store.get_session(id).await.map(|s| s.imei).ok();
+        if let Some(obj) = data.as_object_mut() {
+            obj.insert("id".to_owned(), serde_json::json!(id));
+        }
+        self.inner.events.publish(kind, imei.as_deref(), data);
+    }
+
+    /// Closes a session: ends its splice (if any) and records the reason. Closing a closed
+    /// session does nothing.
+    pub async fn close(&self, id: Uuid, reason: &str, error: Option<String>) {
+        let splicing = {
+            let mut slots = self.slots();
+            match slots.get(&id) {
+                Some(slot) => {
+                    if let Ok(mut r) = slot.cancel_reason.lock() {
+                        r.get_or_insert_with(|| reason.to_owned());
+                    }
+                    slot.cancel.cancel();
+                    if slot.splicing {
+                        true
+                    } else {
+                        slots.remove(&id);
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if !splicing {
+            self.record_close(id, reason, error, None).await;
+        }
+    }
+
+    async fn record_close(&self, id: Uuid, reason: &str, error: Option<String>, bytes: Option<(i64, i64)>) {
+        let update = SessionUpdate {
+            state: Some(SessionState::Closed),
+            close_reason: Some(reason.to_owned()),
+            error,
+            closed_at: Some(OffsetDateTime::now_utc()),
+            bytes,
+            ..Default::default()
+        };
+        match self.inner.store.update_session(id, &update).await {
+            Ok(s) => {
+                metrics::counter!("callhome_sessions_closed_total", "reason" => reason.to_owned()).increment(1);
+                info!(%id, reason, from_modem = s.bytes_from_modem, to_modem = s.bytes_to_modem, "session closed");
+                self.inner.events.publish(
+                    "session.closed",
+                    Some(&s.imei),
+                    serde_json::json!({"id": id, "reason": reason, "bytes_from_modem": s.bytes_from_modem, "bytes_to_modem": s.bytes_to_modem}),
+                );
+            }
+            Err(StoreError::Conflict(_)) => {} // already closed
+            Err(e) => warn!(%id, error = %e, "could not record the session's end"),
+        }
+    }
+
+    /// Checks a one-time reader token for a session and marks it used.
+    pub async fn consume_token(&self, id: Uuid, token: &str) -> Result<(), TunnelError> {
+        let session = self.inner.store.get_session(id).await?;
+        let presented = hash_token(token);
+        let matches = session
+            .token_hash
+            .as_deref()
+            .is_some_and(|h| bool::from(subtle::ConstantTimeEq::ct_eq(h.as_bytes(), presented.as_bytes())));
+        if !matches {
+            return Err(TunnelError::Unauthorized("the session token is not valid for this session".to_owned()));
+        }
+        if !self.inner.store.consume_session_token(id, &presented).await? {
+            return Err(TunnelError::Unauthorized("the session token has already been used".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Attaches a reader to a rendezvous session. Returns once attached; the session then
+    /// runs in the background and the stream is closed when it ends.
+    pub async fn attach_reader(&self, id: Uuid, stream: Box<dyn Stream>, addr: String) -> Result<(), TunnelError> {
+        let now = OffsetDateTime::now_utc();
+        // Decide under the lock, await outside it.
+        let outcome: Result<bool, Option<TunnelError>> = {
+            let mut slots = self.slots();
+            match slots.get_mut(&id) {
+                None => Err(None),
+                Some(slot) if slot.reader.is_some() || slot.splicing => {
+                    Err(Some(TunnelError::Conflict(format!("session {id} already has a reader"))))
+                }
+                Some(slot) => {
+                    slot.reader = Some((stream, addr.clone()));
+                    Ok(slot.modem.is_some())
+                }
+            }
+        };
+        let paired = match outcome {
+            Ok(p) => p,
+            Err(Some(e)) => return Err(e),
+            Err(None) => {
+                let s = self.inner.store.get_session(id).await?;
+                return Err(TunnelError::Conflict(format!(
+                    "session {id} is {} and not waiting for a reader{}",
+                    s.state.as_str(),
+                    if s.mode == "direct" { " (direct sessions connect the modem to the reader's own server)" } else { "" }
+                )));
+            }
+        };
+        let update = SessionUpdate {
+            state: (!paired).then_some(SessionState::ReaderConnected),
+            reader_connected_at: Some(now),
+            reader_addr: Some(addr),
+            ..Default::default()
+        };
+        let _ = self.inner.store.update_session(id, &update).await;
+        self.publish(id, "session.reader_connected", serde_json::json!({})).await;
+        if paired {
+            self.start_splice(id).await;
+        }
+        Ok(())
+    }
+
+    /// Called by the listener once a modem has proven its identity.
+    pub(crate) async fn attach_modem(&self, id: Uuid, stream: Box<dyn Stream>, addr: String) {
+        let paired = {
+            let mut slots = self.slots();
+            let Some(slot) = slots.get_mut(&id) else { return };
+            if slot.modem.is_some() {
+                return; // a second modem connection for the same session: dropped
+            }
+            slot.modem = Some((stream, addr.clone()));
+            slot.reader.is_some()
+        };
+        let update = SessionUpdate {
+            state: (!paired).then_some(SessionState::ModemConnected),
+            modem_connected_at: Some(OffsetDateTime::now_utc()),
+            modem_addr: Some(addr),
+            ..Default::default()
+        };
+        let _ = self.inner.store.update_session(id, &update).await;
+        self.publish(id, "session.modem_connected", serde_json::json!({})).await;
+        if paired {
+            self.start_splice(id).await;
+        }
+    }
+
+    /// The pending rendezvous session of a device, if any: its id and expected ID bytes.
+    pub(crate) fn pending_for(&self, imei: &Imei) -> Option<(Uuid, Vec<u8>)> {
+        self.slots()
+            .iter()
+            .find(|(_, s)| &s.imei == imei && s.modem.is_none())
+            .map(|(id, s)| (*id, s.expected_id.clone()))
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    async fn start_splice(&self, id: Uuid) {
+        let taken = {
+            let mut slots = self.slots();
+            let Some(slot) = slots.get_mut(&id) else { return };
+            match (slot.modem.take(), slot.reader.take()) {
+                (Some(m), Some(r)) if !slot.splicing => Some((m, r, slot.idle, slot.cancel.clone(), slot.cancel_reason.clone(), slot.forward_id.then(|| slot.expected_id.clone()))),
+                (m, r) => {
+                    slot.modem = m;
+                    slot.reader = r;
+                    None
+                }
+            }
+        };
+        let Some(((modem, _), (reader, _), idle, cancel, cancel_reason, preamble)) = taken else { return };
+        if let Some(slot) = self.slots().get_mut(&id) {
+            slot.splicing = true;
+        }
+        let now = OffsetDateTime::now_utc();
+        let _ = self
+            .inner
+            .store
+            .update_session(id, &SessionUpdate { state: Some(SessionState::Active), active_at: Some(now), ..Default::default() })
+            .await;
+        self.publish(id, "session.active", serde_json::json!({"mode": "rendezvous"})).await;
+        metrics::gauge!("callhome_sessions_active").increment(1.0);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let counters = Arc::new(Counters::default());
+            let end = splice::splice(modem, reader, idle, cancel, preamble, counters.clone()).await;
+            metrics::gauge!("callhome_sessions_active").decrement(1.0);
+            let from = counters.from_modem.load(std::sync::atomic::Ordering::Relaxed);
+            let to = counters.to_modem.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("callhome_tunnel_bytes_total", "direction" => "from_modem").increment(from);
+            metrics::counter!("callhome_tunnel_bytes_total", "direction" => "to_modem").increment(to);
+            let reason = match end {
+                SpliceEnd::ReaderClosed => "reader_closed".to_owned(),
+                SpliceEnd::ModemClosed => "modem_closed".to_owned(),
+                SpliceEnd::IdleTimeout => "idle_timeout".to_owned(),
+                SpliceEnd::Cancelled => cancel_reason
+                    .lock()
+                    .ok()
+                    .and_then(|r| r.clone())
+                    .unwrap_or_else(|| "server_shutdown".to_owned()),
+            };
+            this.slots().remove(&id);
+            let bytes = (i64::try_from(from).unwrap_or(i64::MAX), i64::try_from(to).unwrap_or(i64::MAX));
+            this.record_close(id, &reason, None, Some(bytes)).await;
+        });
+    }
+}

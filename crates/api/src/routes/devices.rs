@@ -65,6 +65,9 @@ pub struct MqttView {
     pub status_topic: String,
     /// Legacy MQTT user name, when password login is set up for this device.
     pub username: Option<String>,
+    /// `MTX_IDClient`: what the modem sends first on a tunnel.
+    #[schema(example = "490154203237518")]
+    pub id_client: String,
 }
 
 impl From<Device> for DeviceView {
@@ -89,6 +92,7 @@ impl From<Device> for DeviceView {
                 reply_topic: topics.reply,
                 status_topic: topics.status,
                 username: d.mqtt.username,
+                id_client: d.mqtt.id_client.as_deref().unwrap_or(d.imei.as_str()).replace("[IMEI]", d.imei.as_str()),
             },
         }
     }
@@ -139,6 +143,11 @@ pub struct UpdateDevice {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub status_topic: Option<Option<String>>,
+    /// The modem's `MTX_IDClient` (the bytes it sends first on a tunnel; 1-64 printable
+    /// ASCII characters, `[IMEI]` allowed), or `null` for its IMEI.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub id_client: Option<Option<String>>,
 }
 
 /// Filters and paging for the device list.
@@ -335,6 +344,11 @@ pub async fn update_device(
         .map(Tag::parse_list)
         .transpose()?
         .map(|t| t.into_iter().map(String::from).collect());
+    if let Some(Some(id)) = &req.id_client
+        && (id.is_empty() || id.len() > 64 || !id.bytes().all(|b| (0x20..0x7f).contains(&b)))
+    {
+        return Err(ValidationError::new("id_client", "must be 1-64 printable ASCII characters").into());
+    }
     for (field, topic) in [
         ("command_topic", &req.command_topic),
         ("reply_topic", &req.reply_topic),
@@ -357,6 +371,7 @@ pub async fn update_device(
                 reply_topic: req.reply_topic,
                 status_topic: req.status_topic,
                 mqtt_credentials: None,
+                id_client: req.id_client,
             },
         )
         .await?;

@@ -7,6 +7,7 @@ pub mod certificates;
 pub mod commands;
 pub mod devices;
 pub mod events;
+pub mod sessions;
 pub mod status;
 pub mod system;
 pub mod users;
@@ -45,6 +46,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(status::latest))
         .routes(routes!(status::history))
         .routes(routes!(events::stream))
+        .routes(routes!(
+            sessions::create_session,
+            sessions::list_sessions
+        ))
+        .routes(routes!(sessions::get_session, sessions::delete_session))
+        .routes(routes!(sessions::stream))
         .routes(routes!(certificates::sign_csr))
         .routes(routes!(certificates::list_device_certificates))
         .routes(routes!(certificates::get_certificate))

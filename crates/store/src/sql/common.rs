@@ -209,7 +209,7 @@ impl ApiKeys for SqlStore {
 
 macro_rules! device_cols {
     () => {
-        "imei, name, model, tags, disabled, created_at, updated_at, online, session_id, connected_at, disconnected_at, last_seen, remote_addr, cert_serial, command_topic, reply_topic, status_topic, mqtt_username, mqtt_password_hash"
+        "imei, name, model, tags, disabled, created_at, updated_at, online, session_id, connected_at, disconnected_at, last_seen, remote_addr, cert_serial, command_topic, reply_topic, status_topic, mqtt_username, mqtt_password_hash, id_client"
     };
 }
 
@@ -241,6 +241,7 @@ fn device_from_row(r: &DbRow) -> Result<Device> {
             status_topic: r.try_get("status_topic")?,
             username: r.try_get("mqtt_username")?,
             password_hash: r.try_get("mqtt_password_hash")?,
+            id_client: r.try_get("id_client")?,
         },
     })
 }
@@ -366,13 +367,16 @@ impl Devices for SqlStore {
                 field.clone_from(v);
             }
         }
+        if let Some(id) = &patch.id_client {
+            device.mqtt.id_client.clone_from(id);
+        }
         if let Some(creds) = &patch.mqtt_credentials {
             let (user, hash) = creds.clone().unzip();
             device.mqtt.username = user;
             device.mqtt.password_hash = hash;
         }
         let row = sqlx::query(concat!("UPDATE devices SET name = $2, model = $3, tags = $4, disabled = $5, updated_at = $6, \
-             command_topic = $7, reply_topic = $8, status_topic = $9, mqtt_username = $10, mqtt_password_hash = $11 \
+             command_topic = $7, reply_topic = $8, status_topic = $9, mqtt_username = $10, mqtt_password_hash = $11, id_client = $12 \
              WHERE imei = $1 RETURNING ", device_cols!()))
         .bind(imei.as_str())
         .bind(device.name.as_deref())
@@ -385,6 +389,7 @@ impl Devices for SqlStore {
         .bind(device.mqtt.status_topic.as_deref())
         .bind(device.mqtt.username.as_deref())
         .bind(device.mqtt.password_hash.as_deref())
+        .bind(device.mqtt.id_client.as_deref())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match StoreError::from(e) {

@@ -1,0 +1,409 @@
+//! Meter-reading sessions: `POST/GET /api/v1/devices/{imei}/sessions`,
+//! `GET/DELETE /api/v1/sessions/{id}`, and the reader's WebSocket
+//! `GET /api/v1/sessions/{id}/stream`.
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use callhome_core::{Role, ValidationError};
+use callhome_store::SessionRecord;
+use callhome_tunnel::{Mode, OpenRequest, SESSION_TOKEN_PREFIX};
+use futures::{SinkExt as _, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{MaybePrincipal, Principal};
+use crate::context::AuditTarget;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::routes::devices::path_imei;
+use crate::time_format::{rfc3339, rfc3339_opt};
+
+/// A meter-reading session.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "0193a5f2-7c1e-7b31-9e4a-3f1d2c4b5a69", "imei": "490154203237518", "mode": "rendezvous",
+    "state": "active", "host": "callhome.example.net", "port": 7443, "timeout_s": 120, "pairing_timeout_s": 60,
+    "forward_id": false, "created_by": "reading-centre", "created_at": "2026-11-21T10:00:00Z",
+    "bytes_from_modem": 1520, "bytes_to_modem": 64}))]
+pub struct SessionView {
+    /// Session id.
+    pub id: Uuid,
+    /// Device.
+    pub imei: String,
+    /// `direct` or `rendezvous`.
+    pub mode: String,
+    /// `requested`, `modem_connected`, `reader_connected`, `active` or `closed`.
+    pub state: String,
+    /// Why it closed: `reader_closed`, `modem_closed`, `idle_timeout`, `pairing_timeout`,
+    /// `identity_mismatch`, `cancelled`, `command_failed`, `server_shutdown`.
+    pub close_reason: Option<String>,
+    /// Detail of a failure.
+    pub error: Option<String>,
+    /// Where the modem was told to connect.
+    pub host: String,
+    /// Port the modem was told to connect to.
+    pub port: i64,
+    /// Idle timeout, seconds.
+    pub timeout_s: i64,
+    /// Rendezvous: seconds the modem and the reader have to meet.
+    pub pairing_timeout_s: i64,
+    /// Whether the modem's ID bytes are passed on to the reader.
+    pub forward_id: bool,
+    /// The TEMPORALCLIENT command (see `/api/v1/commands/{id}`).
+    pub command_id: Option<Uuid>,
+    /// Who asked.
+    pub created_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub modem_connected_at: Option<String>,
+    /// RFC 3339.
+    pub reader_connected_at: Option<String>,
+    /// RFC 3339.
+    pub active_at: Option<String>,
+    /// RFC 3339.
+    pub closed_at: Option<String>,
+    /// The modem's address on the tunnel listener.
+    pub modem_addr: Option<String>,
+    /// The reader's address.
+    pub reader_addr: Option<String>,
+    /// Bytes from the meter to the reader (without the ID preamble).
+    pub bytes_from_modem: i64,
+    /// Bytes from the reader to the meter.
+    pub bytes_to_modem: i64,
+}
+
+impl From<SessionRecord> for SessionView {
+    fn from(s: SessionRecord) -> Self {
+        Self {
+            id: s.id,
+            imei: s.imei,
+            mode: s.mode,
+            state: s.state.as_str().to_owned(),
+            close_reason: s.close_reason,
+            error: s.error,
+            host: s.host,
+            port: s.port,
+            timeout_s: s.timeout_s,
+            pairing_timeout_s: s.pairing_timeout_s,
+            forward_id: s.forward_id,
+            command_id: s.command_id,
+            created_by: s.created_by,
+            created_at: rfc3339(s.created_at),
+            modem_connected_at: rfc3339_opt(s.modem_connected_at),
+            reader_connected_at: rfc3339_opt(s.reader_connected_at),
+            active_at: rfc3339_opt(s.active_at),
+            closed_at: rfc3339_opt(s.closed_at),
+            modem_addr: s.modem_addr,
+            reader_addr: s.reader_addr,
+            bytes_from_modem: s.bytes_from_modem,
+            bytes_to_modem: s.bytes_to_modem,
+        }
+    }
+}
+
+/// A session to open.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"mode": "rendezvous", "timeout_s": 120}))]
+pub struct CreateSession {
+    /// `direct`: the modem connects to `host:port`, the reading platform's own TLS server
+    /// (which must require client certificates from Callhome's CA). `rendezvous`: the modem
+    /// connects to Callhome and the reader joins through the stream endpoint.
+    pub mode: String,
+    /// Direct mode: the reading platform's IPv4 address or host name.
+    pub host: Option<String>,
+    /// Direct mode: its TCP port.
+    pub port: Option<u16>,
+    /// Idle timeout in seconds (1-86400, default 120): the socket closes after this long
+    /// without traffic either way.
+    pub timeout_s: Option<u32>,
+    /// Rendezvous: seconds the modem and the reader have to meet (5-3600, default 60).
+    pub pairing_timeout_s: Option<u32>,
+    /// Rendezvous: pass the modem's `MTX_IDClient` bytes on to the reader first
+    /// (default false: they are checked and dropped).
+    pub forward_id: Option<bool>,
+}
+
+/// How the reader joins a rendezvous session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReaderAccess {
+    /// One-time token: `GET stream_path?token=...` or `Authorization: Bearer <token>`.
+    /// Shown once.
+    pub token: String,
+    /// WebSocket endpoint; binary frames carry the meter's bytes both ways.
+    #[schema(example = "/api/v1/sessions/0193a5f2-7c1e-7b31-9e4a-3f1d2c4b5a69/stream")]
+    pub stream_path: String,
+}
+
+/// A newly opened session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedSession {
+    /// The session.
+    #[serde(flatten)]
+    pub session: SessionView,
+    /// Rendezvous only: how the reader connects.
+    pub reader: Option<ReaderAccess>,
+}
+
+/// Paging for a device's sessions.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SessionQuery {
+    /// Page size, 1-1000 (default 100).
+    pub limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionPage {
+    /// Newest first.
+    pub items: Vec<SessionView>,
+    /// Pass as `cursor` for older sessions; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The reader's credential for the stream.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// The one-time session token (instead of a bearer access token or API key).
+    pub token: Option<String>,
+}
+
+/// Opens a meter-reading session: Callhome sends `AT^MTXTUNNEL=TEMPORALCLIENT,<host>,<port>,<timeout>`
+/// over the device's command channel and the session follows the command. One open session
+/// per device.
+#[utoipa::path(
+    post, path = "/api/v1/devices/{imei}/sessions", tag = "sessions", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "Requested", body = CreatedSession),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The device has an open session (its id is in the detail), or is disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid mode, host, port or timeout", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_session(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+    ApiJson(req): ApiJson<CreateSession>,
+) -> Result<(StatusCode, axum::extract::Extension<AuditTarget>, axum::Json<CreatedSession>), ApiError> {
+    p.require(Role::Reader)?;
+    let imei = path_imei(&imei)?;
+    let mode = match req.mode.as_str() {
+        "direct" => {
+            let host = req.host.clone().ok_or_else(|| ValidationError::new("host", "required in direct mode"))?;
+            let port = req.port.ok_or_else(|| ValidationError::new("port", "required in direct mode"))?;
+            if port == 0 {
+                return Err(ValidationError::new("port", "must be 1-65535").into());
+            }
+            Mode::Direct { host, port }
+        }
+        "rendezvous" => {
+            if req.host.is_some() || req.port.is_some() {
+                return Err(ValidationError::new("host", "not used in rendezvous mode: the modem connects to Callhome").into());
+            }
+            Mode::Rendezvous
+        }
+        other => return Err(ValidationError::new("mode", format!("must be direct or rendezvous, got {other:?}")).into()),
+    };
+    let opened = state
+        .tunnel
+        .open(OpenRequest {
+            imei: imei.clone(),
+            mode,
+            timeout_s: req.timeout_s.unwrap_or(120),
+            pairing_timeout_s: req.pairing_timeout_s.unwrap_or(60),
+            forward_id: req.forward_id.unwrap_or(false),
+            created_by: p.name.clone(),
+        })
+        .await?;
+    let id = opened.session.id;
+    Ok((
+        StatusCode::CREATED,
+        axum::extract::Extension(AuditTarget(format!("{imei} session {id}"))),
+        axum::Json(CreatedSession {
+            session: opened.session.into(),
+            reader: opened.reader_token.map(|token| ReaderAccess {
+                token,
+                stream_path: format!("/api/v1/sessions/{id}/stream"),
+            }),
+        }),
+    ))
+}
+
+/// One session.
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_session(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<axum::Json<SessionView>, ApiError> {
+    p.require(Role::Reader)?;
+    Ok(axum::Json(state.store.get_session(id).await?.into()))
+}
+
+/// Closes a session (reason `cancelled`); an active splice ends at once.
+#[utoipa::path(
+    delete, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "Closed (or already closed)", body = SessionView),
+        (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_session(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<axum::Json<SessionView>, ApiError> {
+    p.require(Role::Reader)?;
+    state.store.get_session(id).await?;
+    state.tunnel.close(id, "cancelled", None).await;
+    // An active splice records its end (with byte counts) as it stops.
+    for _ in 0..50 {
+        let s = state.store.get_session(id).await?;
+        if s.state == callhome_store::SessionState::Closed {
+            return Ok(axum::Json(s.into()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(axum::Json(state.store.get_session(id).await?.into()))
+}
+
+/// A device's sessions, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/devices/{imei}/sessions", tag = "sessions", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518"), SessionQuery),
+    responses(
+        (status = 200, description = "A page of sessions", body = SessionPage),
+        (status = 422, description = "Invalid IMEI", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+    ApiQuery(q): ApiQuery<SessionQuery>,
+) -> Result<axum::Json<SessionPage>, ApiError> {
+    p.require(Role::Reader)?;
+    let imei = path_imei(&imei)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ValidationError::new("limit", "must be between 1 and 1000").into());
+    }
+    let before = q
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::bad_request("bad-query-parameter", "cursor: not a cursor returned by this API")))
+        .transpose()?;
+    let page = state.store.list_sessions(&imei, before, limit).await?;
+    Ok(axum::Json(SessionPage {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next,
+    }))
+}
+
+/// The reader's end of a rendezvous session, as a WebSocket: binary frames carry the
+/// meter's bytes both ways. Authenticate with a bearer access token or API key (reader role),
+/// or with the session's one-time token (`?token=` or `Authorization: Bearer chs_...`).
+/// Closing the WebSocket closes the session (`reader_closed`); the session ending closes the
+/// WebSocket.
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{id}/stream", tag = "sessions",
+    params(("id" = Uuid, Path, description = "Session id"), StreamQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 401, description = "No, wrong or used token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The session is not waiting for a reader", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn stream(
+    State(state): State<AppState>,
+    MaybePrincipal(principal): MaybePrincipal,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+    axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let header_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .filter(|t| t.starts_with(SESSION_TOKEN_PREFIX))
+        .map(str::to_owned);
+    match (principal, q.token.or(header_token)) {
+        (Some(p), _) => p.require(Role::Reader)?,
+        (None, Some(token)) => state.tunnel.consume_token(id, &token).await?,
+        (None, None) => {
+            return Err(ApiError::Unauthorized(
+                "a bearer token, an API key or the session's one-time token is required".to_owned(),
+            ));
+        }
+    }
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let addr = remote.to_string();
+    state.tunnel.attach_reader(id, Box::new(ours), addr).await?;
+    Ok(ws
+        .max_message_size(1 << 20)
+        .on_upgrade(move |socket| pump(socket, theirs))
+        .into_response())
+}
+
+/// Moves bytes between the WebSocket and the tunnel's end of the duplex pipe.
+async fn pump(socket: WebSocket, pipe: tokio::io::DuplexStream) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (mut rd, mut wr) = tokio::io::split(pipe);
+    let to_tunnel = async {
+        while let Some(msg) = ws_rx.next().await {
+            let data = match msg {
+                Ok(Message::Binary(b)) => b,
+                Ok(Message::Text(t)) => t.as_bytes().to_vec().into(),
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let from_tunnel = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.send(Message::Close(None)).await;
+    };
+    tokio::select! {
+        () = to_tunnel => {}
+        () = from_tunnel => {}
+    }
+}

@@ -1,0 +1,170 @@
+// Meter-reading sessions: included by `sqlite.rs` and `postgres.rs` after `common.rs`.
+
+use crate::{NewSession, SessionRecord, SessionState, SessionUpdate, Sessions};
+
+macro_rules! session_cols {
+    () => {
+        "id, imei, mode, state, close_reason, error, host, port, timeout_s, pairing_timeout_s, forward_id, token_hash, token_used, command_id, created_by, created_at, modem_connected_at, reader_connected_at, active_at, closed_at, modem_addr, reader_addr, bytes_from_modem, bytes_to_modem"
+    };
+}
+
+fn session_from_row(r: &DbRow) -> Result<SessionRecord> {
+    let command_id: Option<String> = r.try_get("command_id")?;
+    Ok(SessionRecord {
+        id: parse_col("sessions.id", &r.try_get::<String, _>("id")?, Uuid::from_str)?,
+        imei: r.try_get("imei")?,
+        mode: r.try_get("mode")?,
+        state: parse_col("sessions.state", &r.try_get::<String, _>("state")?, SessionState::from_str)?,
+        close_reason: r.try_get("close_reason")?,
+        error: r.try_get("error")?,
+        host: r.try_get("host")?,
+        port: r.try_get("port")?,
+        timeout_s: r.try_get("timeout_s")?,
+        pairing_timeout_s: r.try_get("pairing_timeout_s")?,
+        forward_id: r.try_get("forward_id")?,
+        token_hash: r.try_get("token_hash")?,
+        token_used: r.try_get("token_used")?,
+        command_id: command_id
+            .as_deref()
+            .map(|c| parse_col("sessions.command_id", c, Uuid::from_str))
+            .transpose()?,
+        created_by: r.try_get("created_by")?,
+        created_at: from_ms(r.try_get("created_at")?),
+        modem_connected_at: opt_from_ms(r.try_get("modem_connected_at")?),
+        reader_connected_at: opt_from_ms(r.try_get("reader_connected_at")?),
+        active_at: opt_from_ms(r.try_get("active_at")?),
+        closed_at: opt_from_ms(r.try_get("closed_at")?),
+        modem_addr: r.try_get("modem_addr")?,
+        reader_addr: r.try_get("reader_addr")?,
+        bytes_from_modem: r.try_get("bytes_from_modem")?,
+        bytes_to_modem: r.try_get("bytes_to_modem")?,
+    })
+}
+
+#[async_trait]
+impl Sessions for SqlStore {
+    async fn create_session(&self, s: &NewSession) -> Result<SessionRecord> {
+        let inserted = sqlx::query(concat!(
+            "INSERT INTO sessions (id, imei, mode, state, host, port, timeout_s, pairing_timeout_s, forward_id, token_hash, token_used, created_by, created_at) \
+             VALUES ($1, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, FALSE, $10, $11) RETURNING ",
+            session_cols!()
+        ))
+        .bind(Uuid::now_v7().to_string())
+        .bind(s.imei.as_str())
+        .bind(&s.mode)
+        .bind(&s.host)
+        .bind(s.port)
+        .bind(s.timeout_s)
+        .bind(s.pairing_timeout_s)
+        .bind(s.forward_id)
+        .bind(s.token_hash.as_deref())
+        .bind(&s.created_by)
+        .bind(ms(OffsetDateTime::now_utc()))
+        .fetch_one(&self.pool)
+        .await;
+        match inserted {
+            Ok(row) => session_from_row(&row),
+            Err(e) => match StoreError::from(e) {
+                StoreError::Conflict(_) => {
+                    let open = self.open_session_of(&s.imei).await?;
+                    Err(StoreError::Conflict(match open {
+                        Some(o) => format!("device {} already has an open session: {}", s.imei, o.id),
+                        None => format!("device {} already has an open session", s.imei),
+                    }))
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn get_session(&self, id: Uuid) -> Result<SessionRecord> {
+        let row = sqlx::query(concat!("SELECT ", session_cols!(), " FROM sessions WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
+        session_from_row(&row)
+    }
+
+    async fn open_session_of(&self, imei: &Imei) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query(concat!("SELECT ", session_cols!(), " FROM sessions WHERE imei = $1 AND state <> 'closed'"))
+            .bind(imei.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn list_sessions(&self, imei: &Imei, before: Option<Uuid>, limit: u32) -> Result<Page<SessionRecord>> {
+        let limit = limit.clamp(1, 1000);
+        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", session_cols!(), " FROM sessions WHERE imei = "));
+        q.push_bind(imei.to_string());
+        if let Some(b) = before {
+            q.push(" AND id < ").push_bind(b.to_string());
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(session_from_row).collect::<Result<Vec<_>>>()?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|s| s.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn update_session(&self, id: Uuid, u: &SessionUpdate) -> Result<SessionRecord> {
+        let row = sqlx::query(concat!(
+            "UPDATE sessions SET state = COALESCE($2, state), close_reason = COALESCE($3, close_reason), \
+             error = COALESCE($4, error), command_id = COALESCE($5, command_id), \
+             modem_connected_at = COALESCE($6, modem_connected_at), reader_connected_at = COALESCE($7, reader_connected_at), \
+             active_at = COALESCE($8, active_at), closed_at = COALESCE($9, closed_at), \
+             modem_addr = COALESCE($10, modem_addr), reader_addr = COALESCE($11, reader_addr), \
+             bytes_from_modem = COALESCE($12, bytes_from_modem), bytes_to_modem = COALESCE($13, bytes_to_modem) \
+             WHERE id = $1 AND state <> 'closed' RETURNING ",
+            session_cols!()
+        ))
+        .bind(id.to_string())
+        .bind(u.state.map(SessionState::as_str))
+        .bind(u.close_reason.as_deref())
+        .bind(u.error.as_deref())
+        .bind(u.command_id.map(|c| c.to_string()))
+        .bind(u.modem_connected_at.map(ms))
+        .bind(u.reader_connected_at.map(ms))
+        .bind(u.active_at.map(ms))
+        .bind(u.closed_at.map(ms))
+        .bind(u.modem_addr.as_deref())
+        .bind(u.reader_addr.as_deref())
+        .bind(u.bytes.map(|b| b.0))
+        .bind(u.bytes.map(|b| b.1))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => session_from_row(&r),
+            None => {
+                self.get_session(id).await?;
+                Err(StoreError::Conflict(format!("session {id} is closed")))
+            }
+        }
+    }
+
+    async fn consume_session_token(&self, id: Uuid, token_hash: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET token_used = TRUE WHERE id = $1 AND token_hash = $2 AND token_used = FALSE AND state <> 'closed'",
+        )
+        .bind(id.to_string())
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn close_open_sessions(&self, reason: &str, at: OffsetDateTime) -> Result<u64> {
+        let done = sqlx::query("UPDATE sessions SET state = 'closed', close_reason = $1, closed_at = $2 WHERE state <> 'closed'")
+            .bind(reason)
+            .bind(ms(at))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
