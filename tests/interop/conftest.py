@@ -75,10 +75,18 @@ class Server:
     proc: subprocess.Popen
     stdout_path: Path
     stderr_path: Path
+    # The MQTT gateway's listening address, "127.0.0.1:PORT" (None if the server printed none).
+    mqtt_addr: str | None = None
     _token: str | None = field(default=None, repr=False)
 
     def url(self, path: str) -> str:
         return self.base_url + path
+
+    @property
+    def mqtt_port(self) -> int:
+        """Port of the MQTT (mutual TLS) listener on 127.0.0.1."""
+        assert self.mqtt_addr, "callhome serve printed no mqtt= address"
+        return int(self.mqtt_addr.rpartition(":")[2])
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -129,11 +137,11 @@ def _start_server(tmp_root: Path) -> Server:
         )
 
     deadline = time.monotonic() + START_TIMEOUT_S
-    addr = None
+    addr = mqtt_addr = None
     while time.monotonic() < deadline:
         m = LISTENING_RE.search(stdout_path.read_text(errors="replace"))
         if m:
-            addr = m.group(1)
+            addr, mqtt_addr = m.group(1), m.group(2)
             break
         if proc.poll() is not None:
             break
@@ -157,6 +165,9 @@ def _start_server(tmp_root: Path) -> Server:
 
     host, _, port = addr.rpartition(":")
     assert host == "127.0.0.1" and int(port) > 0, addr
+    if mqtt_addr is not None:
+        mqtt_host, _, mqtt_port = mqtt_addr.rpartition(":")
+        assert mqtt_host == "127.0.0.1" and int(mqtt_port) > 0, mqtt_addr
     return Server(
         base_url=f"http://{addr}",
         data_dir=data_dir,
@@ -164,6 +175,7 @@ def _start_server(tmp_root: Path) -> Server:
         proc=proc,
         stdout_path=stdout_path,
         stderr_path=stderr_path,
+        mqtt_addr=mqtt_addr,
     )
 
 
@@ -191,9 +203,12 @@ def _stop_server(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Server:
-    """The running server: `.base_url`, `.data_dir`, `.admin_token()`, `.url(path)`."""
+    """The running server: `.base_url`, `.mqtt_addr`/`.mqtt_port`, `.data_dir`, `.admin_token()`, `.url(path)`."""
     srv = _start_server(tmp_path_factory.mktemp("callhome"))
-    print(f"\ncallhome serve at {srv.base_url}, data dir {srv.data_dir}, stderr {srv.stderr_path}")
+    print(
+        f"\ncallhome serve at {srv.base_url}, mqtt {srv.mqtt_addr}, data dir {srv.data_dir}, "
+        f"stderr {srv.stderr_path}"
+    )
     try:
         yield srv
     finally:
