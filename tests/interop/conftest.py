@@ -21,7 +21,7 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "interop-Admin-pw-0123"
-LISTENING_RE = re.compile(r"^callhome: listening http=(\S+)(?: mqtt=(\S+))?\s*$", re.MULTILINE)
+LISTENING_RE = re.compile(r"^callhome: listening http=(\S+)(?: mqtt=(\S+))?(?: tunnel=(\S+))?\s*$", re.MULTILINE)
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 15
 
@@ -128,7 +128,7 @@ def _start_server(tmp_root: Path) -> Server:
 
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--data-dir", str(data_dir), "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"],
+            [str(binary), "serve", "--data-dir", str(data_dir), "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,

@@ -317,17 +317,6 @@ def test_paho_modem_round_trip(server: Server, tmp_path: Path, paho_clients):
 # --- 2. mosquitto_sub / mosquitto_pub: the same round trip from the shell ----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "gateway bug: a reply on {IMEI}/ATR from a session that never SUBSCRIBEd (mosquitto_pub) "
-        "is dropped without a trace, because the per-session dispatcher only starts reading "
-        "replies (and awaiting the command left in flight by the earlier connection) once "
-        "{IMEI}/AT is subscribed; the command stays `sent` until it times out. "
-        "Remove this marker when the gateway is fixed (strict: an XPASS fails the run)."
-    ),
-)
 def test_mosquitto_sub_and_pub_round_trip(server: Server, tmp_path: Path):
     creds = enroll(server, tmp_path)
     imei = creds.imei

@@ -90,7 +90,9 @@ pub async fn request_context(
     let early: Option<ApiError> = match bearer(req.headers()) {
         None => None,
         // One-time session tokens are checked by the session stream handler itself.
-        Some(Ok(credential)) if credential.starts_with(callhome_tunnel::SESSION_TOKEN_PREFIX) => None,
+        Some(Ok(credential)) if credential.starts_with(callhome_tunnel::SESSION_TOKEN_PREFIX) => {
+            None
+        }
         Some(Err(e)) => Some(e),
         Some(Ok(credential)) => match authenticate(&state.store, &state.tokens, credential).await {
             Ok(p) => {

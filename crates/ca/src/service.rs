@@ -103,7 +103,9 @@ impl CertificateService {
                 }
                 match this.server_tls(&identity, client_auth) {
                     Ok(cfg) => target.store(cfg),
-                    Err(e) => tracing::error!(error = %e, "could not rebuild a TLS configuration; keeping the previous one"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not rebuild a TLS configuration; keeping the previous one")
+                    }
                 }
             }
         })

@@ -362,7 +362,9 @@ impl Settings {
                 .unwrap_or_else(|| ([0, 0, 0, 0], 7443).into()),
             gateway,
             tunnel_public_port: file.tunnel.public_port,
-            tunnel_id_timeout: std::time::Duration::from_secs(file.tunnel.id_timeout_s.unwrap_or(5).clamp(1, 60)),
+            tunnel_id_timeout: std::time::Duration::from_secs(
+                file.tunnel.id_timeout_s.unwrap_or(5).clamp(1, 60),
+            ),
             ca,
             token_ttl: time::Duration::seconds(i64::from(token_ttl_s)),
             admin_password,

@@ -65,7 +65,9 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
     match ctx.shared.store.in_flight_command(&ctx.imei).await {
         Ok(Some(cmd)) => {
             let deadline = deadline_of(&cmd);
-            if let Wait::SessionGone = await_reply(&mut ctx, &cmd, deadline, &mut last_timed_out).await {
+            if let Wait::SessionGone =
+                await_reply(&mut ctx, &cmd, deadline, &mut last_timed_out).await
+            {
                 return;
             }
         }
@@ -76,7 +78,12 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
     loop {
         // Send everything queued, one at a time, once the modem listens on its command topic.
         while ctx.subscribed.borrow().is_some() && !ctx.kill.is_cancelled() {
-            let next = match ctx.shared.store.next_queued_command(&ctx.imei, OffsetDateTime::now_utc()).await {
+            let next = match ctx
+                .shared
+                .store
+                .next_queued_command(&ctx.imei, OffsetDateTime::now_utc())
+                .await
+            {
                 Ok(n) => n,
                 Err(e) => {
                     warn!(error = %e, "could not read the command queue");
@@ -84,7 +91,12 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
                 }
             };
             let Some(cmd) = next else { break };
-            let sent = match ctx.shared.store.mark_command_sent(cmd.id, OffsetDateTime::now_utc()).await {
+            let sent = match ctx
+                .shared
+                .store
+                .mark_command_sent(cmd.id, OffsetDateTime::now_utc())
+                .await
+            {
                 Ok(s) => s,
                 Err(StoreError::Conflict(_)) => continue, // cancelled or taken meanwhile
                 Err(e) => {
@@ -98,12 +110,21 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
                 serde_json::json!({"id": sent.id, "command": sent.command, "attempt": sent.attempts}),
             );
             debug!(id = %sent.id, command = %sent.command, attempt = sent.attempts, "command sent");
-            if outbound.send(Outbound::Command { text: sent.command.clone() }).await.is_err() {
+            if outbound
+                .send(Outbound::Command {
+                    text: sent.command.clone(),
+                })
+                .await
+                .is_err()
+            {
                 // The session is gone; the sweeper or the next session resolves the command.
                 return;
             }
-            let deadline = Instant::now() + Duration::from_millis(u64::try_from(sent.timeout_ms).unwrap_or(0));
-            if let Wait::SessionGone = await_reply(&mut ctx, &sent, deadline, &mut last_timed_out).await {
+            let deadline =
+                Instant::now() + Duration::from_millis(u64::try_from(sent.timeout_ms).unwrap_or(0));
+            if let Wait::SessionGone =
+                await_reply(&mut ctx, &sent, deadline, &mut last_timed_out).await
+            {
                 return;
             }
         }

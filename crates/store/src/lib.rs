@@ -203,7 +203,12 @@ pub trait Sessions: Send + Sync {
     /// The device's open (not closed) session.
     async fn open_session_of(&self, imei: &Imei) -> Result<Option<SessionRecord>>;
     /// A device's sessions, newest first.
-    async fn list_sessions(&self, imei: &Imei, before: Option<Uuid>, limit: u32) -> Result<Page<SessionRecord>>;
+    async fn list_sessions(
+        &self,
+        imei: &Imei,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<SessionRecord>>;
     /// Applies `update` unless the session is already closed. [`StoreError::Conflict`] if it is.
     async fn update_session(&self, id: Uuid, update: &SessionUpdate) -> Result<SessionRecord>;
     /// Marks the reader token used, if it matches and was not used. Returns whether it did.

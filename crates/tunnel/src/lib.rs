@@ -24,7 +24,9 @@ use callhome_ca::{CertificateService, ServerIdentity};
 use callhome_core::dialect::Dialect;
 use callhome_core::{Imei, ValidationError};
 use callhome_gateway::{CommandRequest, EventBus, Gateway, GatewayError};
-use callhome_store::{CommandState, NewSession, SessionRecord, SessionState, SessionUpdate, Store, StoreError};
+use callhome_store::{
+    CommandState, NewSession, SessionRecord, SessionState, SessionUpdate, Store, StoreError,
+};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
@@ -195,7 +197,9 @@ pub struct Tunnel {
 
 impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel").field("cfg", &self.inner.cfg).finish_non_exhaustive()
+        f.debug_struct("Tunnel")
+            .field("cfg", &self.inner.cfg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -230,7 +234,10 @@ impl Tunnel {
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Slot>> {
-        self.inner.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Serves modems on `listener` until shutdown. Sessions left open by a previous run are
@@ -242,10 +249,15 @@ impl Tunnel {
             .close_open_sessions("server_shutdown", OffsetDateTime::now_utc())
             .await?;
         if n > 0 {
-            info!(sessions = n, "sessions left open by the previous run closed");
+            info!(
+                sessions = n,
+                "sessions left open by the previous run closed"
+            );
         }
         let tls = Arc::new(SharedServerConfig::new(
-            self.inner.certs.server_tls(&self.inner.identity, ClientAuth::Required)?,
+            self.inner
+                .certs
+                .server_tls(&self.inner.identity, ClientAuth::Required)?,
         ));
         let keeper = self.inner.certs.keep_tls_current(
             self.inner.identity.clone(),
@@ -273,23 +285,38 @@ impl Tunnel {
     pub async fn open(&self, req: OpenRequest) -> Result<Opened, TunnelError> {
         let device = self.inner.store.get_device(&req.imei).await?;
         if device.disabled {
-            return Err(TunnelError::Conflict(format!("device {} is disabled", req.imei)));
+            return Err(TunnelError::Conflict(format!(
+                "device {} is disabled",
+                req.imei
+            )));
         }
         if !(1..=86_400).contains(&req.timeout_s) {
             return Err(ValidationError::new("timeout_s", "must be between 1 and 86400").into());
         }
         if !(5..=3600).contains(&req.pairing_timeout_s) {
-            return Err(ValidationError::new("pairing_timeout_s", "must be between 5 and 3600").into());
+            return Err(
+                ValidationError::new("pairing_timeout_s", "must be between 5 and 3600").into(),
+            );
         }
         let (mode, host, port) = match &req.mode {
             Mode::Direct { host, port } => ("direct", host.clone(), *port),
-            Mode::Rendezvous => ("rendezvous", self.inner.cfg.public_host.clone(), self.inner.cfg.public_port),
+            Mode::Rendezvous => (
+                "rendezvous",
+                self.inner.cfg.public_host.clone(),
+                self.inner.cfg.public_port,
+            ),
         };
-        let command = self.inner.dialect.temporal_client(&host, port, req.timeout_s)?;
+        let command = self
+            .inner
+            .dialect
+            .temporal_client(&host, port, req.timeout_s)?;
         let token = matches!(req.mode, Mode::Rendezvous).then(|| {
             let mut b = [0u8; 32];
             rand::rng().fill_bytes(&mut b);
-            format!("{SESSION_TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+            format!(
+                "{SESSION_TOKEN_PREFIX}{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+            )
         });
         let session = self
             .inner
@@ -308,7 +335,11 @@ impl Tunnel {
             .await?;
         let id = session.id;
         if matches!(req.mode, Mode::Rendezvous) {
-            let expected = device.mqtt.id_client.clone().unwrap_or_else(|| req.imei.to_string());
+            let expected = device
+                .mqtt
+                .id_client
+                .clone()
+                .unwrap_or_else(|| req.imei.to_string());
             self.slots().insert(
                 id,
                 Slot {
@@ -347,7 +378,13 @@ impl Tunnel {
         let session = self
             .inner
             .store
-            .update_session(id, &SessionUpdate { command_id: Some(cmd.id), ..Default::default() })
+            .update_session(
+                id,
+                &SessionUpdate {
+                    command_id: Some(cmd.id),
+                    ..Default::default()
+                },
+            )
             .await?;
         metrics::counter!("callhome_sessions_total", "mode" => mode).increment(1);
         self.inner.events.publish(
@@ -371,7 +408,10 @@ impl Tunnel {
                 }
             };
             if done.state != CommandState::Succeeded {
-                let why = done.error.clone().unwrap_or_else(|| format!("TEMPORALCLIENT {}", done.state.as_str()));
+                let why = done
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("TEMPORALCLIENT {}", done.state.as_str()));
                 this.close(id, "command_failed", Some(why)).await;
                 return;
             }
@@ -382,11 +422,19 @@ impl Tunnel {
                 if this
                     .inner
                     .store
-                    .update_session(id, &SessionUpdate { state: Some(SessionState::Active), active_at: Some(now), ..Default::default() })
+                    .update_session(
+                        id,
+                        &SessionUpdate {
+                            state: Some(SessionState::Active),
+                            active_at: Some(now),
+                            ..Default::default()
+                        },
+                    )
                     .await
                     .is_ok()
                 {
-                    this.publish(id, "session.active", serde_json::json!({"mode": "direct"})).await;
+                    this.publish(id, "session.active", serde_json::json!({"mode": "direct"}))
+                        .await;
                 }
                 tokio::select! {
                     () = this.inner.shutdown.cancelled() => {}
@@ -410,7 +458,10 @@ impl Tunnel {
                 }
             });
         }
-        Ok(Opened { session, reader_token: token })
+        Ok(Opened {
+            session,
+            reader_token: token,
+        })
     }
 
     async fn publish(&self, id: Uuid, kind: &str, mut data: serde_json::Value) {
@@ -447,7 +498,13 @@ impl Tunnel {
         }
     }
 
-    async fn record_close(&self, id: Uuid, reason: &str, error: Option<String>, bytes: Option<(i64, i64)>) {
+    async fn record_close(
+        &self,
+        id: Uuid,
+        reason: &str,
+        error: Option<String>,
+        bytes: Option<(i64, i64)>,
+    ) {
         let update = SessionUpdate {
             state: Some(SessionState::Closed),
             close_reason: Some(reason.to_owned()),
@@ -458,7 +515,8 @@ impl Tunnel {
         };
         match self.inner.store.update_session(id, &update).await {
             Ok(s) => {
-                metrics::counter!("callhome_sessions_closed_total", "reason" => reason.to_owned()).increment(1);
+                metrics::counter!("callhome_sessions_closed_total", "reason" => reason.to_owned())
+                    .increment(1);
                 info!(%id, reason, from_modem = s.bytes_from_modem, to_modem = s.bytes_to_modem, "session closed");
                 self.inner.events.publish(
                     "session.closed",
@@ -475,31 +533,47 @@ impl Tunnel {
     pub async fn consume_token(&self, id: Uuid, token: &str) -> Result<(), TunnelError> {
         let session = self.inner.store.get_session(id).await?;
         let presented = hash_token(token);
-        let matches = session
-            .token_hash
-            .as_deref()
-            .is_some_and(|h| bool::from(subtle::ConstantTimeEq::ct_eq(h.as_bytes(), presented.as_bytes())));
+        let matches = session.token_hash.as_deref().is_some_and(|h| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                h.as_bytes(),
+                presented.as_bytes(),
+            ))
+        });
         if !matches {
-            return Err(TunnelError::Unauthorized("the session token is not valid for this session".to_owned()));
+            return Err(TunnelError::Unauthorized(
+                "the session token is not valid for this session".to_owned(),
+            ));
         }
-        if !self.inner.store.consume_session_token(id, &presented).await? {
-            return Err(TunnelError::Unauthorized("the session token has already been used".to_owned()));
+        if !self
+            .inner
+            .store
+            .consume_session_token(id, &presented)
+            .await?
+        {
+            return Err(TunnelError::Unauthorized(
+                "the session token has already been used".to_owned(),
+            ));
         }
         Ok(())
     }
 
     /// Attaches a reader to a rendezvous session. Returns once attached; the session then
     /// runs in the background and the stream is closed when it ends.
-    pub async fn attach_reader(&self, id: Uuid, stream: Box<dyn Stream>, addr: String) -> Result<(), TunnelError> {
+    pub async fn attach_reader(
+        &self,
+        id: Uuid,
+        stream: Box<dyn Stream>,
+        addr: String,
+    ) -> Result<(), TunnelError> {
         let now = OffsetDateTime::now_utc();
         // Decide under the lock, await outside it.
         let outcome: Result<bool, Option<TunnelError>> = {
             let mut slots = self.slots();
             match slots.get_mut(&id) {
                 None => Err(None),
-                Some(slot) if slot.reader.is_some() || slot.splicing => {
-                    Err(Some(TunnelError::Conflict(format!("session {id} already has a reader"))))
-                }
+                Some(slot) if slot.reader.is_some() || slot.splicing => Err(Some(
+                    TunnelError::Conflict(format!("session {id} already has a reader")),
+                )),
                 Some(slot) => {
                     slot.reader = Some((stream, addr.clone()));
                     Ok(slot.modem.is_some())
@@ -514,7 +588,11 @@ impl Tunnel {
                 return Err(TunnelError::Conflict(format!(
                     "session {id} is {} and not waiting for a reader{}",
                     s.state.as_str(),
-                    if s.mode == "direct" { " (direct sessions connect the modem to the reader's own server)" } else { "" }
+                    if s.mode == "direct" {
+                        " (direct sessions connect the modem to the reader's own server)"
+                    } else {
+                        ""
+                    }
                 )));
             }
         };
@@ -525,7 +603,8 @@ impl Tunnel {
             ..Default::default()
         };
         let _ = self.inner.store.update_session(id, &update).await;
-        self.publish(id, "session.reader_connected", serde_json::json!({})).await;
+        self.publish(id, "session.reader_connected", serde_json::json!({}))
+            .await;
         if paired {
             self.start_splice(id).await;
         }
@@ -536,7 +615,9 @@ impl Tunnel {
     pub(crate) async fn attach_modem(&self, id: Uuid, stream: Box<dyn Stream>, addr: String) {
         let paired = {
             let mut slots = self.slots();
-            let Some(slot) = slots.get_mut(&id) else { return };
+            let Some(slot) = slots.get_mut(&id) else {
+                return;
+            };
             if slot.modem.is_some() {
                 return; // a second modem connection for the same session: dropped
             }
@@ -550,7 +631,8 @@ impl Tunnel {
             ..Default::default()
         };
         let _ = self.inner.store.update_session(id, &update).await;
-        self.publish(id, "session.modem_connected", serde_json::json!({})).await;
+        self.publish(id, "session.modem_connected", serde_json::json!({}))
+            .await;
         if paired {
             self.start_splice(id).await;
         }
@@ -571,9 +653,18 @@ impl Tunnel {
     async fn start_splice(&self, id: Uuid) {
         let taken = {
             let mut slots = self.slots();
-            let Some(slot) = slots.get_mut(&id) else { return };
+            let Some(slot) = slots.get_mut(&id) else {
+                return;
+            };
             match (slot.modem.take(), slot.reader.take()) {
-                (Some(m), Some(r)) if !slot.splicing => Some((m, r, slot.idle, slot.cancel.clone(), slot.cancel_reason.clone(), slot.forward_id.then(|| slot.expected_id.clone()))),
+                (Some(m), Some(r)) if !slot.splicing => Some((
+                    m,
+                    r,
+                    slot.idle,
+                    slot.cancel.clone(),
+                    slot.cancel_reason.clone(),
+                    slot.forward_id.then(|| slot.expected_id.clone()),
+                )),
                 (m, r) => {
                     slot.modem = m;
                     slot.reader = r;
@@ -581,7 +672,9 @@ impl Tunnel {
                 }
             }
         };
-        let Some(((modem, _), (reader, _), idle, cancel, cancel_reason, preamble)) = taken else { return };
+        let Some(((modem, _), (reader, _), idle, cancel, cancel_reason, preamble)) = taken else {
+            return;
+        };
         if let Some(slot) = self.slots().get_mut(&id) {
             slot.splicing = true;
         }
@@ -589,19 +682,35 @@ impl Tunnel {
         let _ = self
             .inner
             .store
-            .update_session(id, &SessionUpdate { state: Some(SessionState::Active), active_at: Some(now), ..Default::default() })
+            .update_session(
+                id,
+                &SessionUpdate {
+                    state: Some(SessionState::Active),
+                    active_at: Some(now),
+                    ..Default::default()
+                },
+            )
             .await;
-        self.publish(id, "session.active", serde_json::json!({"mode": "rendezvous"})).await;
+        self.publish(
+            id,
+            "session.active",
+            serde_json::json!({"mode": "rendezvous"}),
+        )
+        .await;
         metrics::gauge!("callhome_sessions_active").increment(1.0);
         let this = self.clone();
         tokio::spawn(async move {
             let counters = Arc::new(Counters::default());
             let end = splice::splice(modem, reader, idle, cancel, preamble, counters.clone()).await;
             metrics::gauge!("callhome_sessions_active").decrement(1.0);
-            let from = counters.from_modem.load(std::sync::atomic::Ordering::Relaxed);
+            let from = counters
+                .from_modem
+                .load(std::sync::atomic::Ordering::Relaxed);
             let to = counters.to_modem.load(std::sync::atomic::Ordering::Relaxed);
-            metrics::counter!("callhome_tunnel_bytes_total", "direction" => "from_modem").increment(from);
-            metrics::counter!("callhome_tunnel_bytes_total", "direction" => "to_modem").increment(to);
+            metrics::counter!("callhome_tunnel_bytes_total", "direction" => "from_modem")
+                .increment(from);
+            metrics::counter!("callhome_tunnel_bytes_total", "direction" => "to_modem")
+                .increment(to);
             let reason = match end {
                 SpliceEnd::ReaderClosed => "reader_closed".to_owned(),
                 SpliceEnd::ModemClosed => "modem_closed".to_owned(),
@@ -613,7 +722,10 @@ impl Tunnel {
                     .unwrap_or_else(|| "server_shutdown".to_owned()),
             };
             this.slots().remove(&id);
-            let bytes = (i64::try_from(from).unwrap_or(i64::MAX), i64::try_from(to).unwrap_or(i64::MAX));
+            let bytes = (
+                i64::try_from(from).unwrap_or(i64::MAX),
+                i64::try_from(to).unwrap_or(i64::MAX),
+            );
             this.record_close(id, &reason, None, Some(bytes)).await;
         });
     }

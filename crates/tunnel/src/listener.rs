@@ -34,7 +34,11 @@ async fn audit(tunnel: &Tunnel, imei: &str, action: &str, addr: &str, detail: se
     }
 }
 
-pub(crate) async fn accept_loop(tunnel: Tunnel, listener: TcpListener, tls: Arc<SharedServerConfig>) {
+pub(crate) async fn accept_loop(
+    tunnel: Tunnel,
+    listener: TcpListener,
+    tls: Arc<SharedServerConfig>,
+) {
     let cfg = tunnel.inner().cfg.clone();
     let shutdown = tunnel.inner().shutdown.clone();
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
@@ -57,7 +61,8 @@ pub(crate) async fn accept_loop(tunnel: Tunnel, listener: TcpListener, tls: Arc<
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("callhome_tunnel_refused_total", "reason" => "max_connections").increment(1);
+            metrics::counter!("callhome_tunnel_refused_total", "reason" => "max_connections")
+                .increment(1);
             continue;
         };
         let acceptor = TlsAcceptor::from(tls.load());
@@ -67,10 +72,13 @@ pub(crate) async fn accept_loop(tunnel: Tunnel, listener: TcpListener, tls: Arc<
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
             let addr = peer.to_string();
-            let mut stream = match tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(tcp)).await {
+            let mut stream = match tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(tcp))
+                .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    metrics::counter!("callhome_tunnel_refused_total", "reason" => "handshake").increment(1);
+                    metrics::counter!("callhome_tunnel_refused_total", "reason" => "handshake")
+                        .increment(1);
                     debug!(%addr, error = %e, "tunnel TLS handshake failed");
                     return;
                 }
@@ -87,18 +95,36 @@ pub(crate) async fn accept_loop(tunnel: Tunnel, listener: TcpListener, tls: Arc<
                     .and_then(|i| i.common_name)
             };
             let Some(imei) = cn.as_deref().and_then(|cn| Imei::parse(cn).ok()) else {
-                audit(&tunnel, cn.as_deref().unwrap_or("unknown"), "tunnel.bad_certificate", &addr, serde_json::json!({})).await;
+                audit(
+                    &tunnel,
+                    cn.as_deref().unwrap_or("unknown"),
+                    "tunnel.bad_certificate",
+                    &addr,
+                    serde_json::json!({}),
+                )
+                .await;
                 return;
             };
             let Some((session_id, expected)) = tunnel.pending_for(&imei) else {
                 warn!(%imei, %addr, "tunnel connection from a modem with no pending session; refused");
-                audit(&tunnel, imei.as_str(), "tunnel.no_pending_session", &addr, serde_json::json!({})).await;
+                audit(
+                    &tunnel,
+                    imei.as_str(),
+                    "tunnel.no_pending_session",
+                    &addr,
+                    serde_json::json!({}),
+                )
+                .await;
                 return;
             };
             // Exactly as many bytes as the expected ID, quickly.
             let mut got = vec![0u8; expected.len()];
             let read = tokio::time::timeout(cfg.id_timeout, stream.read_exact(&mut got)).await;
-            let ok = matches!(read, Ok(Ok(_))) && bool::from(subtle::ConstantTimeEq::ct_eq(got.as_slice(), expected.as_slice()));
+            let ok = matches!(read, Ok(Ok(_)))
+                && bool::from(subtle::ConstantTimeEq::ct_eq(
+                    got.as_slice(),
+                    expected.as_slice(),
+                ));
             if !ok {
                 let shown = match read {
                     Ok(Ok(_)) => String::from_utf8_lossy(&got).into_owned(),
@@ -115,12 +141,20 @@ pub(crate) async fn accept_loop(tunnel: Tunnel, listener: TcpListener, tls: Arc<
                 )
                 .await;
                 tunnel
-                    .close(session_id, "identity_mismatch", Some(format!("the modem sent {shown:?} instead of its MTX_IDClient")))
+                    .close(
+                        session_id,
+                        "identity_mismatch",
+                        Some(format!(
+                            "the modem sent {shown:?} instead of its MTX_IDClient"
+                        )),
+                    )
                     .await;
                 return;
             }
             info!(%imei, %addr, session = %session_id, "modem connected to the tunnel");
-            tunnel.attach_modem(session_id, Box::new(stream), addr).await;
+            tunnel
+                .attach_modem(session_id, Box::new(stream), addr)
+                .await;
         });
     }
 }

@@ -35,7 +35,13 @@ pub struct Counters {
     pub to_modem: AtomicU64,
 }
 
-async fn pump<R, W>(mut rd: R, mut wr: W, count: &AtomicU64, last: &AtomicU64, origin: Instant) -> std::io::Result<()>
+async fn pump<R, W>(
+    mut rd: R,
+    mut wr: W,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    origin: Instant,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -153,14 +159,30 @@ mod tests {
         let (modem, _m) = tokio::io::duplex(64);
         let (reader, _r) = tokio::io::duplex(64);
         let started = Instant::now();
-        let end = splice(modem, reader, Duration::from_millis(300), CancellationToken::new(), None, Default::default()).await;
+        let end = splice(
+            modem,
+            reader,
+            Duration::from_millis(300),
+            CancellationToken::new(),
+            None,
+            Default::default(),
+        )
+        .await;
         assert_eq!(end, SpliceEnd::IdleTimeout);
         assert!(started.elapsed() >= Duration::from_millis(300));
         let (modem, _m) = tokio::io::duplex(64);
         let (reader, _r) = tokio::io::duplex(64);
         let cancel = CancellationToken::new();
         cancel.cancel();
-        let end = splice(modem, reader, Duration::from_secs(60), cancel, None, Default::default()).await;
+        let end = splice(
+            modem,
+            reader,
+            Duration::from_secs(60),
+            cancel,
+            None,
+            Default::default(),
+        )
+        .await;
         assert_eq!(end, SpliceEnd::Cancelled);
     }
 
@@ -168,7 +190,14 @@ mod tests {
     async fn modem_closing_ends_the_reader_side() {
         let (modem, modem_peer) = tokio::io::duplex(64);
         let (reader, mut reader_peer) = tokio::io::duplex(64);
-        let task = tokio::spawn(splice(modem, reader, Duration::from_secs(5), CancellationToken::new(), None, Default::default()));
+        let task = tokio::spawn(splice(
+            modem,
+            reader,
+            Duration::from_secs(5),
+            CancellationToken::new(),
+            None,
+            Default::default(),
+        ));
         drop(modem_peer);
         assert_eq!(task.await.unwrap(), SpliceEnd::ModemClosed);
         let mut rest = Vec::new();

@@ -92,7 +92,12 @@ impl From<Device> for DeviceView {
                 reply_topic: topics.reply,
                 status_topic: topics.status,
                 username: d.mqtt.username,
-                id_client: d.mqtt.id_client.as_deref().unwrap_or(d.imei.as_str()).replace("[IMEI]", d.imei.as_str()),
+                id_client: d
+                    .mqtt
+                    .id_client
+                    .as_deref()
+                    .unwrap_or(d.imei.as_str())
+                    .replace("[IMEI]", d.imei.as_str()),
             },
         }
     }
@@ -347,7 +352,9 @@ pub async fn update_device(
     if let Some(Some(id)) = &req.id_client
         && (id.is_empty() || id.len() > 64 || !id.bytes().all(|b| (0x20..0x7f).contains(&b)))
     {
-        return Err(ValidationError::new("id_client", "must be 1-64 printable ASCII characters").into());
+        return Err(
+            ValidationError::new("id_client", "must be 1-64 printable ASCII characters").into(),
+        );
     }
     for (field, topic) in [
         ("command_topic", &req.command_topic),

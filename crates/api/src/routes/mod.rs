@@ -46,10 +46,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(status::latest))
         .routes(routes!(status::history))
         .routes(routes!(events::stream))
-        .routes(routes!(
-            sessions::create_session,
-            sessions::list_sessions
-        ))
+        .routes(routes!(sessions::create_session, sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::stream))
         .routes(routes!(certificates::sign_csr))

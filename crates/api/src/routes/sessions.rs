@@ -198,13 +198,25 @@ pub async fn create_session(
     p: Principal,
     ApiPath(imei): ApiPath<String>,
     ApiJson(req): ApiJson<CreateSession>,
-) -> Result<(StatusCode, axum::extract::Extension<AuditTarget>, axum::Json<CreatedSession>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::extract::Extension<AuditTarget>,
+        axum::Json<CreatedSession>,
+    ),
+    ApiError,
+> {
     p.require(Role::Reader)?;
     let imei = path_imei(&imei)?;
     let mode = match req.mode.as_str() {
         "direct" => {
-            let host = req.host.clone().ok_or_else(|| ValidationError::new("host", "required in direct mode"))?;
-            let port = req.port.ok_or_else(|| ValidationError::new("port", "required in direct mode"))?;
+            let host = req
+                .host
+                .clone()
+                .ok_or_else(|| ValidationError::new("host", "required in direct mode"))?;
+            let port = req
+                .port
+                .ok_or_else(|| ValidationError::new("port", "required in direct mode"))?;
             if port == 0 {
                 return Err(ValidationError::new("port", "must be 1-65535").into());
             }
@@ -212,11 +224,21 @@ pub async fn create_session(
         }
         "rendezvous" => {
             if req.host.is_some() || req.port.is_some() {
-                return Err(ValidationError::new("host", "not used in rendezvous mode: the modem connects to Callhome").into());
+                return Err(ValidationError::new(
+                    "host",
+                    "not used in rendezvous mode: the modem connects to Callhome",
+                )
+                .into());
             }
             Mode::Rendezvous
         }
-        other => return Err(ValidationError::new("mode", format!("must be direct or rendezvous, got {other:?}")).into()),
+        other => {
+            return Err(ValidationError::new(
+                "mode",
+                format!("must be direct or rendezvous, got {other:?}"),
+            )
+            .into());
+        }
     };
     let opened = state
         .tunnel
@@ -314,7 +336,14 @@ pub async fn list_sessions(
         .cursor
         .as_deref()
         .filter(|c| !c.is_empty())
-        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::bad_request("bad-query-parameter", "cursor: not a cursor returned by this API")))
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                ApiError::bad_request(
+                    "bad-query-parameter",
+                    "cursor: not a cursor returned by this API",
+                )
+            })
+        })
         .transpose()?;
     let page = state.store.list_sessions(&imei, before, limit).await?;
     Ok(axum::Json(SessionPage {
@@ -349,7 +378,10 @@ pub async fn stream(
     let header_token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .filter(|t| t.starts_with(SESSION_TOKEN_PREFIX))
         .map(str::to_owned);
     match (principal, q.token.or(header_token)) {
@@ -394,7 +426,11 @@ async fn pump(socket: WebSocket, pipe: tokio::io::DuplexStream) {
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if ws_tx.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                    if ws_tx
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

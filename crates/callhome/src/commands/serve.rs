@@ -41,7 +41,10 @@ pub(super) async fn run(settings: &Settings) -> anyhow::Result<()> {
         }
         AdminBootstrap::Existing => println!("  Admin:       existing users kept"),
     }
-    println!("callhome: listening http={http} mqtt={} tunnel={}", running.mqtt_addr, running.tunnel_addr);
+    println!(
+        "callhome: listening http={http} mqtt={} tunnel={}",
+        running.mqtt_addr, running.tunnel_addr
+    );
 
     let token = running.shutdown_token();
     tokio::spawn(async move {

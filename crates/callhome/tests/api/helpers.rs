@@ -16,6 +16,7 @@ pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 pub struct TestApp {
     pub base: String,
     pub mqtt: std::net::SocketAddr,
+    pub tunnel: std::net::SocketAddr,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     server: Option<RunningServer>,
@@ -45,6 +46,7 @@ impl TestApp {
             database_url: db.as_ref().map(|d| d.url.clone()),
             http: Some("127.0.0.1:0".parse().unwrap()),
             mqtt: Some("127.0.0.1:0".parse().unwrap()),
+            tunnel: Some("127.0.0.1:0".parse().unwrap()),
             ..Default::default()
         })
         .expect("settings");
@@ -55,6 +57,7 @@ impl TestApp {
         Self {
             base,
             mqtt: server.mqtt_addr,
+            tunnel: server.tunnel_addr,
             client: reqwest::Client::new(),
             data_dir,
             server: Some(server),
@@ -74,6 +77,7 @@ impl TestApp {
             .expect("server restarts");
         self.base = format!("http://{}", server.http_addr);
         self.mqtt = server.mqtt_addr;
+        self.tunnel = server.tunnel_addr;
         self.server = Some(server);
     }
 
