@@ -40,6 +40,9 @@ pub enum Command {
     },
     /// Run a fleet of simulated MTX modems against the platform (or a reference broker).
     Sim(Box<crate::commands::sim::SimArgs>),
+    /// Expose a device's meter as a local TCP port through rendezvous sessions, for reading
+    /// software that dials a TCP address.
+    Connect(Box<crate::commands::connect::ConnectArgs>),
 }
 
 /// `callhome user ...`.

@@ -362,6 +362,7 @@ pub async fn list_sessions(
     params(("id" = Uuid, Path, description = "Session id"), StreamQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No, wrong or used token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The session is not waiting for a reader", body = Problem, content_type = "application/problem+json"),
     )
@@ -373,8 +374,15 @@ pub async fn stream(
     ApiQuery(q): ApiQuery<StreamQuery>,
     headers: HeaderMap,
     axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // Refuse a request that is not a WebSocket upgrade before a one-time token is spent.
+    let ws = ws.map_err(|e| {
+        ApiError::bad_request(
+            "not-a-websocket",
+            format!("expected a WebSocket upgrade: {}", e.body_text()),
+        )
+    })?;
     let header_token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -7,4 +7,5 @@ mod devices;
 mod gateway;
 mod helpers;
 mod modem;
+mod sessions;
 mod system;
