@@ -1,7 +1,7 @@
 //! `GET /api/v1/audit`: the audit log, newest first. Admins only.
 
 use axum::extract::State;
-use callhome_core::{Role, ValidationError};
+use callhome_core::Role;
 use callhome_store::{AuditEntry, AuditFilter};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -10,6 +10,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::ApiQuery;
+use crate::routes::paging;
 use crate::time_format::rfc3339;
 
 /// One audited call.
@@ -99,23 +100,8 @@ pub async fn list_audit(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<axum::Json<AuditPage>, ApiError> {
     p.require(Role::Admin)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ValidationError::new("limit", "must be between 1 and 1000").into());
-    }
-    let before = q
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            c.parse::<i64>().map_err(|_| {
-                ApiError::bad_request(
-                    "bad-query-parameter",
-                    "cursor: not a cursor returned by this API",
-                )
-            })
-        })
-        .transpose()?;
+    let limit = paging::limit(q.limit)?;
+    let before = paging::cursor::<i64>(q.cursor.as_deref())?;
     let page = state
         .store
         .list_audit(&AuditFilter {

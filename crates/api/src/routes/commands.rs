@@ -18,6 +18,7 @@ use crate::context::AuditTarget;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::devices::path_imei;
+use crate::routes::paging;
 use crate::time_format::{rfc3339, rfc3339_opt};
 
 /// An AT command and what became of it.
@@ -275,7 +276,7 @@ pub async fn list_device_commands(
 ) -> Result<axum::Json<CommandPage>, ApiError> {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    let limit = range("limit", q.limit, 100, 1, 1000)?;
+    let limit = paging::limit(q.limit)?;
     let states = match q.state.as_deref() {
         None | Some("") => Vec::new(),
         Some(s) => vec![
@@ -283,19 +284,7 @@ pub async fn list_device_commands(
                 .map_err(|e| ValidationError::new("state", e))?,
         ],
     };
-    let before = q
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            Uuid::parse_str(c).map_err(|_| {
-                ApiError::bad_request(
-                    "bad-query-parameter",
-                    "cursor: not a cursor returned by this API",
-                )
-            })
-        })
-        .transpose()?;
+    let before = paging::cursor::<Uuid>(q.cursor.as_deref())?;
     let page = state
         .store
         .list_commands(&CommandFilter {

@@ -13,6 +13,7 @@ use crate::auth::Principal;
 use crate::context::AuditTarget;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, double_option};
+use crate::routes::paging;
 use crate::time_format::{rfc3339, rfc3339_opt};
 
 /// A registered modem.
@@ -257,10 +258,7 @@ pub async fn list_devices(
     ApiQuery(q): ApiQuery<DeviceQuery>,
 ) -> Result<axum::Json<DevicePage>, ApiError> {
     p.require(Role::Reader)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ValidationError::new("limit", "must be between 1 and 1000").into());
-    }
+    let limit = paging::limit(q.limit)?;
     let after = match q.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(decode_cursor(c)?),

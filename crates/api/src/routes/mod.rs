@@ -7,6 +7,7 @@ pub mod certificates;
 pub mod commands;
 pub mod devices;
 pub mod events;
+pub mod paging;
 pub mod sessions;
 pub mod status;
 pub mod system;

@@ -21,6 +21,7 @@ use crate::context::AuditTarget;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::devices::path_imei;
+use crate::routes::paging;
 use crate::time_format::{rfc3339, rfc3339_opt};
 
 /// A meter-reading session.
@@ -328,23 +329,8 @@ pub async fn list_sessions(
 ) -> Result<axum::Json<SessionPage>, ApiError> {
     p.require(Role::Reader)?;
     let imei = path_imei(&imei)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ValidationError::new("limit", "must be between 1 and 1000").into());
-    }
-    let before = q
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            Uuid::parse_str(c).map_err(|_| {
-                ApiError::bad_request(
-                    "bad-query-parameter",
-                    "cursor: not a cursor returned by this API",
-                )
-            })
-        })
-        .transpose()?;
+    let limit = paging::limit(q.limit)?;
+    let before = paging::cursor::<Uuid>(q.cursor.as_deref())?;
     let page = state.store.list_sessions(&imei, before, limit).await?;
     Ok(axum::Json(SessionPage {
         items: page.items.into_iter().map(Into::into).collect(),

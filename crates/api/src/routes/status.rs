@@ -14,6 +14,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::routes::devices::path_imei;
+use crate::routes::paging;
 use crate::time_format::rfc3339;
 
 /// A status message from a device.
@@ -129,23 +130,8 @@ pub async fn history(
                 .map_err(|e| ValidationError::new("since", format!("not an RFC 3339 time: {e}")))
         })
         .transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ValidationError::new("limit", "must be between 1 and 1000").into());
-    }
-    let before = q
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            c.parse::<i64>().map_err(|_| {
-                ApiError::bad_request(
-                    "bad-query-parameter",
-                    "cursor: not a cursor returned by this API",
-                )
-            })
-        })
-        .transpose()?;
+    let limit = paging::limit(q.limit)?;
+    let before = paging::cursor::<i64>(q.cursor.as_deref())?;
     let page = state
         .store
         .status_history(&imei, since, before, limit)
