@@ -16,7 +16,8 @@ pub const FIRMWARE_VERSION: &str = "11.0.3-sim";
 /// - `AT^MTXTUNNEL=VERSION` → `MTX-Tunnel v<version>` + `OK`; `GETPARAM,<k>` →
 ///   `<k>: <value>` + `OK` (`ERROR` for an unknown key); `SETPARAM,<k>,<v>` stores it,
 ///   `OK`; `GETCONFIG` → every `KEY: value` line + `OK`.
-/// - Anything else → `ERROR`.
+/// - Anything else → `ERROR`, including `TEMPORALCLIENT`: it opens a socket, so a
+///   running modem handles it itself before calling this (see [`crate::tunnel`]).
 pub fn answer(command: &str, imei: &str, config: &mut ModemConfig, csq: u8) -> String {
     let cmd = command.trim();
     let ok = |lines: &[String]| dialect::format_reply(lines, &FinalResult::Ok);

@@ -31,6 +31,32 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// Status messages handed to the MQTT client.
     pub status_sent: AtomicU64,
+    /// TEMPORALCLIENT tunnels established (TCP and TLS up).
+    pub tunnels_opened: AtomicU64,
+    /// TEMPORALCLIENT commands accepted (`OK`) whose tunnel could not be established
+    /// (TCP, TLS, timeout, no TLS identity, or the modem stopped while connecting).
+    pub tunnel_failures: AtomicU64,
+    /// TEMPORALCLIENT commands refused with `ERROR` because a tunnel was in progress.
+    pub tunnels_busy: AtomicU64,
+    /// Tunnels open right now.
+    pub tunnels_active: AtomicU64,
+    /// Bytes relayed from the serial side (meter) to the reading platform; the
+    /// `MTX_IDClient` string is not included.
+    pub tunnel_bytes_up: AtomicU64,
+    /// Bytes relayed from the reading platform to the serial side (meter).
+    pub tunnel_bytes_down: AtomicU64,
+    /// Tunnels that ended because the reading platform closed (`peer_closed`).
+    pub tunnel_closed_peer: AtomicU64,
+    /// Tunnels closed after their timeout without traffic (`idle_timeout`).
+    pub tunnel_closed_idle: AtomicU64,
+    /// Tunnels closed because the modem stopped (`stopped`).
+    pub tunnel_closed_stopped: AtomicU64,
+    /// Tunnels ended by an I/O error or a serial side that could not be opened
+    /// (`error`).
+    pub tunnel_closed_error: AtomicU64,
+    /// Tunnels ended because the serial side ended (a TCP meter closed, a device
+    /// went away: `serial_closed`).
+    pub tunnel_closed_serial: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -58,6 +84,39 @@ pub struct CounterSnapshot {
     pub dropped: u64,
     /// See [`Counters::status_sent`].
     pub status_sent: u64,
+    /// See [`Counters::tunnels_opened`].
+    pub tunnels_opened: u64,
+    /// See [`Counters::tunnel_failures`].
+    pub tunnel_failures: u64,
+    /// See [`Counters::tunnels_busy`].
+    pub tunnels_busy: u64,
+    /// See [`Counters::tunnels_active`].
+    pub tunnels_active: u64,
+    /// See [`Counters::tunnel_bytes_up`].
+    pub tunnel_bytes_up: u64,
+    /// See [`Counters::tunnel_bytes_down`].
+    pub tunnel_bytes_down: u64,
+    /// See [`Counters::tunnel_closed_peer`].
+    pub tunnel_closed_peer: u64,
+    /// See [`Counters::tunnel_closed_idle`].
+    pub tunnel_closed_idle: u64,
+    /// See [`Counters::tunnel_closed_stopped`].
+    pub tunnel_closed_stopped: u64,
+    /// See [`Counters::tunnel_closed_error`].
+    pub tunnel_closed_error: u64,
+    /// See [`Counters::tunnel_closed_serial`].
+    pub tunnel_closed_serial: u64,
+}
+
+impl CounterSnapshot {
+    /// Tunnels that have ended, whatever the reason.
+    pub fn tunnels_closed(&self) -> u64 {
+        self.tunnel_closed_peer
+            + self.tunnel_closed_idle
+            + self.tunnel_closed_stopped
+            + self.tunnel_closed_error
+            + self.tunnel_closed_serial
+    }
 }
 
 impl Counters {
@@ -78,6 +137,17 @@ impl Counters {
             error_replies: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             status_sent: AtomicU64::new(0),
+            tunnels_opened: AtomicU64::new(0),
+            tunnel_failures: AtomicU64::new(0),
+            tunnels_busy: AtomicU64::new(0),
+            tunnels_active: AtomicU64::new(0),
+            tunnel_bytes_up: AtomicU64::new(0),
+            tunnel_bytes_down: AtomicU64::new(0),
+            tunnel_closed_peer: AtomicU64::new(0),
+            tunnel_closed_idle: AtomicU64::new(0),
+            tunnel_closed_stopped: AtomicU64::new(0),
+            tunnel_closed_error: AtomicU64::new(0),
+            tunnel_closed_serial: AtomicU64::new(0),
         }
     }
 
@@ -122,6 +192,11 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Tunnels that have ended, whatever the reason.
+    pub fn tunnels_closed(&self) -> u64 {
+        self.snapshot().tunnels_closed()
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
@@ -136,6 +211,17 @@ impl Counters {
             error_replies: self.error_replies.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             status_sent: self.status_sent.load(Relaxed),
+            tunnels_opened: self.tunnels_opened.load(Relaxed),
+            tunnel_failures: self.tunnel_failures.load(Relaxed),
+            tunnels_busy: self.tunnels_busy.load(Relaxed),
+            tunnels_active: self.tunnels_active.load(Relaxed),
+            tunnel_bytes_up: self.tunnel_bytes_up.load(Relaxed),
+            tunnel_bytes_down: self.tunnel_bytes_down.load(Relaxed),
+            tunnel_closed_peer: self.tunnel_closed_peer.load(Relaxed),
+            tunnel_closed_idle: self.tunnel_closed_idle.load(Relaxed),
+            tunnel_closed_stopped: self.tunnel_closed_stopped.load(Relaxed),
+            tunnel_closed_error: self.tunnel_closed_error.load(Relaxed),
+            tunnel_closed_serial: self.tunnel_closed_serial.load(Relaxed),
         }
     }
 }

@@ -5,8 +5,10 @@
 //! certificates enrolled through the REST API ([`Enroller`]), one MQTT client per modem
 //! over mutual TLS (or plain TCP, to measure a reference broker), an in-memory
 //! Config.txt ([`config`]), AT command answers ([`answer`]), periodic status, switches
-//! for misbehaviour ([`Behaviour`]) and fleet counters ([`Counters`]). Later:
-//! TEMPORALCLIENT sockets and simulated meters behind them.
+//! for misbehaviour ([`Behaviour`]) and fleet counters ([`Counters`]); the modem side of
+//! the meter-reading tunnel (`TEMPORALCLIENT`, [`tunnel`]) with a serial side behind it
+//! ([`SerialSide`]): a built-in IEC 62056-21 meter ([`iec62056`]), a TCP server or a
+//! serial device.
 //!
 //! Must not know: server internals. It talks to Callhome only the way a modem or an operator
 //! does: over the REST API, MQTT/TLS and the tunnel.
@@ -23,6 +25,11 @@
 //! - Status JSON on `DNS_mqttTopic` (`{IMEI}/dns`), QoS 1, once subscribed and then
 //!   every `DNS_period` seconds: `{"imei","ip","csq","rssi","model","fw","uptime"}`.
 //! - Reconnects after any loss with jittered exponential backoff (cap 30 s).
+//! - `AT^MTXTUNNEL=TEMPORALCLIENT,<host>,<port>,<timeout>` is answered `OK` at once
+//!   (`ERROR` while a tunnel is in progress); the modem then opens mutual TLS to
+//!   `host:port` (server name `host`), sends its `MTX_IDClient` value and relays bytes
+//!   to and from its serial side until the platform closes, `<timeout>` seconds pass
+//!   without traffic, or the modem stops. See [`tunnel`].
 //!
 //! # Scale
 //!
@@ -39,8 +46,10 @@ mod counters;
 mod enroll;
 mod error;
 mod fleet;
+pub mod iec62056;
 mod modem;
 mod tls;
+pub mod tunnel;
 
 pub use counters::{CounterSnapshot, Counters};
 pub use enroll::{CA_FILE, Enroller};
@@ -48,3 +57,4 @@ pub use error::SimError;
 pub use fleet::{Fleet, FleetConfig, FleetTransport, fleet_imeis, is_picked};
 pub use modem::{Backoff, Behaviour, ModemHandle, ModemSettings, ReplyMode, SimModem, Transport};
 pub use tls::{Credentials, TlsBase, install_crypto_provider};
+pub use tunnel::SerialSide;

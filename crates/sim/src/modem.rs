@@ -4,6 +4,10 @@
 //! MQTT client from inside that loop: replies and status go through the client's
 //! bounded request channel with `try_publish` (a full channel drops the message and
 //! counts it), so the loop cannot deadlock on itself.
+//!
+//! `AT^MTXTUNNEL=TEMPORALCLIENT` is handled here rather than in [`crate::answer`]: the
+//! modem answers `OK` and spawns the tunnel ([`crate::tunnel`]) as a task of its own,
+//! which outlives MQTT reconnections and ends at the latest when the modem stops.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -11,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callhome_core::Imei;
-use callhome_core::dialect::FinalResult;
+use callhome_core::dialect::{self, FinalResult, MtxCommand};
 use rand::Rng as _;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, QoS,
@@ -27,6 +31,7 @@ use crate::answer::{FIRMWARE_VERSION, answer};
 use crate::config::{MasterConfig, ModemConfig};
 use crate::counters::Counters;
 use crate::tls::{Credentials, TlsBase};
+use crate::tunnel::{self, LineSettings, SerialSide, TunnelRequest};
 
 /// Capacity of each modem's MQTT request channel (replies and status waiting to be sent).
 const REQUEST_CAPACITY: usize = 16;
@@ -38,6 +43,8 @@ const CONTROL_CAPACITY: usize = 4;
 const MAX_INFLIGHT: u16 = 8;
 /// Largest MQTT packet accepted or sent (a GETCONFIG reply is about 1.5 KB).
 const MAX_PACKET: usize = 64 * 1024;
+/// How long a stopping modem waits for its tunnel to close.
+const TUNNEL_STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// Jittered exponential backoff between connection attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +96,10 @@ pub struct ModemSettings {
     /// MQTT keep-alive; `None` takes `MQTT_keepalive` from the configuration (300 s in
     /// the seed).
     pub keep_alive: Option<Duration>,
+    /// What sits on each modem's serial port, behind TEMPORALCLIENT tunnels (the
+    /// built-in IEC 62056-21 meter by default). The TCP connection and TLS handshake of
+    /// a tunnel are also bounded by `connect_timeout`.
+    pub serial: SerialSide,
 }
 
 impl ModemSettings {
@@ -102,6 +113,7 @@ impl ModemSettings {
             status_on_connect: true,
             connect_timeout: Duration::from_secs(30),
             keep_alive: None,
+            serial: SerialSide::default(),
         }
     }
 }
@@ -225,6 +237,8 @@ pub struct SimModem {
     behaviour: Behaviour,
     counters: Arc<Counters>,
     gate: Option<Arc<Semaphore>>,
+    tunnel_tls: Option<Arc<ClientConfig>>,
+    serial: Option<SerialSide>,
 }
 
 impl SimModem {
@@ -237,6 +251,8 @@ impl SimModem {
             behaviour: Behaviour::default(),
             counters: Arc::new(Counters::new(1)),
             gate: None,
+            tunnel_tls: None,
+            serial: None,
         }
     }
 
@@ -259,6 +275,23 @@ impl SimModem {
     #[must_use]
     pub fn with_connect_gate(mut self, gate: Arc<Semaphore>) -> Self {
         self.gate = Some(gate);
+        self
+    }
+
+    /// Uses `config` for TEMPORALCLIENT tunnels (it should trust only the platform CA
+    /// and present this modem's certificate). Without it, tunnels use the MQTT
+    /// transport's TLS configuration; a modem on [`Transport::Plain`] without one
+    /// answers `OK` but cannot open a tunnel (counted as a tunnel failure).
+    #[must_use]
+    pub fn with_tunnel_tls(mut self, config: Arc<ClientConfig>) -> Self {
+        self.tunnel_tls = Some(config);
+        self
+    }
+
+    /// Puts `serial` on this modem's serial port instead of [`ModemSettings::serial`].
+    #[must_use]
+    pub fn with_serial_side(mut self, serial: SerialSide) -> Self {
+        self.serial = Some(serial);
         self
     }
 
@@ -293,6 +326,10 @@ struct Modem {
     started: Instant,
     ever_connected: bool,
     control_open: bool,
+    tunnel_tls: Option<Arc<ClientConfig>>,
+    serial: SerialSide,
+    tunnel: Option<JoinHandle<()>>,
+    tunnel_cancel: CancellationToken,
 }
 
 /// The state of one connection.
@@ -338,6 +375,8 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
         behaviour,
         counters,
         gate,
+        tunnel_tls,
+        serial,
     } = modem;
     let tls = match transport {
         Transport::Plain => None,
@@ -357,6 +396,8 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| format!("{imei}/{default}"))
     };
+    let tunnel_tls = tunnel_tls.or_else(|| tls.clone());
+    let serial = serial.unwrap_or_else(|| settings.serial.clone());
     let mut m = Modem {
         command_topic: topic("MQTT_attopic1", "AT"),
         reply_topic: topic("MQTT_atrtopic", "ATR"),
@@ -370,7 +411,13 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
         started: Instant::now(),
         ever_connected: false,
         control_open: true,
+        tunnel_tls,
+        serial,
+        tunnel: None,
+        tunnel_cancel: CancellationToken::new(),
     };
+    // However this task ends (even aborted), the tunnel ends with it.
+    let _tunnel_guard = m.tunnel_cancel.clone().drop_guard();
     let (client, mut eventloop) = AsyncClient::new(m.mqtt_options(tls), REQUEST_CAPACITY);
     eventloop
         .network_options
@@ -378,6 +425,21 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
     // rumqttc preallocates room for 100 buffered events per client (about 10 KB); a
     // modem sees a handful at a time, and the queue grows if it ever needs to.
     eventloop.state.events = VecDeque::with_capacity(4);
+    drive(&mut m, &client, &mut eventloop, &mut control, cancel).await;
+    m.tunnel_cancel.cancel();
+    if let Some(t) = m.tunnel.take() {
+        let _ = tokio::time::timeout(TUNNEL_STOP_WAIT, t).await;
+    }
+}
+
+/// Connects, serves and reconnects until the modem stops.
+async fn drive(
+    m: &mut Modem,
+    client: &AsyncClient,
+    eventloop: &mut EventLoop,
+    control: &mut mpsc::Receiver<Control>,
+    cancel: CancellationToken,
+) {
     let mut cancelled: Cancelled = Box::pin(cancel.cancelled_owned());
     let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
     let mut attempt: u32 = 0;
@@ -397,9 +459,9 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
         };
         let outcome = m
             .session(
-                &client,
-                &mut eventloop,
-                &mut control,
+                client,
+                eventloop,
+                control,
                 &mut cancelled,
                 &mut timer,
                 permit,
@@ -611,8 +673,17 @@ impl Modem {
             ReplyMode::Error => "ERROR".to_owned(),
             ReplyMode::Normal => {
                 let text = String::from_utf8_lossy(payload);
-                let csq = self.csq();
-                answer(&text, self.imei.as_str(), &mut self.config, csq)
+                match dialect::parse_mtx_command(&text) {
+                    Some(MtxCommand::TemporalClient {
+                        host,
+                        port,
+                        timeout_secs,
+                    }) => self.temporal_client(host, port, timeout_secs),
+                    _ => {
+                        let csq = self.csq();
+                        answer(&text, self.imei.as_str(), &mut self.config, csq)
+                    }
+                }
             }
         };
         if self.behaviour.reply_delay.is_zero() {
@@ -624,6 +695,34 @@ impl Modem {
                 .push_back((Instant::now() + self.behaviour.reply_delay, reply));
         }
         false
+    }
+
+    /// Starts a TEMPORALCLIENT tunnel; the reply: `OK`, or `ERROR` while another one is
+    /// in progress.
+    fn temporal_client(&mut self, host: String, port: u16, timeout_secs: u32) -> String {
+        if self.tunnel.as_ref().is_some_and(|t| !t.is_finished()) {
+            Counters::add(&self.counters.tunnels_busy);
+            return dialect::format_reply::<&str>(&[], &FinalResult::Error);
+        }
+        let imei = self.imei.as_str();
+        let id = self.config.get("MTX_IDClient", imei).unwrap_or_default();
+        let request = TunnelRequest {
+            imei: imei.to_owned(),
+            host,
+            port,
+            idle: Duration::from_secs(u64::from(timeout_secs.max(1))),
+            id: id.into_bytes(),
+            serial: self.serial.clone(),
+            line: LineSettings::from_config(|k| self.config.get(k, imei)),
+            tls: self.tunnel_tls.clone(),
+            connect_timeout: self.settings.connect_timeout,
+            counters: self.counters.clone(),
+        };
+        self.tunnel = Some(tokio::spawn(tunnel::run(
+            request,
+            self.tunnel_cancel.child_token(),
+        )));
+        dialect::format_reply::<&str>(&[], &FinalResult::Ok)
     }
 
     fn publish_reply(&self, client: &AsyncClient, reply: String) {

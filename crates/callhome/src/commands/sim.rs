@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use callhome_sim::{
     Behaviour, CounterSnapshot, Counters, Enroller, Fleet, FleetConfig, FleetTransport,
-    ModemSettings, ReplyMode, TlsBase, config::MasterConfig, fleet_imeis,
+    ModemSettings, ReplyMode, SerialSide, TlsBase, config::MasterConfig, fleet_imeis,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -84,6 +84,34 @@ pub struct SimArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "S")]
     pub duration: Option<u64>,
+    /// What sits on each modem's serial port behind TEMPORALCLIENT tunnels: the
+    /// built-in IEC 62056-21 meter (iec62056), a TCP server the modem connects to when
+    /// a tunnel opens (tcp:HOST:PORT, e.g. a Modbus RTU-over-TCP server), or a serial
+    /// device or pty (serial:PATH, at COMM_baudrate).
+    #[arg(long, value_name = "SIDE", default_value = "iec62056", value_parser = parse_serial_side)]
+    pub meter: SerialSide,
+    /// Same as --meter tcp:HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["meter", "serial_device"])]
+    pub serial_tcp: Option<String>,
+    /// Same as --meter serial:PATH.
+    #[arg(long, value_name = "PATH", conflicts_with = "meter")]
+    pub serial_device: Option<PathBuf>,
+}
+
+fn parse_serial_side(s: &str) -> Result<SerialSide, String> {
+    s.parse()
+}
+
+/// The serial side chosen with --meter, --serial-tcp or --serial-device.
+fn serial_side(args: &SimArgs) -> anyhow::Result<SerialSide> {
+    if let Some(addr) = &args.serial_tcp {
+        parse_endpoint(addr)?;
+        return Ok(SerialSide::Tcp(addr.clone()));
+    }
+    if let Some(path) = &args.serial_device {
+        return Ok(SerialSide::Device(path.clone()));
+    }
+    Ok(args.meter.clone())
 }
 
 /// Splits `HOST:PORT` (`[v6]:PORT` too).
@@ -155,6 +183,7 @@ pub(super) async fn run(args: SimArgs, global_mqtt: Option<SocketAddr>) -> anyho
     callhome_sim::install_crypto_provider();
     let (host, port) = endpoint(&args, global_mqtt)?;
     let misbehaviour = misbehaviour(&args)?;
+    let serial = serial_side(&args)?;
     let imeis = fleet_imeis(&args.first_imei, args.modems)?;
     if imeis.is_empty() {
         bail!("--modems must be at least 1");
@@ -208,6 +237,7 @@ pub(super) async fn run(args: SimArgs, global_mqtt: Option<SocketAddr>) -> anyho
         !args.plain,
         Some(args.status_period),
     ));
+    settings.serial = serial.clone();
     let mut config = FleetConfig::new(&args.first_imei, imeis.len(), settings);
     config.connect_concurrency = args.connect_concurrency;
     config.misbehaviour = misbehaviour;
@@ -216,10 +246,13 @@ pub(super) async fn run(args: SimArgs, global_mqtt: Option<SocketAddr>) -> anyho
 
     let scheme = if args.plain { "mqtt" } else { "mqtts" };
     println!(
-        "{} modems ({}..) -> {scheme}://{host}:{port}",
+        "{} modems ({}..) -> {scheme}://{host}:{port}, meter {serial}",
         imeis.len(),
         imeis[0]
     );
+    if args.plain {
+        println!("(--plain: no modem certificates, so TEMPORALCLIENT tunnels will fail)");
+    }
     let bar = ProgressBar::new(imeis.len() as u64).with_style(bar_style(
         "connecting [{bar:40}] {pos}/{len} ({per_sec}, {elapsed}) {msg}",
     ));
@@ -248,8 +281,9 @@ pub(super) async fn run(args: SimArgs, global_mqtt: Option<SocketAddr>) -> anyho
                 } else {
                     bar.tick();
                     bar.set_message(format!(
-                        "connected {}  replies {}  status {}  reconnects {}",
-                        c.connected, c.replies_sent, c.status_sent, c.reconnects
+                        "connected {}  replies {}  status {}  reconnects {}  tunnels {}/{}",
+                        c.connected, c.replies_sent, c.status_sent, c.reconnects,
+                        c.tunnels_active, c.tunnels_opened
                     ));
                 }
             }
@@ -308,6 +342,32 @@ fn print_summary(counters: &Counters, c: &CounterSnapshot, elapsed: Duration) {
         format!("{} ({} errors)", c.replies_sent, c.error_replies),
     );
     line("status messages:", c.status_sent.to_string());
+    line(
+        "tunnels opened:",
+        format!(
+            "{} ({} failed to open, {} refused while busy, {} open at the end)",
+            c.tunnels_opened, c.tunnel_failures, c.tunnels_busy, c.tunnels_active
+        ),
+    );
+    line(
+        "tunnels closed:",
+        format!(
+            "{} (peer_closed {}, idle_timeout {}, stopped {}, error {}, serial_closed {})",
+            c.tunnels_closed(),
+            c.tunnel_closed_peer,
+            c.tunnel_closed_idle,
+            c.tunnel_closed_stopped,
+            c.tunnel_closed_error,
+            c.tunnel_closed_serial
+        ),
+    );
+    line(
+        "tunnel bytes:",
+        format!(
+            "{} meter->platform, {} platform->meter",
+            c.tunnel_bytes_up, c.tunnel_bytes_down
+        ),
+    );
     line("dropped (queues full):", c.dropped.to_string());
 }
 
@@ -325,5 +385,46 @@ mod tests {
         assert!(parse_endpoint("gw.example").is_err());
         assert!(parse_endpoint(":1").is_err());
         assert!(parse_endpoint("h:0").is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<SimArgs, clap::Error> {
+        use clap::Parser as _;
+        Cli::try_parse_from(std::iter::once("sim").chain(argv.iter().copied())).map(|c| c.sim)
+    }
+
+    #[test]
+    fn meter_flags() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(serial_side(&a).unwrap(), SerialSide::Iec62056);
+        let a = parse(&["--meter", "tcp:127.0.0.1:5020"]).unwrap();
+        assert_eq!(
+            serial_side(&a).unwrap(),
+            SerialSide::Tcp("127.0.0.1:5020".into())
+        );
+        let a = parse(&["--meter", "serial:/dev/pts/7"]).unwrap();
+        assert_eq!(
+            serial_side(&a).unwrap(),
+            SerialSide::Device("/dev/pts/7".into())
+        );
+        let a = parse(&["--serial-tcp", "localhost:502"]).unwrap();
+        assert_eq!(
+            serial_side(&a).unwrap(),
+            SerialSide::Tcp("localhost:502".into())
+        );
+        let a = parse(&["--serial-device", "/dev/ttyUSB0"]).unwrap();
+        assert_eq!(
+            serial_side(&a).unwrap(),
+            SerialSide::Device("/dev/ttyUSB0".into())
+        );
+        assert!(parse(&["--meter", "modbus"]).is_err());
+        assert!(parse(&["--meter", "iec62056", "--serial-tcp", "h:1"]).is_err());
+        assert!(parse(&["--serial-tcp", "h:1", "--serial-device", "/dev/x"]).is_err());
+        assert!(serial_side(&parse(&["--serial-tcp", "nohost"]).unwrap()).is_err());
     }
 }
