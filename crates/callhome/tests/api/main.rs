@@ -8,4 +8,5 @@ mod gateway;
 mod helpers;
 mod modem;
 mod sessions;
+mod sim_sessions;
 mod system;
