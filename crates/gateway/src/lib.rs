@@ -220,6 +220,19 @@ impl Gateway {
         self.shared.hub.get(imei).is_some()
     }
 
+    /// Ends the device's live session, if it has one here (after it was disabled or
+    /// deleted). Returns whether there was one.
+    pub fn disconnect(&self, imei: &Imei) -> bool {
+        match self.shared.hub.get(imei) {
+            Some(s) => {
+                tracing::info!(%imei, "live session ended by the platform");
+                s.kill.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Devices connected to this node.
     pub fn connected(&self) -> usize {
         self.shared.hub.len()

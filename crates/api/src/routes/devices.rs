@@ -380,6 +380,10 @@ pub async fn update_device(
             },
         )
         .await?;
+    if device.disabled {
+        // A disabled device may not stay connected either.
+        state.gateway.disconnect(&imei);
+    }
     Ok(axum::Json(device.into()))
 }
 
@@ -494,5 +498,6 @@ pub async fn delete_device(
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
     state.store.delete_device(&imei).await?;
+    state.gateway.disconnect(&imei);
     Ok(StatusCode::NO_CONTENT)
 }

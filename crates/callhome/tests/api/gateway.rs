@@ -783,3 +783,50 @@ async fn legacy_password_modems_when_enabled() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn disabling_or_deleting_a_device_ends_its_session() {
+    let app = TestApp::spawn().await;
+    let ops = app.user_token("ops", "operator").await;
+    let e = app.enroll(&ops, &imei(320)).await;
+    let mut modem = TestModem::connect(app.mqtt, &e).await;
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/devices/{}", e.imei),
+            Some(&ops),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(2), modem.connack.recv()).await;
+    assert!(
+        matches!(ended, Ok(Some(Err(_)))),
+        "disabled device disconnected: {ended:?}"
+    );
+    // And it cannot come back while disabled.
+    let mut again = TestModem::start(app.mqtt, &e.imei, &e.imei, tls(&e));
+    let refused = tokio::time::timeout(Duration::from_secs(5), again.connack.recv()).await;
+    assert!(
+        matches!(refused, Ok(Some(Err(_)))),
+        "refused while disabled: {refused:?}"
+    );
+
+    let e2 = app.enroll(&ops, &imei(321)).await;
+    let mut modem = TestModem::connect(app.mqtt, &e2).await;
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/devices/{}", e2.imei),
+            Some(&ops),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let ended = tokio::time::timeout(Duration::from_secs(2), modem.connack.recv()).await;
+    assert!(
+        matches!(ended, Ok(Some(Err(_)))),
+        "deleted device disconnected: {ended:?}"
+    );
+    app.stop().await;
+}
