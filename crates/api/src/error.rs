@@ -56,6 +56,9 @@ pub enum ApiError {
     /// A field failed validation (422).
     #[error("{0}")]
     Validation(#[from] ValidationError),
+    /// Several fields failed validation (422), e.g. the keys of a Config.txt.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    ValidationMany(Vec<ValidationError>),
     /// The request is malformed: bad JSON, bad parameter, bad CSR (400).
     #[error("{detail}")]
     BadRequest {
@@ -104,7 +107,7 @@ impl ApiError {
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::Validation(_) => (
+            ApiError::Validation(_) | ApiError::ValidationMany(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation-error",
                 "Invalid request",
@@ -158,6 +161,13 @@ impl ApiError {
                 field: v.field.clone(),
                 reason: v.reason.clone(),
             }],
+            ApiError::ValidationMany(vs) => vs
+                .iter()
+                .map(|v| FieldError {
+                    field: v.field.clone(),
+                    reason: v.reason.clone(),
+                })
+                .collect(),
             _ => Vec::new(),
         };
         Problem {

@@ -29,6 +29,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "commands", description = "The per-device AT command queue"),
         (name = "status", description = "Status messages from devices"),
         (name = "events", description = "Server-Sent Events"),
+        (name = "configuration", description = "Config.txt profiles, per-device overrides, effective configuration"),
         (name = "sessions", description = "Meter-reading sessions (TEMPORALCLIENT), direct or through the rendezvous"),
         (name = "audit", description = "Who changed what (admin)"),
         (name = "system", description = "Health, readiness, metrics"),

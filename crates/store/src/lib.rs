@@ -217,6 +217,40 @@ pub trait Sessions: Send + Sync {
     async fn close_open_sessions(&self, reason: &str, at: OffsetDateTime) -> Result<u64>;
 }
 
+/// Fleet configuration: profiles and per-device configuration state.
+#[async_trait]
+pub trait Configuration: Send + Sync {
+    /// Writes a profile: creates it at version 1, or adds the next version.
+    async fn put_profile(&self, p: &NewProfileVersion) -> Result<ProfileRecord>;
+    /// A profile at `version` (the current one if `None`).
+    async fn get_profile(&self, name: &str, version: Option<i64>) -> Result<ProfileRecord>;
+    /// Every profile at its current version, by name.
+    async fn list_profiles(&self) -> Result<Vec<ProfileRecord>>;
+    /// Deletes a profile and its versions.
+    async fn delete_profile(&self, name: &str) -> Result<()>;
+    /// The profile that applies to a device with `tags` (highest priority, then name).
+    async fn profile_for_tags(&self, tags: &[String]) -> Result<Option<ProfileRecord>>;
+    /// A device's configuration state (defaults when none was written).
+    async fn get_device_config(&self, imei: &Imei) -> Result<DeviceConfigRecord>;
+    /// Replaces a device's overrides (JSON object text).
+    async fn set_overrides(
+        &self,
+        imei: &Imei,
+        overrides: &str,
+        by: &str,
+    ) -> Result<DeviceConfigRecord>;
+    /// Records the configuration the modem reported.
+    async fn set_reported(&self, imei: &Imei, config: &str, at: OffsetDateTime) -> Result<()>;
+    /// Records the drift state.
+    async fn set_drift(
+        &self,
+        imei: &Imei,
+        drift: &str,
+        keys: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<()>;
+}
+
 /// Everything Callhome stores, behind one handle.
 #[async_trait]
 pub trait Store:
@@ -229,6 +263,7 @@ pub trait Store:
     + StatusLog
     + Commands
     + Sessions
+    + Configuration
     + Send
     + Sync
     + 'static

@@ -636,3 +636,56 @@ pub struct SessionUpdate {
     /// Byte counts (replace).
     pub bytes: Option<(i64, i64)>,
 }
+
+/// A version of a Config.txt profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileRecord {
+    /// Profile name.
+    pub name: String,
+    /// Devices carrying this tag get the profile.
+    pub tag: Option<String>,
+    /// Among several matching profiles, the highest priority wins (then the name).
+    pub priority: i64,
+    /// This version's number (1, 2, ...).
+    pub version: i64,
+    /// The newest version's number.
+    pub current_version: i64,
+    /// The Config.txt text of this version.
+    pub config: String,
+    /// When this version was written.
+    pub created_at: OffsetDateTime,
+    /// Who wrote it.
+    pub created_by: String,
+}
+
+/// A profile to write (a new version if it exists).
+#[derive(Debug, Clone)]
+pub struct NewProfileVersion {
+    /// Name.
+    pub name: String,
+    /// Assignment tag.
+    pub tag: Option<String>,
+    /// Priority.
+    pub priority: i64,
+    /// Config.txt text.
+    pub config: String,
+    /// Who.
+    pub by: String,
+}
+
+/// A device's configuration state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceConfigRecord {
+    /// Per-device overrides: JSON object of key -> value.
+    pub overrides: String,
+    /// The Config.txt the modem last reported.
+    pub reported: Option<String>,
+    /// When it was read.
+    pub reported_at: Option<OffsetDateTime>,
+    /// `in_sync`, `drifted` or `unknown`.
+    pub drift: String,
+    /// Keys that differ (JSON array), when drifted.
+    pub drift_keys: Option<String>,
+    /// When drift was last checked.
+    pub drift_checked_at: Option<OffsetDateTime>,
+}

@@ -21,3 +21,4 @@ async fn connect(url: &str, options: &OpenOptions) -> Result<Pool<Db>> {
 include!("sql/common.rs");
 include!("sql/gateway.rs");
 include!("sql/sessions.rs");
+include!("sql/configuration.rs");

@@ -603,3 +603,88 @@ async fn command_queue_state_machine() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn profiles_versions_assignment_and_device_config() {
+    on_each_backend("configuration", |s| async move {
+        let put = |name: &str, tag: Option<&str>, priority: i64, config: &str| NewProfileVersion {
+            name: name.into(),
+            tag: tag.map(str::to_owned),
+            priority,
+            config: config.into(),
+            by: "ops".into(),
+        };
+        let v1 = s
+            .put_profile(&put("north", Some("region:north"), 0, "DNS_period: 600\n"))
+            .await
+            .unwrap();
+        assert_eq!((v1.version, v1.current_version), (1, 1));
+        let v2 = s
+            .put_profile(&put("north", Some("region:north"), 0, "DNS_period: 300\n"))
+            .await
+            .unwrap();
+        assert_eq!((v2.version, v2.current_version), (2, 2));
+        assert_eq!(
+            s.get_profile("north", Some(1)).await.unwrap().config,
+            "DNS_period: 600\n"
+        );
+        assert_eq!(
+            s.get_profile("north", None).await.unwrap().config,
+            "DNS_period: 300\n"
+        );
+        assert!(matches!(
+            s.get_profile("north", Some(9)).await,
+            Err(StoreError::NotFound(_))
+        ));
+        s.put_profile(&put("pilot", Some("pilot"), 10, "DNS_period: 60\n"))
+            .await
+            .unwrap();
+        // Highest priority among matching tags wins.
+        let p = s
+            .profile_for_tags(&["region:north".into(), "pilot".into()])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.name, "pilot");
+        let p = s
+            .profile_for_tags(&["region:north".into()])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.name.as_str(), p.version), ("north", 2));
+        assert!(
+            s.profile_for_tags(&["nothing".into()])
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(s.list_profiles().await.unwrap().len(), 2);
+
+        let d = registered(&s, 70).await;
+        let c = s.get_device_config(&d).await.unwrap();
+        assert_eq!((c.overrides.as_str(), c.drift.as_str()), ("{}", "unknown"));
+        let c = s
+            .set_overrides(&d, r#"{"MTX_PIN":"1234"}"#, "ops")
+            .await
+            .unwrap();
+        assert_eq!(c.overrides, r#"{"MTX_PIN":"1234"}"#);
+        let now = OffsetDateTime::now_utc();
+        s.set_reported(&d, "DNS_period: 300\n", now).await.unwrap();
+        s.set_drift(&d, "drifted", Some(r#"["DNS_period"]"#), now)
+            .await
+            .unwrap();
+        let c = s.get_device_config(&d).await.unwrap();
+        assert_eq!(c.reported.as_deref(), Some("DNS_period: 300\n"));
+        assert_eq!(c.drift, "drifted");
+        assert!(matches!(
+            s.get_device_config(&imei(71)).await,
+            Err(StoreError::NotFound(_))
+        ));
+        s.delete_profile("north").await.unwrap();
+        assert!(matches!(
+            s.delete_profile("north").await,
+            Err(StoreError::NotFound(_))
+        ));
+    })
+    .await;
+}

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod certificates;
 pub mod commands;
+pub mod config;
 pub mod devices;
 pub mod events;
 pub mod paging;
@@ -47,6 +48,18 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(status::latest))
         .routes(routes!(status::history))
         .routes(routes!(events::stream))
+        .routes(routes!(config::list_profiles))
+        .routes(routes!(
+            config::get_profile,
+            config::put_profile,
+            config::delete_profile
+        ))
+        .routes(routes!(
+            config::get_device_config,
+            config::put_device_config
+        ))
+        .routes(routes!(config::effective))
+        .routes(routes!(config::get_config_txt, config::put_config_txt))
         .routes(routes!(sessions::create_session, sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::stream))

@@ -3,6 +3,7 @@
 
 mod auth;
 mod certificates;
+mod config;
 mod devices;
 mod gateway;
 mod helpers;

@@ -19,7 +19,8 @@
 //! [`ConfigFile::redacted`], diffs or validation messages; [`ConfigFile::render`] is the one
 //! explicit way to get them.
 
-pub mod diff;
+pub mod compose;
+mod diff;
 pub mod file;
 pub mod placeholder;
 pub mod schema;
@@ -31,6 +32,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+pub use compose::{Effective, effective};
 pub use diff::{KeyDiff, diff};
 pub use file::{
     ConfigError, ConfigFile, LineEnding, MAX_CONFIG_BYTES, MAX_CONFIG_LINES, MAX_KEY_LEN, REDACTED,

@@ -1,0 +1,495 @@
+//! Fleet configuration: Config.txt profiles (`/api/v1/profiles`), per-device overrides,
+//! the effective configuration and its Config.txt rendering (`/api/v1/devices/{imei}/config...`).
+//!
+//! Secrets (`GPRS_password`, `MQTT_password`, `MTX_PIN`) are shown as `***` to everyone but
+//! admins.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use callhome_core::configtxt::{self, ConfigFile, schema};
+use callhome_core::{Imei, Role, ValidationError};
+use callhome_store::{NewProfileVersion, ProfileRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::context::AuditTarget;
+use crate::error::{ApiError, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::routes::devices::path_imei;
+use crate::time_format::rfc3339;
+
+/// A warning about a Config.txt (unknown key, risky setting).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfigWarning {
+    /// The key concerned.
+    pub key: String,
+    /// What may be wrong.
+    pub message: String,
+}
+
+/// A Config.txt profile (one version).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileView {
+    /// Name.
+    pub name: String,
+    /// Devices carrying this tag get the profile.
+    pub tag: Option<String>,
+    /// Among several matching profiles the highest priority wins (then the name).
+    pub priority: i64,
+    /// This version.
+    pub version: i64,
+    /// The newest version.
+    pub current_version: i64,
+    /// The Config.txt text (secrets as `***` unless you are an admin).
+    pub config: String,
+    /// Warnings from validation.
+    pub warnings: Vec<ConfigWarning>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Who wrote this version.
+    pub created_by: String,
+}
+
+/// A profile to write: a new version each time.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"config": "DNS_enabled: on\nDNS_mode: mqtt\nDNS_period: 600\nCSD_enabled: on\nGPRS_mode: 2g\n", "tag": "region:north", "priority": 0}))]
+pub struct PutProfile {
+    /// The Config.txt text (`KEY: value` lines; comments and unknown keys are kept).
+    pub config: String,
+    /// Devices carrying this tag get the profile.
+    pub tag: Option<String>,
+    /// Priority among matching profiles (default 0).
+    pub priority: Option<i64>,
+}
+
+/// Which version.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VersionQuery {
+    /// A version number; the current one when absent.
+    pub version: Option<i64>,
+}
+
+/// A device's configuration: its profile and its own overrides.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceConfigView {
+    /// The profile that applies (by tag), if any.
+    pub profile: Option<String>,
+    /// Its current version.
+    pub profile_version: Option<i64>,
+    /// Per-device values on top of the profile (`null`: the key is removed).
+    #[schema(value_type = Object)]
+    pub overrides: BTreeMap<String, Option<String>>,
+}
+
+/// New overrides for a device (replacing the old ones).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"overrides": {"DNS_period": "300", "MTX_PIN": "4821"}}))]
+pub struct PutDeviceConfig {
+    /// Key -> value; `null` removes the key from the profile's configuration.
+    #[schema(value_type = Object)]
+    pub overrides: BTreeMap<String, Option<String>>,
+}
+
+/// The effective desired configuration of a device.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EffectiveView {
+    /// The profile it starts from.
+    pub profile: Option<String>,
+    /// The profile's version.
+    pub profile_version: Option<i64>,
+    /// Profile + overrides, placeholders resolved, as Config.txt text (secrets as `***`
+    /// unless you are an admin).
+    pub config: String,
+    /// Validation problems (an effective configuration with errors cannot be applied).
+    pub errors: Vec<crate::error::FieldError>,
+    /// Validation warnings.
+    pub warnings: Vec<ConfigWarning>,
+    /// Placeholders nothing could fill, as `KEY: [PLACEHOLDER]`.
+    pub unresolved_placeholders: Vec<String>,
+}
+
+fn check_profile_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(
+            ValidationError::new("name", "must be 1-64 letters, digits, '.', '_' or '-'").into(),
+        );
+    }
+    Ok(())
+}
+
+fn shown(config: &ConfigFile, p: &Principal) -> String {
+    if p.role.allows(Role::Admin) {
+        config.render()
+    } else {
+        config.redacted().render()
+    }
+}
+
+/// Parses and validates a Config.txt; errors (all of them) are a 422 naming each key.
+fn parse_valid(text: &str) -> Result<(ConfigFile, Vec<ConfigWarning>), ApiError> {
+    let config = ConfigFile::parse(text).map_err(|e| ApiError::Validation(e.into()))?;
+    let report = config.validate();
+    if !report.errors.is_empty() {
+        return Err(ApiError::ValidationMany(report.errors));
+    }
+    let warnings = report
+        .warnings
+        .into_iter()
+        .map(|w| ConfigWarning {
+            key: w.key,
+            message: w.message,
+        })
+        .collect();
+    Ok((config, warnings))
+}
+
+fn profile_view(p: ProfileRecord, who: &Principal) -> Result<ProfileView, ApiError> {
+    let config = ConfigFile::parse(&p.config)
+        .map_err(|e| ApiError::Internal(format!("stored profile: {e}")))?;
+    let warnings = config
+        .validate()
+        .warnings
+        .into_iter()
+        .map(|w| ConfigWarning {
+            key: w.key,
+            message: w.message,
+        })
+        .collect();
+    Ok(ProfileView {
+        name: p.name,
+        tag: p.tag,
+        priority: p.priority,
+        version: p.version,
+        current_version: p.current_version,
+        config: shown(&config, who),
+        warnings,
+        created_at: rfc3339(p.created_at),
+        created_by: p.created_by,
+    })
+}
+
+/// Lists profiles at their current versions.
+#[utoipa::path(get, path = "/api/v1/profiles", tag = "configuration", security(("bearer" = [])),
+    responses((status = 200, description = "Profiles", body = [ProfileView])))]
+pub async fn list_profiles(
+    State(state): State<AppState>,
+    p: Principal,
+) -> Result<axum::Json<Vec<ProfileView>>, ApiError> {
+    p.require(Role::Operator)?;
+    let list = state.store.list_profiles().await?;
+    Ok(axum::Json(
+        list.into_iter()
+            .map(|r| profile_view(r, &p))
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+/// A profile (the current version, or `?version=N`).
+#[utoipa::path(get, path = "/api/v1/profiles/{name}", tag = "configuration", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Profile name"), VersionQuery),
+    responses(
+        (status = 200, description = "The profile", body = ProfileView),
+        (status = 404, description = "No such profile or version", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_profile(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<VersionQuery>,
+) -> Result<axum::Json<ProfileView>, ApiError> {
+    p.require(Role::Operator)?;
+    Ok(axum::Json(profile_view(
+        state.store.get_profile(&name, q.version).await?,
+        &p,
+    )?))
+}
+
+/// Writes a profile: the first version, or the next one. The Config.txt is validated; every
+/// error names its key.
+#[utoipa::path(put, path = "/api/v1/profiles/{name}", tag = "configuration", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Profile name")),
+    request_body = PutProfile,
+    responses(
+        (status = 200, description = "Written", body = ProfileView),
+        (status = 422, description = "Invalid Config.txt (each key and reason in `errors`), name or tag", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_profile(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PutProfile>,
+) -> Result<
+    (
+        axum::extract::Extension<AuditTarget>,
+        axum::Json<ProfileView>,
+    ),
+    ApiError,
+> {
+    p.require(Role::Operator)?;
+    check_profile_name(&name)?;
+    if let Some(t) = &req.tag {
+        callhome_core::Tag::parse(t).map_err(|e| e.at("tag"))?;
+    }
+    parse_valid(&req.config)?;
+    let rec = state
+        .store
+        .put_profile(&NewProfileVersion {
+            name: name.clone(),
+            tag: req.tag,
+            priority: req.priority.unwrap_or(0),
+            config: req.config,
+            by: p.name.clone(),
+        })
+        .await?;
+    let target = format!("profile {name} v{}", rec.version);
+    Ok((
+        axum::extract::Extension(AuditTarget(target)),
+        axum::Json(profile_view(rec, &p)?),
+    ))
+}
+
+/// Deletes a profile and all its versions.
+#[utoipa::path(delete, path = "/api/v1/profiles/{name}", tag = "configuration", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Profile name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such profile", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_profile(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    p.require(Role::Operator)?;
+    state.store.delete_profile(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A device's profile and overrides.
+struct DeviceDesired {
+    profile: Option<ProfileRecord>,
+    overrides: BTreeMap<String, Option<String>>,
+}
+
+async fn desired(state: &AppState, imei: &Imei) -> Result<DeviceDesired, ApiError> {
+    let device = state.store.get_device(imei).await?;
+    let profile = state.store.profile_for_tags(&device.tags).await?;
+    let rec = state.store.get_device_config(imei).await?;
+    let overrides = serde_json::from_str(&rec.overrides)
+        .map_err(|e| ApiError::Internal(format!("stored overrides: {e}")))?;
+    Ok(DeviceDesired { profile, overrides })
+}
+
+fn compose(d: &DeviceDesired, imei: &Imei) -> Result<configtxt::Effective, ApiError> {
+    let text = d.profile.as_ref().map(|p| p.config.as_str()).unwrap_or("");
+    Ok(configtxt::effective(text, &d.overrides, imei.as_str())?)
+}
+
+fn redact_overrides(
+    o: &BTreeMap<String, Option<String>>,
+    p: &Principal,
+) -> BTreeMap<String, Option<String>> {
+    o.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Some(v) if schema::is_secret(k) && !v.is_empty() && !p.role.allows(Role::Admin) => {
+                    Some("***".to_owned())
+                }
+                other => other.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// A device's profile and overrides.
+#[utoipa::path(get, path = "/api/v1/devices/{imei}/config", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 200, description = "Profile and overrides", body = DeviceConfigView),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_device_config(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<axum::Json<DeviceConfigView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let d = desired(&state, &imei).await?;
+    Ok(axum::Json(DeviceConfigView {
+        profile: d.profile.as_ref().map(|x| x.name.clone()),
+        profile_version: d.profile.as_ref().map(|x| x.version),
+        overrides: redact_overrides(&d.overrides, &p),
+    }))
+}
+
+async fn store_overrides(
+    state: &AppState,
+    p: &Principal,
+    imei: &Imei,
+    overrides: BTreeMap<String, Option<String>>,
+) -> Result<DeviceConfigView, ApiError> {
+    let mut d = desired(state, imei).await?;
+    d.overrides = overrides;
+    let eff = compose(&d, imei)?;
+    let report = eff.config.validate();
+    if !report.errors.is_empty() {
+        return Err(ApiError::ValidationMany(report.errors));
+    }
+    let json =
+        serde_json::to_string(&d.overrides).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.store.set_overrides(imei, &json, &p.name).await?;
+    Ok(DeviceConfigView {
+        profile: d.profile.as_ref().map(|x| x.name.clone()),
+        profile_version: d.profile.as_ref().map(|x| x.version),
+        overrides: redact_overrides(&d.overrides, p),
+    })
+}
+
+/// Replaces a device's overrides. The resulting effective configuration must validate;
+/// every error names its key.
+#[utoipa::path(put, path = "/api/v1/devices/{imei}/config", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    request_body = PutDeviceConfig,
+    responses(
+        (status = 200, description = "Stored", body = DeviceConfigView),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The effective configuration would be invalid (each key and reason in `errors`)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_device_config(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+    ApiJson(req): ApiJson<PutDeviceConfig>,
+) -> Result<axum::Json<DeviceConfigView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    Ok(axum::Json(
+        store_overrides(&state, &p, &imei, req.overrides).await?,
+    ))
+}
+
+/// The effective desired configuration: profile + overrides, placeholders resolved, with
+/// its validation report.
+#[utoipa::path(get, path = "/api/v1/devices/{imei}/config/effective", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 200, description = "The effective configuration", body = EffectiveView),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn effective(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<axum::Json<EffectiveView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let d = desired(&state, &imei).await?;
+    let eff = compose(&d, &imei)?;
+    let report = eff.config.validate();
+    Ok(axum::Json(EffectiveView {
+        profile: d.profile.as_ref().map(|x| x.name.clone()),
+        profile_version: d.profile.as_ref().map(|x| x.version),
+        config: shown(&eff.config, &p),
+        errors: report
+            .errors
+            .into_iter()
+            .map(|e| crate::error::FieldError {
+                field: e.field,
+                reason: e.reason,
+            })
+            .collect(),
+        warnings: report
+            .warnings
+            .into_iter()
+            .map(|w| ConfigWarning {
+                key: w.key,
+                message: w.message,
+            })
+            .collect(),
+        unresolved_placeholders: eff
+            .unresolved
+            .iter()
+            .map(|u| format!("{}: [{}]", u.key, u.placeholder))
+            .collect(),
+    }))
+}
+
+/// The effective configuration rendered exactly as a modem's Config.txt (`text/plain`).
+#[utoipa::path(get, path = "/api/v1/devices/{imei}/config.txt", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 200, description = "Config.txt", body = String, content_type = "text/plain"),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_config_txt(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let d = desired(&state, &imei).await?;
+    let eff = compose(&d, &imei)?;
+    let mut resp = shown(&eff.config, &p).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+/// Imports a Config.txt (`text/plain` body) as the device's desired configuration: every
+/// key that differs from the profile becomes an override. Validated like any other change.
+#[utoipa::path(put, path = "/api/v1/devices/{imei}/config.txt", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    request_body(content = String, content_type = "text/plain", description = "A Config.txt"),
+    responses(
+        (status = 200, description = "Imported", body = DeviceConfigView),
+        (status = 422, description = "Invalid Config.txt (each key and reason in `errors`)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_config_txt(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+    body: String,
+) -> Result<axum::Json<DeviceConfigView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let (imported, _) = parse_valid(&body)?;
+    let d = desired(&state, &imei).await?;
+    let base = configtxt::effective(
+        d.profile.as_ref().map(|x| x.config.as_str()).unwrap_or(""),
+        &BTreeMap::new(),
+        imei.as_str(),
+    )?;
+    let mut overrides = BTreeMap::new();
+    for (k, v) in imported.entries() {
+        if base.config.get(k) != Some(v.trim()) {
+            overrides.insert(k.to_owned(), Some(v.trim().to_owned()));
+        }
+    }
+    for k in base.config.keys() {
+        if !imported.contains_key(k) {
+            overrides.insert(k.to_owned(), None);
+        }
+    }
+    Ok(axum::Json(
+        store_overrides(&state, &p, &imei, overrides).await?,
+    ))
+}

@@ -1,0 +1,74 @@
+//! The effective desired configuration of a device: its profile, then its overrides, with
+//! placeholders resolved for the device.
+
+use std::collections::BTreeMap;
+
+use super::{ConfigFile, PlaceholderContext, Unresolved};
+use crate::ValidationError;
+
+/// The composed configuration and the placeholders nothing could fill.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    /// Profile + overrides, placeholders resolved.
+    pub config: ConfigFile,
+    /// Placeholders left as written.
+    pub unresolved: Vec<Unresolved>,
+}
+
+/// Applies `overrides` (a value sets the key, `None` removes it) to the profile text
+/// (`""` when the device has no profile) and resolves placeholders for `imei`.
+/// A bad key or value is reported under that key's name.
+pub fn effective(
+    profile: &str,
+    overrides: &BTreeMap<String, Option<String>>,
+    imei: &str,
+) -> Result<Effective, ValidationError> {
+    let mut config =
+        ConfigFile::parse(profile).map_err(|e| ValidationError::new("profile", e.to_string()))?;
+    for (key, value) in overrides {
+        match value {
+            Some(v) => config
+                .set(key, v)
+                .map_err(|e| ValidationError::new(key.clone(), e.to_string()))?,
+            None => {
+                config.remove(key);
+            }
+        }
+    }
+    let resolved = config
+        .resolve_placeholders(&PlaceholderContext::imei(imei))
+        .map_err(ValidationError::from)?;
+    Ok(Effective {
+        config: resolved.config,
+        unresolved: resolved.unresolved,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_then_overrides_then_placeholders() {
+        let profile = "DNS_period: 600\nMTX_IDClient: [IMEI]\nGPRS_apn: movistar.es\n";
+        let mut o = BTreeMap::new();
+        o.insert("dns_period".to_owned(), Some("300".to_owned()));
+        o.insert("GPRS_apn".to_owned(), None);
+        o.insert("MTX_PIN".to_owned(), Some("1234".to_owned()));
+        let e = effective(profile, &o, "490154203237518").unwrap();
+        assert_eq!(
+            e.config.render(),
+            "DNS_period: 300\nMTX_IDClient: 490154203237518\nMTX_PIN: 1234\n",
+            "case-insensitive override keeps the profile's spelling and place"
+        );
+        assert!(e.unresolved.is_empty());
+        let mut bad = BTreeMap::new();
+        bad.insert("BAD KEY".to_owned(), Some("x".to_owned()));
+        assert_eq!(
+            effective(profile, &bad, "490154203237518")
+                .unwrap_err()
+                .field,
+            "BAD KEY"
+        );
+    }
+}

@@ -1,0 +1,34 @@
+-- Fleet configuration: versioned Config.txt profiles assigned by tag, per-device overrides,
+-- the configuration last reported by the modem, and its drift state.
+CREATE TABLE profiles (
+    name            TEXT PRIMARY KEY,
+    tag             TEXT,
+    priority        INTEGER NOT NULL DEFAULT 0,
+    current_version INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    updated_by      TEXT NOT NULL
+);
+CREATE INDEX profiles_tag ON profiles (tag, priority);
+
+CREATE TABLE profile_versions (
+    name       TEXT NOT NULL REFERENCES profiles (name) ON DELETE CASCADE,
+    version    INTEGER NOT NULL,
+    config     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+
+CREATE TABLE device_config (
+    imei             TEXT PRIMARY KEY REFERENCES devices (imei) ON DELETE CASCADE,
+    overrides        TEXT NOT NULL DEFAULT '{}',
+    reported         TEXT,
+    reported_at      INTEGER,
+    drift            TEXT NOT NULL DEFAULT 'unknown',
+    drift_keys       TEXT,
+    drift_checked_at INTEGER,
+    updated_at       INTEGER NOT NULL,
+    updated_by       TEXT NOT NULL
+);
+CREATE INDEX device_config_drift ON device_config (drift, imei);
