@@ -9,8 +9,7 @@ both ways.
 1. Rendezvous: a local TCP port bridged to a rendezvous session; a pymodbus
    client (RTU framer over TCP) dials it and reads the registers, then hangs up,
    and the session is closed by the reader (`reader_closed`) with byte counts.
-   The bridge is `callhome connect` (xfail while it panics at start-up, see
-   CONNECT_NO_PROVIDER) or the same thing written in Python with `websockets`
+   The bridge is `callhome connect`, or the same thing written in Python with `websockets`
    (a third-party client on the session's WebSocket).
 2. Direct: the reading platform is a Python `ssl` server presenting Callhome's
    own server certificate and requiring a client certificate from Callhome's
@@ -337,13 +336,6 @@ def read_through_rendezvous(server: Server, imei: str, sim: Proc, meter: ModbusM
     return closed
 
 
-# A bug in `callhome connect` (not in this test): it builds its reqwest client without
-# installing a rustls CryptoProvider (`callhome sim` and `callhome serve` install ring's,
-# `connect` does not), so it panics at start-up before listening. Only that exact failure
-# is marked xfail; once `connect` installs the provider the test runs for real.
-CONNECT_NO_PROVIDER = "No rustls crypto provider is configured"
-
-
 def test_meter_read_with_pymodbus_through_callhome_connect(server: Server, tmp_path: Path, meter: ModbusMeter, spawn):
     imei, sim = start_sim(server, spawn, tmp_path, meter)
 
@@ -356,9 +348,6 @@ def test_meter_read_with_pymodbus_through_callhome_connect(server: Server, tmp_p
     )
 
     def listening() -> str:
-        if conn.popen.poll() is not None and CONNECT_NO_PROVIDER in conn.output():
-            pytest.xfail(f"callhome connect panics at start-up: {CONNECT_NO_PROVIDER} "
-                         "(connect.rs never installs a rustls CryptoProvider)")
         return conn.stdout()
 
     wait_for("callhome connect listening", listening, lambda out: f"on 127.0.0.1:{port}" in out, procs=(conn,))

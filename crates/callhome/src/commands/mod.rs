@@ -11,6 +11,8 @@ use crate::config::{LogFormat, Settings};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // One TLS provider for every subcommand (server, simulator, clients): ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Openapi { output, check } => openapi::run(output, check),
         Command::Serve => {
