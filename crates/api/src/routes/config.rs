@@ -493,3 +493,311 @@ pub async fn put_config_txt(
         store_overrides(&state, &p, &imei, overrides).await?,
     ))
 }
+
+/// The configuration the modem last reported.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReportedView {
+    /// The Config.txt read from the modem (secrets as `***` unless you are an admin).
+    pub config: Option<String>,
+    /// RFC 3339: when it was read.
+    pub read_at: Option<String>,
+    /// `in_sync`, `drifted` or `unknown` (never read).
+    pub drift: String,
+    /// Keys whose reported value differs from the desired one.
+    pub drifted_keys: Vec<String>,
+}
+
+/// How long to wait for the modem.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReadQuery {
+    /// Seconds to wait for the modem's reply (1-60, default 30).
+    pub wait_s: Option<u32>,
+}
+
+/// One key that differs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyDiffView {
+    /// The key.
+    pub key: String,
+    /// Desired value (`null`: not desired); secrets as `***`.
+    pub desired: Option<String>,
+    /// Reported value (`null`: not reported); secrets as `***`.
+    pub reported: Option<String>,
+}
+
+/// Desired versus reported.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DiffView {
+    /// `in_sync`, `drifted` or `unknown` (never read).
+    pub drift: String,
+    /// RFC 3339: when the reported configuration was read.
+    pub read_at: Option<String>,
+    /// The differing keys.
+    pub keys: Vec<KeyDiffView>,
+}
+
+async fn reported_view(
+    state: &AppState,
+    p: &Principal,
+    imei: &Imei,
+) -> Result<ReportedView, ApiError> {
+    let rec = state.store.get_device_config(imei).await?;
+    let config = match &rec.reported {
+        Some(text) => Some(match ConfigFile::parse(text) {
+            Ok(c) => shown(&c, p),
+            Err(_) => text.clone(),
+        }),
+        None => None,
+    };
+    Ok(ReportedView {
+        config,
+        read_at: rec.reported_at.map(rfc3339),
+        drift: rec.drift,
+        drifted_keys: rec
+            .drift_keys
+            .and_then(|k| serde_json::from_str(&k).ok())
+            .unwrap_or_default(),
+    })
+}
+
+/// Compares the desired and the reported configuration and records the drift state.
+async fn check_drift(
+    state: &AppState,
+    imei: &Imei,
+) -> Result<Option<Vec<configtxt::KeyDiff>>, ApiError> {
+    let rec = state.store.get_device_config(imei).await?;
+    let Some(text) = rec.reported else {
+        return Ok(None);
+    };
+    let reported = ConfigFile::parse(&text)
+        .map_err(|e| ApiError::Internal(format!("stored reported config: {e}")))?;
+    let d = desired(state, imei).await?;
+    let eff = compose(&d, imei)?;
+    let diffs = configtxt::diff(&eff.config, &reported);
+    let keys: Vec<&str> = diffs.iter().map(|k| k.key.as_str()).collect();
+    let (drift, keys_json) = if diffs.is_empty() {
+        ("in_sync", None)
+    } else {
+        (
+            "drifted",
+            Some(serde_json::to_string(&keys).unwrap_or_default()),
+        )
+    };
+    state
+        .store
+        .set_drift(
+            imei,
+            drift,
+            keys_json.as_deref(),
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+    Ok(Some(diffs))
+}
+
+/// Reads the configuration from the modem now (`AT^MTXTUNNEL=GETCONFIG` through its command
+/// queue), stores it, and records whether it drifted from the desired one.
+#[utoipa::path(post, path = "/api/v1/devices/{imei}/config/read", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518"), ReadQuery),
+    responses(
+        (status = 200, description = "Read", body = ReportedView),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The modem did not answer in time, or answered with an error", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn read_config(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
+) -> Result<axum::Json<ReportedView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let wait = q.wait_s.unwrap_or(30);
+    if !(1..=60).contains(&wait) {
+        return Err(ValidationError::new("wait_s", "must be between 1 and 60").into());
+    }
+    let command = callhome_core::dialect::Dialect::mtx().get_config()?;
+    let queued = state
+        .gateway
+        .enqueue(callhome_gateway::CommandRequest {
+            imei: imei.clone(),
+            command,
+            timeout: std::time::Duration::from_secs(u64::from(wait)),
+            expires_in: std::time::Duration::from_secs(u64::from(wait)),
+            max_attempts: 1,
+            created_by: p.name.clone(),
+        })
+        .await?;
+    let done = state
+        .gateway
+        .wait_final(
+            queued.id,
+            std::time::Duration::from_secs(u64::from(wait) * 2 + 1),
+        )
+        .await?;
+    let reply = match (done.state, done.reply.as_deref()) {
+        (callhome_store::CommandState::Succeeded, Some(r)) => r.to_owned(),
+        (state_, _) => {
+            return Err(ApiError::Conflict(format!(
+                "the modem did not report its configuration: command {} is {}{}",
+                done.id,
+                state_.as_str(),
+                done.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            )));
+        }
+    };
+    let text = callhome_core::dialect::parse_getconfig_reply(&reply).map_err(|e| {
+        ApiError::Conflict(format!(
+            "the modem's GETCONFIG reply could not be read: {e:?}"
+        ))
+    })?;
+    let text = if text.ends_with('\n') {
+        text
+    } else {
+        format!("{text}\n")
+    };
+    ConfigFile::parse(&text).map_err(|e| {
+        ApiError::Conflict(format!("the modem reported an unreadable Config.txt: {e}"))
+    })?;
+    state
+        .store
+        .set_reported(&imei, &text, time::OffsetDateTime::now_utc())
+        .await?;
+    check_drift(&state, &imei).await?;
+    Ok(axum::Json(reported_view(&state, &p, &imei).await?))
+}
+
+/// The configuration the modem last reported, and when.
+#[utoipa::path(get, path = "/api/v1/devices/{imei}/config/reported", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 200, description = "Reported configuration", body = ReportedView),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn reported(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<axum::Json<ReportedView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    Ok(axum::Json(reported_view(&state, &p, &imei).await?))
+}
+
+/// The keys whose reported value differs from the desired one (re-evaluated now against the
+/// current profile and overrides).
+#[utoipa::path(get, path = "/api/v1/devices/{imei}/config/diff", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 200, description = "Differences", body = DiffView),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn diff(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<axum::Json<DiffView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let diffs = check_drift(&state, &imei).await?;
+    let rec = state.store.get_device_config(&imei).await?;
+    Ok(axum::Json(DiffView {
+        drift: rec.drift,
+        read_at: rec.reported_at.map(rfc3339),
+        keys: diffs
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| KeyDiffView {
+                key: k.key,
+                desired: k.desired,
+                reported: k.reported,
+            })
+            .collect(),
+    }))
+}
+
+/// Caller whitelists: who may make CSD calls to the modem and send it SMS commands.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"csd": ["666333444", "666444555"], "sms": ["+34666123456"]}))]
+pub struct WhitelistsView {
+    /// `CSD_validPhoneN`: numbers allowed to call (E.164 or national digits).
+    pub csd: Vec<String>,
+    /// `SMS_validPhoneN`: numbers allowed to send SMS commands (setting a list also sets
+    /// `SMS_allPhones: off`).
+    pub sms: Vec<String>,
+}
+
+/// The device's desired caller whitelists (from its effective configuration).
+#[utoipa::path(get, path = "/api/v1/devices/{imei}/whitelists", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    responses(
+        (status = 200, description = "Whitelists", body = WhitelistsView),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_whitelists(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+) -> Result<axum::Json<WhitelistsView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let d = desired(&state, &imei).await?;
+    let w = compose(&d, &imei)?.config.whitelists();
+    Ok(axum::Json(WhitelistsView {
+        csd: w.csd,
+        sms: w.sms,
+    }))
+}
+
+/// Sets the device's caller whitelists: written as `CSD_validPhoneN` / `SMS_validPhoneN`
+/// overrides (and `SMS_allPhones: off`), validated like any configuration change.
+#[utoipa::path(put, path = "/api/v1/devices/{imei}/whitelists", tag = "configuration", security(("bearer" = [])),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    request_body = WhitelistsView,
+    responses(
+        (status = 200, description = "Set", body = WhitelistsView),
+        (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or duplicate numbers, too many (each key named)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn put_whitelists(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(imei): ApiPath<String>,
+    ApiJson(req): ApiJson<WhitelistsView>,
+) -> Result<axum::Json<WhitelistsView>, ApiError> {
+    p.require(Role::Operator)?;
+    let imei = path_imei(&imei)?;
+    let d = desired(&state, &imei).await?;
+    let before = compose(&d, &imei)?.config;
+    let mut after = before.clone();
+    after
+        .set_whitelists(&configtxt::Whitelists {
+            csd: req.csd,
+            sms: req.sms,
+        })
+        .map_err(ApiError::ValidationMany)?;
+    // The change, as overrides on top of the existing ones.
+    let mut overrides = d.overrides.clone();
+    for (k, v) in after.entries() {
+        if before.get(k) != Some(v.trim()) {
+            overrides.insert(k.to_owned(), Some(v.trim().to_owned()));
+        }
+    }
+    for k in before.keys() {
+        if !after.contains_key(k) {
+            overrides.insert(k.to_owned(), None);
+        }
+    }
+    store_overrides(&state, &p, &imei, overrides).await?;
+    let w = after.whitelists();
+    Ok(axum::Json(WhitelistsView {
+        csd: w.csd,
+        sms: w.sms,
+    }))
+}

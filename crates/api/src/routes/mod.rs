@@ -59,6 +59,10 @@ pub fn router() -> OpenApiRouter<AppState> {
             config::put_device_config
         ))
         .routes(routes!(config::effective))
+        .routes(routes!(config::read_config))
+        .routes(routes!(config::reported))
+        .routes(routes!(config::diff))
+        .routes(routes!(config::get_whitelists, config::put_whitelists))
         .routes(routes!(config::get_config_txt, config::put_config_txt))
         .routes(routes!(sessions::create_session, sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::delete_session))

@@ -275,3 +275,142 @@ async fn every_rule_is_a_422_naming_the_key() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn reported_config_diff_and_drift_with_a_simulated_modem() {
+    let app = TestApp::spawn().await;
+    let ops = app.user_token("ops", "operator").await;
+    let (fleet, imeis, _cache) =
+        crate::sim_sessions::start_fleet(&app, &ops, "35693803300000", 1).await;
+    let id = imeis[0].to_string();
+    // The utility's profile points its modems at Callhome (certificates, no MQTT password).
+    let profile = SEED
+        .replace(
+            "MQTT_server: ssl://broker.cervello.io:8883",
+            &format!("MQTT_server: ssl://localhost:{}", app.mqtt.port()),
+        )
+        .replace("MQTT_id: yku41420t957oh8t", "MQTT_id: [IMEI]")
+        .replace("MQTT_login: jfj1usly8ijhh9hizfr453", "MQTT_login:")
+        .replace("MQTT_password: gthhdte67y3ttes33fgg", "MQTT_password:");
+    let (status, body) = put_profile(&app, &ops, "meters", &profile, "meters").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/devices/{id}"),
+            Some(&ops),
+            Some(json!({"tags": ["meters"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, never) = app
+        .get(&format!("/api/v1/devices/{id}/config/reported"), &ops)
+        .await;
+    assert_eq!(never["drift"], "unknown");
+
+    let (status, rep) = app
+        .post(
+            &format!("/api/v1/devices/{id}/config/read"),
+            &ops,
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rep}");
+    assert!(
+        rep["config"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("MTX_IDClient: {id}"))
+    );
+    assert_eq!(rep["drift"], "in_sync", "{rep}");
+
+    // Someone changes a key on the modem behind the configuration system's back.
+    let (status, c) = app
+        .post(
+            &format!("/api/v1/devices/{id}/commands?wait_s=10"),
+            &ops,
+            json!({"command": "AT^MTXTUNNEL=SETPARAM,DNS_period,120"}),
+        )
+        .await;
+    assert_eq!(
+        (status, c["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{c}"
+    );
+    let (_, rep) = app
+        .post(
+            &format!("/api/v1/devices/{id}/config/read"),
+            &ops,
+            json!(null),
+        )
+        .await;
+    assert_eq!(rep["drift"], "drifted");
+    assert_eq!(rep["drifted_keys"], json!(["DNS_period"]));
+    let (_, diff) = app
+        .get(&format!("/api/v1/devices/{id}/config/diff"), &ops)
+        .await;
+    assert_eq!(
+        diff["keys"],
+        json!([{"key": "DNS_period", "desired": "600", "reported": "120"}])
+    );
+    // Desiring what the modem has brings it back in sync.
+    app.call(
+        Method::PUT,
+        &format!("/api/v1/devices/{id}/config"),
+        Some(&ops),
+        Some(json!({"overrides": {"DNS_period": "120"}})),
+    )
+    .await;
+    let (_, diff) = app
+        .get(&format!("/api/v1/devices/{id}/config/diff"), &ops)
+        .await;
+    assert_eq!(diff["drift"], "in_sync");
+
+    // Whitelists: read, set (validated), and they land in the desired Config.txt.
+    let (_, w) = app
+        .get(&format!("/api/v1/devices/{id}/whitelists"), &ops)
+        .await;
+    assert_eq!(
+        w,
+        json!({"csd": ["666333444", "666444555"], "sms": ["+34666123456", "+34666123457"]})
+    );
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/devices/{id}/whitelists"),
+            Some(&ops),
+            Some(json!({"csd": ["12ab"], "sms": []})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["errors"][0]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("CSD_validPhone"),
+        "{body}"
+    );
+    let (status, w) = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/devices/{id}/whitelists"),
+            Some(&ops),
+            Some(json!({"csd": ["666999000"], "sms": ["+34600000001"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{w}");
+    let (_, eff) = app
+        .get(&format!("/api/v1/devices/{id}/config/effective"), &ops)
+        .await;
+    let text = eff["config"].as_str().unwrap();
+    assert!(
+        text.contains("CSD_validPhone1: 666999000") && !text.contains("CSD_validPhone2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SMS_validPhone1: +34600000001") && text.contains("SMS_allPhones: off"),
+        "{text}"
+    );
+    fleet.shutdown().await;
+    app.stop().await;
+}

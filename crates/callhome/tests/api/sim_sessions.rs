@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::TestApp;
 
-async fn start_fleet(
+pub(crate) async fn start_fleet(
     app: &TestApp,
     token: &str,
     first_body: &str,
