@@ -544,13 +544,13 @@ async fn reported_view(
     imei: &Imei,
 ) -> Result<ReportedView, ApiError> {
     let rec = state.store.get_device_config(imei).await?;
-    let config = match &rec.reported {
-        Some(text) => Some(match ConfigFile::parse(text) {
+    let config = rec
+        .reported
+        .as_ref()
+        .map(|text| match ConfigFile::parse(text) {
             Ok(c) => shown(&c, p),
             Err(_) => text.clone(),
-        }),
-        None => None,
-    };
+        });
     Ok(ReportedView {
         config,
         read_at: rec.reported_at.map(rfc3339),
