@@ -20,12 +20,6 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({
-    "type": "urn:callhome:problem:not-found",
-    "title": "Not found",
-    "status": 404,
-    "detail": "device 490154203237518 not found"
-}))]
 pub struct Problem {
     /// Stable identifier of the kind of problem (`urn:callhome:problem:<slug>`).
     #[serde(rename = "type")]
