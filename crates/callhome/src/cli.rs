@@ -43,6 +43,9 @@ pub enum Command {
     /// Expose a device's meter as a local TCP port through rendezvous sessions, for reading
     /// software that dials a TCP address.
     Connect(Box<crate::commands::connect::ConnectArgs>),
+    /// Benchmark meter-reading sessions: set-up latency in rendezvous and direct mode, and
+    /// bulk throughput through a rendezvous session, against an in-process server.
+    BenchSessions(Box<crate::commands::bench_sessions::BenchSessionsArgs>),
 }
 
 /// `callhome user ...`.

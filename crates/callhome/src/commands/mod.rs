@@ -1,5 +1,6 @@
 //! The subcommands.
 
+pub mod bench_sessions;
 pub mod connect;
 mod openapi;
 mod serve;
@@ -27,6 +28,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connect(args) => {
             init_sim_tracing();
             connect::run(*args).await
+        }
+        Command::BenchSessions(args) => {
+            init_sim_tracing();
+            bench_sessions::run(*args).await
         }
         Command::User { action } => {
             let settings = Settings::resolve(&cli.settings)?;
