@@ -13,8 +13,14 @@ pub(super) async fn run(settings: &Settings) -> anyhow::Result<()> {
     println!("Callhome {} is serving", env!("CARGO_PKG_VERSION"));
     println!("  API:         http://{http}/api/v1");
     println!("  Swagger UI:  http://{http}/docs");
-    println!("  Modems:      mqtts://{} (MQTT 3.1.1 over mutual TLS)", running.mqtt_addr);
-    println!("  Tunnel:      {} (meter-reading rendezvous, mutual TLS)", running.tunnel_addr);
+    println!(
+        "  Modems:      mqtts://{} (MQTT 3.1.1 over mutual TLS)",
+        running.mqtt_addr
+    );
+    println!(
+        "  Tunnel:      {} (meter-reading rendezvous, mutual TLS)",
+        running.tunnel_addr
+    );
     println!(
         "  CA cert:     http://{http}/api/v1/ca/certificate (SHA-256 {})",
         running.ca_fingerprint
