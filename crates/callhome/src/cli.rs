@@ -40,6 +40,8 @@ pub enum Command {
     },
     /// Run a fleet of simulated MTX modems against the platform (or a reference broker).
     Sim(Box<crate::commands::sim::SimArgs>),
+    /// Benchmarks: a simulated fleet against a server started as a child process.
+    Bench(crate::commands::bench::BenchArgs),
 }
 
 /// `callhome user ...`.

@@ -89,6 +89,11 @@ pub struct ModemSettings {
     /// MQTT keep-alive; `None` takes `MQTT_keepalive` from the configuration (300 s in
     /// the seed).
     pub keep_alive: Option<Duration>,
+    /// Sets `TCP_NODELAY` on the modem's socket. Off by default (rumqttc's default): a
+    /// modem then sends its reply only once the PUBACK it sent for the command is
+    /// acknowledged, so each command round trip waits for the broker's delayed ACK
+    /// (about 40 ms on Linux).
+    pub tcp_nodelay: bool,
 }
 
 impl ModemSettings {
@@ -102,6 +107,7 @@ impl ModemSettings {
             status_on_connect: true,
             connect_timeout: Duration::from_secs(30),
             keep_alive: None,
+            tcp_nodelay: false,
         }
     }
 }
@@ -375,6 +381,9 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
     eventloop
         .network_options
         .set_connection_timeout(m.settings.connect_timeout.as_secs().max(1));
+    eventloop
+        .network_options
+        .set_tcp_nodelay(m.settings.tcp_nodelay);
     // rumqttc preallocates room for 100 buffered events per client (about 10 KB); a
     // modem sees a handful at a time, and the queue grows if it ever needs to.
     eventloop.state.events = VecDeque::with_capacity(4);

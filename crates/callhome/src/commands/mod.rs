@@ -1,5 +1,6 @@
 //! The subcommands.
 
+pub mod bench;
 mod openapi;
 mod serve;
 pub mod sim;
@@ -20,6 +21,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => {
             init_sim_tracing();
             sim::run(*args, cli.settings.mqtt).await
+        }
+        Command::Bench(args) => {
+            init_sim_tracing();
+            bench::run(args).await
         }
         Command::User { action } => {
             let settings = Settings::resolve(&cli.settings)?;
