@@ -143,6 +143,10 @@ struct Run {
     load_after: String,
     values: BTreeMap<&'static str, f64>,
     notes: Vec<String>,
+    /// Every 5 s of each connect phase: seconds, connected (server gauge for Callhome,
+    /// SUBACKs for the reference), connections/s in the interval, server (or broker)
+    /// and bench CPU cores used in the interval.
+    timeline: BTreeMap<&'static str, Vec<[f64; 5]>>,
 }
 
 impl Run {
@@ -235,6 +239,12 @@ const TABLE: &[Row] = &[
         "bench CPU while connecting (s)",
         "ch.client_cpu_s",
         Some("ref.client_cpu_s"),
+        true,
+    ),
+    (
+        "CPU cores used, server + bench",
+        "ch.cores_used",
+        Some("ref.cores_used"),
         true,
     ),
     (
@@ -446,6 +456,65 @@ fn pgrep(name: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Prints and records connect progress every 5 s.
+struct Progress {
+    label: &'static str,
+    t0: Instant,
+    ticks: f64,
+    server: Option<u32>,
+    next: Instant,
+    last: (Instant, f64, f64, f64),
+    rows: Vec<[f64; 5]>,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new(label: &'static str, t0: Instant, ticks: f64, server: Option<u32>) -> Self {
+        let cpu = |pid: Option<u32>| pid.and_then(|p| cpu_s(p, ticks)).unwrap_or(0.0);
+        Self {
+            label,
+            t0,
+            ticks,
+            server,
+            next: t0 + Self::EVERY,
+            last: (t0, 0.0, cpu(server), cpu(Some(std::process::id()))),
+            rows: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self, connected: f64, target: usize, failures: u64) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next = now + Self::EVERY;
+        let cpu = |pid: Option<u32>| pid.and_then(|p| cpu_s(p, self.ticks)).unwrap_or(0.0);
+        let (server_cpu, bench_cpu) = (cpu(self.server), cpu(Some(std::process::id())));
+        let dt = now.duration_since(self.last.0).as_secs_f64().max(1e-9);
+        let row = [
+            now.duration_since(self.t0).as_secs_f64(),
+            connected,
+            (connected - self.last.1) / dt,
+            (server_cpu - self.last.2) / dt,
+            (bench_cpu - self.last.3) / dt,
+        ];
+        eprintln!(
+            "bench:   {} {:>4.0} s: {:>6.0}/{target} connected, {:>5.0}/s, server {:.2} \
+             cores, bench {:.2} cores, {failures} connect failures, load {}",
+            self.label,
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            loadavg()
+        );
+        self.rows.push(row);
+        self.last = (now, connected, server_cpu, bench_cpu);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1048,7 +1117,7 @@ async fn callhome_phase(
     let deadline = t0 + Duration::from_secs(args.connect_timeout);
     let mut t_server = None;
     let mut online = 0.0;
-    let mut next_progress = t0 + Duration::from_secs(5);
+    let mut progress = Progress::new("callhome", t0, ticks, Some(server.pid));
     loop {
         if t_server.is_none()
             && let Ok(text) = scrape(&client, &base).await
@@ -1066,17 +1135,7 @@ async fn callhome_phase(
         if now >= deadline {
             break;
         }
-        if now >= next_progress {
-            let c = counters.snapshot();
-            eprintln!(
-                "bench:   {:.0} s: server sees {online:.0}/{n} online; client {} connected, \
-                 {} connect failures",
-                t0.elapsed().as_secs_f64(),
-                c.ever_connected,
-                c.connect_failures
-            );
-            next_progress = now + Duration::from_secs(5);
-        }
+        progress.tick(online, n, counters.snapshot().connect_failures);
         tokio::time::sleep(POLL).await;
     }
     let server_rss1 = rss_kib(server.pid).unwrap_or(0);
@@ -1113,7 +1172,14 @@ async fn callhome_phase(
         (client_rss1 as f64 - client_rss0 as f64) / connected,
     );
     run.set("ch.client_cpu_s", client_cpu1 - client_cpu0);
+    if let Some(t) = t_client {
+        run.set(
+            "ch.cores_used",
+            (server_cpu1 - server_cpu0 + client_cpu1 - client_cpu0) / t.as_secs_f64(),
+        );
+    }
     run.set("ch.connect_failures", snap.connect_failures as f64);
+    run.timeline.insert("callhome", progress.rows);
     run.set("ch.reconnects", snap.reconnects as f64);
     if let Some(hwm) = status_kib(server.pid, "VmHWM") {
         run.set("ch.server_hwm_mib", hwm as f64 / 1024.0);
@@ -1346,10 +1412,22 @@ async fn reference_phase(
     let cpu0 = pid.and_then(|p| cpu_s(p, ticks));
     let client_rss0 = rss_kib(me).unwrap_or(0);
     let client_cpu0 = cpu_s(me, ticks).unwrap_or(0.0);
+    let t0 = Instant::now();
     let fleet = Fleet::start(config, FleetTransport::Plain)?;
-    let done = fleet
-        .wait_all_connected(Duration::from_secs(args.connect_timeout))
-        .await;
+    let counters = fleet.counters().clone();
+    let deadline = t0 + Duration::from_secs(args.connect_timeout);
+    let mut progress = Progress::new("reference", t0, ticks, pid);
+    let done = loop {
+        if counters.time_to_all_connected().is_some() {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        let c = counters.snapshot();
+        progress.tick(c.ever_connected as f64, n, c.connect_failures);
+        tokio::time::sleep(POLL).await;
+    };
     let rss1 = pid.and_then(rss_kib);
     let cpu1 = pid.and_then(|p| cpu_s(p, ticks));
     let client_rss1 = rss_kib(me).unwrap_or(0);
@@ -1378,7 +1456,14 @@ async fn reference_phase(
         (client_rss1 as f64 - client_rss0 as f64) / connected,
     );
     run.set("ref.client_cpu_s", client_cpu1 - client_cpu0);
+    if let (Some(t), Some(a), Some(b)) = (fleet.counters().time_to_all_connected(), cpu0, cpu1) {
+        run.set(
+            "ref.cores_used",
+            (b - a + client_cpu1 - client_cpu0) / t.as_secs_f64(),
+        );
+    }
     run.set("ref.connect_failures", snap.connect_failures as f64);
+    run.timeline.insert("reference", progress.rows);
     if !done {
         run.notes.push(format!(
             "reference: not all {n} modems connected within {} s ({} did)",
