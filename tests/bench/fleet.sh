@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fleet benchmark as recorded in docs/benchmarks.md: builds callhome in release mode and
-# runs `callhome bench fleet` for each fleet size given (default: 1000 10000), 3 runs each,
-# with Mosquitto on 127.0.0.1:1883 as the reference. Everything stays on 127.0.0.0/8.
+# runs `callhome bench fleet` for each fleet size given (default: 1000 10000 19500), 3 runs
+# each, with a private Mosquitto per run as the reference (BENCH_REFERENCE=system uses the
+# broker already running on 127.0.0.1:1883 instead). Everything stays on 127.0.0.0/8.
 #
 #   tests/bench/fleet.sh [N ...]
 #
@@ -19,7 +20,12 @@ runs="${BENCH_RUNS:-3}"
 commands="${BENCH_COMMANDS:-200}"
 rate="${BENCH_RATE:-20}"
 sizes=("$@")
-[ ${#sizes[@]} -gt 0 ] || sizes=(1000 10000)
+[ ${#sizes[@]} -gt 0 ] || sizes=(1000 10000 19500)
+if [ "${BENCH_REFERENCE:-private}" = system ]; then
+    reference=(--reference-broker 127.0.0.1:1883)
+else
+    reference=(--spawn-mosquitto)
+fi
 
 cargo build --release -p callhome
 mkdir -p "$out"
@@ -27,7 +33,7 @@ for n in "${sizes[@]}"; do
     echo "== $n modems; uptime before: $(uptime)"
     "$target/release/callhome" bench fleet --modems "$n" --runs "$runs" \
         --commands "$commands" --command-rate "$rate" \
-        --reference-broker 127.0.0.1:1883 --cache-dir "$cache" --json \
+        "${reference[@]}" --cache-dir "$cache" --json \
         >"$out/fleet-$n.json" 2> >(tee "$out/fleet-$n.txt" >&2)
     echo "== $n modems; uptime after: $(uptime)"
 done
