@@ -80,7 +80,9 @@ pub struct FleetArgs {
     #[arg(long, value_name = "DIR", default_value = "callhome-bench-cache")]
     pub cache_dir: PathBuf,
     /// The server's data directory (default: `server` in the cache directory; it must
-    /// persist with the cache, or every certificate is enrolled again).
+    /// persist with the cache, or every certificate is enrolled again). The global
+    /// `--data-dir` and `CALLHOME_DATA_DIR` are deliberately not used: the bench registers
+    /// thousands of devices and must not touch a real installation's data.
     #[arg(long = "server-data-dir", value_name = "DIR")]
     pub server_data_dir: Option<PathBuf>,
     /// First 14 IMEI digits; the fleet counts up from there.
