@@ -46,6 +46,8 @@ pub enum Command {
     /// Benchmark meter-reading sessions: set-up latency in rendezvous and direct mode, and
     /// bulk throughput through a rendezvous session, against an in-process server.
     BenchSessions(Box<crate::commands::bench_sessions::BenchSessionsArgs>),
+    /// Benchmarks: a simulated fleet against a server started as a child process.
+    Bench(crate::commands::bench::BenchArgs),
 }
 
 /// `callhome user ...`.

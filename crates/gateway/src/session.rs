@@ -214,7 +214,6 @@ where
         kill.cancel();
         let _ = dispatcher.await;
         writer.shutdown().await;
-        shared.hub.unregister(&imei, &session_id);
         metrics::gauge!("callhome_mqtt_connections").decrement(1.0);
         metrics::counter!("callhome_mqtt_disconnects_total", "reason" => end.label()).increment(1);
         match &end {
@@ -234,6 +233,9 @@ where
             Ok(false) => {}
             Err(e) => warn!(error = %e, "could not record disconnection"),
         }
+        // Leave the hub last: shutdown waits for the hub to empty before closing the store,
+        // so the disconnection above is always recorded.
+        shared.hub.unregister(&imei, &session_id);
     }
     .instrument(span)
     .await;

@@ -128,9 +128,12 @@ async fn wake_queued(shared: &Shared) {
 }
 
 async fn flush_seen(shared: &Shared) {
+    // Small transactions: a fleet-wide flush must not hold the database's writer for long.
     let seen = shared.hub.drain_seen();
-    if let Err(e) = shared.store.touch_last_seen(&seen).await {
-        warn!(error = %e, devices = seen.len(), "could not record last-seen times");
+    for chunk in seen.chunks(250) {
+        if let Err(e) = shared.store.touch_last_seen(chunk).await {
+            warn!(error = %e, devices = chunk.len(), "could not record last-seen times");
+        }
     }
 }
 

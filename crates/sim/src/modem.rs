@@ -100,6 +100,11 @@ pub struct ModemSettings {
     /// built-in IEC 62056-21 meter by default). The TCP connection and TLS handshake of
     /// a tunnel are also bounded by `connect_timeout`.
     pub serial: SerialSide,
+    /// Sets `TCP_NODELAY` on the modem's socket. Off by default (rumqttc's default): a
+    /// modem then sends its reply only once the PUBACK it sent for the command is
+    /// acknowledged, so each command round trip waits for the broker's delayed ACK
+    /// (about 40 ms on Linux).
+    pub tcp_nodelay: bool,
 }
 
 impl ModemSettings {
@@ -114,6 +119,7 @@ impl ModemSettings {
             connect_timeout: Duration::from_secs(30),
             keep_alive: None,
             serial: SerialSide::default(),
+            tcp_nodelay: false,
         }
     }
 }
@@ -422,6 +428,9 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
     eventloop
         .network_options
         .set_connection_timeout(m.settings.connect_timeout.as_secs().max(1));
+    eventloop
+        .network_options
+        .set_tcp_nodelay(m.settings.tcp_nodelay);
     // rumqttc preallocates room for 100 buffered events per client (about 10 KB); a
     // modem sees a handful at a time, and the queue grows if it ever needs to.
     eventloop.state.events = VecDeque::with_capacity(4);

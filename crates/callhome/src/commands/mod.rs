@@ -1,5 +1,6 @@
 //! The subcommands.
 
+pub mod bench;
 pub mod bench_sessions;
 pub mod connect;
 mod openapi;
@@ -32,6 +33,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchSessions(args) => {
             init_sim_tracing();
             bench_sessions::run(*args).await
+        }
+        Command::Bench(args) => {
+            init_sim_tracing();
+            bench::run(args).await
         }
         Command::User { action } => {
             let settings = Settings::resolve(&cli.settings)?;
