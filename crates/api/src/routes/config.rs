@@ -316,6 +316,25 @@ fn redact_overrides(
         .collect()
 }
 
+/// Records in `overrides` what turns `before` into `after`: changed or added keys with their
+/// new value, removed keys as `None`.
+fn record_changes(
+    before: &ConfigFile,
+    after: &ConfigFile,
+    overrides: &mut BTreeMap<String, Option<String>>,
+) {
+    for (k, v) in after.entries() {
+        if before.get(k) != Some(v.trim()) {
+            overrides.insert(k.to_owned(), Some(v.trim().to_owned()));
+        }
+    }
+    for k in before.keys() {
+        if !after.contains_key(k) {
+            overrides.insert(k.to_owned(), None);
+        }
+    }
+}
+
 /// A device's profile and overrides.
 #[utoipa::path(get, path = "/api/v1/devices/{imei}/config", tag = "configuration", security(("bearer" = [])),
     params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
@@ -479,16 +498,7 @@ pub async fn put_config_txt(
         imei.as_str(),
     )?;
     let mut overrides = BTreeMap::new();
-    for (k, v) in imported.entries() {
-        if base.config.get(k) != Some(v.trim()) {
-            overrides.insert(k.to_owned(), Some(v.trim().to_owned()));
-        }
-    }
-    for k in base.config.keys() {
-        if !imported.contains_key(k) {
-            overrides.insert(k.to_owned(), None);
-        }
-    }
+    record_changes(&base.config, &imported, &mut overrides);
     Ok(axum::Json(
         store_overrides(&state, &p, &imei, overrides).await?,
     ))
@@ -784,16 +794,7 @@ pub async fn put_whitelists(
         .map_err(ApiError::ValidationMany)?;
     // The change, as overrides on top of the existing ones.
     let mut overrides = d.overrides.clone();
-    for (k, v) in after.entries() {
-        if before.get(k) != Some(v.trim()) {
-            overrides.insert(k.to_owned(), Some(v.trim().to_owned()));
-        }
-    }
-    for k in before.keys() {
-        if !after.contains_key(k) {
-            overrides.insert(k.to_owned(), None);
-        }
-    }
+    record_changes(&before, &after, &mut overrides);
     store_overrides(&state, &p, &imei, overrides).await?;
     let w = after.whitelists();
     Ok(axum::Json(WhitelistsView {
