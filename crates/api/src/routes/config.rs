@@ -32,6 +32,15 @@ pub struct ConfigWarning {
     pub message: String,
 }
 
+impl From<configtxt::validate::Warning> for ConfigWarning {
+    fn from(w: configtxt::validate::Warning) -> Self {
+        Self {
+            key: w.key,
+            message: w.message,
+        }
+    }
+}
+
 /// A Config.txt profile (one version).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProfileView {
@@ -149,10 +158,7 @@ fn parse_valid(text: &str) -> Result<(ConfigFile, Vec<ConfigWarning>), ApiError>
     let warnings = report
         .warnings
         .into_iter()
-        .map(|w| ConfigWarning {
-            key: w.key,
-            message: w.message,
-        })
+        .map(ConfigWarning::from)
         .collect();
     Ok((config, warnings))
 }
@@ -164,10 +170,7 @@ fn profile_view(p: ProfileRecord, who: &Principal) -> Result<ProfileView, ApiErr
         .validate()
         .warnings
         .into_iter()
-        .map(|w| ConfigWarning {
-            key: w.key,
-            message: w.message,
-        })
+        .map(ConfigWarning::from)
         .collect();
     Ok(ProfileView {
         name: p.name,
@@ -335,6 +338,14 @@ fn record_changes(
     }
 }
 
+fn config_view(d: &DeviceDesired, p: &Principal) -> DeviceConfigView {
+    DeviceConfigView {
+        profile: d.profile.as_ref().map(|x| x.name.clone()),
+        profile_version: d.profile.as_ref().map(|x| x.version),
+        overrides: redact_overrides(&d.overrides, p),
+    }
+}
+
 /// A device's profile and overrides.
 #[utoipa::path(get, path = "/api/v1/devices/{imei}/config", tag = "configuration", security(("bearer" = [])),
     params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
@@ -350,11 +361,7 @@ pub async fn get_device_config(
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
     let d = desired(&state, &imei).await?;
-    Ok(axum::Json(DeviceConfigView {
-        profile: d.profile.as_ref().map(|x| x.name.clone()),
-        profile_version: d.profile.as_ref().map(|x| x.version),
-        overrides: redact_overrides(&d.overrides, &p),
-    }))
+    Ok(axum::Json(config_view(&d, &p)))
 }
 
 async fn store_overrides(
@@ -373,11 +380,7 @@ async fn store_overrides(
     let json =
         serde_json::to_string(&d.overrides).map_err(|e| ApiError::Internal(e.to_string()))?;
     state.store.set_overrides(imei, &json, &p.name).await?;
-    Ok(DeviceConfigView {
-        profile: d.profile.as_ref().map(|x| x.name.clone()),
-        profile_version: d.profile.as_ref().map(|x| x.version),
-        overrides: redact_overrides(&d.overrides, p),
-    })
+    Ok(config_view(&d, p))
 }
 
 /// Replaces a device's overrides. The resulting effective configuration must validate;
@@ -436,10 +439,7 @@ pub async fn effective(
         warnings: report
             .warnings
             .into_iter()
-            .map(|w| ConfigWarning {
-                key: w.key,
-                message: w.message,
-            })
+            .map(ConfigWarning::from)
             .collect(),
         unresolved_placeholders: eff
             .unresolved
