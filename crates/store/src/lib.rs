@@ -209,7 +209,9 @@ pub trait Sessions: Send + Sync {
         before: Option<Uuid>,
         limit: u32,
     ) -> Result<Page<SessionRecord>>;
-    /// Applies `update` unless the session is already closed. [`StoreError::Conflict`] if it is.
+    /// Applies `update` unless the session is already closed ([`StoreError::Conflict`]).
+    /// States only move forward: `modem_connected` / `reader_connected` do not replace a
+    /// session that is already past `requested` (the two ends race to attach).
     async fn update_session(&self, id: Uuid, update: &SessionUpdate) -> Result<SessionRecord>;
     /// Marks the reader token used, if it matches and was not used. Returns whether it did.
     async fn consume_session_token(&self, id: Uuid, token_hash: &str) -> Result<bool>;

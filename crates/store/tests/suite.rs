@@ -688,3 +688,62 @@ async fn profiles_versions_assignment_and_device_config() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn session_states_only_move_forward() {
+    on_each_backend("session_states", |s| async move {
+        let d = registered(&s, 80).await;
+        let sess = s
+            .create_session(&NewSession {
+                imei: d.clone(),
+                mode: "rendezvous".into(),
+                host: "127.0.0.1".into(),
+                port: 7443,
+                timeout_s: 60,
+                pairing_timeout_s: 60,
+                forward_id: false,
+                token_hash: None,
+                created_by: "t".into(),
+            })
+            .await
+            .unwrap();
+        let set = |state| SessionUpdate {
+            state: Some(state),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.update_session(sess.id, &set(SessionState::ModemConnected))
+                .await
+                .unwrap()
+                .state,
+            SessionState::ModemConnected
+        );
+        assert_eq!(
+            s.update_session(sess.id, &set(SessionState::Active))
+                .await
+                .unwrap()
+                .state,
+            SessionState::Active
+        );
+        // A late "reader connected" from the other end must not undo "active".
+        assert_eq!(
+            s.update_session(sess.id, &set(SessionState::ReaderConnected))
+                .await
+                .unwrap()
+                .state,
+            SessionState::Active
+        );
+        assert_eq!(
+            s.update_session(sess.id, &set(SessionState::Closed))
+                .await
+                .unwrap()
+                .state,
+            SessionState::Closed
+        );
+        assert!(matches!(
+            s.update_session(sess.id, &set(SessionState::Active)).await,
+            Err(StoreError::Conflict(_))
+        ));
+    })
+    .await;
+}

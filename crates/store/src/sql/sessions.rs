@@ -115,7 +115,8 @@ impl Sessions for SqlStore {
 
     async fn update_session(&self, id: Uuid, u: &SessionUpdate) -> Result<SessionRecord> {
         let row = sqlx::query(concat!(
-            "UPDATE sessions SET state = COALESCE($2, state), close_reason = COALESCE($3, close_reason), \
+            "UPDATE sessions SET state = CASE WHEN $2 IS NULL THEN state \
+             WHEN $2 IN ('modem_connected', 'reader_connected') AND state <> 'requested' THEN state ELSE $2 END, close_reason = COALESCE($3, close_reason), \
              error = COALESCE($4, error), command_id = COALESCE($5, command_id), \
              modem_connected_at = COALESCE($6, modem_connected_at), reader_connected_at = COALESCE($7, reader_connected_at), \
              active_at = COALESCE($8, active_at), closed_at = COALESCE($9, closed_at), \
