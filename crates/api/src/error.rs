@@ -241,6 +241,21 @@ impl From<callhome_gateway::GatewayError> for ApiError {
     }
 }
 
+impl From<callhome_fleet::FleetError> for ApiError {
+    fn from(e: callhome_fleet::FleetError) -> Self {
+        use callhome_fleet::FleetError as F;
+        match e {
+            F::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            F::Conflict(what) | F::Device(what) => ApiError::Conflict(what),
+            F::Validation(v) => ApiError::Validation(v),
+            F::Invalid(vs) => ApiError::ValidationMany(vs),
+            F::Store(s) => s.into(),
+            F::Gateway(g) => g.into(),
+            F::Corrupt(what) => ApiError::Internal(what),
+        }
+    }
+}
+
 impl From<callhome_tunnel::TunnelError> for ApiError {
     fn from(e: callhome_tunnel::TunnelError) -> Self {
         use callhome_tunnel::TunnelError as T;

@@ -59,6 +59,10 @@ pub struct AppState {
     pub gateway: callhome_gateway::Gateway,
     /// Meter-reading sessions.
     pub tunnel: callhome_tunnel::Tunnel,
+    /// Desired and reported configuration.
+    pub config: callhome_fleet::ConfigService,
+    /// Bulk jobs.
+    pub jobs: callhome_fleet::JobEngine,
     /// Cancelled at shutdown: long-lived streams end so that the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -41,6 +41,24 @@ pub struct FileSettings {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// Configuration drift checks and bulk jobs.
+    #[serde(default)]
+    pub fleet: FleetSection,
+}
+
+/// `[fleet]`: drift checks and jobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// Read each online modem's configuration again once its last check is this old,
+    /// seconds (default 86400; 0 turns the periodic check off).
+    pub drift_check_interval_s: Option<u64>,
+    /// Modems read at once by the drift check (default 8).
+    pub drift_check_concurrency: Option<usize>,
+    /// How long a job's command may wait in a device's queue, seconds (default 120).
+    pub job_queue_wait_s: Option<u64>,
+    /// How long a modem has to come back after a restart, seconds (default 600).
+    pub restart_wait_s: Option<u64>,
 }
 
 /// `[http]`, `[mqtt]`, `[tunnel]`.
@@ -189,6 +207,14 @@ pub struct Overrides {
         global = true
     )]
     pub node_id: Option<String>,
+    /// Seconds between two configuration reads of an online modem by the drift check (0: off).
+    #[arg(
+        long = "drift-check-interval",
+        env = "CALLHOME_DRIFT_CHECK_INTERVAL_S",
+        value_name = "SECONDS",
+        global = true
+    )]
+    pub drift_check_interval_s: Option<u64>,
     /// Log filter (`tracing` syntax).
     #[arg(
         long = "log",
@@ -234,6 +260,10 @@ pub struct Settings {
     pub token_ttl: time::Duration,
     /// First-start admin password, if given.
     pub admin_password: Option<SecretString>,
+    /// Periodic drift check (`None`: off).
+    pub drift: Option<callhome_fleet::drift::DriftSettings>,
+    /// Job engine.
+    pub jobs: callhome_fleet::EngineSettings,
     /// Log filter.
     pub log_level: String,
     /// Log format.
@@ -259,6 +289,8 @@ impl fmt::Debug for Settings {
                 "admin_password",
                 &self.admin_password.as_ref().map(|_| "***"),
             )
+            .field("drift", &self.drift)
+            .field("jobs", &self.jobs)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .finish()
@@ -339,6 +371,26 @@ impl Settings {
         if !(60..=86_400 * 30).contains(&token_ttl_s) {
             bail!("auth.token_ttl_s must be between 60 and 2592000 seconds, got {token_ttl_s}");
         }
+        let drift_interval = o
+            .drift_check_interval_s
+            .or(file.fleet.drift_check_interval_s)
+            .unwrap_or(86_400);
+        let drift = (drift_interval > 0).then(|| callhome_fleet::drift::DriftSettings {
+            interval: std::time::Duration::from_secs(drift_interval),
+            concurrency: file
+                .fleet
+                .drift_check_concurrency
+                .unwrap_or(8)
+                .clamp(1, 256),
+            ..Default::default()
+        });
+        let mut jobs = callhome_fleet::EngineSettings::default();
+        if let Some(v) = file.fleet.job_queue_wait_s {
+            jobs.queue_wait = std::time::Duration::from_secs(v.clamp(5, 86_400));
+        }
+        if let Some(v) = file.fleet.restart_wait_s {
+            jobs.restart_wait = std::time::Duration::from_secs(v.clamp(5, 86_400));
+        }
         let admin_password = std::env::var("CALLHOME_ADMIN_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty())
@@ -368,6 +420,8 @@ impl Settings {
             ca,
             token_ttl: time::Duration::seconds(i64::from(token_ttl_s)),
             admin_password,
+            drift,
+            jobs,
             log_level: o
                 .log_level
                 .clone()

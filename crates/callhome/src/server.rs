@@ -169,6 +169,40 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         anyhow::Ok(())
     });
 
+    let config = callhome_fleet::ConfigService::new(
+        store.clone(),
+        gateway.clone(),
+        Arc::new(callhome_core::dialect::Dialect::mtx()),
+    );
+    let jobs = callhome_fleet::JobEngine::new(
+        config.clone(),
+        gateway.events().clone(),
+        settings.jobs.clone(),
+        shutdown.clone(),
+    );
+    let taken = jobs.start().await.context("resuming jobs")?;
+    if taken > 0 {
+        tracing::info!(jobs = taken, "unfinished jobs resumed");
+    }
+    let drift_task = match settings.drift.clone() {
+        Some(d) => {
+            let cfg = config.clone();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                callhome_fleet::drift::run(cfg, d, token).await;
+                anyhow::Ok(())
+            })
+        }
+        None => tokio::spawn(async { anyhow::Ok(()) }),
+    };
+    let engine = jobs.clone();
+    let token = shutdown.clone();
+    let jobs_task = tokio::spawn(async move {
+        token.cancelled().await;
+        engine.stopped().await;
+        anyhow::Ok(())
+    });
+
     let state = AppState {
         store: store.clone(),
         certs,
@@ -176,6 +210,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         metrics: callhome_api::metrics::handle(),
         gateway: gateway.clone(),
         tunnel,
+        config,
+        jobs,
         shutdown: shutdown.clone(),
     };
 
@@ -211,7 +247,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         admin,
         ca_fingerprint,
         shutdown,
-        tasks: vec![http_task, mqtt_task, tunnel_task, crl_task],
+        tasks: vec![
+            http_task,
+            mqtt_task,
+            tunnel_task,
+            crl_task,
+            drift_task,
+            jobs_task,
+        ],
     })
 }
 

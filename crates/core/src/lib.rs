@@ -15,6 +15,9 @@
 //! - [`password`]: argon2id hashing of passwords (pure computation, no I/O).
 //! - [`configtxt`]: the MTX-Tunnel Config.txt: lossless parsing and rendering, the schema of
 //!   known keys and its validation, placeholders, phone whitelists, diffs.
+//! - [`jobs`]: rollout rules of bulk jobs (tag expressions, rates, waves, abort rule,
+//!   job and execution states).
+//! - [`secrets`]: masking Config.txt secrets in command text and modem replies.
 //! - [`dialect`]: the modem command dialect: building MTX-Tunnel commands from templates,
 //!   parsing them as a modem does, and reading modem replies (final result codes).
 
@@ -23,7 +26,9 @@ pub mod configtxt;
 pub mod dialect;
 pub mod identity;
 pub mod imei;
+pub mod jobs;
 pub mod password;
+pub mod secrets;
 
 pub use at::AtCommand;
 pub use identity::{DeviceName, Role, Tag, Username};

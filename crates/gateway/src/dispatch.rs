@@ -107,9 +107,9 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
             ctx.shared.events.publish(
                 "command.sent",
                 Some(ctx.imei.as_str()),
-                serde_json::json!({"id": sent.id, "command": sent.command, "attempt": sent.attempts}),
+                serde_json::json!({"id": sent.id, "command": callhome_core::secrets::redact_command(&sent.command), "attempt": sent.attempts}),
             );
-            debug!(id = %sent.id, command = %sent.command, attempt = sent.attempts, "command sent");
+            debug!(id = %sent.id, command = %callhome_core::secrets::redact_command(&sent.command), attempt = sent.attempts, "command sent");
             if outbound
                 .send(Outbound::Command {
                     text: sent.command.clone(),
@@ -248,7 +248,7 @@ async fn finish(ctx: &DispatchCtx, cmd: &CommandRecord, outcome: &CommandOutcome
             ctx.shared.events.publish(
                 &format!("command.{}", done.state.as_str()),
                 Some(ctx.imei.as_str()),
-                serde_json::json!({"id": done.id, "command": done.command, "result": done.result, "error": done.error}),
+                serde_json::json!({"id": done.id, "command": callhome_core::secrets::redact_command(&done.command), "result": done.result, "error": done.error}),
             );
         }
         Err(e) => warn!(id = %cmd.id, error = %e, "could not record the command's outcome"),
@@ -271,12 +271,12 @@ async fn unsolicited(ctx: &DispatchCtx, text: &str, last_timed_out: &mut Option<
             ctx.shared.events.publish(
                 "command.late_reply",
                 Some(ctx.imei.as_str()),
-                serde_json::json!({"id": id, "reply": text}),
+                serde_json::json!({"id": id, "reply": callhome_core::secrets::redact_reply(text)}),
             );
         }
         _ => {
             metrics::counter!("callhome_mqtt_unsolicited_replies_total").increment(1);
-            info!(reply = %text, "reply with no command in flight; ignored");
+            info!(reply = %callhome_core::secrets::redact_reply(text), "reply with no command in flight; ignored");
         }
     }
 }

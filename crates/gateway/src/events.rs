@@ -4,12 +4,14 @@
 //! A bounded broadcast channel: a slow subscriber misses events (and is told how many) rather
 //! than holding memory or slowing the gateway.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 /// Events kept for subscribers that fall behind.
 pub const EVENT_BUFFER: usize = 4096;
@@ -35,6 +37,40 @@ pub struct Event {
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
     seq: AtomicU64,
+    /// Waiters on one command each, woken by any `command.*` event about it (so waiting
+    /// on one command costs nothing when others change).
+    command_waiters: Mutex<HashMap<String, Vec<Arc<Notify>>>>,
+}
+
+/// A registration to be woken when a command changes; unregisters when dropped.
+#[derive(Debug)]
+pub struct CommandWatch<'a> {
+    bus: &'a EventBus,
+    id: String,
+    notify: Arc<Notify>,
+}
+
+impl CommandWatch<'_> {
+    /// Waits for the next change of the command (a change since the watch began counts).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for CommandWatch<'_> {
+    fn drop(&mut self) {
+        let mut w = self
+            .bus
+            .command_waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(list) = w.get_mut(&self.id) {
+            list.retain(|n| !Arc::ptr_eq(n, &self.notify));
+            if list.is_empty() {
+                w.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl Default for EventBus {
@@ -50,6 +86,7 @@ impl EventBus {
         Self {
             tx,
             seq: AtomicU64::new(1),
+            command_waiters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -64,9 +101,36 @@ impl EventBus {
             data,
         };
         metrics::counter!("callhome_events_total", "type" => kind.to_owned()).increment(1);
+        if kind.starts_with("command.")
+            && let Some(id) = event.data.get("id").and_then(|v| v.as_str())
+        {
+            let w = self
+                .command_waiters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for n in w.get(id).into_iter().flatten() {
+                n.notify_one();
+            }
+        }
         // No subscribers is fine.
         let _ = self.tx.send(event.clone());
         event
+    }
+
+    /// Watches one command (by id) for its next events.
+    pub fn watch_command(&self, id: &str) -> CommandWatch<'_> {
+        let notify = Arc::new(Notify::new());
+        self.command_waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id.to_owned())
+            .or_default()
+            .push(notify.clone());
+        CommandWatch {
+            bus: self,
+            id: id.to_owned(),
+            notify,
+        }
     }
 
     /// A new subscription, from now on.

@@ -265,7 +265,7 @@ impl Gateway {
         self.shared.events.publish(
             "command.queued",
             Some(req.imei.as_str()),
-            serde_json::json!({"id": rec.id, "command": rec.command}),
+            serde_json::json!({"id": rec.id, "command": callhome_core::secrets::redact_command(&rec.command)}),
         );
         if let Some(s) = self.shared.hub.get(&req.imei) {
             s.notify.notify_one();
@@ -284,44 +284,26 @@ impl Gateway {
         self.shared.events.publish(
             "command.cancelled",
             Some(&rec.imei),
-            serde_json::json!({"id": rec.id, "command": rec.command}),
+            serde_json::json!({"id": rec.id, "command": callhome_core::secrets::redact_command(&rec.command)}),
         );
         Ok(rec)
     }
 
     /// Waits up to `max` for the command to reach a final state; returns it as it is then.
+    /// Woken by the command's own events; re-reads every 5 s as well (another node may
+    /// have finished it).
     pub async fn wait_final(&self, id: Uuid, max: Duration) -> Result<CommandRecord, GatewayError> {
-        let mut events = self.shared.events.subscribe();
+        let watch = self.shared.events.watch_command(&id.to_string());
         let deadline = tokio::time::Instant::now() + max;
-        let id_text = id.to_string();
         loop {
             let rec = self.shared.store.get_command(id).await?;
-            if rec.state.is_final() {
+            if rec.state.is_final() || tokio::time::Instant::now() >= deadline {
                 return Ok(rec);
             }
-            // Wake on this command's events, or re-read every second (events may lag).
-            let wait = async {
-                loop {
-                    match events.recv().await {
-                        Ok(e)
-                            if e.data.get("id").and_then(|v| v.as_str())
-                                == Some(id_text.as_str()) =>
-                        {
-                            return;
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            return;
-                        }
-                    }
-                }
-            };
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return Ok(self.shared.store.get_command(id).await?),
-                () = wait => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                () = watch.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
     }

@@ -48,7 +48,7 @@ async fn expire(shared: &Shared) {
                 shared.events.publish(
                     "command.expired",
                     Some(&c.imei),
-                    serde_json::json!({"id": c.id, "command": c.command}),
+                    serde_json::json!({"id": c.id, "command": callhome_core::secrets::redact_command(&c.command)}),
                 );
             }
         }
@@ -106,7 +106,7 @@ async fn orphans(shared: &Shared) {
             shared.events.publish(
                 "command.timed_out",
                 Some(&done.imei),
-                serde_json::json!({"id": done.id, "command": done.command, "error": done.error}),
+                serde_json::json!({"id": done.id, "command": callhome_core::secrets::redact_command(&done.command), "error": done.error}),
             );
         }
     }

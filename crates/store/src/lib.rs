@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use callhome_core::Imei;
+use callhome_core::jobs::{ExecState, JobState};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -243,6 +244,13 @@ pub trait Configuration: Send + Sync {
     ) -> Result<DeviceConfigRecord>;
     /// Records the configuration the modem reported.
     async fn set_reported(&self, imei: &Imei, config: &str, at: OffsetDateTime) -> Result<()>;
+    /// Up to `limit` online, enabled devices whose drift was last checked before `before`
+    /// (or never), the longest unchecked first.
+    async fn devices_due_for_drift_check(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Imei>>;
     /// Records the drift state.
     async fn set_drift(
         &self,
@@ -251,6 +259,71 @@ pub trait Configuration: Send + Sync {
         keys: Option<&str>,
         at: OffsetDateTime,
     ) -> Result<()>;
+}
+
+/// Bulk jobs and their per-device executions.
+///
+/// State changes are conditional updates (`... WHERE state = <expected>`), so two callers
+/// racing (an operator's pause and the engine's completion, or two nodes) cannot both win:
+/// the loser gets [`StoreError::Conflict`].
+#[async_trait]
+pub trait Jobs: Send + Sync {
+    /// Creates a job and one pending execution per target device, in one transaction.
+    async fn create_job(&self, job: &NewJob) -> Result<JobRecord>;
+    /// A job by id.
+    async fn get_job(&self, id: Uuid) -> Result<JobRecord>;
+    /// Jobs, newest first.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Page<JobRecord>>;
+    /// Jobs that are running or paused (to resume after a restart).
+    async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>>;
+    /// Moves a job from one of `from` to `to` (recording `reason`; `finished_at` when `to`
+    /// is final); [`StoreError::Conflict`] naming the current state otherwise.
+    async fn set_job_state(
+        &self,
+        id: Uuid,
+        from: &[JobState],
+        to: JobState,
+        reason: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<JobRecord>;
+    /// Records the wave now allowed to start.
+    async fn set_job_wave(&self, id: Uuid, wave: i64) -> Result<()>;
+    /// Executions by state, and per-wave totals.
+    async fn job_progress(&self, id: Uuid) -> Result<JobProgress>;
+    /// Up to `limit` pending executions of waves up to `max_wave` whose device is online and
+    /// enabled, in rollout order.
+    async fn next_job_devices(&self, id: Uuid, max_wave: i64, limit: u32) -> Result<Vec<Imei>>;
+    /// Starts an execution: `pending` -> `in_progress`, one more attempt;
+    /// [`StoreError::Conflict`] if it was not pending.
+    async fn start_job_device(
+        &self,
+        id: Uuid,
+        imei: &Imei,
+        at: OffsetDateTime,
+    ) -> Result<JobDeviceRecord>;
+    /// Ends an execution: `in_progress` -> `state` with its error and result (JSON).
+    async fn finish_job_device(
+        &self,
+        id: Uuid,
+        imei: &Imei,
+        state: ExecState,
+        error: Option<&str>,
+        result: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<JobDeviceRecord>;
+    /// Executions in progress (to take over after a restart).
+    async fn in_progress_job_devices(&self, id: Uuid) -> Result<Vec<JobDeviceRecord>>;
+    /// Ends every pending execution as `state` (`cancelled` or `expired`); returns how many.
+    async fn close_pending_job_devices(
+        &self,
+        id: Uuid,
+        state: ExecState,
+        at: OffsetDateTime,
+    ) -> Result<u64>;
+    /// Executions of a job, in rollout order.
+    async fn list_job_devices(&self, filter: &JobDeviceFilter) -> Result<Page<JobDeviceRecord>>;
+    /// One execution.
+    async fn get_job_device(&self, id: Uuid, imei: &Imei) -> Result<JobDeviceRecord>;
 }
 
 /// Everything Callhome stores, behind one handle.
@@ -266,6 +339,7 @@ pub trait Store:
     + Commands
     + Sessions
     + Configuration
+    + Jobs
     + Send
     + Sync
     + 'static

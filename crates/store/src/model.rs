@@ -1,5 +1,6 @@
 //! The records Callhome stores, and the filters used to list them.
 
+use callhome_core::jobs::{ExecState, JobState};
 use callhome_core::{Imei, Role};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -192,6 +193,8 @@ pub struct DeviceFilter {
     pub text: Option<String>,
     /// Only devices that are (`true`) or are not (`false`) connected.
     pub online: Option<bool>,
+    /// Only devices in this drift state (`in_sync`, `drifted`, `unknown`).
+    pub drift: Option<String>,
     /// Only devices with IMEI greater than this (the page cursor).
     pub after: Option<String>,
     /// Page size.
@@ -488,6 +491,8 @@ pub struct CommandFilter {
     pub states: Vec<CommandState>,
     /// Only ids below this (page cursor; ids sort by time).
     pub before: Option<Uuid>,
+    /// Only commands queued by this principal (e.g. `job:<id>`).
+    pub created_by: Option<String>,
     /// Page size.
     pub limit: u32,
 }
@@ -688,4 +693,134 @@ pub struct DeviceConfigRecord {
     pub drift_keys: Option<String>,
     /// When drift was last checked.
     pub drift_checked_at: Option<OffsetDateTime>,
+}
+
+/// A bulk job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Id (UUID v7).
+    pub id: Uuid,
+    /// Operator-given name.
+    pub name: Option<String>,
+    /// The operation, JSON.
+    pub operation: String,
+    /// The target as asked for, JSON.
+    pub target: String,
+    /// The rollout rules, JSON.
+    pub rollout: String,
+    /// Restart policy of configuration operations.
+    pub restart: String,
+    /// Who created it.
+    pub created_by: String,
+    /// When.
+    pub created_at: OffsetDateTime,
+    /// Devices not done by then expire.
+    pub expires_at: OffsetDateTime,
+    /// The targets in rollout order, each with its wave (1-based).
+    pub devices: Vec<(Imei, u32)>,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    /// Id.
+    pub id: Uuid,
+    /// Operator-given name.
+    pub name: Option<String>,
+    /// The operation, JSON.
+    pub operation: String,
+    /// The target as asked for, JSON.
+    pub target: String,
+    /// The rollout rules, JSON.
+    pub rollout: String,
+    /// Restart policy.
+    pub restart: String,
+    /// Where it is.
+    pub state: JobState,
+    /// Why it is there (abort rule, operator...).
+    pub state_reason: Option<String>,
+    /// Number of target devices.
+    pub total: i64,
+    /// The wave now allowed to start (1-based).
+    pub current_wave: i64,
+    /// Who created it.
+    pub created_by: String,
+    /// When.
+    pub created_at: OffsetDateTime,
+    /// Last state change.
+    pub updated_at: OffsetDateTime,
+    /// When it reached a final state.
+    pub finished_at: Option<OffsetDateTime>,
+    /// When pending devices expire.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Executions of a job by state (and the wave counts the engine needs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Every target.
+    pub total: i64,
+    /// Not started.
+    pub pending: i64,
+    /// Started.
+    pub in_progress: i64,
+    /// Done.
+    pub succeeded: i64,
+    /// Done with an error.
+    pub failed: i64,
+    /// Not started: cancelled or aborted.
+    pub cancelled: i64,
+    /// Not started: expired.
+    pub expired: i64,
+    /// Per wave (1-based index 0 = wave 1): (devices, finished devices).
+    pub waves: Vec<(i64, i64)>,
+}
+
+/// One device's execution of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDeviceRecord {
+    /// The job.
+    pub job_id: Uuid,
+    /// The device.
+    pub imei: String,
+    /// Position in rollout order.
+    pub seq: i64,
+    /// Wave (1-based).
+    pub wave: i64,
+    /// Where it is.
+    pub state: ExecState,
+    /// Executions started (more than 1 only for recorded retries).
+    pub attempts: i64,
+    /// When the current attempt started.
+    pub started_at: Option<OffsetDateTime>,
+    /// When it ended.
+    pub finished_at: Option<OffsetDateTime>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Result detail, JSON.
+    pub result: Option<String>,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only these states.
+    pub states: Vec<JobState>,
+    /// Only ids below this (page cursor; newest first).
+    pub before: Option<Uuid>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// Which executions of a job to list.
+#[derive(Debug, Clone)]
+pub struct JobDeviceFilter {
+    /// The job.
+    pub job_id: Uuid,
+    /// Only this state.
+    pub state: Option<ExecState>,
+    /// Only devices after this position (page cursor).
+    pub after_seq: Option<i64>,
+    /// Page size.
+    pub limit: u32,
 }

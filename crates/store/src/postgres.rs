@@ -22,3 +22,4 @@ include!("sql/common.rs");
 include!("sql/gateway.rs");
 include!("sql/sessions.rs");
 include!("sql/configuration.rs");
+include!("sql/jobs.rs");

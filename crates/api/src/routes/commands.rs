@@ -70,7 +70,7 @@ impl From<CommandRecord> for CommandView {
         Self {
             id: c.id,
             imei: c.imei,
-            command: c.command,
+            command: callhome_core::secrets::redact_command(&c.command).into_owned(),
             state: c.state.as_str().to_owned(),
             created_at: rfc3339(c.created_at),
             created_by: c.created_by,
@@ -80,10 +80,14 @@ impl From<CommandRecord> for CommandView {
             attempts: c.attempts,
             sent_at: rfc3339_opt(c.sent_at),
             completed_at: rfc3339_opt(c.completed_at),
-            reply: c.reply,
+            reply: c
+                .reply
+                .map(|r| callhome_core::secrets::redact_reply(&r).into_owned()),
             result: c.result,
             error: c.error,
-            late_reply: c.late_reply,
+            late_reply: c
+                .late_reply
+                .map(|r| callhome_core::secrets::redact_reply(&r).into_owned()),
             late_reply_at: rfc3339_opt(c.late_reply_at),
         }
     }
@@ -291,6 +295,7 @@ pub async fn list_device_commands(
             imei: Some(imei.to_string()),
             states,
             before,
+            created_by: None,
             limit,
         })
         .await?;

@@ -15,6 +15,9 @@ use callhome_store::{NewProfileVersion, ProfileRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use callhome_fleet::config::{Desired, record_changes};
+use callhome_fleet::runner::Runner;
+
 use crate::AppState;
 use crate::auth::Principal;
 use crate::context::AuditTarget;
@@ -258,6 +261,16 @@ pub async fn put_profile(
             by: p.name.clone(),
         })
         .await?;
+    if let Some(tag) = rec.tag.clone() {
+        // Devices with this tag may now drift (or no longer): re-evaluate against what they
+        // last reported, in the background.
+        let config = state.config.clone();
+        tokio::spawn(async move {
+            if let Err(e) = config.recheck_tag(&tag).await {
+                tracing::warn!(%tag, error = %e, "drift re-evaluation after a profile change failed");
+            }
+        });
+    }
     let target = format!("profile {name} v{}", rec.version);
     Ok((
         axum::extract::Extension(AuditTarget(target)),
@@ -278,28 +291,17 @@ pub async fn delete_profile(
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     p.require(Role::Operator)?;
+    let tag = state.store.get_profile(&name, None).await?.tag;
     state.store.delete_profile(&name).await?;
+    if let Some(tag) = tag {
+        let config = state.config.clone();
+        tokio::spawn(async move {
+            if let Err(e) = config.recheck_tag(&tag).await {
+                tracing::warn!(%tag, error = %e, "drift re-evaluation after a profile deletion failed");
+            }
+        });
+    }
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// A device's profile and overrides.
-struct DeviceDesired {
-    profile: Option<ProfileRecord>,
-    overrides: BTreeMap<String, Option<String>>,
-}
-
-async fn desired(state: &AppState, imei: &Imei) -> Result<DeviceDesired, ApiError> {
-    let device = state.store.get_device(imei).await?;
-    let profile = state.store.profile_for_tags(&device.tags).await?;
-    let rec = state.store.get_device_config(imei).await?;
-    let overrides = serde_json::from_str(&rec.overrides)
-        .map_err(|e| ApiError::Internal(format!("stored overrides: {e}")))?;
-    Ok(DeviceDesired { profile, overrides })
-}
-
-fn compose(d: &DeviceDesired, imei: &Imei) -> Result<configtxt::Effective, ApiError> {
-    let text = d.profile.as_ref().map(|p| p.config.as_str()).unwrap_or("");
-    Ok(configtxt::effective(text, &d.overrides, imei.as_str())?)
 }
 
 fn redact_overrides(
@@ -319,26 +321,7 @@ fn redact_overrides(
         .collect()
 }
 
-/// Records in `overrides` what turns `before` into `after`: changed or added keys with their
-/// new value, removed keys as `None`.
-fn record_changes(
-    before: &ConfigFile,
-    after: &ConfigFile,
-    overrides: &mut BTreeMap<String, Option<String>>,
-) {
-    for (k, v) in after.entries() {
-        if before.get(k) != Some(v.trim()) {
-            overrides.insert(k.to_owned(), Some(v.trim().to_owned()));
-        }
-    }
-    for k in before.keys() {
-        if !after.contains_key(k) {
-            overrides.insert(k.to_owned(), None);
-        }
-    }
-}
-
-fn config_view(d: &DeviceDesired, p: &Principal) -> DeviceConfigView {
+fn config_view(d: &Desired, p: &Principal) -> DeviceConfigView {
     DeviceConfigView {
         profile: d.profile.as_ref().map(|x| x.name.clone()),
         profile_version: d.profile.as_ref().map(|x| x.version),
@@ -360,27 +343,8 @@ pub async fn get_device_config(
 ) -> Result<axum::Json<DeviceConfigView>, ApiError> {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    let d = desired(&state, &imei).await?;
+    let d = state.config.desired(&imei).await?;
     Ok(axum::Json(config_view(&d, &p)))
-}
-
-async fn store_overrides(
-    state: &AppState,
-    p: &Principal,
-    imei: &Imei,
-    overrides: BTreeMap<String, Option<String>>,
-) -> Result<DeviceConfigView, ApiError> {
-    let mut d = desired(state, imei).await?;
-    d.overrides = overrides;
-    let eff = compose(&d, imei)?;
-    let report = eff.config.validate();
-    if !report.errors.is_empty() {
-        return Err(ApiError::ValidationMany(report.errors));
-    }
-    let json =
-        serde_json::to_string(&d.overrides).map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.store.set_overrides(imei, &json, &p.name).await?;
-    Ok(config_view(&d, p))
 }
 
 /// Replaces a device's overrides. The resulting effective configuration must validate;
@@ -401,9 +365,11 @@ pub async fn put_device_config(
 ) -> Result<axum::Json<DeviceConfigView>, ApiError> {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    Ok(axum::Json(
-        store_overrides(&state, &p, &imei, req.overrides).await?,
-    ))
+    let d = state
+        .config
+        .set_overrides(&imei, req.overrides, &p.name)
+        .await?;
+    Ok(axum::Json(config_view(&d, &p)))
 }
 
 /// The effective desired configuration: profile + overrides, placeholders resolved, with
@@ -421,8 +387,8 @@ pub async fn effective(
 ) -> Result<axum::Json<EffectiveView>, ApiError> {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    let d = desired(&state, &imei).await?;
-    let eff = compose(&d, &imei)?;
+    let d = state.config.desired(&imei).await?;
+    let eff = d.compose(&imei)?;
     let report = eff.config.validate();
     Ok(axum::Json(EffectiveView {
         profile: d.profile.as_ref().map(|x| x.name.clone()),
@@ -463,8 +429,7 @@ pub async fn get_config_txt(
 ) -> Result<Response, ApiError> {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    let d = desired(&state, &imei).await?;
-    let eff = compose(&d, &imei)?;
+    let eff = state.config.desired(&imei).await?.compose(&imei)?;
     let mut resp = shown(&eff.config, &p).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -491,17 +456,14 @@ pub async fn put_config_txt(
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
     let (imported, _) = parse_valid(&body)?;
-    let d = desired(&state, &imei).await?;
-    let base = configtxt::effective(
-        d.profile.as_ref().map(|x| x.config.as_str()).unwrap_or(""),
-        &BTreeMap::new(),
-        imei.as_str(),
-    )?;
+    let base = state.config.desired(&imei).await?.profile_only(&imei)?;
     let mut overrides = BTreeMap::new();
-    record_changes(&base.config, &imported, &mut overrides);
-    Ok(axum::Json(
-        store_overrides(&state, &p, &imei, overrides).await?,
-    ))
+    record_changes(&base, &imported, &mut overrides);
+    let d = state
+        .config
+        .set_overrides(&imei, overrides, &p.name)
+        .await?;
+    Ok(axum::Json(config_view(&d, &p)))
 }
 
 /// The configuration the modem last reported.
@@ -544,8 +506,10 @@ pub struct DiffView {
     pub drift: String,
     /// RFC 3339: when the reported configuration was read.
     pub read_at: Option<String>,
-    /// The differing keys.
+    /// Desired keys the modem reports with another value, or lacks (these make it drift).
     pub keys: Vec<KeyDiffView>,
+    /// Keys only the modem has: not managed by the platform, so they do not count as drift.
+    pub unmanaged: Vec<String>,
 }
 
 async fn reported_view(
@@ -572,41 +536,6 @@ async fn reported_view(
     })
 }
 
-/// Compares the desired and the reported configuration and records the drift state.
-async fn check_drift(
-    state: &AppState,
-    imei: &Imei,
-) -> Result<Option<Vec<configtxt::KeyDiff>>, ApiError> {
-    let rec = state.store.get_device_config(imei).await?;
-    let Some(text) = rec.reported else {
-        return Ok(None);
-    };
-    let reported = ConfigFile::parse(&text)
-        .map_err(|e| ApiError::Internal(format!("stored reported config: {e}")))?;
-    let d = desired(state, imei).await?;
-    let eff = compose(&d, imei)?;
-    let diffs = configtxt::diff(&eff.config, &reported);
-    let keys: Vec<&str> = diffs.iter().map(|k| k.key.as_str()).collect();
-    let (drift, keys_json) = if diffs.is_empty() {
-        ("in_sync", None)
-    } else {
-        (
-            "drifted",
-            Some(serde_json::to_string(&keys).unwrap_or_default()),
-        )
-    };
-    state
-        .store
-        .set_drift(
-            imei,
-            drift,
-            keys_json.as_deref(),
-            time::OffsetDateTime::now_utc(),
-        )
-        .await?;
-    Ok(Some(diffs))
-}
-
 /// Reads the configuration from the modem now (`AT^MTXTUNNEL=GETCONFIG` through its command
 /// queue), stores it, and records whether it drifted from the desired one.
 #[utoipa::path(post, path = "/api/v1/devices/{imei}/config/read", tag = "configuration", security(("bearer" = [])),
@@ -628,57 +557,9 @@ pub async fn read_config(
     if !(1..=60).contains(&wait) {
         return Err(ValidationError::new("wait_s", "must be between 1 and 60").into());
     }
-    let command = callhome_core::dialect::Dialect::mtx().get_config()?;
-    let queued = state
-        .gateway
-        .enqueue(callhome_gateway::CommandRequest {
-            imei: imei.clone(),
-            command,
-            timeout: std::time::Duration::from_secs(u64::from(wait)),
-            expires_in: std::time::Duration::from_secs(u64::from(wait)),
-            max_attempts: 1,
-            created_by: p.name.clone(),
-        })
-        .await?;
-    let done = state
-        .gateway
-        .wait_final(
-            queued.id,
-            std::time::Duration::from_secs(u64::from(wait) * 2 + 1),
-        )
-        .await?;
-    let reply = match (done.state, done.reply.as_deref()) {
-        (callhome_store::CommandState::Succeeded, Some(r)) => r.to_owned(),
-        (state_, _) => {
-            return Err(ApiError::Conflict(format!(
-                "the modem did not report its configuration: command {} is {}{}",
-                done.id,
-                state_.as_str(),
-                done.error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            )));
-        }
-    };
-    let text = callhome_core::dialect::parse_getconfig_reply(&reply).map_err(|e| {
-        ApiError::Conflict(format!(
-            "the modem's GETCONFIG reply could not be read: {e:?}"
-        ))
-    })?;
-    let text = if text.ends_with('\n') {
-        text
-    } else {
-        format!("{text}\n")
-    };
-    ConfigFile::parse(&text).map_err(|e| {
-        ApiError::Conflict(format!("the modem reported an unreadable Config.txt: {e}"))
-    })?;
-    state
-        .store
-        .set_reported(&imei, &text, time::OffsetDateTime::now_utc())
-        .await?;
-    check_drift(&state, &imei).await?;
+    let wait = std::time::Duration::from_secs(u64::from(wait));
+    let mut runner = Runner::fresh(state.gateway.clone(), imei.clone(), p.name.clone());
+    state.config.read(&mut runner, &imei, wait, wait).await?;
     Ok(axum::Json(reported_view(&state, &p, &imei).await?))
 }
 
@@ -714,14 +595,19 @@ pub async fn diff(
 ) -> Result<axum::Json<DiffView>, ApiError> {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    let diffs = check_drift(&state, &imei).await?;
+    let diffs = state.config.check_drift(&imei).await?.unwrap_or_default();
     let rec = state.store.get_device_config(&imei).await?;
     Ok(axum::Json(DiffView {
         drift: rec.drift,
         read_at: rec.reported_at.map(rfc3339),
+        unmanaged: diffs
+            .iter()
+            .filter(|k| k.desired.is_none())
+            .map(|k| k.key.clone())
+            .collect(),
         keys: diffs
-            .unwrap_or_default()
             .into_iter()
+            .filter(|k| k.desired.is_some())
             .map(|k| KeyDiffView {
                 key: k.key,
                 desired: k.desired,
@@ -757,8 +643,13 @@ pub async fn get_whitelists(
 ) -> Result<axum::Json<WhitelistsView>, ApiError> {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    let d = desired(&state, &imei).await?;
-    let w = compose(&d, &imei)?.config.whitelists();
+    let w = state
+        .config
+        .desired(&imei)
+        .await?
+        .compose(&imei)?
+        .config
+        .whitelists();
     Ok(axum::Json(WhitelistsView {
         csd: w.csd,
         sms: w.sms,
@@ -783,19 +674,14 @@ pub async fn put_whitelists(
 ) -> Result<axum::Json<WhitelistsView>, ApiError> {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    let d = desired(&state, &imei).await?;
-    let before = compose(&d, &imei)?.config;
-    let mut after = before.clone();
-    after
-        .set_whitelists(&configtxt::Whitelists {
-            csd: req.csd,
-            sms: req.sms,
-        })
-        .map_err(ApiError::ValidationMany)?;
-    // The change, as overrides on top of the existing ones.
-    let mut overrides = d.overrides.clone();
-    record_changes(&before, &after, &mut overrides);
-    store_overrides(&state, &p, &imei, overrides).await?;
+    let lists = configtxt::Whitelists {
+        csd: req.csd,
+        sms: req.sms,
+    };
+    let (_, after) = state
+        .config
+        .edit(&imei, &p.name, move |c| c.set_whitelists(&lists))
+        .await?;
     let w = after.whitelists();
     Ok(axum::Json(WhitelistsView {
         csd: w.csd,

@@ -167,6 +167,9 @@ pub struct DeviceQuery {
     pub q: Option<String>,
     /// Only devices connected (`true`) or not connected (`false`) to the command channel.
     pub online: Option<bool>,
+    /// Only devices in this configuration drift state: `in_sync`, `drifted` or `unknown`
+    /// (never read).
+    pub drift: Option<String>,
     /// Page size, 1-1000 (default 100).
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
@@ -263,12 +266,23 @@ pub async fn list_devices(
         None | Some("") => None,
         Some(c) => Some(decode_cursor(c)?),
     };
+    if let Some(d) = &q.drift
+        && ![
+            callhome_fleet::config::IN_SYNC,
+            callhome_fleet::config::DRIFTED,
+            callhome_fleet::config::UNKNOWN,
+        ]
+        .contains(&d.as_str())
+    {
+        return Err(ValidationError::new("drift", "must be in_sync, drifted or unknown").into());
+    }
     let page = state
         .store
         .list_devices(&DeviceFilter {
             tag: q.tag,
             text: q.q.filter(|t| !t.is_empty()),
             online: q.online,
+            drift: q.drift,
             after,
             limit,
         })

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod devices;
 pub mod events;
+pub mod jobs;
 pub mod paging;
 pub mod sessions;
 pub mod status;
@@ -62,6 +63,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(config::read_config))
         .routes(routes!(config::reported))
         .routes(routes!(config::diff))
+        .routes(routes!(jobs::apply_config))
+        .routes(routes!(jobs::list_jobs, jobs::create_job))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::list_job_devices))
+        .routes(routes!(jobs::pause_job))
+        .routes(routes!(jobs::resume_job))
+        .routes(routes!(jobs::cancel_job))
         .routes(routes!(config::get_whitelists, config::put_whitelists))
         .routes(routes!(config::get_config_txt, config::put_config_txt))
         .routes(routes!(sessions::create_session, sessions::list_sessions))

@@ -13,12 +13,15 @@
 //! - [`validate`]: [`ConfigFile::validate`] and its [`Report`] of errors and [`Warning`]s.
 //! - [`placeholder`]: `[IMEI]` and [`ConfigFile::resolve_placeholders`].
 //! - [`whitelist`]: [`PhoneNumber`], [`Whitelists`] and the `SMS_`/`CSD_validPhoneN` lists.
+//! - [`apply`]: the minimal parameter writes of an apply ([`apply::plan`]) and the per-key
+//!   outcome once the configuration is read back ([`apply::verify`]).
 //! - [`diff`](mod@diff): [`diff()`] of a desired and a reported configuration.
 //!
 //! Secrets (`GPRS_password`, `MQTT_password`, `MTX_PIN`) are never shown by `Debug`,
 //! [`ConfigFile::redacted`], diffs or validation messages; [`ConfigFile::render`] is the one
 //! explicit way to get them.
 
+pub mod apply;
 pub mod compose;
 mod diff;
 pub mod file;

@@ -394,7 +394,17 @@ pub(crate) fn family_index(prefix: &str, key: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Whether the value of `key` is a secret.
+/// Whether a change of `key` takes effect only after the modem restarts. The firmware reads
+/// Config.txt when it starts; the caller whitelists (`SMS_validPhoneN`, `CSD_validPhoneN`,
+/// `SMS_allPhones`) are assumed to be consulted on each incoming call or SMS, so they apply
+/// at once. (No public document states either way; an apply's restart policy can force or
+/// skip the restart.)
+pub fn needs_restart(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    !(k.starts_with("sms_validphone") || k.starts_with("csd_validphone") || k == "sms_allphones")
+}
+
+/// Whether `key` holds a secret (shown as `***`, never logged).
 pub fn is_secret(key: &str) -> bool {
     lookup(key).is_some_and(|m| m.spec.secret)
 }

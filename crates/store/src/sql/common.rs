@@ -312,6 +312,10 @@ impl Devices for SqlStore {
         if let Some(after) = &filter.after {
             q.push(" AND d.imei > ").push_bind(after.clone());
         }
+        if let Some(drift) = &filter.drift {
+            q.push(" AND COALESCE((SELECT c.drift FROM device_config c WHERE c.imei = d.imei), 'unknown') = ")
+                .push_bind(drift.clone());
+        }
         if let Some(tag) = &filter.tag {
             q.push(" AND EXISTS (SELECT 1 FROM device_tags t WHERE t.imei = d.imei AND t.tag = ")
                 .push_bind(tag.clone())

@@ -199,6 +199,21 @@ impl Configuration for SqlStore {
         Ok(())
     }
 
+    async fn devices_due_for_drift_check(&self, before: OffsetDateTime, limit: u32) -> Result<Vec<Imei>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT d.imei FROM devices d LEFT JOIN device_config c ON c.imei = d.imei \
+             WHERE d.online = $1 AND d.disabled = $2 AND (c.drift_checked_at IS NULL OR c.drift_checked_at < $3) \
+             ORDER BY COALESCE(c.drift_checked_at, 0), d.imei LIMIT $4",
+        )
+        .bind(true)
+        .bind(false)
+        .bind(ms(before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|s| parse_col("devices.imei", s, Imei::parse)).collect()
+    }
+
     async fn set_drift(&self, imei: &Imei, drift: &str, keys: Option<&str>, at: OffsetDateTime) -> Result<()> {
         self.ensure_device_config(imei, "drift-check").await?;
         sqlx::query("UPDATE device_config SET drift = $2, drift_keys = $3, drift_checked_at = $4 WHERE imei = $1")

@@ -254,6 +254,9 @@ impl Commands for SqlStore {
         if let Some(before) = f.before {
             q.push(" AND id < ").push_bind(before.to_string());
         }
+        if let Some(by) = &f.created_by {
+            q.push(" AND created_by = ").push_bind(by.clone());
+        }
         q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
         let mut items = rows.iter().map(command_from_row).collect::<Result<Vec<_>>>()?;

@@ -1,0 +1,255 @@
+//! A device's desired configuration (profile by tag + overrides), the configuration its
+//! modem reports, and the drift between the two.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use callhome_core::configtxt::{self, ConfigFile, KeyDiff};
+use callhome_core::dialect::{self, Dialect};
+use callhome_core::{Imei, ValidationError};
+use callhome_gateway::Gateway;
+use callhome_store::{ProfileRecord, Store};
+use time::OffsetDateTime;
+
+use crate::runner::Runner;
+use crate::{FleetError, Result};
+
+/// Drift states.
+pub const IN_SYNC: &str = "in_sync";
+/// The modem reports a desired key with another value (or lacks it).
+pub const DRIFTED: &str = "drifted";
+/// Never read.
+pub const UNKNOWN: &str = "unknown";
+
+/// A device's profile and overrides.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The profile that applies (by tag), at its current version.
+    pub profile: Option<ProfileRecord>,
+    /// Per-device values on top of it (`None` removes the key).
+    pub overrides: BTreeMap<String, Option<String>>,
+}
+
+impl Desired {
+    /// Profile + overrides with placeholders resolved for `imei`.
+    pub fn compose(&self, imei: &Imei) -> Result<configtxt::Effective> {
+        let text = self.profile.as_ref().map_or("", |p| p.config.as_str());
+        Ok(configtxt::effective(text, &self.overrides, imei.as_str())?)
+    }
+
+    /// The profile alone, resolved for `imei`.
+    pub fn profile_only(&self, imei: &Imei) -> Result<ConfigFile> {
+        let text = self.profile.as_ref().map_or("", |p| p.config.as_str());
+        Ok(configtxt::effective(text, &BTreeMap::new(), imei.as_str())?.config)
+    }
+}
+
+/// Records in `overrides` what turns `before` into `after`: changed or added keys with their
+/// new value, removed keys as `None`.
+pub fn record_changes(
+    before: &ConfigFile,
+    after: &ConfigFile,
+    overrides: &mut BTreeMap<String, Option<String>>,
+) {
+    for (k, v) in after.entries() {
+        if before.get(k) != Some(v.trim()) {
+            overrides.insert(k.to_owned(), Some(v.trim().to_owned()));
+        }
+    }
+    for k in before.keys() {
+        if !after.contains_key(k) {
+            overrides.insert(k.to_owned(), None);
+        }
+    }
+}
+
+/// The keys that make a device drift: desired keys the modem reports with another value or
+/// lacks. Keys only the modem has are not managed and do not count.
+pub fn drifted(diffs: &[KeyDiff]) -> impl Iterator<Item = &KeyDiff> {
+    diffs.iter().filter(|d| d.desired.is_some())
+}
+
+/// Desired and reported configuration of devices.
+#[derive(Clone)]
+pub struct ConfigService {
+    store: Arc<dyn Store>,
+    gateway: Gateway,
+    dialect: Arc<Dialect>,
+}
+
+impl std::fmt::Debug for ConfigService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigService").finish_non_exhaustive()
+    }
+}
+
+impl ConfigService {
+    /// A service over `store`, sending commands through `gateway` in `dialect`.
+    pub fn new(store: Arc<dyn Store>, gateway: Gateway, dialect: Arc<Dialect>) -> Self {
+        Self {
+            store,
+            gateway,
+            dialect,
+        }
+    }
+
+    /// The command dialect.
+    pub fn dialect(&self) -> &Dialect {
+        &self.dialect
+    }
+
+    /// The gateway commands go through.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The device's profile and overrides.
+    pub async fn desired(&self, imei: &Imei) -> Result<Desired> {
+        let device = self.store.get_device(imei).await?;
+        let profile = self.store.profile_for_tags(&device.tags).await?;
+        let rec = self.store.get_device_config(imei).await?;
+        let overrides = serde_json::from_str(&rec.overrides)
+            .map_err(|e| FleetError::Corrupt(format!("overrides of {imei}: {e}")))?;
+        Ok(Desired { profile, overrides })
+    }
+
+    /// Replaces the device's overrides; the effective configuration they give must validate
+    /// (every error names its key). Re-evaluates drift against the last report.
+    pub async fn set_overrides(
+        &self,
+        imei: &Imei,
+        overrides: BTreeMap<String, Option<String>>,
+        by: &str,
+    ) -> Result<Desired> {
+        let mut d = self.desired(imei).await?;
+        d.overrides = overrides;
+        let report = d.compose(imei)?.config.validate();
+        if !report.errors.is_empty() {
+            return Err(FleetError::Invalid(report.errors));
+        }
+        let json =
+            serde_json::to_string(&d.overrides).map_err(|e| FleetError::Corrupt(e.to_string()))?;
+        self.store.set_overrides(imei, &json, by).await?;
+        self.check_drift(imei).await?;
+        Ok(d)
+    }
+
+    /// Edits the device's effective configuration with `edit` and stores the change as
+    /// overrides on top of the existing ones.
+    pub async fn edit(
+        &self,
+        imei: &Imei,
+        by: &str,
+        edit: impl FnOnce(&mut ConfigFile) -> std::result::Result<(), Vec<ValidationError>>,
+    ) -> Result<(Desired, ConfigFile)> {
+        let d = self.desired(imei).await?;
+        let before = d.compose(imei)?.config;
+        let mut after = before.clone();
+        edit(&mut after).map_err(FleetError::Invalid)?;
+        let mut overrides = d.overrides.clone();
+        record_changes(&before, &after, &mut overrides);
+        let d = self.set_overrides(imei, overrides, by).await?;
+        Ok((d, after))
+    }
+
+    /// Compares the desired configuration with the last reported one and records the drift
+    /// state; `None` if the modem never reported.
+    pub async fn check_drift(&self, imei: &Imei) -> Result<Option<Vec<KeyDiff>>> {
+        let rec = self.store.get_device_config(imei).await?;
+        let Some(text) = rec.reported else {
+            return Ok(None);
+        };
+        let reported = ConfigFile::parse(&text)
+            .map_err(|e| FleetError::Corrupt(format!("reported configuration of {imei}: {e}")))?;
+        let desired = self.desired(imei).await?.compose(imei)?.config;
+        let diffs = configtxt::diff(&desired, &reported);
+        let keys: Vec<&str> = drifted(&diffs).map(|k| k.key.as_str()).collect();
+        let (state, keys_json) = if keys.is_empty() {
+            (IN_SYNC, None)
+        } else {
+            (
+                DRIFTED,
+                Some(serde_json::to_string(&keys).unwrap_or_default()),
+            )
+        };
+        self.store
+            .set_drift(imei, state, keys_json.as_deref(), OffsetDateTime::now_utc())
+            .await?;
+        Ok(Some(diffs))
+    }
+
+    /// Reads the modem's configuration with `GETCONFIG` through `runner`, stores it as the
+    /// reported configuration and re-evaluates drift.
+    pub async fn read(
+        &self,
+        runner: &mut Runner,
+        imei: &Imei,
+        timeout: Duration,
+        expires_in: Duration,
+    ) -> Result<ConfigFile> {
+        let command = self.dialect.get_config()?;
+        let done = runner.run(command, timeout, expires_in).await?;
+        let reply = match (done.state, done.reply.as_deref()) {
+            (callhome_store::CommandState::Succeeded, Some(r)) => r.to_owned(),
+            (state, _) => {
+                return Err(FleetError::Device(format!(
+                    "the modem did not report its configuration: command {} is {}{}",
+                    done.id,
+                    state.as_str(),
+                    done.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )));
+            }
+        };
+        let mut text = dialect::parse_getconfig_reply(&reply).map_err(|e| {
+            FleetError::Device(format!(
+                "the modem's GETCONFIG reply could not be read: {e:?}"
+            ))
+        })?;
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let config = ConfigFile::parse(&text).map_err(|e| {
+            FleetError::Device(format!("the modem reported an unreadable Config.txt: {e}"))
+        })?;
+        self.store
+            .set_reported(imei, &text, OffsetDateTime::now_utc())
+            .await?;
+        self.check_drift(imei).await?;
+        Ok(config)
+    }
+
+    /// Re-evaluates drift for every device carrying `tag` (after its profile changed).
+    pub async fn recheck_tag(&self, tag: &str) -> Result<u64> {
+        let mut after = None;
+        let mut n = 0;
+        loop {
+            let page = self
+                .store
+                .list_devices(&callhome_store::DeviceFilter {
+                    tag: Some(tag.to_owned()),
+                    after,
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await?;
+            for d in &page.items {
+                if self.check_drift(&d.imei).await?.is_some() {
+                    n += 1;
+                }
+            }
+            match page.next {
+                Some(c) => after = Some(c),
+                None => return Ok(n),
+            }
+        }
+    }
+}

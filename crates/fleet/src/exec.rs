@@ -1,0 +1,374 @@
+//! One device's execution of a job operation.
+
+use std::time::Duration;
+
+use callhome_core::configtxt::apply::{self, KeyResult, KeyStatus};
+use callhome_core::configtxt::{ConfigFile, Whitelists};
+use callhome_core::jobs::{ExecState, RestartPolicy};
+use callhome_core::{AtCommand, Imei, dialect};
+use callhome_store::{CommandRecord, CommandState};
+use serde::Serialize;
+
+use crate::config::ConfigService;
+use crate::ops::Operation;
+use crate::runner::Runner;
+use crate::{FleetError, Result};
+
+/// Timing of one execution.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Reply timeout of each command.
+    pub command_timeout: Duration,
+    /// How long a command may wait in the queue (the device is online when its execution
+    /// starts, so this is short).
+    pub queue_wait: Duration,
+    /// How long the modem has to come back after a restart.
+    pub restart_wait: Duration,
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `succeeded` or `failed`.
+    pub state: ExecState,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Detail (JSON).
+    pub result: serde_json::Value,
+}
+
+impl Outcome {
+    fn failed(error: impl Into<String>, result: serde_json::Value) -> Self {
+        Self {
+            state: ExecState::Failed,
+            error: Some(error.into()),
+            result,
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    /// Per desired key that was written or is not as desired (the others are counted in
+    /// `unchanged`).
+    pub keys: Vec<KeyResult>,
+    /// Desired keys that already had their value.
+    pub unchanged: usize,
+    /// `SETPARAM`s sent.
+    pub writes: usize,
+    /// Whether the modem was restarted.
+    pub restarted: bool,
+    /// Commands answered from the journal (after a server restart).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub replayed_commands: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn command_error(c: &CommandRecord) -> String {
+    let detail = c
+        .error
+        .clone()
+        .or_else(|| c.reply.clone())
+        .unwrap_or_default();
+    if detail.is_empty() {
+        c.state.as_str().to_owned()
+    } else {
+        format!("{}: {}", c.state.as_str(), detail.trim())
+    }
+}
+
+/// Runs `op` on `imei`.
+pub async fn execute(
+    config: &ConfigService,
+    runner: &mut Runner,
+    imei: &Imei,
+    op: &Operation,
+    restart: RestartPolicy,
+    timing: Timing,
+    by: &str,
+) -> Outcome {
+    match run(config, runner, imei, op, restart, timing, by).await {
+        Ok(o) => o,
+        Err(e) => Outcome::failed(e.to_string(), serde_json::Value::Null),
+    }
+}
+
+async fn run(
+    config: &ConfigService,
+    runner: &mut Runner,
+    imei: &Imei,
+    op: &Operation,
+    restart: RestartPolicy,
+    timing: Timing,
+    by: &str,
+) -> Result<Outcome> {
+    match op {
+        Operation::ApplyConfig => apply_desired(config, runner, imei, restart, timing).await,
+        Operation::SetKeys { keys } => {
+            let keys = keys.clone();
+            config
+                .edit(imei, by, move |c| {
+                    for (k, v) in &keys {
+                        match v {
+                            Some(v) => c.set(k, v).map_err(|e| {
+                                vec![callhome_core::ValidationError::new(
+                                    k.clone(),
+                                    e.to_string(),
+                                )]
+                            })?,
+                            None => {
+                                c.remove(k);
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+            apply_desired(config, runner, imei, restart, timing).await
+        }
+        Operation::SetWhitelists { csd, sms } => {
+            let lists = Whitelists {
+                csd: csd.clone(),
+                sms: sms.clone(),
+            };
+            config
+                .edit(imei, by, move |c| c.set_whitelists(&lists))
+                .await?;
+            apply_desired(config, runner, imei, restart, timing).await
+        }
+        Operation::AtCommand { command } => {
+            let command = AtCommand::parse(command)?;
+            let done = runner
+                .run(command, timing.command_timeout, timing.queue_wait)
+                .await?;
+            let result = serde_json::json!({"command_id": done.id, "reply": done.reply});
+            Ok(if done.state == CommandState::Succeeded {
+                Outcome {
+                    state: ExecState::Succeeded,
+                    error: None,
+                    result,
+                }
+            } else {
+                Outcome::failed(command_error(&done), result)
+            })
+        }
+        Operation::Reboot => {
+            let done = runner
+                .run(
+                    config.dialect().reboot()?,
+                    timing.command_timeout,
+                    timing.queue_wait,
+                )
+                .await?;
+            if done.state != CommandState::Succeeded {
+                return Ok(Outcome::failed(
+                    format!("restart refused: {}", command_error(&done)),
+                    serde_json::Value::Null,
+                ));
+            }
+            let back = runner
+                .run(
+                    config.dialect().version()?,
+                    timing.command_timeout,
+                    timing.restart_wait,
+                )
+                .await?;
+            if back.state != CommandState::Succeeded {
+                return Ok(Outcome::failed(
+                    format!(
+                        "the modem did not come back after the restart: {}",
+                        command_error(&back)
+                    ),
+                    serde_json::json!({"restarted": true}),
+                ));
+            }
+            let version = back
+                .reply
+                .as_deref()
+                .and_then(|r| dialect::parse_version_reply(r).ok());
+            Ok(Outcome {
+                state: ExecState::Succeeded,
+                error: None,
+                result: serde_json::json!({"restarted": true, "version": version}),
+            })
+        }
+    }
+}
+
+/// Applies the device's effective desired configuration.
+async fn apply_desired(
+    config: &ConfigService,
+    runner: &mut Runner,
+    imei: &Imei,
+    restart: RestartPolicy,
+    timing: Timing,
+) -> Result<Outcome> {
+    let effective = config.desired(imei).await?.compose(imei)?;
+    let report = effective.config.validate();
+    if !report.errors.is_empty() {
+        return Err(FleetError::Invalid(report.errors));
+    }
+    if let Some(u) = effective.unresolved.first() {
+        return Ok(Outcome::failed(
+            format!(
+                "{}: placeholder [{}] cannot be filled for this device",
+                u.key, u.placeholder
+            ),
+            serde_json::Value::Null,
+        ));
+    }
+    let desired = effective.config;
+    let before = config
+        .read(runner, imei, timing.command_timeout, timing.queue_wait)
+        .await?;
+    let (report, error) = apply(config, runner, imei, &desired, &before, restart, timing).await?;
+    let result = serde_json::to_value(&report).unwrap_or_default();
+    Ok(match error {
+        None => Outcome {
+            state: ExecState::Succeeded,
+            error: None,
+            result,
+        },
+        Some(e) => Outcome::failed(e, result),
+    })
+}
+
+/// Writes what differs, restarts if needed, reads back and compares. Returns the report and
+/// the reason the apply failed, if it did.
+async fn apply(
+    config: &ConfigService,
+    runner: &mut Runner,
+    imei: &Imei,
+    desired: &ConfigFile,
+    before: &ConfigFile,
+    restart: RestartPolicy,
+    timing: Timing,
+) -> Result<(ApplyReport, Option<String>)> {
+    let writes = apply::plan(desired, before);
+    if writes.is_empty() {
+        let keys = apply::verify(desired, before, before, &[]);
+        return Ok((
+            ApplyReport {
+                unchanged: keys.len(),
+                keys: Vec::new(),
+                writes: 0,
+                restarted: false,
+                replayed_commands: runner.replayed(),
+            },
+            None,
+        ));
+    }
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for w in &writes {
+        let cmd = config.dialect().set_param(&w.key, &w.value)?;
+        let done = runner
+            .run(cmd, timing.command_timeout, timing.queue_wait)
+            .await?;
+        let r = if done.state == CommandState::Succeeded {
+            Ok(())
+        } else {
+            Err(command_error(&done))
+        };
+        outcomes.push((w.key.clone(), r));
+    }
+    let written: Vec<_> = writes
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, (_, r))| r.is_ok())
+        .map(|(w, _)| w.clone())
+        .collect();
+    let do_restart = !written.is_empty()
+        && match restart {
+            RestartPolicy::Auto => apply::needs_restart(&written),
+            RestartPolicy::Always => true,
+            RestartPolicy::Never => false,
+        };
+    let mut failure = None;
+    let mut restarted = false;
+    let mut read_wait = timing.queue_wait;
+    if do_restart {
+        let done = runner
+            .run(
+                config.dialect().reboot()?,
+                timing.command_timeout,
+                timing.queue_wait,
+            )
+            .await?;
+        if done.state == CommandState::Succeeded {
+            restarted = true;
+            read_wait = timing.restart_wait;
+        } else {
+            failure = Some(format!("restart refused: {}", command_error(&done)));
+        }
+    }
+    let after = match config
+        .read(runner, imei, timing.command_timeout, read_wait)
+        .await
+    {
+        Ok(a) => Some(a),
+        Err(FleetError::Device(e)) => {
+            failure.get_or_insert(format!("read-back failed: {e}"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let keys = match &after {
+        Some(a) => apply::verify(desired, before, a, &outcomes),
+        None => desired
+            .keys()
+            .map(|k| {
+                let status = match outcomes.iter().find(|(key, _)| key == k) {
+                    Some((_, Err(_))) => KeyStatus::Failed,
+                    Some((_, Ok(()))) => KeyStatus::Mismatch,
+                    None => KeyStatus::Unchanged,
+                };
+                KeyResult::new(k, desired, before, None, status)
+            })
+            .collect(),
+    };
+    let bad: Vec<&KeyResult> = keys
+        .iter()
+        .filter(|k| matches!(k.status, KeyStatus::Failed | KeyStatus::Mismatch))
+        .collect();
+    if failure.is_none() && !bad.is_empty() {
+        let names: Vec<String> = bad
+            .iter()
+            .take(10)
+            .map(|k| {
+                format!(
+                    "{} {}",
+                    k.key,
+                    if k.status == KeyStatus::Failed {
+                        "rejected"
+                    } else {
+                        "not applied"
+                    }
+                )
+            })
+            .collect();
+        failure = Some(format!("{} key(s) failed: {}", bad.len(), names.join(", ")));
+    }
+    let unchanged = keys
+        .iter()
+        .filter(|k| k.status == KeyStatus::Unchanged)
+        .count();
+    let keys = keys
+        .into_iter()
+        .filter(|k| k.status != KeyStatus::Unchanged)
+        .collect();
+    Ok((
+        ApplyReport {
+            keys,
+            unchanged,
+            writes: writes.len(),
+            restarted,
+            replayed_commands: runner.replayed(),
+        },
+        failure,
+    ))
+}

@@ -1,0 +1,336 @@
+// Bulk jobs: included by `sqlite.rs` and `postgres.rs` after `common.rs`.
+
+use callhome_core::jobs::{ExecState, JobState};
+
+use crate::{JobDeviceFilter, JobDeviceRecord, JobFilter, JobProgress, JobRecord, Jobs, NewJob};
+
+macro_rules! job_cols {
+    () => {
+        "id, name, operation, target, rollout, restart, state, state_reason, total, current_wave, \
+         created_at, created_by, updated_at, finished_at, expires_at"
+    };
+}
+
+macro_rules! job_device_cols {
+    () => {
+        "job_id, imei, seq, wave, state, attempts, started_at, finished_at, error, result"
+    };
+}
+
+/// Rows per INSERT when a job's executions are created.
+const JOB_DEVICE_CHUNK: usize = 500;
+
+fn job_from_row(r: &DbRow) -> Result<JobRecord> {
+    Ok(JobRecord {
+        id: parse_col("jobs.id", &r.try_get::<String, _>("id")?, Uuid::from_str)?,
+        name: r.try_get("name")?,
+        operation: r.try_get("operation")?,
+        target: r.try_get("target")?,
+        rollout: r.try_get("rollout")?,
+        restart: r.try_get("restart")?,
+        state: parse_col("jobs.state", &r.try_get::<String, _>("state")?, JobState::parse)?,
+        state_reason: r.try_get("state_reason")?,
+        total: r.try_get("total")?,
+        current_wave: r.try_get("current_wave")?,
+        created_at: from_ms(r.try_get("created_at")?),
+        created_by: r.try_get("created_by")?,
+        updated_at: from_ms(r.try_get("updated_at")?),
+        finished_at: opt_from_ms(r.try_get("finished_at")?),
+        expires_at: from_ms(r.try_get("expires_at")?),
+    })
+}
+
+fn job_device_from_row(r: &DbRow) -> Result<JobDeviceRecord> {
+    Ok(JobDeviceRecord {
+        job_id: parse_col("job_devices.job_id", &r.try_get::<String, _>("job_id")?, Uuid::from_str)?,
+        imei: r.try_get("imei")?,
+        seq: r.try_get("seq")?,
+        wave: r.try_get("wave")?,
+        state: parse_col("job_devices.state", &r.try_get::<String, _>("state")?, ExecState::parse)?,
+        attempts: r.try_get("attempts")?,
+        started_at: opt_from_ms(r.try_get("started_at")?),
+        finished_at: opt_from_ms(r.try_get("finished_at")?),
+        error: r.try_get("error")?,
+        result: r.try_get("result")?,
+    })
+}
+
+#[async_trait]
+impl Jobs for SqlStore {
+    async fn create_job(&self, job: &NewJob) -> Result<JobRecord> {
+        let mut tx = self.pool.begin().await?;
+        let at = ms(job.created_at);
+        sqlx::query(
+            "INSERT INTO jobs (id, name, operation, target, rollout, restart, state, total, current_wave, created_at, created_by, updated_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 1, $8, $9, $8, $10)",
+        )
+        .bind(job.id.to_string())
+        .bind(job.name.as_deref())
+        .bind(&job.operation)
+        .bind(&job.target)
+        .bind(&job.rollout)
+        .bind(&job.restart)
+        .bind(i64::try_from(job.devices.len()).unwrap_or(i64::MAX))
+        .bind(at)
+        .bind(&job.created_by)
+        .bind(ms(job.expires_at))
+        .execute(&mut *tx)
+        .await?;
+        let id = job.id.to_string();
+        for (chunk_no, chunk) in job.devices.chunks(JOB_DEVICE_CHUNK).enumerate() {
+            let mut q = QueryBuilder::<Db>::new("INSERT INTO job_devices (job_id, imei, seq, wave, state) ");
+            q.push_values(chunk.iter().enumerate(), |mut b, (i, (imei, wave))| {
+                let seq = chunk_no * JOB_DEVICE_CHUNK + i;
+                b.push_bind(id.clone())
+                    .push_bind(imei.to_string())
+                    .push_bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                    .push_bind(i64::from(*wave))
+                    .push_bind("pending");
+            });
+            q.build().execute(&mut *tx).await.map_err(|e| match StoreError::from(e) {
+                StoreError::Conflict(_) => StoreError::Conflict("a device is listed twice in the job's targets".into()),
+                other => other,
+            })?;
+        }
+        tx.commit().await?;
+        self.get_job(job.id).await
+    }
+
+    async fn get_job(&self, id: Uuid) -> Result<JobRecord> {
+        let row = sqlx::query(concat!("SELECT ", job_cols!(), " FROM jobs WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
+        job_from_row(&row)
+    }
+
+    async fn list_jobs(&self, f: &JobFilter) -> Result<Page<JobRecord>> {
+        let limit = f.limit.clamp(1, 1000);
+        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", job_cols!(), " FROM jobs WHERE 1 = 1"));
+        if !f.states.is_empty() {
+            q.push(" AND state IN (");
+            let mut sep = q.separated(", ");
+            for s in &f.states {
+                sep.push_bind(s.as_str());
+            }
+            q.push(")");
+        }
+        if let Some(before) = f.before {
+            q.push(" AND id < ").push_bind(before.to_string());
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|j| j.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ", job_cols!(), " FROM jobs WHERE state IN ('running', 'paused') ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn set_job_state(
+        &self,
+        id: Uuid,
+        from: &[JobState],
+        to: JobState,
+        reason: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<JobRecord> {
+        let mut q = QueryBuilder::<Db>::new("UPDATE jobs SET state = ");
+        q.push_bind(to.as_str())
+            .push(", state_reason = ")
+            .push_bind(reason.map(str::to_owned))
+            .push(", updated_at = ")
+            .push_bind(ms(at));
+        if to.is_final() {
+            q.push(", finished_at = ").push_bind(ms(at));
+        }
+        q.push(" WHERE id = ").push_bind(id.to_string()).push(" AND state IN (");
+        let mut sep = q.separated(", ");
+        for s in from {
+            sep.push_bind(s.as_str());
+        }
+        q.push(")");
+        let done = q.build().execute(&self.pool).await?;
+        let job = self.get_job(id).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("job {id} is {}", job.state.as_str())));
+        }
+        Ok(job)
+    }
+
+    async fn set_job_wave(&self, id: Uuid, wave: i64) -> Result<()> {
+        sqlx::query("UPDATE jobs SET current_wave = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(wave)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn job_progress(&self, id: Uuid) -> Result<JobProgress> {
+        let rows = sqlx::query("SELECT wave, state, COUNT(*) AS n FROM job_devices WHERE job_id = $1 GROUP BY wave, state")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut p = JobProgress::default();
+        for r in &rows {
+            let wave: i64 = r.try_get("wave")?;
+            let n: i64 = r.try_get("n")?;
+            let state = parse_col("job_devices.state", &r.try_get::<String, _>("state")?, ExecState::parse)?;
+            p.total += n;
+            match state {
+                ExecState::Pending => p.pending += n,
+                ExecState::InProgress => p.in_progress += n,
+                ExecState::Succeeded => p.succeeded += n,
+                ExecState::Failed => p.failed += n,
+                ExecState::Cancelled => p.cancelled += n,
+                ExecState::Expired => p.expired += n,
+            }
+            let w = usize::try_from(wave.max(1) - 1).unwrap_or(0);
+            if p.waves.len() <= w {
+                p.waves.resize(w + 1, (0, 0));
+            }
+            p.waves[w].0 += n;
+            if state.is_final() {
+                p.waves[w].1 += n;
+            }
+        }
+        Ok(p)
+    }
+
+    async fn next_job_devices(&self, id: Uuid, max_wave: i64, limit: u32) -> Result<Vec<Imei>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT jd.imei FROM job_devices jd JOIN devices d ON d.imei = jd.imei \
+             WHERE jd.job_id = $1 AND jd.state = 'pending' AND jd.wave <= $2 AND d.online = $3 AND d.disabled = $4 \
+             ORDER BY jd.seq LIMIT $5",
+        )
+        .bind(id.to_string())
+        .bind(max_wave)
+        .bind(true)
+        .bind(false)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|s| parse_col("job_devices.imei", s, Imei::parse))
+            .collect()
+    }
+
+    async fn start_job_device(&self, id: Uuid, imei: &Imei, at: OffsetDateTime) -> Result<JobDeviceRecord> {
+        let done = sqlx::query(
+            "UPDATE job_devices SET state = 'in_progress', attempts = attempts + 1, started_at = $3 \
+             WHERE job_id = $1 AND imei = $2 AND state = 'pending'",
+        )
+        .bind(id.to_string())
+        .bind(imei.as_str())
+        .bind(ms(at))
+        .execute(&self.pool)
+        .await?;
+        let rec = self.get_job_device(id, imei).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "execution of job {id} on {imei} is {}",
+                rec.state.as_str()
+            )));
+        }
+        Ok(rec)
+    }
+
+    async fn finish_job_device(
+        &self,
+        id: Uuid,
+        imei: &Imei,
+        state: ExecState,
+        error: Option<&str>,
+        result: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<JobDeviceRecord> {
+        let done = sqlx::query(
+            "UPDATE job_devices SET state = $3, error = $4, result = $5, finished_at = $6 \
+             WHERE job_id = $1 AND imei = $2 AND state = 'in_progress'",
+        )
+        .bind(id.to_string())
+        .bind(imei.as_str())
+        .bind(state.as_str())
+        .bind(error)
+        .bind(result)
+        .bind(ms(at))
+        .execute(&self.pool)
+        .await?;
+        let rec = self.get_job_device(id, imei).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "execution of job {id} on {imei} is {}",
+                rec.state.as_str()
+            )));
+        }
+        Ok(rec)
+    }
+
+    async fn in_progress_job_devices(&self, id: Uuid) -> Result<Vec<JobDeviceRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ", job_device_cols!(), " FROM job_devices WHERE job_id = $1 AND state = 'in_progress' ORDER BY seq"
+        ))
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_device_from_row).collect()
+    }
+
+    async fn close_pending_job_devices(&self, id: Uuid, state: ExecState, at: OffsetDateTime) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE job_devices SET state = $2, finished_at = $3 WHERE job_id = $1 AND state = 'pending'",
+        )
+        .bind(id.to_string())
+        .bind(state.as_str())
+        .bind(ms(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_job_devices(&self, f: &JobDeviceFilter) -> Result<Page<JobDeviceRecord>> {
+        let limit = f.limit.clamp(1, 1000);
+        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", job_device_cols!(), " FROM job_devices WHERE job_id = "));
+        q.push_bind(f.job_id.to_string());
+        if let Some(s) = f.state {
+            q.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(after) = f.after_seq {
+            q.push(" AND seq > ").push_bind(after);
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let mut items = rows.iter().map(job_device_from_row).collect::<Result<Vec<_>>>()?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|d| d.seq.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn get_job_device(&self, id: Uuid, imei: &Imei) -> Result<JobDeviceRecord> {
+        let row = sqlx::query(concat!("SELECT ", job_device_cols!(), " FROM job_devices WHERE job_id = $1 AND imei = $2"))
+            .bind(id.to_string())
+            .bind(imei.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("device {imei} in job {id}")))?;
+        job_device_from_row(&row)
+    }
+}
