@@ -16,6 +16,11 @@ pub const FIRMWARE_VERSION: &str = "11.0.3-sim";
 /// - `AT^MTXTUNNEL=VERSION` → `MTX-Tunnel v<version>` + `OK`; `GETPARAM,<k>` →
 ///   `<k>: <value>` + `OK` (`ERROR` for an unknown key); `SETPARAM,<k>,<v>` stores it,
 ///   `OK`; `GETCONFIG` → every `KEY: value` line + `OK`.
+/// - `AT^MTXTUNNEL=REBOOT` (the reboot template of [`dialect::Dialect::mtx`], no
+///   arguments) → `OK`. Rebooting is up to the caller: a running modem sees the
+///   command with [`is_reboot`], drops its connection once the reply is written and
+///   comes back after its reboot delay with its configuration re-read (see
+///   [`crate::SimModem`]). `SETPARAM` changes survive it.
 /// - Anything else → `ERROR`, including `TEMPORALCLIENT`: it opens a socket, so a
 ///   running modem handles it itself before calling this (see [`crate::tunnel`]).
 pub fn answer(command: &str, imei: &str, config: &mut ModemConfig, csq: u8) -> String {
@@ -49,8 +54,14 @@ pub fn answer(command: &str, imei: &str, config: &mut ModemConfig, csq: u8) -> S
             ok(&[])
         }
         Some(MtxCommand::GetConfig) => ok(&config.render_lines(imei)),
+        Some(ref c) if is_reboot(c) => ok(&[]),
         _ => error(),
     }
+}
+
+/// Whether `command` is the reboot command: `AT^MTXTUNNEL=REBOOT` without arguments.
+pub fn is_reboot(command: &MtxCommand) -> bool {
+    matches!(command, MtxCommand::Other { verb, args } if verb == "REBOOT" && args.is_empty())
 }
 
 #[cfg(test)]
@@ -123,6 +134,12 @@ mod tests {
             ),
             "ERROR"
         );
-        assert_eq!(run(d.reboot().unwrap().as_str(), &mut c), "ERROR");
+        assert_eq!(run(d.reboot().unwrap().as_str(), &mut c), "OK");
+        assert_eq!(run("at^mtxtunnel = reboot", &mut c), "OK");
+        assert_eq!(run("AT^MTXTUNNEL=REBOOT,now", &mut c), "ERROR");
+        assert_eq!(run("AT^MTXTUNNEL=FWUPDATE", &mut c), "ERROR");
+        // SETPARAM changes are kept (the modem's Config.txt).
+        let r = run("AT^MTXTUNNEL=GETPARAM,GPRS_apn", &mut c);
+        assert_eq!(parse_getparam_reply(&r, "GPRS_apn").unwrap(), "x.apn");
     }
 }

@@ -19,8 +19,10 @@ pub struct Counters {
     pub reconnects: AtomicU64,
     /// Connection attempts that failed (TCP, TLS, CONNACK refused, timeout).
     pub connect_failures: AtomicU64,
-    /// Established connections that ended (error, drop switch, broker close).
+    /// Established connections that ended (error, drop switch, broker close, reboot).
     pub disconnects: AtomicU64,
+    /// Reboots (a reboot command answered `OK`, the connection dropped for it).
+    pub reboots: AtomicU64,
     /// Commands received on command topics.
     pub commands_received: AtomicU64,
     /// Replies handed to the MQTT client (OK and error answers alike).
@@ -74,6 +76,8 @@ pub struct CounterSnapshot {
     pub connect_failures: u64,
     /// See [`Counters::disconnects`].
     pub disconnects: u64,
+    /// See [`Counters::reboots`].
+    pub reboots: u64,
     /// See [`Counters::commands_received`].
     pub commands_received: u64,
     /// See [`Counters::replies_sent`].
@@ -132,6 +136,7 @@ impl Counters {
             reconnects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
+            reboots: AtomicU64::new(0),
             commands_received: AtomicU64::new(0),
             replies_sent: AtomicU64::new(0),
             error_replies: AtomicU64::new(0),
@@ -206,6 +211,7 @@ impl Counters {
             reconnects: self.reconnects.load(Relaxed),
             connect_failures: self.connect_failures.load(Relaxed),
             disconnects: self.disconnects.load(Relaxed),
+            reboots: self.reboots.load(Relaxed),
             commands_received: self.commands_received.load(Relaxed),
             replies_sent: self.replies_sent.load(Relaxed),
             error_replies: self.error_replies.load(Relaxed),

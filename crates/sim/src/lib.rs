@@ -30,6 +30,11 @@
 //!   `host:port` (server name `host`), sends its `MTX_IDClient` value and relays bytes
 //!   to and from its serial side until the platform closes, `<timeout>` seconds pass
 //!   without traffic, or the modem stops. See [`tunnel`].
+//! - `AT^MTXTUNNEL=REBOOT` is answered `OK`; about 100 ms later the modem drops its
+//!   connection without DISCONNECT, stays offline for `ModemSettings::reboot_delay`
+//!   (1 s by default) and connects again without backoff, with its topics, keep-alive
+//!   and `DNS_period` read again from its Config.txt (`SETPARAM` changes survive; they
+//!   take effect from this boot on).
 //!
 //! # Scale
 //!

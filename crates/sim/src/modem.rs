@@ -8,6 +8,13 @@
 //! `AT^MTXTUNNEL=TEMPORALCLIENT` is handled here rather than in [`crate::answer`]: the
 //! modem answers `OK` and spawns the tunnel ([`crate::tunnel`]) as a task of its own,
 //! which outlives MQTT reconnections and ends at the latest when the modem stops.
+//!
+//! The reboot command (`AT^MTXTUNNEL=REBOOT`) is answered `OK` by [`crate::answer`];
+//! the modem then drops its connection without DISCONNECT shortly after (so the reply
+//! is written first), closes its tunnel, stays offline for
+//! [`ModemSettings::reboot_delay`] and connects again (no backoff), re-reading its
+//! Config.txt as a booting modem does: topics and keep-alive as they are after any
+//! `SETPARAM` (which survive the reboot).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -27,7 +34,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::answer::{FIRMWARE_VERSION, answer};
+use crate::answer::{FIRMWARE_VERSION, answer, is_reboot};
 use crate::config::{MasterConfig, ModemConfig};
 use crate::counters::Counters;
 use crate::tls::{Credentials, TlsBase};
@@ -45,6 +52,9 @@ const MAX_INFLIGHT: u16 = 8;
 const MAX_PACKET: usize = 64 * 1024;
 /// How long a stopping modem waits for its tunnel to close.
 const TUNNEL_STOP_WAIT: Duration = Duration::from_secs(3);
+/// Time between handing the reply to a reboot command to the MQTT client and dropping
+/// the connection: enough for the reply to be written.
+const REBOOT_FLUSH: Duration = Duration::from_millis(100);
 
 /// Jittered exponential backoff between connection attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +115,9 @@ pub struct ModemSettings {
     /// acknowledged, so each command round trip waits for the broker's delayed ACK
     /// (about 40 ms on Linux).
     pub tcp_nodelay: bool,
+    /// How long a modem stays offline when it reboots (after answering the reboot
+    /// command and dropping its connection) before it connects again; 1 s by default.
+    pub reboot_delay: Duration,
 }
 
 impl ModemSettings {
@@ -120,6 +133,7 @@ impl ModemSettings {
             keep_alive: None,
             serial: SerialSide::default(),
             tcp_nodelay: false,
+            reboot_delay: Duration::from_secs(1),
         }
     }
 }
@@ -326,16 +340,59 @@ struct Modem {
     settings: Arc<ModemSettings>,
     counters: Arc<Counters>,
     gate: Option<Arc<Semaphore>>,
-    command_topic: String,
-    reply_topic: String,
-    status_topic: String,
+    boot: BootConfig,
     started: Instant,
     ever_connected: bool,
     control_open: bool,
     tunnel_tls: Option<Arc<ClientConfig>>,
     serial: SerialSide,
-    tunnel: Option<JoinHandle<()>>,
+    tunnel: Option<Tunnel>,
     tunnel_cancel: CancellationToken,
+}
+
+/// A running TEMPORALCLIENT tunnel.
+struct Tunnel {
+    task: JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+/// What a modem reads from its Config.txt when it boots: changed with `SETPARAM`, these
+/// take effect at the next reboot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BootConfig {
+    /// `MQTT_attopic1` (`{IMEI}/AT` when empty).
+    command_topic: String,
+    /// `MQTT_atrtopic` (`{IMEI}/ATR` when empty).
+    reply_topic: String,
+    /// `DNS_mqttTopic` (`{IMEI}/dns` when empty).
+    status_topic: String,
+    /// [`ModemSettings::keep_alive`], else `MQTT_keepalive` (5-65535 s), else 300 s.
+    keep_alive: Duration,
+}
+
+impl BootConfig {
+    fn read(config: &ModemConfig, imei: &Imei, settings: &ModemSettings) -> Self {
+        let topic = |key: &str, default: &str| {
+            config
+                .get(key, imei.as_str())
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| format!("{imei}/{default}"))
+        };
+        let keep_alive = settings.keep_alive.unwrap_or_else(|| {
+            let secs = config
+                .get("MQTT_keepalive", imei.as_str())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|s| (5..=65_535).contains(s))
+                .unwrap_or(300);
+            Duration::from_secs(secs)
+        });
+        Self {
+            command_topic: topic("MQTT_attopic1", "AT"),
+            reply_topic: topic("MQTT_atrtopic", "ATR"),
+            status_topic: topic("DNS_mqttTopic", "dns"),
+            keep_alive,
+        }
+    }
 }
 
 /// The state of one connection.
@@ -345,6 +402,7 @@ struct Session {
     next_status: Option<Instant>,
     drop_at: Option<Instant>,
     delayed: VecDeque<(Instant, String)>,
+    reboot_at: Option<Instant>,
     armed: Option<Instant>,
 }
 
@@ -354,6 +412,7 @@ impl Session {
             self.next_status,
             self.drop_at,
             self.delayed.front().map(|(t, _)| *t),
+            self.reboot_at,
         ]
         .into_iter()
         .flatten()
@@ -369,6 +428,18 @@ enum Outcome {
     Failed,
     /// An established connection ended.
     Ended,
+    /// The modem dropped its connection to reboot.
+    Reboot,
+}
+
+/// What to do when a timer fires.
+enum TimerAction {
+    /// Nothing more.
+    Continue,
+    /// Drop the connection (the drop-after switch).
+    Drop,
+    /// Drop the connection and reboot.
+    Reboot,
 }
 
 type Cancelled = Pin<Box<WaitForCancellationFutureOwned>>;
@@ -396,18 +467,10 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
         },
     };
     let config = ModemConfig::new(settings.master.clone());
-    let topic = |key: &str, default: &str| {
-        config
-            .get(key, imei.as_str())
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| format!("{imei}/{default}"))
-    };
     let tunnel_tls = tunnel_tls.or_else(|| tls.clone());
     let serial = serial.unwrap_or_else(|| settings.serial.clone());
     let mut m = Modem {
-        command_topic: topic("MQTT_attopic1", "AT"),
-        reply_topic: topic("MQTT_atrtopic", "ATR"),
-        status_topic: topic("DNS_mqttTopic", "dns"),
+        boot: BootConfig::read(&config, &imei, &settings),
         imei,
         config,
         behaviour,
@@ -437,7 +500,7 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
     drive(&mut m, &client, &mut eventloop, &mut control, cancel).await;
     m.tunnel_cancel.cancel();
     if let Some(t) = m.tunnel.take() {
-        let _ = tokio::time::timeout(TUNNEL_STOP_WAIT, t).await;
+        let _ = tokio::time::timeout(TUNNEL_STOP_WAIT, t.task).await;
     }
 }
 
@@ -476,13 +539,24 @@ async fn drive(
                 permit,
             )
             .await;
-        match outcome {
+        let wake = match outcome {
             Outcome::Stop => return,
-            Outcome::Ended => attempt = 0,
-            Outcome::Failed => {}
-        }
-        let wake = Instant::now() + m.settings.backoff.delay(attempt);
-        attempt = attempt.saturating_add(1);
+            Outcome::Reboot => {
+                // Offline for the reboot, then a fresh start: no backoff, and the
+                // Config.txt read again (nothing can change it while offline).
+                attempt = 0;
+                m.reboot(eventloop);
+                Instant::now() + m.settings.reboot_delay
+            }
+            Outcome::Ended | Outcome::Failed => {
+                if matches!(outcome, Outcome::Ended) {
+                    attempt = 0;
+                }
+                let wake = Instant::now() + m.settings.backoff.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                wake
+            }
+        };
         timer.as_mut().reset(wake);
         loop {
             tokio::select! {
@@ -504,16 +578,7 @@ impl Modem {
             self.settings.host.clone(),
             self.settings.port,
         );
-        let keep_alive = self.settings.keep_alive.unwrap_or_else(|| {
-            let secs = self
-                .config
-                .get("MQTT_keepalive", self.imei.as_str())
-                .and_then(|v| v.parse::<u64>().ok())
-                .filter(|s| (5..=65_535).contains(s))
-                .unwrap_or(300);
-            Duration::from_secs(secs)
-        });
-        o.set_keep_alive(keep_alive)
+        o.set_keep_alive(self.boot.keep_alive)
             .set_clean_session(true)
             .set_inflight(MAX_INFLIGHT)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
@@ -523,6 +588,19 @@ impl Modem {
             ));
         }
         o
+    }
+
+    /// Boots again after the connection was dropped for a reboot: forgets what was
+    /// waiting to be sent, closes the tunnel, re-reads the Config.txt.
+    fn reboot(&mut self, eventloop: &mut EventLoop) {
+        Counters::add(&self.counters.reboots);
+        eventloop.pending.clear();
+        if let Some(t) = self.tunnel.take() {
+            t.cancel.cancel();
+        }
+        self.boot = BootConfig::read(&self.config, &self.imei, &self.settings);
+        eventloop.mqtt_options.set_keep_alive(self.boot.keep_alive);
+        tracing::debug!(imei = %self.imei, delay = ?self.settings.reboot_delay, "rebooting");
     }
 
     /// Handles a control message while not connected; `true` to stop.
@@ -582,21 +660,26 @@ impl Modem {
                 },
                 () = timer.as_mut(), if deadline.is_some() => {
                     s.armed = None;
-                    if self.on_timer(client, &mut s) {
-                        return self.drop_connection(eventloop, &s);
+                    match self.on_timer(client, &mut s) {
+                        TimerAction::Continue => {}
+                        TimerAction::Drop => return self.drop_connection(eventloop, &s),
+                        TimerAction::Reboot => {
+                            self.drop_connection(eventloop, &s);
+                            return Outcome::Reboot;
+                        }
                     }
                 }
                 ev = eventloop.poll() => match ev {
                     Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                         permit.take();
-                        if client.try_subscribe(self.command_topic.clone(), QoS::AtLeastOnce).is_err() {
+                        if client.try_subscribe(self.boot.command_topic.clone(), QoS::AtLeastOnce).is_err() {
                             tracing::warn!(imei = %self.imei, "cannot queue SUBSCRIBE");
                             return self.drop_connection(eventloop, &s);
                         }
                     }
                     Ok(Event::Incoming(Incoming::SubAck(ack))) => {
                         if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
-                            tracing::warn!(imei = %self.imei, topic = %self.command_topic, "subscription refused");
+                            tracing::warn!(imei = %self.imei, topic = %self.boot.command_topic, "subscription refused");
                             Counters::add(&self.counters.connect_failures);
                             eventloop.clean();
                             return Outcome::Failed;
@@ -613,7 +696,7 @@ impl Modem {
                         }
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        if p.topic == self.command_topic && self.on_command(client, &mut s, &p.payload) {
+                        if p.topic == self.boot.command_topic && self.on_command(client, &mut s, &p.payload) {
                             return self.drop_connection(eventloop, &s);
                         }
                     }
@@ -688,7 +771,11 @@ impl Modem {
                         port,
                         timeout_secs,
                     }) => self.temporal_client(host, port, timeout_secs),
-                    _ => {
+                    parsed => {
+                        if parsed.as_ref().is_some_and(is_reboot) && s.reboot_at.is_none() {
+                            s.reboot_at =
+                                Some(Instant::now() + self.behaviour.reply_delay + REBOOT_FLUSH);
+                        }
                         let csq = self.csq();
                         answer(&text, self.imei.as_str(), &mut self.config, csq)
                     }
@@ -709,7 +796,7 @@ impl Modem {
     /// Starts a TEMPORALCLIENT tunnel; the reply: `OK`, or `ERROR` while another one is
     /// in progress.
     fn temporal_client(&mut self, host: String, port: u16, timeout_secs: u32) -> String {
-        if self.tunnel.as_ref().is_some_and(|t| !t.is_finished()) {
+        if self.tunnel.as_ref().is_some_and(|t| !t.task.is_finished()) {
             Counters::add(&self.counters.tunnels_busy);
             return dialect::format_reply::<&str>(&[], &FinalResult::Error);
         }
@@ -727,17 +814,18 @@ impl Modem {
             connect_timeout: self.settings.connect_timeout,
             counters: self.counters.clone(),
         };
-        self.tunnel = Some(tokio::spawn(tunnel::run(
-            request,
-            self.tunnel_cancel.child_token(),
-        )));
+        let cancel = self.tunnel_cancel.child_token();
+        self.tunnel = Some(Tunnel {
+            task: tokio::spawn(tunnel::run(request, cancel.clone())),
+            cancel,
+        });
         dialect::format_reply::<&str>(&[], &FinalResult::Ok)
     }
 
     fn publish_reply(&self, client: &AsyncClient, reply: String) {
         let is_error = FinalResult::classify(&reply).is_error();
         match client.try_publish(
-            self.reply_topic.clone(),
+            self.boot.reply_topic.clone(),
             QoS::AtLeastOnce,
             false,
             reply.into_bytes(),
@@ -752,22 +840,25 @@ impl Modem {
         }
     }
 
-    /// Handles due timers; `true` to drop the connection.
-    fn on_timer(&mut self, client: &AsyncClient, s: &mut Session) -> bool {
+    /// Handles due timers.
+    fn on_timer(&mut self, client: &AsyncClient, s: &mut Session) -> TimerAction {
         let now = Instant::now();
         if s.drop_at.is_some_and(|t| t <= now) {
-            return true;
+            return TimerAction::Drop;
         }
         while s.delayed.front().is_some_and(|(t, _)| *t <= now) {
             if let Some((_, reply)) = s.delayed.pop_front() {
                 self.publish_reply(client, reply);
             }
         }
+        if s.reboot_at.is_some_and(|t| t <= now) {
+            return TimerAction::Reboot;
+        }
         if s.next_status.is_some_and(|t| t <= now) {
             self.publish_status(client);
             s.next_status = self.status_period().map(|p| now + p);
         }
-        false
+        TimerAction::Continue
     }
 
     fn publish_status(&self, client: &AsyncClient) {
@@ -786,7 +877,7 @@ impl Modem {
             "uptime": self.started.elapsed().as_secs(),
         });
         match client.try_publish(
-            self.status_topic.clone(),
+            self.boot.status_topic.clone(),
             QoS::AtLeastOnce,
             false,
             body.to_string().into_bytes(),
@@ -831,6 +922,45 @@ impl Modem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_config_reads_topics_and_keep_alive() {
+        let imei = Imei::parse("490154203237518").unwrap();
+        let mut settings = ModemSettings::new("127.0.0.1", 1883, false);
+        let mut config = ModemConfig::new(settings.master.clone());
+        let boot = |config: &ModemConfig, settings: &ModemSettings| {
+            BootConfig::read(config, &imei, settings)
+        };
+        let expected = |command: &str, reply: &str, status: &str, keep_alive: u64| BootConfig {
+            command_topic: command.into(),
+            reply_topic: reply.into(),
+            status_topic: status.into(),
+            keep_alive: Duration::from_secs(keep_alive),
+        };
+        let defaults = expected(
+            "490154203237518/AT",
+            "490154203237518/ATR",
+            "490154203237518/dns",
+            300,
+        );
+        assert_eq!(boot(&config, &settings), defaults);
+
+        config.set("MQTT_atrtopic", "replies/[IMEI]");
+        config.set("MQTT_attopic1", "");
+        config.set("DNS_mqttTopic", "DNS");
+        config.set("MQTT_keepalive", " 60 ");
+        let changed = expected("490154203237518/AT", "replies/490154203237518", "DNS", 60);
+        assert_eq!(boot(&config, &settings), changed);
+
+        // Out of range: the default; the settings' keep-alive wins over the file.
+        config.set("MQTT_keepalive", "1");
+        assert_eq!(
+            boot(&config, &settings).keep_alive,
+            Duration::from_secs(300)
+        );
+        settings.keep_alive = Some(Duration::from_secs(7));
+        assert_eq!(boot(&config, &settings).keep_alive, Duration::from_secs(7));
+    }
 
     #[test]
     fn backoff_grows_jitters_and_caps() {

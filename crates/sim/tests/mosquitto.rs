@@ -505,3 +505,105 @@ async fn mutual_tls_fleet_through_a_tls_proxy() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn reboot_answers_ok_drops_and_comes_back_with_its_config() {
+    let (host, port) = broker();
+    let imei = Imei::from_body(&random_body()).unwrap();
+    let mut s = settings(&host, port, false);
+    // A failure backoff far longer than the test: the reconnection after a reboot
+    // must not wait for it.
+    s.backoff = Backoff {
+        initial: Duration::from_secs(20),
+        max: Duration::from_secs(30),
+    };
+    s.reboot_delay = Duration::from_millis(700);
+    let modem = SimModem::new(imei.clone(), Transport::Plain, Arc::new(s));
+    let counters = modem.counters().clone();
+    let cancel = CancellationToken::new();
+    let (_handle, _task) = modem.spawn(cancel.clone());
+    wait(|| counters.snapshot().connected == 1, "modem connected").await;
+
+    let new_replies = format!("{imei}/replies");
+    let status_topic = format!("{imei}/dns");
+    let mut probe = Probe::new(&[reply_topic(&imei), new_replies.clone(), status_topic]).await;
+    for (key, value) in [
+        ("GPRS_apn", "rebooted.apn"),
+        ("MQTT_atrtopic", new_replies.as_str()),
+        ("DNS_period", "600"),
+    ] {
+        let cmd = format!("AT^MTXTUNNEL=SETPARAM,{key},{value}");
+        assert_eq!(probe.ask(&imei, &cmd).await.unwrap(), "OK", "{cmd}");
+    }
+    // Topics are read at boot: replies still come on the old topic.
+    assert_eq!(probe.ask(&imei, "AT").await.unwrap(), "OK");
+
+    let reboot = callhome_core::dialect::Dialect::mtx().reboot().unwrap();
+    probe.command(&imei, reboot.as_str()).await;
+    let sent = std::time::Instant::now();
+    assert_eq!(
+        probe
+            .next_on(&reply_topic(&imei), Duration::from_secs(5))
+            .await
+            .unwrap(),
+        "OK"
+    );
+    wait(
+        || counters.snapshot().connected == 0,
+        "dropped for the reboot",
+    )
+    .await;
+    let c = counters.snapshot();
+    assert_eq!((c.reboots, c.disconnects, c.reconnects), (1, 1, 0));
+    wait(
+        || counters.snapshot().connected == 1,
+        "back after the reboot",
+    )
+    .await;
+    let back = sent.elapsed();
+    assert!(back >= Duration::from_millis(700), "{back:?}");
+    assert!(
+        back < Duration::from_secs(10),
+        "no failure backoff: {back:?}"
+    );
+    assert_eq!(counters.snapshot().reconnects, 1);
+
+    // A status message on connecting, then none: DNS_period is now 600 s (the test
+    // master sends one every second).
+    let status_topic = format!("{imei}/dns");
+    let _ = probe
+        .next_on(&status_topic, Duration::from_secs(2))
+        .await
+        .expect("status on connect");
+    assert_eq!(
+        probe
+            .next_on(&status_topic, Duration::from_millis(1500))
+            .await,
+        None
+    );
+    // The reply topic and the other SETPARAMs survived the reboot.
+    probe.command(&imei, "AT^MTXTUNNEL=GETCONFIG").await;
+    let cfg = probe
+        .next_on(&new_replies, Duration::from_secs(5))
+        .await
+        .expect("GETCONFIG reply on the new reply topic");
+    assert!(cfg.contains("GPRS_apn: rebooted.apn\r\n"), "{cfg}");
+    assert!(cfg.contains("DNS_period: 600\r\n"), "{cfg}");
+    assert!(cfg.ends_with("\r\n\r\nOK"), "{cfg}");
+    cancel.cancel();
+    wait(|| counters.snapshot().connected == 0, "stopped").await;
+}
+
+#[tokio::test]
+async fn an_erroring_modem_does_not_reboot() {
+    let (imei, _h, counters, cancel) = start_plain(Behaviour::error()).await;
+    let mut probe = Probe::new(&[reply_topic(&imei)]).await;
+    assert_eq!(
+        probe.ask(&imei, "AT^MTXTUNNEL=REBOOT").await.unwrap(),
+        "ERROR"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = counters.snapshot();
+    assert_eq!((c.reboots, c.disconnects, c.connected), (0, 0, 1));
+    cancel.cancel();
+}

@@ -106,6 +106,10 @@ pub struct FleetArgs {
     /// the server's delayed ACK (about 40 ms): the modem's reply waits behind its PUBACK.
     #[arg(long)]
     pub modem_nagle: bool,
+    /// How long a simulated modem stays offline after answering the reboot command
+    /// before it connects again, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub reboot_delay_ms: u64,
     /// The server's log filter (`info` is what `callhome serve` runs with by default;
     /// its log goes to a file in the cache directory).
     #[arg(long, value_name = "FILTER", default_value = "info")]
@@ -1022,6 +1026,7 @@ fn modem_settings(host: &str, port: u16, tls: bool, args: &FleetArgs) -> ModemSe
     ));
     s.status_on_connect = !args.no_connect_status;
     s.tcp_nodelay = !args.modem_nagle;
+    s.reboot_delay = Duration::from_millis(args.reboot_delay_ms);
     s
 }
 

@@ -81,6 +81,10 @@ pub struct SimArgs {
     /// The misbehaving modems drop each connection this many seconds after it is made.
     #[arg(long, value_name = "S")]
     pub drop_after: Option<u64>,
+    /// How long a modem stays offline after answering the reboot command
+    /// (AT^MTXTUNNEL=REBOOT) before it connects again, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub reboot_delay_ms: u64,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "S")]
     pub duration: Option<u64>,
@@ -238,6 +242,7 @@ pub(super) async fn run(args: SimArgs, global_mqtt: Option<SocketAddr>) -> anyho
         Some(args.status_period),
     ));
     settings.serial = serial.clone();
+    settings.reboot_delay = Duration::from_millis(args.reboot_delay_ms);
     let mut config = FleetConfig::new(&args.first_imei, imeis.len(), settings);
     config.connect_concurrency = args.connect_concurrency;
     config.misbehaviour = misbehaviour;
@@ -281,8 +286,8 @@ pub(super) async fn run(args: SimArgs, global_mqtt: Option<SocketAddr>) -> anyho
                 } else {
                     bar.tick();
                     bar.set_message(format!(
-                        "connected {}  replies {}  status {}  reconnects {}  tunnels {}/{}",
-                        c.connected, c.replies_sent, c.status_sent, c.reconnects,
+                        "connected {}  replies {}  status {}  reconnects {}  reboots {}  tunnels {}/{}",
+                        c.connected, c.replies_sent, c.status_sent, c.reconnects, c.reboots,
                         c.tunnels_active, c.tunnels_opened
                     ));
                 }
@@ -336,6 +341,7 @@ fn print_summary(counters: &Counters, c: &CounterSnapshot, elapsed: Duration) {
     }
     line("connect failures:", c.connect_failures.to_string());
     line("reconnects:", c.reconnects.to_string());
+    line("reboots:", c.reboots.to_string());
     line("commands received:", c.commands_received.to_string());
     line(
         "replies sent:",
