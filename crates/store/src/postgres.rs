@@ -18,6 +18,9 @@ async fn connect(url: &str, options: &OpenOptions) -> Result<Pool<Db>> {
         .await?)
 }
 
+/// Write transactions (plain `BEGIN` on PostgreSQL).
+const BEGIN_WRITE: &str = "BEGIN";
+
 include!("sql/common.rs");
 include!("sql/gateway.rs");
 include!("sql/sessions.rs");

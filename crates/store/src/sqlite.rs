@@ -23,6 +23,10 @@ async fn connect(url: &str, options: &OpenOptions) -> Result<Pool<Db>> {
         .await?)
 }
 
+/// Write transactions take the write lock at once: a deferred one that reads first and
+/// then writes can fail with SQLITE_BUSY when another writer got in between.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
 include!("sql/common.rs");
 include!("sql/gateway.rs");
 include!("sql/sessions.rs");

@@ -411,8 +411,9 @@ pub async fn apply_config(
     let req: ApplyRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ApplyRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<ApplyRequest>>(&body)
             .map_err(|e| callhome_core::ValidationError::new("body", e.to_string()))?
+            .unwrap_or_default()
     };
     // Refuse now what would fail on the device anyway.
     let eff = state.config.desired(&imei).await?.compose(&imei)?;

@@ -67,11 +67,19 @@ impl TestApp {
         }
     }
 
-    /// Stops the server and starts it again on the same data directory and database.
+    /// Stops the server and starts it again on the same data directory, database and
+    /// ports (so that modems reconnect to it).
     pub async fn restart(&mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await.expect("clean shutdown");
         }
+        self.settings.http = self
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("bound address");
+        self.settings.mqtt = self.mqtt;
+        self.settings.tunnel = self.tunnel;
         let server = server::start(&self.settings)
             .await
             .expect("server restarts");

@@ -7,6 +7,7 @@ mod config;
 mod devices;
 mod gateway;
 mod helpers;
+mod jobs;
 mod modem;
 mod sessions;
 mod sim_sessions;

@@ -18,6 +18,17 @@ pub(crate) async fn start_fleet(
     first_body: &str,
     count: usize,
 ) -> (Fleet, Vec<callhome_core::Imei>, tempfile::TempDir) {
+    start_fleet_with(app, token, first_body, count, |_| {}).await
+}
+
+/// [`start_fleet`] with the fleet's configuration adjusted by `tweak`.
+pub(crate) async fn start_fleet_with(
+    app: &TestApp,
+    token: &str,
+    first_body: &str,
+    count: usize,
+    tweak: impl FnOnce(&mut FleetConfig),
+) -> (Fleet, Vec<callhome_core::Imei>, tempfile::TempDir) {
     callhome_sim::install_crypto_provider();
     let imeis = callhome_sim::fleet_imeis(first_body, count).unwrap();
     let cache = tempfile::tempdir().unwrap();
@@ -27,6 +38,7 @@ pub(crate) async fn start_fleet(
     let settings = ModemSettings::new("localhost", app.mqtt.port(), true);
     let mut cfg = FleetConfig::new(first_body, count, settings);
     cfg.connect_concurrency = 64;
+    tweak(&mut cfg);
     let fleet = Fleet::start(
         cfg,
         FleetTransport::MutualTls {

@@ -273,7 +273,7 @@ async fn replace_tags(
 impl Devices for SqlStore {
     async fn create_device(&self, device: &NewDevice) -> Result<Device> {
         let now = ms(OffsetDateTime::now_utc());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let row = sqlx::query(concat!("INSERT INTO devices (imei, name, model, tags, disabled, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, FALSE, $5, $5) RETURNING ", device_cols!()))
         .bind(device.imei.as_str())
@@ -342,7 +342,7 @@ impl Devices for SqlStore {
     }
 
     async fn update_device(&self, imei: &Imei, patch: &DevicePatch) -> Result<Device> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let row = sqlx::query(concat!("SELECT ", device_cols!(), " FROM devices WHERE imei = $1"))
             .bind(imei.as_str())
             .fetch_optional(&mut *tx)

@@ -60,7 +60,7 @@ impl SqlStore {
 impl Configuration for SqlStore {
     async fn put_profile(&self, p: &NewProfileVersion) -> Result<ProfileRecord> {
         let now = ms(OffsetDateTime::now_utc());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let current: Option<i64> = sqlx::query_scalar("SELECT current_version FROM profiles WHERE name = $1")
             .bind(&p.name)
             .fetch_optional(&mut *tx)
@@ -128,7 +128,7 @@ impl Configuration for SqlStore {
     }
 
     async fn delete_profile(&self, name: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         sqlx::query("DELETE FROM profile_versions WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)

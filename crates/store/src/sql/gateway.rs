@@ -43,7 +43,7 @@ impl Presence for SqlStore {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         for (imei, at) in seen {
             sqlx::query("UPDATE devices SET last_seen = $2 WHERE imei = $1 AND (last_seen IS NULL OR last_seen < $2)")
                 .bind(imei.as_str())

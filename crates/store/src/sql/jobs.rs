@@ -58,7 +58,7 @@ fn job_device_from_row(r: &DbRow) -> Result<JobDeviceRecord> {
 #[async_trait]
 impl Jobs for SqlStore {
     async fn create_job(&self, job: &NewJob) -> Result<JobRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let at = ms(job.created_at);
         sqlx::query(
             "INSERT INTO jobs (id, name, operation, target, rollout, restart, state, total, current_wave, created_at, created_by, updated_at, expires_at) \
