@@ -171,11 +171,14 @@ async fn run(
                     serde_json::Value::Null,
                 ));
             }
+            if let Err(e) = wait_back(config, imei, &done, timing.restart_wait).await {
+                return Ok(Outcome::failed(e, serde_json::json!({"restarted": true})));
+            }
             let back = runner
                 .run(
                     config.dialect().version()?,
                     timing.command_timeout,
-                    timing.restart_wait,
+                    timing.queue_wait,
                 )
                 .await?;
             if back.state != CommandState::Succeeded {
@@ -197,6 +200,36 @@ async fn run(
                 result: serde_json::json!({"restarted": true, "version": version}),
             })
         }
+    }
+}
+
+/// After the modem acknowledged a restart: waits until it has gone and connected again (a
+/// connection accepted after the acknowledgement), so that the next command is not sent to
+/// the connection that is about to drop. Works the same when the execution resumes after a
+/// server restart (it compares with the acknowledgement's time, not with a session seen).
+async fn wait_back(
+    config: &ConfigService,
+    imei: &Imei,
+    ack: &CommandRecord,
+    max: Duration,
+) -> std::result::Result<(), String> {
+    let since = ack.completed_at.unwrap_or(ack.created_at);
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        match config.store().get_device(imei).await {
+            Ok(d) if d.presence.online && d.presence.connected_at.is_some_and(|c| c > since) => {
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("could not follow the restart: {e}")),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the modem did not come back within {} s of the restart",
+                max.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -290,7 +323,6 @@ async fn apply(
         };
     let mut failure = None;
     let mut restarted = false;
-    let mut read_wait = timing.queue_wait;
     if do_restart {
         let done = runner
             .run(
@@ -301,13 +333,15 @@ async fn apply(
             .await?;
         if done.state == CommandState::Succeeded {
             restarted = true;
-            read_wait = timing.restart_wait;
+            if let Err(e) = wait_back(config, imei, &done, timing.restart_wait).await {
+                failure = Some(e);
+            }
         } else {
             failure = Some(format!("restart refused: {}", command_error(&done)));
         }
     }
     let after = match config
-        .read(runner, imei, timing.command_timeout, read_wait)
+        .read(runner, imei, timing.command_timeout, timing.queue_wait)
         .await
     {
         Ok(a) => Some(a),

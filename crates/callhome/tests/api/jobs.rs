@@ -473,6 +473,13 @@ async fn thousand_modems_rollout_abort_and_restart() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(job["state"], "completed", "{job}");
+    let failed = executions(&app, &ops, &id, Some("failed")).await;
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
     assert_eq!(job["progress"]["succeeded"], N, "{job}");
     assert!(peak <= 50, "at most 50 in flight, saw {peak}");
     // GETCONFIG, SETPARAM, reboot, GETCONFIG: four commands per modem, no more.
