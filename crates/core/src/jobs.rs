@@ -74,9 +74,13 @@ fn tokenize(s: &str) -> Result<Vec<Token>, ValidationError> {
     };
     for c in s.chars() {
         match c {
-            '(' | ')' => {
+            '(' | ')' | '!' => {
                 flush(&mut word, &mut out)?;
-                out.push(if c == '(' { Token::Open } else { Token::Close });
+                out.push(match c {
+                    '(' => Token::Open,
+                    ')' => Token::Close,
+                    _ => Token::Not,
+                });
             }
             c if c.is_whitespace() => flush(&mut word, &mut out)?,
             c => word.push(c),
