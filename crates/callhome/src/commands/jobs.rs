@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value, json};
 
 use crate::commands::api::{
@@ -518,7 +518,7 @@ fn state_label(job: &Value) -> String {
 pub async fn watch(api: &Api, id: &str) -> anyhow::Result<Value> {
     let path = job_path(id, "")?;
     let bar = std::io::stdout().is_terminal().then(|| {
-        ProgressBar::new(0).with_style(
+        ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout()).with_style(
             ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} {elapsed} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
@@ -533,6 +533,7 @@ pub async fn watch(api: &Api, id: &str) -> anyhow::Result<Value> {
             _ = &mut interrupted => {
                 if let Some(b) = &bar {
                     b.abandon();
+                    println!();
                 }
                 bail!("stopped watching; job {id} goes on (callhome jobs watch {id})");
             }
@@ -548,6 +549,8 @@ pub async fn watch(api: &Api, id: &str) -> anyhow::Result<Value> {
                 b.set_message(format!("{}  [{}]", p.summary(), state_label(&job)));
                 if done {
                     b.finish();
+                    // The bar stays; what follows goes below it.
+                    println!();
                 }
             }
             None => {
