@@ -48,6 +48,39 @@ pub enum Command {
     BenchSessions(Box<crate::commands::bench_sessions::BenchSessionsArgs>),
     /// Benchmarks: a simulated fleet against a server started as a child process.
     Bench(crate::commands::bench::BenchArgs),
+    /// Log in to a Callhome server: saves an access token for the commands below.
+    Login(crate::commands::login::LoginArgs),
+    /// Forget the token saved by `callhome login`.
+    Logout,
+    /// The device registry (through the REST API).
+    Devices {
+        /// Server and credential.
+        #[command(flatten)]
+        api: crate::commands::api::ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::commands::devices::DevicesAction,
+    },
+    /// One device's Config.txt: show, change, compare with the modem, apply (through the
+    /// REST API).
+    Config {
+        /// Server and credential.
+        #[command(flatten)]
+        api: crate::commands::api::ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::commands::device_config::ConfigAction,
+    },
+    /// Bulk operations on the fleet: create, follow, pause, resume, cancel (through the
+    /// REST API).
+    Jobs {
+        /// Server and credential.
+        #[command(flatten)]
+        api: crate::commands::api::ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::commands::jobs::JobsAction,
+    },
 }
 
 /// `callhome user ...`.

@@ -1,12 +1,22 @@
 //! The subcommands.
 
+pub mod api;
 pub mod bench;
 pub mod bench_sessions;
 pub mod connect;
+pub mod credentials;
+pub mod device_config;
+pub mod devices;
+pub mod jobs;
+pub mod login;
 mod openapi;
 mod serve;
 pub mod sim;
 mod user;
+
+use std::io::BufRead as _;
+
+use anyhow::Context as _;
 
 use crate::cli::{Cli, Command};
 use crate::config::{LogFormat, Settings};
@@ -38,6 +48,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_sim_tracing();
             bench::run(args).await
         }
+        Command::Login(args) => login::login(args).await,
+        Command::Logout => login::logout(),
+        Command::Devices { api, action } => devices::run(&api, action).await,
+        Command::Config { api, action } => device_config::run(&api, action).await,
+        Command::Jobs { api, action } => jobs::run(&api, action).await,
         Command::User { action } => {
             let settings = Settings::resolve(&cli.settings)?;
             init_tracing(&settings);
@@ -66,4 +81,14 @@ fn init_sim_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The first line of standard input, without its line end (`what` names it in errors).
+pub(crate) fn read_stdin_line(what: &str) -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("reading {what} from standard input"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }

@@ -1,7 +1,5 @@
 //! `callhome user ...`: user management straight on the database.
 
-use std::io::BufRead as _;
-
 use anyhow::{Context as _, bail};
 use callhome_core::{Role, Username};
 use callhome_store::{NewUser, OpenOptions, UserPatch};
@@ -14,13 +12,7 @@ fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     if !from_stdin {
         return Ok((generate_password(), true));
     }
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading the password from standard input")?;
-    let pw = line.trim_end_matches(['\r', '\n']).to_owned();
-    Ok((pw, false))
+    Ok((super::read_stdin_line("the password")?, false))
 }
 
 async fn hash(pw: &str) -> anyhow::Result<String> {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod certificates;
+mod cli;
 mod config;
 mod devices;
 mod gateway;
