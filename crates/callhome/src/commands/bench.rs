@@ -49,6 +49,9 @@ pub enum BenchWhat {
     /// Connect a simulated fleet to a Callhome server started as a child process, send
     /// commands through the API, and compare with a reference broker.
     Fleet(Box<FleetArgs>),
+    /// Bulk-job throughput (completion time, per-device latency) on a simulated fleet,
+    /// with a client script driving the same change through the command API as reference.
+    Jobs(Box<super::bench_jobs::JobsArgs>),
 }
 
 /// `callhome bench fleet ...`.
@@ -135,6 +138,7 @@ const NOFILE_MARGIN: u64 = 256;
 pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchWhat::Fleet(a) => fleet(*a).await,
+        BenchWhat::Jobs(a) => super::bench_jobs::run(*a).await,
     }
 }
 
@@ -290,7 +294,7 @@ const COMMAND_TABLE: &[(&str, &str)] = &[
     ),
 ];
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -304,7 +308,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
@@ -379,7 +383,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Clock ticks per second for `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 if unknown).
-fn clock_ticks() -> f64 {
+pub(super) fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -432,7 +436,7 @@ fn ephemeral_ports() -> (u64, u64) {
 
 /// Raises this process's RLIMIT_NOFILE (soft and, with CAP_SYS_RESOURCE, hard) to at
 /// least `want`, capped by `fs.nr_open`; children started afterwards inherit it.
-fn raise_nofile(want: u64) -> (u64, u64) {
+pub(super) fn raise_nofile(want: u64) -> (u64, u64) {
     use rlimit::Resource;
     let (soft, hard) = Resource::NOFILE.get().unwrap_or((0, 0));
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -526,16 +530,16 @@ impl Progress {
 // ---------------------------------------------------------------------------------------
 // The server child process
 
-struct ServerProcess {
+pub(super) struct ServerProcess {
     child: Child,
-    pid: u32,
-    http: SocketAddr,
-    mqtt: SocketAddr,
+    pub(super) pid: u32,
+    pub(super) http: SocketAddr,
+    pub(super) mqtt: SocketAddr,
 }
 
 impl ServerProcess {
     /// Starts `callhome serve` on 127.0.0.1 port 0 and waits for its "listening" line.
-    async fn start(
+    pub(super) async fn start(
         args: &FleetArgs,
         data_dir: &Path,
         admin_password: &str,
@@ -603,12 +607,12 @@ impl ServerProcess {
         })
     }
 
-    fn base(&self) -> String {
+    pub(super) fn base(&self) -> String {
         format!("http://{}", self.http)
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 30 s.
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status();
@@ -674,7 +678,7 @@ impl PrivateMosquitto {
         Ok(Self { child, pid, addr })
     }
 
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status();
@@ -690,7 +694,7 @@ impl PrivateMosquitto {
 // ---------------------------------------------------------------------------------------
 // HTTP helpers
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
+pub(super) fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(75))
         .connect_timeout(Duration::from_secs(10))
@@ -699,7 +703,7 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-async fn admin_token(
+pub(super) async fn admin_token(
     client: &reqwest::Client,
     base: &str,
     password: &str,
@@ -765,12 +769,12 @@ fn gateway_trouble(text: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // The benchmark
 
-struct Prepared {
-    imeis: Vec<Imei>,
-    credentials: Vec<Credentials>,
-    ca_pem: String,
-    admin_password: String,
-    data_dir: PathBuf,
+pub(super) struct Prepared {
+    pub(super) imeis: Vec<Imei>,
+    pub(super) credentials: Vec<Credentials>,
+    pub(super) ca_pem: String,
+    pub(super) admin_password: String,
+    pub(super) data_dir: PathBuf,
 }
 
 fn admin_password(cache_dir: &Path) -> anyhow::Result<String> {
@@ -785,7 +789,7 @@ fn admin_password(cache_dir: &Path) -> anyhow::Result<String> {
 
 /// Enrolls the fleet (or loads it from the cache) against a server started for that
 /// alone, so enrollment leaves nothing in the memory of the servers measured later.
-async fn prepare(
+pub(super) async fn prepare(
     args: &FleetArgs,
     enrollment: &mut BTreeMap<&'static str, f64>,
 ) -> anyhow::Result<Prepared> {
@@ -861,7 +865,7 @@ async fn prepare(
     })
 }
 
-fn check_limits(args: &FleetArgs) -> anyhow::Result<()> {
+pub(super) fn check_limits(args: &FleetArgs) -> anyhow::Result<()> {
     if args.modems == 0 {
         bail!("--modems must be at least 1");
     }
@@ -1016,7 +1020,7 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn modem_settings(host: &str, port: u16, tls: bool, args: &FleetArgs) -> ModemSettings {
+pub(super) fn modem_settings(host: &str, port: u16, tls: bool, args: &FleetArgs) -> ModemSettings {
     let mut s = ModemSettings::new(host, port, tls);
     s.master = Arc::new(MasterConfig::for_platform(
         host,

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_jobs;
 pub mod bench_sessions;
 pub mod connect;
 pub mod credentials;
