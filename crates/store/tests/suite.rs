@@ -747,3 +747,208 @@ async fn session_states_only_move_forward() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn jobs_executions_and_conditional_moves() {
+    use callhome_core::jobs::{ExecState, JobState};
+    on_each_backend("jobs", |s| async move {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let mut devices = Vec::new();
+        for n in 0..1200 {
+            devices.push((registered(&s, 900 + n).await, if n < 200 { 1 } else { 2 }));
+        }
+        let online = |i: usize| devices[i].0.clone();
+        for i in [0, 1, 2, 250] {
+            s.mark_online(
+                &online(i),
+                &OnlineRecord {
+                    session_id: format!("node1-{i}"),
+                    at: t0,
+                    remote_addr: "127.0.0.1:1".into(),
+                    cert_serial: None,
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let id = Uuid::now_v7();
+        let job = s
+            .create_job(&NewJob {
+                id,
+                name: Some("dns".into()),
+                operation: r#"{"type":"reboot"}"#.into(),
+                target: r#"{"tag_expr":"a"}"#.into(),
+                rollout: "{}".into(),
+                restart: "auto".into(),
+                created_by: "ops".into(),
+                created_at: t0,
+                expires_at: t0 + Duration::hours(1),
+                devices: devices.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (job.state, job.total, job.current_wave),
+            (JobState::Running, 1200, 1)
+        );
+        let p = s.job_progress(id).await.unwrap();
+        assert_eq!((p.total, p.pending), (1200, 1200));
+        assert_eq!(p.waves, vec![(200, 0), (1000, 0)]);
+        // Only online devices of open waves, in rollout order.
+        let next = s.next_job_devices(id, 1, 10).await.unwrap();
+        assert_eq!(next, vec![online(0), online(1), online(2)]);
+        let next = s.next_job_devices(id, 2, 10).await.unwrap();
+        assert_eq!(next.len(), 4);
+        // One caller wins the start.
+        let d = s.start_job_device(id, &online(0), t0).await.unwrap();
+        assert_eq!((d.state, d.attempts), (ExecState::InProgress, 1));
+        assert!(matches!(
+            s.start_job_device(id, &online(0), t0).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.in_progress_job_devices(id).await.unwrap().len(), 1);
+        let d = s
+            .finish_job_device(
+                id,
+                &online(0),
+                ExecState::Failed,
+                Some("ERROR"),
+                Some(r#"{"x":1}"#),
+                t0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (d.state, d.error.as_deref(), d.result.as_deref()),
+            (ExecState::Failed, Some("ERROR"), Some(r#"{"x":1}"#))
+        );
+        assert!(matches!(
+            s.finish_job_device(id, &online(0), ExecState::Succeeded, None, None, t0)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Conditional state moves.
+        let j = s
+            .set_job_state(
+                id,
+                &[JobState::Running],
+                JobState::Paused,
+                Some("by ops"),
+                t0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (j.state, j.state_reason.as_deref(), j.finished_at),
+            (JobState::Paused, Some("by ops"), None)
+        );
+        assert!(matches!(
+            s.set_job_state(id, &[JobState::Running], JobState::Completed, None, t0)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let j = s
+            .set_job_state(id, &[JobState::Paused], JobState::Cancelled, None, t0)
+            .await
+            .unwrap();
+        assert_eq!(j.finished_at, Some(t0));
+        assert_eq!(
+            s.close_pending_job_devices(id, ExecState::Cancelled, t0)
+                .await
+                .unwrap(),
+            1199
+        );
+        let p = s.job_progress(id).await.unwrap();
+        assert_eq!((p.failed, p.cancelled, p.pending), (1, 1199, 0));
+        assert_eq!(p.waves, vec![(200, 200), (1000, 1000)]);
+        s.set_job_wave(id, 2).await.unwrap();
+        assert_eq!(s.get_job(id).await.unwrap().current_wave, 2);
+        // Listing: pages in rollout order, state filter; jobs newest first.
+        let page = s
+            .list_job_devices(&JobDeviceFilter {
+                job_id: id,
+                state: None,
+                after_seq: None,
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 1000);
+        assert_eq!(page.items[0].imei, online(0).to_string());
+        let rest = s
+            .list_job_devices(&JobDeviceFilter {
+                job_id: id,
+                state: None,
+                after_seq: page.next.map(|n| n.parse().unwrap()),
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        assert_eq!((rest.items.len(), rest.next), (200, None));
+        let failed = s
+            .list_job_devices(&JobDeviceFilter {
+                job_id: id,
+                state: Some(ExecState::Failed),
+                after_seq: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(failed.items.len(), 1);
+        let id2 = Uuid::now_v7();
+        s.create_job(&NewJob {
+            id: id2,
+            devices: vec![(online(1), 1)],
+            ..NewJob::clone(&NewJob {
+                id: id2,
+                name: None,
+                operation: "{}".into(),
+                target: "{}".into(),
+                rollout: "{}".into(),
+                restart: "never".into(),
+                created_by: "ops".into(),
+                created_at: t0,
+                expires_at: t0,
+                devices: vec![],
+            })
+        })
+        .await
+        .unwrap();
+        let jobs = s
+            .list_jobs(&JobFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            jobs.items.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![id2, id]
+        );
+        let unfinished = s.unfinished_jobs().await.unwrap();
+        assert_eq!(
+            unfinished.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![id2]
+        );
+        let dup = s
+            .create_job(&NewJob {
+                id: Uuid::now_v7(),
+                name: None,
+                operation: "{}".into(),
+                target: "{}".into(),
+                rollout: "{}".into(),
+                restart: "auto".into(),
+                created_by: "ops".into(),
+                created_at: t0,
+                expires_at: t0,
+                devices: vec![(online(1), 1), (online(1), 1)],
+            })
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        assert!(matches!(
+            s.get_job(Uuid::now_v7()).await,
+            Err(StoreError::NotFound(_))
+        ));
+    })
+    .await;
+}

@@ -44,6 +44,9 @@ pub struct JobsArgs {
     pub no_reference: bool,
 }
 
+/// A row of the results table: its name and how to read it from a rollout.
+type Figure = (&'static str, fn(&Rollout) -> f64);
+
 /// One measured rollout.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 struct Rollout {
@@ -332,7 +335,7 @@ pub(super) async fn run(args: JobsArgs) -> anyhow::Result<()> {
     server.stop().await;
     let (jobs, scripts) = result?;
     let med = |v: &[Rollout], f: fn(&Rollout) -> f64| median(v.iter().map(f).collect());
-    let rows: [(&str, fn(&Rollout) -> f64); 7] = [
+    let rows: [Figure; 7] = [
         ("completion time, s", |r| r.seconds),
         ("devices per second", |r| r.per_s),
         ("per-device latency p50, ms", |r| r.p50_ms),
