@@ -252,7 +252,8 @@ pub struct Rollout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ramp: Option<Ramp>,
     /// Waves as cumulative percentages of the targets, ending at 100 (e.g. `[1, 10, 100]`);
-    /// a wave starts once every device of the ones before has finished. Empty: one wave.
+    /// a wave starts once every device of the ones before has finished (an offline device
+    /// holds the next wave until it is done or the job expires, as in hawkBit). Empty: one wave.
     #[serde(default)]
     pub waves: Vec<f64>,
     /// Abort rule.

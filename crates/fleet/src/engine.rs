@@ -400,6 +400,9 @@ impl JobEngine {
             .store()
             .set_job_state(id, from, to, Some(reason), OffsetDateTime::now_utc())
             .await?;
+        if to.is_final() {
+            metrics::counter!("callhome_jobs_finished_total", "state" => to.as_str()).increment(1);
+        }
         publish_state(&self.inner, &rec);
         self.wake(id);
         decode(rec)
@@ -515,6 +518,8 @@ async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Res
                         .await?;
                     counts.pending = 0;
                     tracing::info!(expired = n, "job expired");
+                    metrics::counter!("callhome_jobs_finished_total", "state" => "expired")
+                        .increment(1);
                     publish_state(&inner, &rec);
                     job.record = rec;
                 }

@@ -146,7 +146,10 @@ async fn run(
             let done = runner
                 .run(command, timing.command_timeout, timing.queue_wait)
                 .await?;
-            let result = serde_json::json!({"command_id": done.id, "reply": done.reply});
+            let result = serde_json::json!({
+                "command_id": done.id,
+                "reply": done.reply.as_deref().map(callhome_core::secrets::redact_reply),
+            });
             Ok(if done.state == CommandState::Succeeded {
                 Outcome {
                     state: ExecState::Succeeded,

@@ -43,7 +43,7 @@ pub enum FleetError {
     #[error(transparent)]
     Validation(#[from] ValidationError),
     /// Several invalid inputs (e.g. every bad key of a configuration).
-    #[error("{} invalid fields", .0.len())]
+    #[error("invalid: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<ValidationError>),
     /// The modem did not do what was asked (no answer, `ERROR`, unreadable reply).
     #[error("{0}")]

@@ -134,7 +134,8 @@ pub struct JobDeviceView {
     pub error: Option<String>,
     /// Detail: for configuration operations `{"keys": [{"key", "desired", "before", "after",
     /// "status": "applied|unchanged|failed|mismatch"}], "unchanged": N, "writes": N,
-    /// "restarted": bool}`; for an AT command `{"reply"}`; for a reboot `{"version"}`.
+    /// "restarted": bool}`; for an AT command `{"command_id", "reply"}`; for a reboot
+    /// `{"restarted", "version"}`.
     /// Secrets as `***`.
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
