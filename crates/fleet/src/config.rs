@@ -64,10 +64,19 @@ pub fn record_changes(
     }
 }
 
-/// The keys that make a device drift: desired keys the modem reports with another value or
-/// lacks. Keys only the modem has are not managed and do not count.
+/// Whether a difference makes the device drift: a desired key the modem reports with another
+/// value or lacks, or a caller-whitelist entry (`CSD_validPhoneN`, `SMS_validPhoneN`) the
+/// modem has with a number that is not desired. Other keys only the modem has are not
+/// managed and do not count.
+pub fn counts_as_drift(d: &KeyDiff) -> bool {
+    d.desired.is_some()
+        || (configtxt::whitelist::is_whitelist_entry(&d.key)
+            && d.reported.as_deref().is_some_and(|v| !v.trim().is_empty()))
+}
+
+/// The differences that make a device drift (see [`counts_as_drift`]).
 pub fn drifted(diffs: &[KeyDiff]) -> impl Iterator<Item = &KeyDiff> {
-    diffs.iter().filter(|d| d.desired.is_some())
+    diffs.iter().filter(|d| counts_as_drift(d))
 }
 
 /// Desired and reported configuration of devices.

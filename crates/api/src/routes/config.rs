@@ -15,7 +15,7 @@ use callhome_store::{NewProfileVersion, ProfileRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use callhome_fleet::config::{Desired, record_changes};
+use callhome_fleet::config::{Desired, counts_as_drift, record_changes};
 use callhome_fleet::runner::Runner;
 
 use crate::AppState;
@@ -506,7 +506,8 @@ pub struct DiffView {
     pub drift: String,
     /// RFC 3339: when the reported configuration was read.
     pub read_at: Option<String>,
-    /// Desired keys the modem reports with another value, or lacks (these make it drift).
+    /// Desired keys the modem reports with another value, or lacks, and caller-whitelist
+    /// entries it has but should not (these make it drift).
     pub keys: Vec<KeyDiffView>,
     /// Keys only the modem has: not managed by the platform, so they do not count as drift.
     pub unmanaged: Vec<String>,
@@ -602,12 +603,12 @@ pub async fn diff(
         read_at: rec.reported_at.map(rfc3339),
         unmanaged: diffs
             .iter()
-            .filter(|k| k.desired.is_none())
+            .filter(|k| !counts_as_drift(k))
             .map(|k| k.key.clone())
             .collect(),
         keys: diffs
             .into_iter()
-            .filter(|k| k.desired.is_some())
+            .filter(counts_as_drift)
             .map(|k| KeyDiffView {
                 key: k.key,
                 desired: k.desired,

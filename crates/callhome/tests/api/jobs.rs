@@ -363,6 +363,56 @@ async fn at_command_reboot_and_apply_on_a_few_modems() {
         "{ex:?}"
     );
 
+    // Whitelists shrunk on every modem: the numbers dropped are cleared on the modems (they
+    // would keep their rights otherwise), without a restart.
+    let reboots = fleet.counters().reboots.load(Ordering::Relaxed);
+    let (status, job) = app
+        .post(
+            "/api/v1/jobs",
+            &ops,
+            json!({"operation": {"type": "set_whitelists", "csd": ["666999000"], "sms": []},
+                   "target": {"tag_expr": "few"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_job(&app, &ops, &id, 60, finished).await;
+    assert_eq!(job["progress"]["succeeded"], 4, "{job}");
+    assert_eq!(
+        fleet.counters().reboots.load(Ordering::Relaxed),
+        reboots,
+        "whitelists apply live"
+    );
+    let ex = executions(&app, &ops, &id, None).await;
+    let keys: Vec<(&str, &str)> = ex[0]["result"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["key"].as_str().unwrap(), k["status"].as_str().unwrap()))
+        .collect();
+    for k in [
+        "CSD_validPhone1",
+        "CSD_validPhone2",
+        "SMS_validPhone1",
+        "SMS_validPhone2",
+    ] {
+        assert!(keys.contains(&(k, "applied")), "{k} in {keys:?}");
+    }
+    let (_, rep) = app
+        .get(
+            &format!("/api/v1/devices/{}/config/reported", imeis[1]),
+            &ops,
+        )
+        .await;
+    let text = rep["config"].as_str().unwrap();
+    assert!(
+        text.contains("CSD_validPhone1: 666999000")
+            && !text.contains("666444555")
+            && !text.contains("+34666123456"),
+        "{text}"
+    );
+    assert_eq!(rep["drift"], "in_sync", "{rep}");
+
     // One device: a per-device override applied with the one-device apply.
     let imei = imeis[0].to_string();
     let (status, _) = app
@@ -400,7 +450,9 @@ async fn at_command_reboot_and_apply_on_a_few_modems() {
         (pin["desired"].as_str(), pin["status"].as_str()),
         (Some("***"), Some("applied"))
     );
-    assert_eq!(result["writes"], 2);
+    // The two keys, and the profile's whitelists back (the PUT replaced the overrides the
+    // whitelist job had written).
+    assert_eq!(result["writes"], 6, "{result}");
     // The PIN is masked in the command log too.
     let (_, cmds) = app
         .get(&format!("/api/v1/devices/{imei}/commands"), &ops)
@@ -410,10 +462,11 @@ async fn at_command_reboot_and_apply_on_a_few_modems() {
         text.contains("SETPARAM,MTX_PIN,***") && !text.contains("4821"),
         "{text}"
     );
-    let (_, in_sync) = app.get("/api/v1/devices?drift=in_sync", &ops).await;
-    assert_eq!(in_sync["items"].as_array().unwrap().len(), 1, "{in_sync}");
-    let (_, unknown) = app.get("/api/v1/devices?drift=unknown&tag=few", &ops).await;
-    assert_eq!(unknown["items"].as_array().unwrap().len(), 3, "{unknown}");
+    // Every modem was read by the jobs: all in sync, none drifted or unknown.
+    for (drift, n) in [("in_sync", 4), ("drifted", 0), ("unknown", 0)] {
+        let (_, page) = app.get(&format!("/api/v1/devices?drift={drift}&tag=few"), &ops).await;
+        assert_eq!(page["items"].as_array().unwrap().len(), n, "{drift}: {page}");
+    }
     // Applying again changes nothing and does not restart.
     let reboots = fleet.counters().reboots.load(Ordering::Relaxed);
     let (_, job) = app

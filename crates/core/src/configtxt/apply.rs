@@ -42,17 +42,37 @@ fn shown(key: &str, v: Option<&str>) -> Option<String> {
 }
 
 /// The writes that make `reported` match `desired`: every desired key whose reported value
-/// differs or is missing, in desired order. Keys only the modem has are left alone (a
-/// `SETPARAM` cannot remove a key).
+/// differs or is missing, in desired order; then every caller-whitelist entry the modem has
+/// and the desired configuration does not, written empty (a number left there would keep its
+/// rights). Other keys only the modem has are left alone (a `SETPARAM` cannot remove a key).
 pub fn plan(desired: &ConfigFile, reported: &ConfigFile) -> Vec<ParamWrite> {
-    desired
+    let mut out: Vec<ParamWrite> = desired
         .entries()
         .filter(|(k, v)| reported.get(k) != Some(*v))
         .map(|(k, v)| ParamWrite {
             key: k.to_owned(),
             value: v.to_owned(),
         })
-        .collect()
+        .collect();
+    out.extend(stale_entries(desired, reported).map(|k| ParamWrite {
+        key: k.to_owned(),
+        value: String::new(),
+    }));
+    out
+}
+
+/// Caller-whitelist entries the modem reports with a number and the desired configuration
+/// does not have.
+pub fn stale_entries<'a>(
+    desired: &'a ConfigFile,
+    reported: &'a ConfigFile,
+) -> impl Iterator<Item = &'a str> + 'a {
+    reported.entries().filter_map(|(k, v)| {
+        (!v.trim().is_empty()
+            && !desired.contains_key(k)
+            && super::whitelist::is_whitelist_entry(k))
+        .then_some(k)
+    })
 }
 
 /// Whether writing `writes` needs a restart to take effect.
@@ -123,7 +143,27 @@ pub fn verify(
     after: &ConfigFile,
     outcomes: &[(String, Result<(), String>)],
 ) -> Vec<KeyResult> {
-    desired
+    let stale: Vec<KeyResult> = outcomes
+        .iter()
+        .filter(|(k, _)| !desired.contains_key(k))
+        .map(|(k, r)| {
+            let cleared = after.get(k).is_none_or(|v| v.trim().is_empty());
+            let status = match r {
+                Err(_) => KeyStatus::Failed,
+                Ok(()) if cleared => KeyStatus::Applied,
+                Ok(()) => KeyStatus::Mismatch,
+            };
+            KeyResult {
+                key: k.clone(),
+                desired: Some(String::new()),
+                before: shown(k, before.get(k)),
+                after: shown(k, after.get(k)),
+                status,
+                error: r.clone().err(),
+            }
+        })
+        .collect();
+    let mut results: Vec<KeyResult> = desired
         .entries()
         .map(|(k, want)| {
             let written = outcomes.iter().find(|(key, _)| key.eq_ignore_ascii_case(k));
@@ -140,7 +180,9 @@ pub fn verify(
             }
             r
         })
-        .collect()
+        .collect();
+    results.extend(stale);
+    results
 }
 
 #[cfg(test)]
@@ -167,6 +209,39 @@ mod tests {
         );
         assert!(!needs_restart(&wl));
         assert!(plan(&desired, &desired).is_empty());
+    }
+
+    #[test]
+    fn whitelist_entries_the_modem_should_not_have_are_cleared() {
+        let desired = cfg("CSD_validPhone1: 666333444\nSMS_allPhones: off\n");
+        let reported = cfg(
+            "CSD_validPhone1: 666333444\nCSD_validPhone2: 666444555\nSMS_validPhone1: +34600000001\nSMS_validPhone2:\nOTHER_key: 1\nSMS_allPhones: off\n",
+        );
+        let p = plan(&desired, &reported);
+        let writes: Vec<(&str, &str)> = p
+            .iter()
+            .map(|w| (w.key.as_str(), w.value.as_str()))
+            .collect();
+        assert_eq!(writes, [("CSD_validPhone2", ""), ("SMS_validPhone1", "")]);
+        assert!(!needs_restart(&p));
+        let after = cfg(
+            "CSD_validPhone1: 666333444\nCSD_validPhone2:\nSMS_validPhone1: +34600000001\nSMS_allPhones: off\n",
+        );
+        let outcomes = vec![
+            ("CSD_validPhone2".to_owned(), Ok(())),
+            ("SMS_validPhone1".to_owned(), Ok(())),
+        ];
+        let r = verify(&desired, &reported, &after, &outcomes);
+        let st: Vec<(&str, KeyStatus)> = r.iter().map(|k| (k.key.as_str(), k.status)).collect();
+        assert_eq!(
+            st,
+            [
+                ("CSD_validPhone1", KeyStatus::Unchanged),
+                ("SMS_allPhones", KeyStatus::Unchanged),
+                ("CSD_validPhone2", KeyStatus::Applied),
+                ("SMS_validPhone1", KeyStatus::Mismatch),
+            ]
+        );
     }
 
     #[test]

@@ -21,6 +21,14 @@ pub const SMS_PREFIX: &str = "SMS_validPhone";
 /// Prefix of the CSD list's keys.
 pub const CSD_PREFIX: &str = "CSD_validPhone";
 
+/// Whether `key` is an entry of a caller whitelist (`SMS_validPhoneN`, `CSD_validPhoneN`).
+/// Such an entry missing from the desired configuration must be empty on the modem: a
+/// number left there would keep its rights.
+pub fn is_whitelist_entry(key: &str) -> bool {
+    super::schema::family_index(SMS_PREFIX, key).is_some()
+        || super::schema::family_index(CSD_PREFIX, key).is_some()
+}
+
 /// A phone number as a modem compares it with a caller's: `+` followed by 8-15 digits
 /// (E.164), or 3-15 national digits. No spaces or separators.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
