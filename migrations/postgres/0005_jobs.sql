@@ -15,7 +15,11 @@ CREATE TABLE jobs (
     created_by   TEXT NOT NULL,
     updated_at   BIGINT NOT NULL,
     finished_at  BIGINT,
-    expires_at   BIGINT NOT NULL
+    expires_at   BIGINT NOT NULL,
+    -- The node running the job, and until when its lease holds (renewed while it runs; a
+    -- node that dies loses the job to another one when the lease runs out).
+    runner       TEXT,
+    lease_until  BIGINT
 );
 CREATE INDEX jobs_state ON jobs (state, id);
 

@@ -15,7 +15,11 @@ CREATE TABLE jobs (
     created_by   TEXT NOT NULL,
     updated_at   INTEGER NOT NULL,
     finished_at  INTEGER,
-    expires_at   INTEGER NOT NULL
+    expires_at   INTEGER NOT NULL,
+    -- The node running the job, and until when its lease holds (renewed while it runs; a
+    -- node that dies loses the job to another one when the lease runs out).
+    runner       TEXT,
+    lease_until  INTEGER
 );
 CREATE INDEX jobs_state ON jobs (state, id);
 

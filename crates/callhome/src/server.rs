@@ -177,7 +177,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let jobs = callhome_fleet::JobEngine::new(
         config.clone(),
         gateway.events().clone(),
-        settings.jobs.clone(),
+        callhome_fleet::EngineSettings {
+            node_id: settings.gateway.node_id.clone(),
+            ..settings.jobs.clone()
+        },
         shutdown.clone(),
     );
     let taken = jobs.start().await.context("resuming jobs")?;

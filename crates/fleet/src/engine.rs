@@ -36,6 +36,13 @@ use crate::{FleetError, Result};
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
+    /// This node's id: the holder of the leases on the jobs it runs.
+    pub node_id: String,
+    /// How long a job's lease holds without renewal (a node that dies loses its jobs to
+    /// another node after this).
+    pub lease: Duration,
+    /// How often unfinished jobs nobody runs are looked for.
+    pub scan: Duration,
     /// How often a runner looks for devices that came online (and re-reads its job).
     pub tick: Duration,
     /// How long a job's command may wait in the device's queue.
@@ -47,6 +54,9 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
+            node_id: "node1".to_owned(),
+            lease: Duration::from_secs(30),
+            scan: Duration::from_secs(10),
             tick: Duration::from_secs(1),
             queue_wait: Duration::from_secs(120),
             restart_wait: Duration::from_secs(600),
@@ -136,14 +146,37 @@ impl JobEngine {
         }
     }
 
-    /// Takes over every running or paused job (after a restart).
+    /// Takes over every running or paused job whose lease is free (after a restart), and
+    /// keeps looking for jobs whose node went away.
     pub async fn start(&self) -> Result<usize> {
+        let n = self.adopt().await?;
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = engine.inner.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(engine.inner.settings.scan) => {}
+                }
+                if let Err(e) = engine.adopt().await {
+                    tracing::warn!(error = %e, "looking for unfinished jobs failed");
+                }
+            }
+        });
+        Ok(n)
+    }
+
+    /// Starts a runner for every unfinished job not running here (the runner checks the
+    /// lease and stops at once if another node holds it).
+    async fn adopt(&self) -> Result<usize> {
         let jobs = self.inner.store().unfinished_jobs().await?;
+        let mut n = 0;
         for j in &jobs {
-            tracing::info!(job = %j.id, state = j.state.as_str(), "job taken over");
-            self.spawn_runner(j.id);
+            if self.spawn_runner(j.id) {
+                tracing::debug!(job = %j.id, state = j.state.as_str(), "unfinished job looked at");
+                n += 1;
+            }
         }
-        Ok(jobs.len())
+        Ok(n)
     }
 
     /// Waits for every runner to stop (after the shutdown token fired).
@@ -152,7 +185,8 @@ impl JobEngine {
         self.inner.tasks.wait().await;
     }
 
-    fn spawn_runner(&self, id: Uuid) {
+    /// Starts a runner for the job unless one runs here; whether one was started.
+    fn spawn_runner(&self, id: Uuid) -> bool {
         let (tx, rx) = mpsc::channel(4);
         {
             let mut r = self
@@ -161,7 +195,7 @@ impl JobEngine {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if r.get(&id).is_some_and(|tx| !tx.is_closed()) {
-                return;
+                return false;
             }
             r.insert(id, tx);
         }
@@ -169,10 +203,12 @@ impl JobEngine {
         self.inner.tasks.spawn(async move {
             let span = tracing::info_span!("job", job = %id);
             if let Err(e) = tracing::Instrument::instrument(drive(inner.clone(), id, rx), span).await {
-                tracing::error!(job = %id, error = %e, "job runner stopped on an error; it resumes at the next start");
+                tracing::error!(job = %id, error = %e, "job runner stopped on an error; it is taken up again shortly");
             }
+            let _ = inner.store().release_job(id, &inner.settings.node_id).await;
             inner.runners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
         });
+        true
     }
 
     fn wake(&self, id: Uuid) {
@@ -187,7 +223,9 @@ impl JobEngine {
             Some(tx) if !tx.is_closed() => {
                 let _ = tx.try_send(());
             }
-            _ => self.spawn_runner(id),
+            _ => {
+                self.spawn_runner(id);
+            }
         }
     }
 
@@ -465,9 +503,28 @@ impl Counts {
 
 type Done = (Imei, i64, Outcome);
 
+/// Takes or renews the job's lease for this node.
+async fn claim(inner: &Inner, id: Uuid) -> Result<bool> {
+    let now = OffsetDateTime::now_utc();
+    let until =
+        now + time::Duration::try_from(inner.settings.lease).unwrap_or(time::Duration::seconds(30));
+    Ok(inner
+        .store()
+        .claim_job(id, &inner.settings.node_id, now, until)
+        .await?)
+}
+
 async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Result<()> {
     let store = inner.store().clone();
+    if !claim(&inner, id).await? {
+        tracing::debug!("another node runs this job");
+        return Ok(());
+    }
+    let mut renewed = Instant::now();
     let mut job = decode(store.get_job(id).await?)?;
+    if job.record.state.is_final() {
+        return Ok(());
+    }
     let mut counts = Counts::from(&store.job_progress(id).await?);
     let mut inflight: JoinSet<Done> = JoinSet::new();
     let mut starts: VecDeque<Instant> = VecDeque::new();
@@ -495,10 +552,19 @@ async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Res
     let mut last_refresh = Instant::now();
     loop {
         let now = OffsetDateTime::now_utc();
+        if renewed.elapsed() >= inner.settings.lease / 3 {
+            if !claim(&inner, id).await? {
+                tracing::warn!("lost the job's lease to another node; stopping here");
+                inflight.abort_all();
+                return Ok(());
+            }
+            renewed = Instant::now();
+        }
+        // The job's row is re-read each turn (an operator on another node may have paused
+        // it); the counts every 10 s (the in-flight ones are in progress in the store too).
+        job.record = store.get_job(id).await?;
         if last_refresh.elapsed() >= Duration::from_secs(10) {
-            job = decode(store.get_job(id).await?)?;
             counts = Counts::from(&store.job_progress(id).await?);
-            // The in-flight ones are in progress in the store too: nothing to adjust.
             last_refresh = Instant::now();
         }
         if !job.record.state.is_final() && now >= job.record.expires_at {

@@ -286,6 +286,17 @@ pub trait Jobs: Send + Sync {
         reason: Option<&str>,
         at: OffsetDateTime,
     ) -> Result<JobRecord>;
+    /// Takes or renews the lease on running a job for `node` until `until`: granted when no
+    /// node holds it, `node` already does, or the holder's lease ran out before `now`.
+    async fn claim_job(
+        &self,
+        id: Uuid,
+        node: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool>;
+    /// Gives the lease up (when the runner stops).
+    async fn release_job(&self, id: Uuid, node: &str) -> Result<()>;
     /// Records the wave now allowed to start.
     async fn set_job_wave(&self, id: Uuid, wave: i64) -> Result<()>;
     /// Executions by state, and per-wave totals.

@@ -793,6 +793,32 @@ async fn jobs_executions_and_conditional_moves() {
         );
         let p = s.job_progress(id).await.unwrap();
         assert_eq!((p.total, p.pending), (1200, 1200));
+        // One node at a time runs a job; a lease that ran out can be taken.
+        let lease = t0 + Duration::seconds(30);
+        assert!(s.claim_job(id, "node1", t0, lease).await.unwrap());
+        assert!(
+            s.claim_job(id, "node1", t0, lease).await.unwrap(),
+            "renewal"
+        );
+        assert!(
+            !s.claim_job(id, "node2", t0 + Duration::seconds(10), lease)
+                .await
+                .unwrap()
+        );
+        let later = t0 + Duration::seconds(31);
+        assert!(
+            s.claim_job(id, "node2", later, later + Duration::seconds(30))
+                .await
+                .unwrap()
+        );
+        s.release_job(id, "node1").await.unwrap(); // not the holder: no effect
+        assert!(!s.claim_job(id, "node1", later, later).await.unwrap());
+        s.release_job(id, "node2").await.unwrap();
+        assert!(s.claim_job(id, "node1", later, later).await.unwrap());
+        assert!(matches!(
+            s.claim_job(Uuid::now_v7(), "node1", t0, t0).await,
+            Err(StoreError::NotFound(_))
+        ));
         assert_eq!(p.waves, vec![(200, 0), (1000, 0)]);
         // Only online devices of open waves, in rollout order.
         let next = s.next_job_devices(id, 1, 10).await.unwrap();

@@ -464,8 +464,14 @@ async fn at_command_reboot_and_apply_on_a_few_modems() {
     );
     // Every modem was read by the jobs: all in sync, none drifted or unknown.
     for (drift, n) in [("in_sync", 4), ("drifted", 0), ("unknown", 0)] {
-        let (_, page) = app.get(&format!("/api/v1/devices?drift={drift}&tag=few"), &ops).await;
-        assert_eq!(page["items"].as_array().unwrap().len(), n, "{drift}: {page}");
+        let (_, page) = app
+            .get(&format!("/api/v1/devices?drift={drift}&tag=few"), &ops)
+            .await;
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            n,
+            "{drift}: {page}"
+        );
     }
     // Applying again changes nothing and does not restart.
     let reboots = fleet.counters().reboots.load(Ordering::Relaxed);

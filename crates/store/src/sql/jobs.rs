@@ -171,6 +171,33 @@ impl Jobs for SqlStore {
         Ok(job)
     }
 
+    async fn claim_job(&self, id: Uuid, node: &str, now: OffsetDateTime, until: OffsetDateTime) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET runner = $2, lease_until = $4 \
+             WHERE id = $1 AND (runner IS NULL OR runner = $2 OR lease_until IS NULL OR lease_until < $3)",
+        )
+        .bind(id.to_string())
+        .bind(node)
+        .bind(ms(now))
+        .bind(ms(until))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            self.get_job(id).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    async fn release_job(&self, id: Uuid, node: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET runner = NULL, lease_until = NULL WHERE id = $1 AND runner = $2")
+            .bind(id.to_string())
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn set_job_wave(&self, id: Uuid, wave: i64) -> Result<()> {
         sqlx::query("UPDATE jobs SET current_wave = $2 WHERE id = $1")
             .bind(id.to_string())
