@@ -501,7 +501,17 @@ impl Counts {
     }
 }
 
-type Done = (Imei, i64, Outcome);
+/// How an execution's end was written to the store by its own task.
+enum Recorded {
+    /// Written.
+    Yes,
+    /// The execution had already ended (nothing to count).
+    AlreadyEnded,
+    /// Not written (the runner tries again).
+    No(String),
+}
+
+type Done = (Imei, i64, Outcome, Recorded);
 
 /// Takes or renews the job's lease for this node.
 async fn claim(inner: &Inner, id: Uuid) -> Result<bool> {
@@ -649,14 +659,14 @@ async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Res
             }
             Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                 match done {
-                    Ok((imei, wave, outcome)) => record(&inner, id, &mut job, &mut counts, imei, wave, outcome).await?,
+                    Ok(done) => record(&inner, id, &mut job, &mut counts, done).await?,
                     Err(e) if e.is_cancelled() => {}
                     Err(e) => tracing::error!(error = %e, "an execution task failed"),
                 }
                 // Record everything else that finished meanwhile before starting more.
                 while let Some(done) = inflight.try_join_next() {
-                    if let Ok((imei, wave, outcome)) = done {
-                        record(&inner, id, &mut job, &mut counts, imei, wave, outcome).await?;
+                    if let Ok(done) = done {
+                        record(&inner, id, &mut job, &mut counts, done).await?;
                     }
                 }
             }
@@ -733,24 +743,22 @@ async fn start_more(
     let next = store
         .next_job_devices(id, wave, u32::try_from(room.min(1000)).unwrap_or(1000))
         .await?;
-    for imei in next {
-        match store
-            .start_job_device(id, &imei, OffsetDateTime::now_utc())
-            .await
-        {
-            Ok(d) => {
-                counts.pending -= 1;
-                starts.push_back(Instant::now());
-                inner.events.publish(
-                    "job.device.started",
-                    Some(imei.as_str()),
-                    serde_json::json!({"id": id, "attempt": d.attempts}),
-                );
-                spawn_exec(inner, inflight, job, imei, d.wave, d.attempts, timing);
-            }
-            Err(StoreError::Conflict(_)) => {} // taken meanwhile
-            Err(e) => return Err(e.into()),
-        }
+    // One statement starts them all; the ones taken meanwhile are not returned.
+    for d in store
+        .start_job_devices(id, &next, OffsetDateTime::now_utc())
+        .await?
+    {
+        let Ok(imei) = Imei::parse(&d.imei) else {
+            continue;
+        };
+        counts.pending -= 1;
+        starts.push_back(Instant::now());
+        inner.events.publish(
+            "job.device.started",
+            Some(imei.as_str()),
+            serde_json::json!({"id": id, "attempt": d.attempts}),
+        );
+        spawn_exec(inner, inflight, job, imei, d.wave, d.attempts, timing);
     }
     Ok(())
 }
@@ -793,7 +801,25 @@ fn spawn_exec(
                 };
             metrics::histogram!("callhome_job_execution_seconds")
                 .record(started.elapsed().as_secs_f64());
-            (imei, wave, outcome)
+            // Each execution writes its own end, so the runner is not a bottleneck.
+            let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
+            let recorded = match inner
+                .store()
+                .finish_job_device(
+                    id,
+                    &imei,
+                    outcome.state,
+                    outcome.error.as_deref(),
+                    result.as_deref(),
+                    OffsetDateTime::now_utc(),
+                )
+                .await
+            {
+                Ok(_) => Recorded::Yes,
+                Err(StoreError::Conflict(_)) => Recorded::AlreadyEnded,
+                Err(e) => Recorded::No(e.to_string()),
+            };
+            (imei, wave, outcome, recorded)
         },
         span,
     ));
@@ -804,29 +830,35 @@ async fn record(
     id: Uuid,
     job: &mut Job,
     counts: &mut Counts,
-    imei: Imei,
-    wave: i64,
-    outcome: Outcome,
+    done: Done,
 ) -> Result<()> {
+    let (imei, wave, outcome, recorded) = done;
     let store = inner.store();
-    let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
-    match store
-        .finish_job_device(
-            id,
-            &imei,
-            outcome.state,
-            outcome.error.as_deref(),
-            result.as_deref(),
-            OffsetDateTime::now_utc(),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(StoreError::Conflict(e)) => {
-            tracing::warn!(%imei, error = %e, "execution already ended");
+    match recorded {
+        Recorded::Yes => {}
+        Recorded::AlreadyEnded => {
+            tracing::warn!(%imei, "execution already ended");
             return Ok(());
         }
-        Err(e) => return Err(e.into()),
+        Recorded::No(why) => {
+            tracing::warn!(%imei, error = %why, "recording the execution's end failed; trying again");
+            let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
+            match store
+                .finish_job_device(
+                    id,
+                    &imei,
+                    outcome.state,
+                    outcome.error.as_deref(),
+                    result.as_deref(),
+                    OffsetDateTime::now_utc(),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(StoreError::Conflict(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     counts.finish(wave, outcome.state);
     metrics::counter!("callhome_job_executions_total", "state" => outcome.state.as_str())

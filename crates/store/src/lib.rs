@@ -312,6 +312,14 @@ pub trait Jobs: Send + Sync {
         imei: &Imei,
         at: OffsetDateTime,
     ) -> Result<JobDeviceRecord>;
+    /// Starts several executions at once (one statement): those still `pending` go
+    /// `in_progress` with one more attempt and are returned; the others are left alone.
+    async fn start_job_devices(
+        &self,
+        id: Uuid,
+        imeis: &[Imei],
+        at: OffsetDateTime,
+    ) -> Result<Vec<JobDeviceRecord>>;
     /// Ends an execution: `in_progress` -> `state` with its error and result (JSON).
     async fn finish_job_device(
         &self,

@@ -833,6 +833,29 @@ async fn jobs_executions_and_conditional_moves() {
             Err(StoreError::Conflict(_))
         ));
         assert_eq!(s.in_progress_job_devices(id).await.unwrap().len(), 1);
+        // A batch start takes the pending ones only, in rollout order.
+        let batch = s
+            .start_job_devices(id, &[online(2), online(0), online(1)], t0)
+            .await
+            .unwrap();
+        let got: Vec<&str> = batch.iter().map(|d| d.imei.as_str()).collect();
+        assert_eq!(got, [online(1).as_str(), online(2).as_str()]);
+        assert!(
+            batch
+                .iter()
+                .all(|d| d.state == ExecState::InProgress && d.attempts == 1)
+        );
+        assert!(
+            s.start_job_devices(id, &[online(1)], t0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        for i in [1, 2] {
+            s.finish_job_device(id, &online(i), ExecState::Succeeded, None, None, t0)
+                .await
+                .unwrap();
+        }
         let d = s
             .finish_job_device(
                 id,
@@ -882,10 +905,13 @@ async fn jobs_executions_and_conditional_moves() {
             s.close_pending_job_devices(id, ExecState::Cancelled, t0)
                 .await
                 .unwrap(),
-            1199
+            1197
         );
         let p = s.job_progress(id).await.unwrap();
-        assert_eq!((p.failed, p.cancelled, p.pending), (1, 1199, 0));
+        assert_eq!(
+            (p.failed, p.succeeded, p.cancelled, p.pending),
+            (1, 2, 1197, 0)
+        );
         assert_eq!(p.waves, vec![(200, 200), (1000, 1000)]);
         s.set_job_wave(id, 2).await.unwrap();
         assert_eq!(s.get_job(id).await.unwrap().current_wave, 2);

@@ -276,6 +276,30 @@ impl Jobs for SqlStore {
         Ok(rec)
     }
 
+    async fn start_job_devices(&self, id: Uuid, imeis: &[Imei], at: OffsetDateTime) -> Result<Vec<JobDeviceRecord>> {
+        let mut out = Vec::with_capacity(imeis.len());
+        for chunk in imeis.chunks(JOB_DEVICE_CHUNK) {
+            let mut q = QueryBuilder::<Db>::new(
+                "UPDATE job_devices SET state = 'in_progress', attempts = attempts + 1, started_at = ",
+            );
+            q.push_bind(ms(at))
+                .push(" WHERE job_id = ")
+                .push_bind(id.to_string())
+                .push(" AND state = 'pending' AND imei IN (");
+            let mut sep = q.separated(", ");
+            for imei in chunk {
+                sep.push_bind(imei.to_string());
+            }
+            q.push(concat!(") RETURNING ", job_device_cols!()));
+            let rows = q.build().fetch_all(&self.pool).await?;
+            for r in &rows {
+                out.push(job_device_from_row(r)?);
+            }
+        }
+        out.sort_by_key(|d| d.seq);
+        Ok(out)
+    }
+
     async fn finish_job_device(
         &self,
         id: Uuid,
