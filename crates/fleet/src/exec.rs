@@ -218,6 +218,9 @@ async fn wait_back(
 ) -> std::result::Result<(), String> {
     let since = ack.completed_at.unwrap_or(ack.created_at);
     let deadline = tokio::time::Instant::now() + max;
+    // Woken by the device's own online/offline events; re-read every 2 s as well (another
+    // node may hold its connection).
+    let watch = config.gateway().events().watch_device(imei.as_str());
     loop {
         match config.store().get_device(imei).await {
             Ok(d) if d.presence.online && d.presence.connected_at.is_some_and(|c| c > since) => {
@@ -232,7 +235,10 @@ async fn wait_back(
                 max.as_secs()
             ));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::select! {
+            () = watch.changed() => {}
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
     }
 }
 

@@ -37,31 +37,32 @@ pub struct Event {
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
     seq: AtomicU64,
-    /// Waiters on one command each, woken by any `command.*` event about it (so waiting
-    /// on one command costs nothing when others change).
-    command_waiters: Mutex<HashMap<String, Vec<Arc<Notify>>>>,
+    /// Waiters on one command (`command:<id>`, woken by its `command.*` events) or one
+    /// device (`device:<imei>`, woken by its `device.*` events), so that waiting on one costs
+    /// nothing when others change.
+    waiters: Mutex<HashMap<String, Vec<Arc<Notify>>>>,
 }
 
-/// A registration to be woken when a command changes; unregisters when dropped.
+/// A registration to be woken when a command or a device changes; unregisters when dropped.
 #[derive(Debug)]
-pub struct CommandWatch<'a> {
+pub struct Watch<'a> {
     bus: &'a EventBus,
     id: String,
     notify: Arc<Notify>,
 }
 
-impl CommandWatch<'_> {
-    /// Waits for the next change of the command (a change since the watch began counts).
+impl Watch<'_> {
+    /// Waits for the next change (a change since the watch began counts).
     pub async fn changed(&self) {
         self.notify.notified().await;
     }
 }
 
-impl Drop for CommandWatch<'_> {
+impl Drop for Watch<'_> {
     fn drop(&mut self) {
         let mut w = self
             .bus
-            .command_waiters
+            .waiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(list) = w.get_mut(&self.id) {
@@ -86,7 +87,7 @@ impl EventBus {
         Self {
             tx,
             seq: AtomicU64::new(1),
-            command_waiters: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -101,14 +102,23 @@ impl EventBus {
             data,
         };
         metrics::counter!("callhome_events_total", "type" => kind.to_owned()).increment(1);
-        if kind.starts_with("command.")
-            && let Some(id) = event.data.get("id").and_then(|v| v.as_str())
-        {
+        let key = if kind.starts_with("command.") {
+            event
+                .data
+                .get("id")
+                .and_then(|v| v.as_str())
+                .map(|id| format!("command:{id}"))
+        } else if kind.starts_with("device.") {
+            imei.map(|i| format!("device:{i}"))
+        } else {
+            None
+        };
+        if let Some(key) = key {
             let w = self
-                .command_waiters
+                .waiters
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for n in w.get(id).into_iter().flatten() {
+            for n in w.get(&key).into_iter().flatten() {
                 n.notify_one();
             }
         }
@@ -118,17 +128,26 @@ impl EventBus {
     }
 
     /// Watches one command (by id) for its next events.
-    pub fn watch_command(&self, id: &str) -> CommandWatch<'_> {
+    pub fn watch_command(&self, id: &str) -> Watch<'_> {
+        self.watch(format!("command:{id}"))
+    }
+
+    /// Watches one device (by IMEI) for its next `device.*` events (online, offline).
+    pub fn watch_device(&self, imei: &str) -> Watch<'_> {
+        self.watch(format!("device:{imei}"))
+    }
+
+    fn watch(&self, key: String) -> Watch<'_> {
         let notify = Arc::new(Notify::new());
-        self.command_waiters
+        self.waiters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(id.to_owned())
+            .entry(key.clone())
             .or_default()
             .push(notify.clone());
-        CommandWatch {
+        Watch {
             bus: self,
-            id: id.to_owned(),
+            id: key,
             notify,
         }
     }
