@@ -513,6 +513,43 @@ enum Recorded {
 
 type Done = (Imei, i64, Outcome, Recorded);
 
+/// Ends a running or paused job in `to` (expired, aborted) with `reason`; its pending devices
+/// end `rest`. Does nothing if the job ended meanwhile (an operator won the race).
+async fn end_job(
+    inner: &Inner,
+    job: &mut Job,
+    counts: &mut Counts,
+    to: JobState,
+    reason: &str,
+    rest: ExecState,
+) -> Result<()> {
+    let store = inner.store();
+    let id = job.record.id;
+    let now = OffsetDateTime::now_utc();
+    match store
+        .set_job_state(
+            id,
+            &[JobState::Running, JobState::Paused],
+            to,
+            Some(reason),
+            now,
+        )
+        .await
+    {
+        Ok(rec) => {
+            let n = store.close_pending_job_devices(id, rest, now).await?;
+            counts.pending = 0;
+            tracing::info!(state = to.as_str(), not_started = n, "job ended");
+            metrics::counter!("callhome_jobs_finished_total", "state" => to.as_str()).increment(1);
+            publish_state(inner, &rec);
+            job.record = rec;
+        }
+        Err(StoreError::Conflict(_)) => job.record = store.get_job(id).await?,
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
 /// Takes or renews the job's lease for this node.
 async fn claim(inner: &Inner, id: Uuid) -> Result<bool> {
     let now = OffsetDateTime::now_utc();
@@ -578,30 +615,15 @@ async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Res
             last_refresh = Instant::now();
         }
         if !job.record.state.is_final() && now >= job.record.expires_at {
-            match store
-                .set_job_state(
-                    id,
-                    &[JobState::Running, JobState::Paused],
-                    JobState::Expired,
-                    Some("the job expired before every device was done"),
-                    now,
-                )
-                .await
-            {
-                Ok(rec) => {
-                    let n = store
-                        .close_pending_job_devices(id, ExecState::Expired, now)
-                        .await?;
-                    counts.pending = 0;
-                    tracing::info!(expired = n, "job expired");
-                    metrics::counter!("callhome_jobs_finished_total", "state" => "expired")
-                        .increment(1);
-                    publish_state(&inner, &rec);
-                    job.record = rec;
-                }
-                Err(StoreError::Conflict(_)) => job = decode(store.get_job(id).await?)?,
-                Err(e) => return Err(e.into()),
-            }
+            end_job(
+                &inner,
+                &mut job,
+                &mut counts,
+                JobState::Expired,
+                "the job expired before every device was done",
+                ExecState::Expired,
+            )
+            .await?;
         }
         if job.record.state == JobState::Running {
             start_more(
@@ -885,31 +907,16 @@ async fn record(
             "abort rule: {} of {} executions failed ({pct:.1}% >= {}% after at least {})",
             counts.failed, ended, rule.failure_percent, rule.min_executed
         );
-        let now = OffsetDateTime::now_utc();
-        match store
-            .set_job_state(
-                id,
-                &[JobState::Running, JobState::Paused],
-                JobState::Aborted,
-                Some(&reason),
-                now,
-            )
-            .await
-        {
-            Ok(rec) => {
-                let n = store
-                    .close_pending_job_devices(id, ExecState::Cancelled, now)
-                    .await?;
-                counts.pending = 0;
-                tracing::warn!(not_started = n, "{reason}");
-                metrics::counter!("callhome_jobs_finished_total", "state" => "aborted")
-                    .increment(1);
-                publish_state(inner, &rec);
-                job.record = rec;
-            }
-            Err(StoreError::Conflict(_)) => job.record = store.get_job(id).await?,
-            Err(e) => return Err(e.into()),
-        }
+        tracing::warn!("{reason}");
+        end_job(
+            inner,
+            job,
+            counts,
+            JobState::Aborted,
+            &reason,
+            ExecState::Cancelled,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -45,3 +45,16 @@ pub(crate) fn like_pattern(text: &str) -> String {
     p.push('%');
     p
 }
+
+/// One page from rows fetched with `LIMIT limit + 1`: the extra row, if any, only tells that
+/// there is a next page, whose cursor is `key` of the last row kept.
+pub(crate) fn page<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> crate::Page<T> {
+    let limit = limit as usize;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(key)
+    } else {
+        None
+    };
+    crate::Page { items, next }
+}

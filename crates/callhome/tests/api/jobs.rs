@@ -338,6 +338,36 @@ async fn at_command_reboot_and_apply_on_a_few_modems() {
         assert!(seen.contains(kind), "{kind} missing from {seen}");
     }
 
+    // Rate limit: two starts a minute; the other two wait, then the job is cancelled.
+    let (_, job) = app
+        .post(
+            "/api/v1/jobs",
+            &ops,
+            json!({"operation": {"type": "at_command", "command": "AT"}, "target": {"tag_expr": "few"},
+                   "rollout": {"max_per_minute": 2}}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_job(&app, &ops, &id, 30, |j| j["progress"]["succeeded"] == 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, job) = app.get(&format!("/api/v1/jobs/{id}"), &ops).await;
+    assert_eq!(
+        (
+            job["progress"]["succeeded"].as_u64(),
+            job["progress"]["pending"].as_u64()
+        ),
+        (Some(2), Some(2)),
+        "{job}"
+    );
+    let (_, job) = app
+        .post(&format!("/api/v1/jobs/{id}/cancel"), &ops, json!(null))
+        .await;
+    assert_eq!(
+        (job["state"].as_str(), job["progress"]["cancelled"].as_u64()),
+        (Some("cancelled"), Some(2)),
+        "{job}"
+    );
+
     // A reboot job: each modem restarts and comes back.
     let reboots = fleet.counters().reboots.load(Ordering::Relaxed);
     let (_, job) = app
@@ -678,6 +708,88 @@ async fn thousand_modems_rollout_abort_and_restart() {
         fleet.counters().commands_received.load(Ordering::Relaxed) - received,
         4 * N as u64,
         "every modem got its four commands exactly once"
+    );
+    fleet.shutdown().await;
+    app.stop().await;
+}
+
+/// The periodic drift check finds a key changed on a modem behind the platform's back, with
+/// nobody asking: the device shows as drifted in the device list, the key named.
+#[tokio::test]
+async fn periodic_drift_check_finds_a_change_behind_the_back() {
+    let app = TestApp::spawn_with(|s| {
+        s.drift = Some(callhome_fleet::drift::DriftSettings {
+            interval: Duration::from_secs(2),
+            ..Default::default()
+        });
+    })
+    .await;
+    let ops = app.user_token("ops", "operator").await;
+    let (fleet, imeis, _cache) = fleet(&app, &ops, "35693803600000", 2, "watched").await;
+    put_profile(&app, &ops, "watched").await;
+    let in_state = |drift: &'static str| {
+        let app = &app;
+        let ops = &ops;
+        async move {
+            let (_, page) = app
+                .get(&format!("/api/v1/devices?tag=watched&drift={drift}"), ops)
+                .await;
+            page["items"].as_array().unwrap().len()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while in_state("in_sync").await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check read both modems"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Someone changes a key on one modem, bypassing the platform's configuration.
+    let id = imeis[1].to_string();
+    let (status, c) = app
+        .post(
+            &format!("/api/v1/devices/{id}/commands?wait_s=10"),
+            &ops,
+            json!({"command": "AT^MTXTUNNEL=SETPARAM,MTX_pingIP,9.9.9.9"}),
+        )
+        .await;
+    assert_eq!(
+        (status, c["state"].as_str()),
+        (StatusCode::OK, Some("succeeded")),
+        "{c}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = app
+            .get("/api/v1/devices?tag=watched&drift=drifted", &ops)
+            .await;
+        let items = page["items"].as_array().unwrap();
+        if let Some(d) = items.first() {
+            assert_eq!(
+                (items.len(), d["imei"].as_str()),
+                (1, Some(id.as_str())),
+                "{page}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check found the change"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, rep) = app
+        .get(&format!("/api/v1/devices/{id}/config/reported"), &ops)
+        .await;
+    assert_eq!(rep["drifted_keys"], json!(["MTX_pingIP"]), "{rep}");
+    let (_, diff) = app
+        .get(&format!("/api/v1/devices/{id}/config/diff"), &ops)
+        .await;
+    assert_eq!(
+        diff["keys"],
+        json!([{"key": "MTX_pingIP", "desired": "8.8.8.8", "reported": "9.9.9.9"}]),
+        "{diff}"
     );
     fleet.shutdown().await;
     app.stop().await;

@@ -10,7 +10,7 @@ use sqlx::{Pool, QueryBuilder, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::conv::{from_ms, like_pattern, ms, opt_from_ms, parse_col};
+use crate::conv::{from_ms, like_pattern, ms, opt_from_ms, page, parse_col};
 use crate::{
     ApiKey, ApiKeys, Audit, AuditEntry, AuditFilter, Backend, CertificateRecord, Certificates,
     Device, DeviceFilter, DevicePatch, Devices, NewApiKey, NewAuditEntry, NewDevice, NewUser,
@@ -331,14 +331,8 @@ impl Devices for SqlStore {
         }
         q.push(" ORDER BY d.imei LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(device_from_row).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|d| d.imei.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(device_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |d| d.imei.to_string()))
     }
 
     async fn update_device(&self, imei: &Imei, patch: &DevicePatch) -> Result<Device> {
@@ -572,14 +566,8 @@ impl Audit for SqlStore {
         }
         q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|e| e.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |e| e.id.to_string()))
     }
 }
 

@@ -144,14 +144,8 @@ impl StatusLog for SqlStore {
         }
         q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(status_from_row).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|s| s.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(status_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |s| s.id.to_string()))
     }
 
     async fn prune_status(&self, cutoff: OffsetDateTime) -> Result<u64> {
@@ -259,14 +253,8 @@ impl Commands for SqlStore {
         }
         q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(command_from_row).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|c| c.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(command_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |c| c.id.to_string()))
     }
 
     async fn next_queued_command(&self, imei: &Imei, now: OffsetDateTime) -> Result<Option<CommandRecord>> {

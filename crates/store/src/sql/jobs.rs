@@ -121,14 +121,8 @@ impl Jobs for SqlStore {
         }
         q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|j| j.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |j| j.id.to_string()))
     }
 
     async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {
@@ -365,14 +359,8 @@ impl Jobs for SqlStore {
         }
         q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(job_device_from_row).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|d| d.seq.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(job_device_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |d| d.seq.to_string()))
     }
 
     async fn get_job_device(&self, id: Uuid, imei: &Imei) -> Result<JobDeviceRecord> {

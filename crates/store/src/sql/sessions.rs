@@ -103,14 +103,8 @@ impl Sessions for SqlStore {
         }
         q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(session_from_row).collect::<Result<Vec<_>>>()?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|s| s.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        let items = rows.iter().map(session_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |s| s.id.to_string()))
     }
 
     async fn update_session(&self, id: Uuid, u: &SessionUpdate) -> Result<SessionRecord> {
