@@ -177,7 +177,17 @@ impl ConfigService {
         let reported = ConfigFile::parse(&text)
             .map_err(|e| FleetError::Corrupt(format!("reported configuration of {imei}: {e}")))?;
         let desired = self.desired(imei).await?.compose(imei)?.config;
-        let diffs = configtxt::diff(&desired, &reported);
+        Ok(Some(self.record_drift(imei, &desired, &reported).await?))
+    }
+
+    /// Compares `desired` with `reported` and records the drift state.
+    async fn record_drift(
+        &self,
+        imei: &Imei,
+        desired: &ConfigFile,
+        reported: &ConfigFile,
+    ) -> Result<Vec<KeyDiff>> {
+        let diffs = configtxt::diff(desired, reported);
         let keys: Vec<&str> = drifted(&diffs).map(|k| k.key.as_str()).collect();
         let (state, keys_json) = if keys.is_empty() {
             (IN_SYNC, None)
@@ -190,17 +200,19 @@ impl ConfigService {
         self.store
             .set_drift(imei, state, keys_json.as_deref(), OffsetDateTime::now_utc())
             .await?;
-        Ok(Some(diffs))
+        Ok(diffs)
     }
 
     /// Reads the modem's configuration with `GETCONFIG` through `runner`, stores it as the
-    /// reported configuration and re-evaluates drift.
+    /// reported configuration and re-evaluates drift against `desired` (the device's effective
+    /// desired configuration, composed here when the caller does not have it).
     pub async fn read(
         &self,
         runner: &mut Runner,
         imei: &Imei,
         timeout: Duration,
         expires_in: Duration,
+        desired: Option<&ConfigFile>,
     ) -> Result<ConfigFile> {
         let command = self.dialect.get_config()?;
         let done = runner.run(command, timeout, expires_in).await?;
@@ -232,7 +244,13 @@ impl ConfigService {
         self.store
             .set_reported(imei, &text, OffsetDateTime::now_utc())
             .await?;
-        self.check_drift(imei).await?;
+        match desired {
+            Some(d) => self.record_drift(imei, d, &config).await?,
+            None => {
+                let d = self.desired(imei).await?.compose(imei)?.config;
+                self.record_drift(imei, &d, &config).await?
+            }
+        };
         Ok(config)
     }
 

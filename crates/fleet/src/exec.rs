@@ -266,7 +266,13 @@ async fn apply_desired(
     }
     let desired = effective.config;
     let before = config
-        .read(runner, imei, timing.command_timeout, timing.queue_wait)
+        .read(
+            runner,
+            imei,
+            timing.command_timeout,
+            timing.queue_wait,
+            Some(&desired),
+        )
         .await?;
     let (report, error) = apply(config, runner, imei, &desired, &before, restart, timing).await?;
     let result = serde_json::to_value(&report).unwrap_or_default();
@@ -350,7 +356,13 @@ async fn apply(
         }
     }
     let after = match config
-        .read(runner, imei, timing.command_timeout, timing.queue_wait)
+        .read(
+            runner,
+            imei,
+            timing.command_timeout,
+            timing.queue_wait,
+            Some(desired),
+        )
         .await
     {
         Ok(a) => Some(a),

@@ -560,7 +560,10 @@ pub async fn read_config(
     }
     let wait = std::time::Duration::from_secs(u64::from(wait));
     let mut runner = Runner::fresh(state.gateway.clone(), imei.clone(), p.name.clone());
-    state.config.read(&mut runner, &imei, wait, wait).await?;
+    state
+        .config
+        .read(&mut runner, &imei, wait, wait, None)
+        .await?;
     Ok(axum::Json(reported_view(&state, &p, &imei).await?))
 }
 
