@@ -10,7 +10,19 @@ use super::*;
 fn exercise(text: &str, c: &ConfigFile) -> Result<(), TestCaseError> {
     prop_assert_eq!(c.render(), text);
     prop_assert_eq!(&ConfigFile::parse(&c.render()).unwrap(), c);
-    let _ = c.validate();
+    // Every rejection names its key and says why.
+    let report = c.validate();
+    for e in &report.errors {
+        prop_assert!(!e.reason.trim().is_empty(), "no reason: {e:?}");
+        prop_assert!(
+            c.contains_key(&e.field) || super::schema::lookup(&e.field).is_some(),
+            "the field {:?} is not a key: {e:?}",
+            e.field
+        );
+    }
+    for w in &report.warnings {
+        prop_assert!(!w.message.trim().is_empty() && !w.key.is_empty(), "{w:?}");
+    }
     let red = c.redacted();
     prop_assert_eq!(&ConfigFile::parse(&red.render()).unwrap(), &red);
     prop_assert_eq!(red.line_count(), c.line_count());
@@ -21,6 +33,26 @@ fn exercise(text: &str, c: &ConfigFile) -> Result<(), TestCaseError> {
         prop_assert_eq!(&ConfigFile::parse(&r.config.render()).unwrap(), &r.config);
     }
     Ok(())
+}
+
+/// A parse rejection says where: the line (or the key, for an edit), or the size limit.
+fn rejection_names_the_place(e: &super::ConfigError) -> Result<(), TestCaseError> {
+    let msg = e.to_string();
+    let sized = matches!(
+        e,
+        super::ConfigError::TooLarge { .. } | super::ConfigError::TooManyLines { .. }
+    );
+    prop_assert!(
+        sized || msg.contains("line ") || msg.contains("key "),
+        "{msg}"
+    );
+    Ok(())
+}
+
+/// A key of the schema, as the schema writes it (family members numbered 1).
+fn known_key() -> impl Strategy<Value = String> {
+    let keys: Vec<String> = super::schema::KEYS.iter().map(|k| k.key(1)).collect();
+    proptest::sample::select(keys)
 }
 
 /// Keys: known ones in random case, family members in and out of range, unknown ones.
@@ -169,15 +201,26 @@ fn grammar_soup() -> impl Strategy<Value = String> {
 proptest! {
     #[test]
     fn arbitrary_strings_never_panic(s in any::<String>()) {
-        if let Ok(c) = ConfigFile::parse(&s) {
-            exercise(&s, &c)?;
+        match ConfigFile::parse(&s) {
+            Ok(c) => exercise(&s, &c)?,
+            Err(e) => rejection_names_the_place(&e)?,
         }
     }
 
     #[test]
     fn grammar_soup_never_panics_and_round_trips(s in grammar_soup()) {
-        if let Ok(c) = ConfigFile::parse(&s) {
-            exercise(&s, &c)?;
+        match ConfigFile::parse(&s) {
+            Ok(c) => exercise(&s, &c)?,
+            Err(e) => rejection_names_the_place(&e)?,
+        }
+    }
+
+    #[test]
+    fn known_keys_with_random_values_are_rejected_by_name(key in known_key(), value in value()) {
+        let text = format!("{key}: {value}\n");
+        match ConfigFile::parse(&text) {
+            Ok(c) => exercise(&text, &c)?,
+            Err(e) => rejection_names_the_place(&e)?,
         }
     }
 
