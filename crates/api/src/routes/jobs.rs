@@ -89,12 +89,35 @@ pub struct JobView {
     pub progress: ProgressView,
 }
 
-fn job_view(job: Job, progress: JobProgress) -> JobView {
+/// The operation as shown: values of secret keys (`MTX_PIN`, passwords) as `***` unless the
+/// caller is an admin.
+fn shown_operation(op: Operation, p: &Principal) -> Operation {
+    match op {
+        Operation::SetKeys { keys } if !p.role.allows(Role::Admin) => Operation::SetKeys {
+            keys: keys
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = v.map(|v| {
+                        if !v.is_empty() && callhome_core::configtxt::schema::is_secret(&k) {
+                            callhome_core::configtxt::REDACTED.to_owned()
+                        } else {
+                            v
+                        }
+                    });
+                    (k, v)
+                })
+                .collect(),
+        },
+        other => other,
+    }
+}
+
+fn job_view(job: Job, progress: JobProgress, p: &Principal) -> JobView {
     let r = job.record;
     JobView {
         id: r.id,
         name: r.name,
-        operation: job.operation,
+        operation: shown_operation(job.operation, p),
         target: job.target,
         rollout: job.rollout,
         restart: job.restart,
@@ -110,9 +133,9 @@ fn job_view(job: Job, progress: JobProgress) -> JobView {
     }
 }
 
-async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
+async fn view(state: &AppState, job: Job, p: &Principal) -> Result<JobView, ApiError> {
     let progress = state.jobs.progress(job.record.id).await?;
-    Ok(job_view(job, progress))
+    Ok(job_view(job, progress, p))
 }
 
 /// One device's execution of a job.
@@ -239,7 +262,7 @@ pub async fn create_job(
     Ok((
         StatusCode::CREATED,
         axum::extract::Extension(AuditTarget(target)),
-        axum::Json(view(&state, job).await?),
+        axum::Json(view(&state, job, &p).await?),
     ))
 }
 
@@ -267,7 +290,7 @@ pub async fn list_jobs(
         .await?;
     let mut items = Vec::with_capacity(page.items.len());
     for j in page.items {
-        items.push(view(&state, j).await?);
+        items.push(view(&state, j, &p).await?);
     }
     Ok(axum::Json(JobPage {
         items,
@@ -289,7 +312,7 @@ pub async fn get_job(
 ) -> Result<axum::Json<JobView>, ApiError> {
     p.require(Role::Operator)?;
     let job = state.jobs.get(job_id(&id)?).await?;
-    Ok(axum::Json(view(&state, job).await?))
+    Ok(axum::Json(view(&state, job, &p).await?))
 }
 
 /// A job's per-device executions, in rollout order.
@@ -345,7 +368,7 @@ macro_rules! control {
             let job = state.jobs.$method(id, &p.name).await?;
             Ok((
                 axum::extract::Extension(AuditTarget(format!("job {id}"))),
-                axum::Json(view(&state, job).await?),
+                axum::Json(view(&state, job, &p).await?),
             ))
         }
     };
@@ -444,6 +467,6 @@ pub async fn apply_config(
     Ok((
         StatusCode::CREATED,
         axum::extract::Extension(AuditTarget(imei.to_string())),
-        axum::Json(view(&state, job).await?),
+        axum::Json(view(&state, job, &p).await?),
     ))
 }

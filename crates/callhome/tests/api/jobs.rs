@@ -368,6 +368,37 @@ async fn at_command_reboot_and_apply_on_a_few_modems() {
         "{job}"
     );
 
+    // A secret in a job's operation is shown as *** to operators (the job targets a device
+    // that never connects, so it stays pending).
+    let offline = crate::helpers::imei(77);
+    let (status, _) = app
+        .post("/api/v1/devices", &ops, json!({"imei": offline}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, job) = app
+        .post(
+            "/api/v1/jobs",
+            &ops,
+            json!({"operation": {"type": "set_keys", "keys": {"MTX_PIN": "4821", "DNS_period": "300"}},
+                   "target": {"imeis": [offline]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(
+        job["operation"]["keys"],
+        json!({"MTX_PIN": "***", "DNS_period": "300"})
+    );
+    let pin_job = job["id"].as_str().unwrap().to_owned();
+    let (_, listed) = app.get("/api/v1/jobs", &ops).await;
+    assert!(!listed.to_string().contains("4821"), "{listed}");
+    let admin = app.admin_token().await;
+    let (_, job) = app.get(&format!("/api/v1/jobs/{pin_job}"), &admin).await;
+    assert_eq!(job["operation"]["keys"]["MTX_PIN"], "4821");
+    let (status, _) = app
+        .post(&format!("/api/v1/jobs/{pin_job}/cancel"), &ops, json!(null))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
     // A reboot job: each modem restarts and comes back.
     let reboots = fleet.counters().reboots.load(Ordering::Relaxed);
     let (_, job) = app
