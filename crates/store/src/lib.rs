@@ -304,14 +304,6 @@ pub trait Jobs: Send + Sync {
     /// Up to `limit` pending executions of waves up to `max_wave` whose device is online and
     /// enabled, in rollout order.
     async fn next_job_devices(&self, id: Uuid, max_wave: i64, limit: u32) -> Result<Vec<Imei>>;
-    /// Starts an execution: `pending` -> `in_progress`, one more attempt;
-    /// [`StoreError::Conflict`] if it was not pending.
-    async fn start_job_device(
-        &self,
-        id: Uuid,
-        imei: &Imei,
-        at: OffsetDateTime,
-    ) -> Result<JobDeviceRecord>;
     /// Starts several executions at once (one statement): those still `pending` go
     /// `in_progress` with one more attempt and are returned; the others are left alone.
     async fn start_job_devices(

@@ -826,12 +826,14 @@ async fn jobs_executions_and_conditional_moves() {
         let next = s.next_job_devices(id, 2, 10).await.unwrap();
         assert_eq!(next.len(), 4);
         // One caller wins the start.
-        let d = s.start_job_device(id, &online(0), t0).await.unwrap();
-        assert_eq!((d.state, d.attempts), (ExecState::InProgress, 1));
-        assert!(matches!(
-            s.start_job_device(id, &online(0), t0).await,
-            Err(StoreError::Conflict(_))
-        ));
+        let d = s.start_job_devices(id, &[online(0)], t0).await.unwrap();
+        assert_eq!((d[0].state, d[0].attempts), (ExecState::InProgress, 1));
+        assert!(
+            s.start_job_devices(id, &[online(0)], t0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(s.in_progress_job_devices(id).await.unwrap().len(), 1);
         // A batch start takes the pending ones only, in rollout order.
         let batch = s

@@ -250,26 +250,6 @@ impl Jobs for SqlStore {
             .collect()
     }
 
-    async fn start_job_device(&self, id: Uuid, imei: &Imei, at: OffsetDateTime) -> Result<JobDeviceRecord> {
-        let done = sqlx::query(
-            "UPDATE job_devices SET state = 'in_progress', attempts = attempts + 1, started_at = $3 \
-             WHERE job_id = $1 AND imei = $2 AND state = 'pending'",
-        )
-        .bind(id.to_string())
-        .bind(imei.as_str())
-        .bind(ms(at))
-        .execute(&self.pool)
-        .await?;
-        let rec = self.get_job_device(id, imei).await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "execution of job {id} on {imei} is {}",
-                rec.state.as_str()
-            )));
-        }
-        Ok(rec)
-    }
-
     async fn start_job_devices(&self, id: Uuid, imeis: &[Imei], at: OffsetDateTime) -> Result<Vec<JobDeviceRecord>> {
         let mut out = Vec::with_capacity(imeis.len());
         for chunk in imeis.chunks(JOB_DEVICE_CHUNK) {
