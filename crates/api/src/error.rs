@@ -195,20 +195,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
-            StoreError::Conflict(what) => ApiError::Conflict(what),
-            StoreError::Database(sqlx_err) if is_unavailable(&sqlx_err) => {
-                ApiError::Unavailable(format!("database unavailable: {sqlx_err}"))
+            StoreError::Conflict { detail: what, .. } => ApiError::Conflict(what),
+            StoreError::Unavailable(why) => {
+                ApiError::Unavailable(format!("database unavailable: {why}"))
             }
             other => ApiError::Internal(other.to_string()),
         }
     }
-}
-
-fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
 }
 
 impl From<CaError> for ApiError {

@@ -324,7 +324,7 @@ async fn bootstrap_admin(
     {
         Ok(_) => {}
         // Another node created it first.
-        Err(StoreError::Conflict(_)) => return Ok(AdminBootstrap::Existing),
+        Err(StoreError::Conflict { .. }) => return Ok(AdminBootstrap::Existing),
         Err(e) => return Err(e.into()),
     }
     if generated {

@@ -544,7 +544,7 @@ async fn end_job(
             publish_state(inner, &rec);
             job.record = rec;
         }
-        Err(StoreError::Conflict(_)) => job.record = store.get_job(id).await?,
+        Err(StoreError::Conflict { .. }) => job.record = store.get_job(id).await?,
         Err(e) => return Err(e.into()),
     }
     Ok(())
@@ -660,7 +660,7 @@ async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Res
                             publish_state(&inner, &rec);
                             return Ok(());
                         }
-                        Err(StoreError::Conflict(_)) => {}
+                        Err(StoreError::Conflict { .. }) => {}
                         Err(e) => return Err(e.into()),
                     }
                 } else {
@@ -838,7 +838,7 @@ fn spawn_exec(
                 .await
             {
                 Ok(_) => Recorded::Yes,
-                Err(StoreError::Conflict(_)) => Recorded::AlreadyEnded,
+                Err(StoreError::Conflict { .. }) => Recorded::AlreadyEnded,
                 Err(e) => Recorded::No(e.to_string()),
             };
             (imei, wave, outcome, recorded)
@@ -877,7 +877,7 @@ async fn record(
                 .await
             {
                 Ok(_) => {}
-                Err(StoreError::Conflict(_)) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -63,7 +63,7 @@ impl From<StoreError> for FleetError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(w) => FleetError::NotFound(w),
-            StoreError::Conflict(w) => FleetError::Conflict(w),
+            StoreError::Conflict { detail: w, .. } => FleetError::Conflict(w),
             other => FleetError::Store(other),
         }
     }

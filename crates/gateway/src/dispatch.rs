@@ -98,7 +98,7 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
                 .await
             {
                 Ok(s) => s,
-                Err(StoreError::Conflict(_)) => continue, // cancelled or taken meanwhile
+                Err(StoreError::Conflict { .. }) => continue, // cancelled or taken meanwhile
                 Err(e) => {
                     warn!(error = %e, "could not mark the command sent");
                     break;

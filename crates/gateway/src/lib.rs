@@ -112,7 +112,7 @@ impl From<StoreError> for GatewayError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(w) => GatewayError::NotFound(w),
-            StoreError::Conflict(w) => GatewayError::Conflict(w),
+            StoreError::Conflict { detail: w, .. } => GatewayError::Conflict(w),
             other => GatewayError::Store(other),
         }
     }

@@ -9,7 +9,7 @@
 //! Must not know: HTTP, MQTT, TLS, certificates' cryptography, or who is allowed to do what
 //! (callers check roles before they call).
 //!
-//! Modules: [`model`] (records and filters), [`error`] ([`StoreError`]), [`testing`] (fresh
+//! Modules: [`model`] (records and filters), [`error`] ([`StoreError`]), `testing` (feature `testing`: fresh
 //! databases for tests: a temporary SQLite file, or a private schema on the PostgreSQL named
 //! by `TEST_DATABASE_URL`).
 
@@ -18,6 +18,7 @@ pub mod error;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::sync::Arc;

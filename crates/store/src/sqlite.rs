@@ -16,11 +16,66 @@ async fn connect(url: &str, options: &OpenOptions) -> Result<Pool<Db>> {
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(std::time::Duration::from_secs(10));
-    Ok(SqlitePoolOptions::new()
+    let file = opts.get_filename().to_path_buf();
+    let on_disk = !file.as_os_str().is_empty() && file.as_os_str() != ":memory:";
+    if on_disk {
+        private_files(&file, true)?;
+    }
+    let pool = SqlitePoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         .connect_with(opts)
-        .await?)
+        .await?;
+    if on_disk {
+        // SQLite gives the WAL and shared-memory files the database file's mode; files left
+        // by an older version with a looser mode are tightened here.
+        private_files(&file, false)?;
+    }
+    Ok(pool)
+}
+
+/// The database holds password hashes and Config.txt secrets: the file and its `-wal` and
+/// `-shm` companions are readable by the owner only (0600). With `create`, a missing database
+/// file is created empty with that mode before SQLite opens it, so it is never world-readable.
+#[cfg(unix)]
+fn private_files(db: &std::path::Path, create: bool) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let io = |path: &std::path::Path, source: std::io::Error| StoreError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    if create && !db.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .map_err(|e| io(db, e))?;
+    }
+    let mut names = vec![db.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        names.push(name.into());
+    }
+    for path in names {
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| io(&path, e))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_files(_db: &std::path::Path, _create: bool) -> Result<()> {
+    Ok(())
 }
 
 /// Write transactions take the write lock at once: a deferred one that reads first and

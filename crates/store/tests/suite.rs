@@ -60,7 +60,7 @@ async fn users_roundtrip_and_conflicts() {
                 role: Role::Reader,
             })
             .await;
-        assert!(matches!(dup, Err(StoreError::Conflict(m)) if m.contains("alice")));
+        assert!(matches!(dup, Err(StoreError::Conflict { detail: m, .. }) if m.contains("alice")));
         let u2 = s
             .update_user(
                 u.id,
@@ -112,7 +112,7 @@ async fn api_keys_lookup_touch_revoke() {
         assert!(r.revoked_at.is_some());
         assert!(matches!(
             s.revoke_api_key(k.id, now).await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::Conflict { .. })
         ));
         assert!(matches!(
             s.revoke_api_key(uuid::Uuid::new_v4(), now).await,
@@ -149,7 +149,7 @@ async fn devices_crud_filters_and_pagination() {
                 tags: vec![],
             })
             .await;
-        assert!(matches!(dup, Err(StoreError::Conflict(m)) if m.contains(imei(3).as_str())));
+        assert!(matches!(dup, Err(StoreError::Conflict { detail: m, .. }) if m.contains(imei(3).as_str())));
 
         // Pagination walks every device exactly once, in IMEI order.
         let mut seen = Vec::new();
@@ -280,7 +280,7 @@ async fn certificate_inventory_and_revocation() {
         s.insert_certificate(&rec("0C", -1)).await.unwrap();
         assert!(matches!(
             s.insert_certificate(&rec("0A", 30)).await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::Conflict { .. })
         ));
         assert_eq!(s.get_certificate("0A").await.unwrap(), rec("0A", 30));
         assert_eq!(s.list_certificates(&imei(1)).await.unwrap().len(), 3);
@@ -294,7 +294,7 @@ async fn certificate_inventory_and_revocation() {
         assert_eq!(r.revocation.as_ref(), Some(&revocation));
         assert!(matches!(
             s.revoke_certificate("0A", &revocation).await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::Conflict { .. })
         ));
         assert!(matches!(
             s.revoke_certificate("FF", &revocation).await,
@@ -392,6 +392,62 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
     ));
 }
 
+/// A closed pool is `Unavailable` (the API's 503), not an opaque database error; a
+/// duplicate is a `Conflict` whatever the backend.
+#[tokio::test]
+async fn errors_are_classified_by_the_store() {
+    on_each_backend("errors_are_classified_by_the_store", |s| async move {
+        let dev = NewDevice {
+            imei: imei(11),
+            name: None,
+            model: None,
+            tags: vec![],
+        };
+        s.create_device(&dev).await.unwrap();
+        assert!(matches!(
+            s.create_device(&dev).await,
+            Err(StoreError::Conflict { detail, .. }) if detail.contains(imei(11).as_str())
+        ));
+        s.close().await;
+        let err = s.get_device(&imei(11)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    })
+    .await;
+}
+
+/// The SQLite file and its WAL/SHM companions hold password hashes and secrets: 0600, also
+/// when an older version left them world-readable.
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_files_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("callhome.db");
+    let url = format!("sqlite://{}", path.display());
+    let mode = |suffix: &str| {
+        let p = format!("{}{suffix}", path.display());
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    let s = open(&url, &OpenOptions::default()).await.unwrap();
+    s.create_device(&NewDevice {
+        imei: imei(7),
+        name: None,
+        model: None,
+        tags: vec![],
+    })
+    .await
+    .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(suffix), 0o600, "callhome.db{suffix}");
+    }
+    s.close().await;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = open(&url, &OpenOptions::default()).await.unwrap();
+    assert_eq!(mode(""), 0o600, "an existing 0644 file is tightened");
+    assert!(s.get_device(&imei(7)).await.is_ok());
+    s.close().await;
+}
+
 async fn registered(s: &Arc<dyn Store>, n: u64) -> Imei {
     let id = imei(n);
     s.create_device(&NewDevice {
@@ -474,7 +530,7 @@ async fn presence_sessions_and_takeover() {
         let other = registered(&s, 42).await;
         assert!(matches!(
             s.update_device(&other, &patch).await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::Conflict { .. })
         ));
     })
     .await;
@@ -552,7 +608,7 @@ async fn command_queue_state_machine() {
         assert_eq!(s.next_queued_command(&d, now).await.unwrap().unwrap().id, a.id);
         let sent = s.mark_command_sent(a.id, now).await.unwrap();
         assert_eq!((sent.state, sent.attempts), (CommandState::Sent, 1));
-        assert!(matches!(s.mark_command_sent(a.id, now).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(s.mark_command_sent(a.id, now).await, Err(StoreError::Conflict { .. })));
         assert_eq!(s.in_flight_command(&d).await.unwrap().unwrap().id, a.id);
         assert_eq!(s.next_queued_command(&d, now).await.unwrap().unwrap().id, b.id);
         // Retry: back to queued with the reason kept, attempts kept.
@@ -573,13 +629,13 @@ async fn command_queue_state_machine() {
         assert_eq!(done.state, CommandState::Succeeded);
         assert!(matches!(
             s.complete_command(a.id, &CommandOutcome { state: CommandState::Failed, reply: None, result: None, error: None, at: now }).await,
-            Err(StoreError::Conflict(m)) if m.contains("succeeded")
+            Err(StoreError::Conflict { detail: m, .. }) if m.contains("succeeded")
         ));
         s.record_late_reply(a.id, "OK", now).await.unwrap();
         assert_eq!(s.get_command(a.id).await.unwrap().late_reply.as_deref(), Some("OK"));
         // Cancel only while queued.
         assert_eq!(s.cancel_command(b.id, now).await.unwrap().state, CommandState::Cancelled);
-        assert!(matches!(s.cancel_command(a.id, now).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(s.cancel_command(a.id, now).await, Err(StoreError::Conflict { .. })));
         assert!(matches!(s.cancel_command(Uuid::now_v7(), now).await, Err(StoreError::NotFound(_))));
         // Expiry.
         assert_eq!(s.devices_with_queued_commands().await.unwrap(), vec![d.clone()]);
@@ -742,7 +798,7 @@ async fn session_states_only_move_forward() {
         );
         assert!(matches!(
             s.update_session(sess.id, &set(SessionState::Active)).await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::Conflict { .. })
         ));
     })
     .await;
@@ -876,7 +932,7 @@ async fn jobs_executions_and_conditional_moves() {
         assert!(matches!(
             s.finish_job_device(id, &online(0), ExecState::Succeeded, None, None, t0)
                 .await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::Conflict { .. })
         ));
         // Conditional state moves.
         let j = s
@@ -896,7 +952,7 @@ async fn jobs_executions_and_conditional_moves() {
         assert!(matches!(
             s.set_job_state(id, &[JobState::Running], JobState::Completed, None, t0)
                 .await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::Conflict { .. })
         ));
         let j = s
             .set_job_state(id, &[JobState::Paused], JobState::Cancelled, None, t0)
@@ -998,7 +1054,7 @@ async fn jobs_executions_and_conditional_moves() {
                 devices: vec![(online(1), 1), (online(1), 1)],
             })
             .await;
-        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
         assert!(matches!(
             s.get_job(Uuid::now_v7()).await,
             Err(StoreError::NotFound(_))

@@ -105,7 +105,7 @@ impl From<StoreError> for TunnelError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(w) => TunnelError::NotFound(w),
-            StoreError::Conflict(w) => TunnelError::Conflict(w),
+            StoreError::Conflict { detail: w, .. } => TunnelError::Conflict(w),
             other => TunnelError::Store(other),
         }
     }
@@ -524,7 +524,7 @@ impl Tunnel {
                     serde_json::json!({"id": id, "reason": reason, "bytes_from_modem": s.bytes_from_modem, "bytes_to_modem": s.bytes_to_modem}),
                 );
             }
-            Err(StoreError::Conflict(_)) => {} // already closed
+            Err(StoreError::Conflict { .. }) => {} // already closed
             Err(e) => warn!(%id, error = %e, "could not record the session's end"),
         }
     }

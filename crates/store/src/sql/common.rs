@@ -71,8 +71,8 @@ impl Users for SqlStore {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => {
-                StoreError::Conflict(format!("user {:?} already exists", user.username))
+            StoreError::Conflict { .. } => {
+                StoreError::conflict(format!("user {:?} already exists", user.username))
             }
             other => other,
         })?;
@@ -190,7 +190,7 @@ impl ApiKeys for SqlStore {
                         .fetch_optional(&self.pool)
                         .await?;
                 Err(match exists {
-                    Some(_) => StoreError::Conflict(format!("API key {id} is already revoked")),
+                    Some(_) => StoreError::conflict(format!("API key {id} is already revoked")),
                     None => StoreError::NotFound(format!("API key {id}")),
                 })
             }
@@ -284,8 +284,8 @@ impl Devices for SqlStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => {
-                StoreError::Conflict(format!("device {} already exists", device.imei))
+            StoreError::Conflict { .. } => {
+                StoreError::conflict(format!("device {} already exists", device.imei))
             }
             other => other,
         })?;
@@ -391,7 +391,7 @@ impl Devices for SqlStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => StoreError::Conflict(format!(
+            StoreError::Conflict { .. } => StoreError::conflict(format!(
                 "MQTT user name {:?} is used by another device",
                 device.mqtt.username.as_deref().unwrap_or_default()
             )),
@@ -494,7 +494,7 @@ impl Certificates for SqlStore {
             None => {
                 // Tell "no such serial" from "already revoked".
                 self.get_certificate(serial).await?;
-                Err(StoreError::Conflict(format!("certificate {serial} is already revoked")))
+                Err(StoreError::conflict(format!("certificate {serial} is already revoked")))
             }
         }
     }

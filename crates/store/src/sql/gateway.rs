@@ -192,7 +192,7 @@ impl SqlStore {
             Some(row) => command_from_row(&row),
             None => {
                 let current = self.get_command(id).await?;
-                Err(StoreError::Conflict(format!(
+                Err(StoreError::conflict(format!(
                     "command {id} is {}; cannot {what}",
                     current.state.as_str()
                 )))

@@ -88,7 +88,7 @@ impl Jobs for SqlStore {
                     .push_bind("pending");
             });
             q.build().execute(&mut *tx).await.map_err(|e| match StoreError::from(e) {
-                StoreError::Conflict(_) => StoreError::Conflict("a device is listed twice in the job's targets".into()),
+                StoreError::Conflict { .. } => StoreError::conflict("a device is listed twice in the job's targets"),
                 other => other,
             })?;
         }
@@ -160,7 +160,7 @@ impl Jobs for SqlStore {
         let done = q.build().execute(&self.pool).await?;
         let job = self.get_job(id).await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("job {id} is {}", job.state.as_str())));
+            return Err(StoreError::conflict(format!("job {id} is {}", job.state.as_str())));
         }
         Ok(job)
     }
@@ -297,7 +297,7 @@ impl Jobs for SqlStore {
         .await?;
         let rec = self.get_job_device(id, imei).await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
+            return Err(StoreError::conflict(format!(
                 "execution of job {id} on {imei} is {}",
                 rec.state.as_str()
             )));

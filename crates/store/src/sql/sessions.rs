@@ -65,9 +65,9 @@ impl Sessions for SqlStore {
         match inserted {
             Ok(row) => session_from_row(&row),
             Err(e) => match StoreError::from(e) {
-                StoreError::Conflict(_) => {
+                StoreError::Conflict { .. } => {
                     let open = self.open_session_of(&s.imei).await?;
-                    Err(StoreError::Conflict(match open {
+                    Err(StoreError::conflict(match open {
                         Some(o) => format!("device {} already has an open session: {}", s.imei, o.id),
                         None => format!("device {} already has an open session", s.imei),
                     }))
@@ -138,7 +138,7 @@ impl Sessions for SqlStore {
             Some(r) => session_from_row(&r),
             None => {
                 self.get_session(id).await?;
-                Err(StoreError::Conflict(format!("session {id} is closed")))
+                Err(StoreError::conflict(format!("session {id} is closed")))
             }
         }
     }
