@@ -29,19 +29,36 @@ pub struct Desired {
     pub profile: Option<ProfileRecord>,
     /// Per-device values on top of it (`None` removes the key).
     pub overrides: BTreeMap<String, Option<String>>,
+    /// The device's own Config.txt layout (as imported, kept current), if it has one.
+    pub document: Option<String>,
 }
 
 impl Desired {
-    /// Profile + overrides with placeholders resolved for `imei`.
-    pub fn compose(&self, imei: &Imei) -> Result<configtxt::Effective> {
+    /// The desired configuration as the device's Config.txt: profile + overrides, placeholders
+    /// as written, laid out on the device's own document when it has one (see
+    /// [`configtxt::lay_out`]), else in the profile's layout.
+    pub fn config(&self) -> Result<ConfigFile> {
         let text = self.profile.as_ref().map_or("", |p| p.config.as_str());
-        Ok(configtxt::effective(text, &self.overrides, imei.as_str())?)
+        let desired = configtxt::desired(text, &self.overrides)?;
+        match &self.document {
+            Some(doc) => {
+                let doc = ConfigFile::parse(doc)
+                    .map_err(|e| FleetError::Corrupt(format!("Config.txt document: {e}")))?;
+                Ok(configtxt::lay_out(&doc, &desired)?)
+            }
+            None => Ok(desired),
+        }
     }
 
-    /// The profile alone, resolved for `imei`.
-    pub fn profile_only(&self, imei: &Imei) -> Result<ConfigFile> {
+    /// The effective configuration: [`Desired::config`] with placeholders resolved for `imei`.
+    pub fn compose(&self, imei: &Imei) -> Result<configtxt::Effective> {
+        Ok(configtxt::resolve(self.config()?, imei.as_str())?)
+    }
+
+    /// The profile alone, placeholders as written.
+    pub fn profile_only(&self) -> Result<ConfigFile> {
         let text = self.profile.as_ref().map_or("", |p| p.config.as_str());
-        Ok(configtxt::effective(text, &BTreeMap::new(), imei.as_str())?.config)
+        Ok(configtxt::desired(text, &BTreeMap::new())?)
     }
 }
 
@@ -125,7 +142,11 @@ impl ConfigService {
         let rec = self.store.get_device_config(imei).await?;
         let overrides = serde_json::from_str(&rec.overrides)
             .map_err(|e| FleetError::Corrupt(format!("overrides of {imei}: {e}")))?;
-        Ok(Desired { profile, overrides })
+        Ok(Desired {
+            profile,
+            overrides,
+            document: rec.document,
+        })
     }
 
     /// Replaces the device's overrides; the effective configuration they give must validate
@@ -138,13 +159,40 @@ impl ConfigService {
     ) -> Result<Desired> {
         let mut d = self.desired(imei).await?;
         d.overrides = overrides;
-        let report = d.compose(imei)?.config.validate();
+        self.store_desired(imei, d, by).await
+    }
+
+    /// Imports a Config.txt as the device's desired configuration: every key that differs
+    /// from the profile becomes an override, and the file itself becomes the device's layout,
+    /// so that it comes back byte for byte (see [`Desired::config`]).
+    pub async fn import(&self, imei: &Imei, imported: &ConfigFile, by: &str) -> Result<Desired> {
+        let mut d = self.desired(imei).await?;
+        // Compared as written: a value the file spells out (an IMEI where the profile has
+        // `[IMEI]`) is kept as the file has it.
+        let base = d.profile_only()?;
+        let mut overrides = BTreeMap::new();
+        record_changes(&base, imported, &mut overrides);
+        d.overrides = overrides;
+        d.document = Some(imported.render());
+        self.store_desired(imei, d, by).await
+    }
+
+    /// Validates and stores `d`'s overrides with the document they lay out to: keys changed
+    /// stay in place, new keys are appended in the order they were set.
+    async fn store_desired(&self, imei: &Imei, mut d: Desired, by: &str) -> Result<Desired> {
+        let config = d.config()?;
+        let report = configtxt::resolve(config.clone(), imei.as_str())?
+            .config
+            .validate();
         if !report.errors.is_empty() {
             return Err(FleetError::Invalid(report.errors));
         }
+        d.document = Some(config.render());
         let json =
             serde_json::to_string(&d.overrides).map_err(|e| FleetError::Corrupt(e.to_string()))?;
-        self.store.set_overrides(imei, &json, by).await?;
+        self.store
+            .set_overrides(imei, &json, d.document.as_deref(), by)
+            .await?;
         self.check_drift(imei).await?;
         Ok(d)
     }

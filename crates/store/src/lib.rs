@@ -236,11 +236,13 @@ pub trait Configuration: Send + Sync {
     async fn profile_for_tags(&self, tags: &[String]) -> Result<Option<ProfileRecord>>;
     /// A device's configuration state (defaults when none was written).
     async fn get_device_config(&self, imei: &Imei) -> Result<DeviceConfigRecord>;
-    /// Replaces a device's overrides (JSON object text).
+    /// Replaces a device's overrides (JSON object text) and its Config.txt layout
+    /// (`None`: it follows its profile's).
     async fn set_overrides(
         &self,
         imei: &Imei,
         overrides: &str,
+        document: Option<&str>,
         by: &str,
     ) -> Result<DeviceConfigRecord>;
     /// Records the configuration the modem reported.

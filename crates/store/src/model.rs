@@ -683,6 +683,9 @@ pub struct NewProfileVersion {
 pub struct DeviceConfigRecord {
     /// Per-device overrides: JSON object of key -> value.
     pub overrides: String,
+    /// The device's own Config.txt layout (as imported, values kept current); `None` when it
+    /// follows its profile's.
+    pub document: Option<String>,
     /// The Config.txt the modem last reported.
     pub reported: Option<String>,
     /// When it was read.

@@ -720,10 +720,11 @@ async fn profiles_versions_assignment_and_device_config() {
         let c = s.get_device_config(&d).await.unwrap();
         assert_eq!((c.overrides.as_str(), c.drift.as_str()), ("{}", "unknown"));
         let c = s
-            .set_overrides(&d, r#"{"MTX_PIN":"1234"}"#, "ops")
+            .set_overrides(&d, r#"{"MTX_PIN":"1234"}"#, Some("MTX_PIN: 1234\n"), "ops")
             .await
             .unwrap();
         assert_eq!(c.overrides, r#"{"MTX_PIN":"1234"}"#);
+        assert_eq!(c.document.as_deref(), Some("MTX_PIN: 1234\n"));
         let now = OffsetDateTime::now_utc();
         s.set_reported(&d, "DNS_period: 300\n", now).await.unwrap();
         s.set_drift(&d, "drifted", Some(r#"["DNS_period"]"#), now)
@@ -732,6 +733,11 @@ async fn profiles_versions_assignment_and_device_config() {
         let c = s.get_device_config(&d).await.unwrap();
         assert_eq!(c.reported.as_deref(), Some("DNS_period: 300\n"));
         assert_eq!(c.drift, "drifted");
+        assert_eq!(
+            c.document.as_deref(),
+            Some("MTX_PIN: 1234\n"),
+            "kept by other writes"
+        );
         assert!(matches!(
             s.get_device_config(&imei(71)).await,
             Err(StoreError::NotFound(_))

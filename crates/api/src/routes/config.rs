@@ -15,7 +15,7 @@ use callhome_store::{NewProfileVersion, ProfileRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use callhome_fleet::config::{Desired, counts_as_drift, record_changes};
+use callhome_fleet::config::{Desired, counts_as_drift};
 use callhome_fleet::runner::Runner;
 
 use crate::AppState;
@@ -415,9 +415,21 @@ pub async fn effective(
     }))
 }
 
-/// The effective configuration rendered exactly as a modem's Config.txt (`text/plain`).
+/// `?resolve=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ResolveQuery {
+    /// `true`: the effective configuration, placeholders (`[IMEI]`, ...) filled for this
+    /// device. Default `false`: the desired configuration with placeholders as written.
+    pub resolve: Option<bool>,
+}
+
+/// The device's Config.txt (`text/plain`): its desired configuration in the layout it was
+/// imported with (key order, key spelling, blank and comment lines byte for byte; keys
+/// changed since in place, new keys appended in the order they were set), or in its profile's
+/// layout when nothing was imported. Placeholders as written unless `?resolve=true`.
 #[utoipa::path(get, path = "/api/v1/devices/{imei}/config.txt", tag = "configuration", security(("bearer" = [])),
-    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
+    params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518"), ResolveQuery),
     responses(
         (status = 200, description = "Config.txt", body = String, content_type = "text/plain"),
         (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
@@ -426,11 +438,17 @@ pub async fn get_config_txt(
     State(state): State<AppState>,
     p: Principal,
     ApiPath(imei): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ResolveQuery>,
 ) -> Result<Response, ApiError> {
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
-    let eff = state.config.desired(&imei).await?.compose(&imei)?;
-    let mut resp = shown(&eff.config, &p).into_response();
+    let desired = state.config.desired(&imei).await?;
+    let config = if q.resolve.unwrap_or(false) {
+        desired.compose(&imei)?.config
+    } else {
+        desired.config()?
+    };
+    let mut resp = shown(&config, &p).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -439,7 +457,8 @@ pub async fn get_config_txt(
 }
 
 /// Imports a Config.txt (`text/plain` body) as the device's desired configuration: every
-/// key that differs from the profile becomes an override. Validated like any other change.
+/// key that differs from the profile becomes an override, and the file's layout is kept, so
+/// `GET` of the same path gives it back byte for byte. Validated like any other change.
 #[utoipa::path(put, path = "/api/v1/devices/{imei}/config.txt", tag = "configuration", security(("bearer" = [])),
     params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
     request_body(content = String, content_type = "text/plain", description = "A Config.txt"),
@@ -456,13 +475,7 @@ pub async fn put_config_txt(
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
     let (imported, _) = parse_valid(&body)?;
-    let base = state.config.desired(&imei).await?.profile_only(&imei)?;
-    let mut overrides = BTreeMap::new();
-    record_changes(&base, &imported, &mut overrides);
-    let d = state
-        .config
-        .set_overrides(&imei, overrides, &p.name)
-        .await?;
+    let d = state.config.import(&imei, &imported, &p.name).await?;
     Ok(axum::Json(config_view(&d, &p)))
 }
 

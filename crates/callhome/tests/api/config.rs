@@ -8,6 +8,158 @@ use crate::helpers::{TestApp, imei};
 
 const SEED: &str = callhome_core::configtxt::SEED_MASTER_CONFIG;
 
+async fn get_txt(app: &TestApp, token: &str, id: &str) -> String {
+    let resp = app
+        .client
+        .get(app.url(&format!("/api/v1/devices/{id}/config.txt")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.text().await.unwrap()
+}
+
+async fn put_txt(app: &TestApp, token: &str, id: &str, text: &str) -> (StatusCode, Value) {
+    let resp = app
+        .client
+        .put(app.url(&format!("/api/v1/devices/{id}/config.txt")))
+        .bearer_auth(token)
+        .header("content-type", "text/plain")
+        .body(text.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.json().await.unwrap())
+}
+
+/// The seed master Config.txt (one key per line, comments and blank lines as written) comes
+/// back byte for byte from a device and from a profile; a key overridden afterwards is shown
+/// in place, a new key is appended, a removed key's line goes, and `?resolve=true` fills the
+/// placeholders.
+#[tokio::test]
+async fn seed_config_txt_round_trips_byte_for_byte() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    assert!(SEED.contains("[IMEI]"), "the seed has placeholders");
+
+    // Imported into a device that has no profile.
+    let id = imei(41);
+    app.post("/api/v1/devices", &admin, json!({"imei": id}))
+        .await;
+    let (status, c) = put_txt(&app, &admin, &id, SEED).await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(
+        get_txt(&app, &admin, &id).await,
+        SEED,
+        "imported into a device"
+    );
+    assert_eq!(
+        get_txt(&app, &admin, &id).await,
+        SEED,
+        "and again: reading does not change it"
+    );
+
+    // One key overridden through the JSON endpoint: shown in place, the rest byte for byte.
+    let mut overrides = c["overrides"].clone();
+    overrides["DNS_period"] = json!("300");
+    let (status, c) = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/devices/{id}/config"),
+            Some(&admin),
+            Some(json!({ "overrides": overrides })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    let changed = SEED.replace("DNS_period: 600\n", "DNS_period: 300\n");
+    assert_ne!(changed, SEED);
+    assert_eq!(
+        get_txt(&app, &admin, &id).await,
+        changed,
+        "the override in place"
+    );
+
+    // A new key is appended in the order it was set; a removed key's line goes.
+    let mut overrides = c["overrides"].clone();
+    overrides["MQTT_qos"] = json!("1");
+    overrides["SMS_validPhone2"] = json!(null);
+    let (status, c) = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/devices/{id}/config"),
+            Some(&admin),
+            Some(json!({ "overrides": overrides })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    let phone2 = SEED
+        .lines()
+        .find(|l| l.starts_with("SMS_validPhone2:"))
+        .expect("the seed has SMS_validPhone2");
+    let want = format!(
+        "{}MQTT_qos: 1\n",
+        changed.replace(&format!("{phone2}\n"), "")
+    );
+    assert_eq!(get_txt(&app, &admin, &id).await, want);
+    let resolved = app
+        .client
+        .get(app.url(&format!("/api/v1/devices/{id}/config.txt?resolve=true")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(resolved, want.replace("[IMEI]", &id), "placeholders filled");
+
+    // Comment and blank lines, and a key's spelling, are kept as written too.
+    let commented = format!(
+        "# Substation 4, meter 12\n\n{}",
+        SEED.replace("MTX_PIN:", "mtx_pin:")
+    );
+    let other = imei(43);
+    app.post("/api/v1/devices", &admin, json!({"imei": other}))
+        .await;
+    let (status, c) = put_txt(&app, &admin, &other, &commented).await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(get_txt(&app, &admin, &other).await, commented);
+
+    // Imported into a profile: the profile and a device carrying its tag give it back.
+    let (status, p) = put_profile(&app, &admin, "seed", SEED, "seeded").await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    let (_, p) = app.get("/api/v1/profiles/seed", &admin).await;
+    assert_eq!(p["config"], SEED, "the profile byte for byte");
+    let dev = imei(42);
+    app.post(
+        "/api/v1/devices",
+        &admin,
+        json!({"imei": dev, "tags": ["seeded"]}),
+    )
+    .await;
+    assert_eq!(
+        get_txt(&app, &admin, &dev).await,
+        SEED,
+        "a device of the profile"
+    );
+    let (status, c) = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/devices/{dev}/config"),
+            Some(&admin),
+            Some(json!({"overrides": {"dns_period": "300"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(
+        get_txt(&app, &admin, &dev).await,
+        changed,
+        "the override in place, with the profile's spelling"
+    );
+    app.stop().await;
+}
+
 async fn put_profile(
     app: &TestApp,
     token: &str,
@@ -51,7 +203,7 @@ async fn seed_profile_by_tag_effective_config_and_config_txt() {
     .await;
     let resp = app
         .client
-        .get(app.url(&format!("/api/v1/devices/{id}/config.txt")))
+        .get(app.url(&format!("/api/v1/devices/{id}/config.txt?resolve=true")))
         .bearer_auth(&admin)
         .send()
         .await

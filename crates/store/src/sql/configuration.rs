@@ -24,13 +24,14 @@ fn profile_from_row(r: &DbRow) -> Result<ProfileRecord> {
 
 macro_rules! device_config_cols {
     () => {
-        "overrides, reported, reported_at, drift, drift_keys, drift_checked_at"
+        "overrides, document, reported, reported_at, drift, drift_keys, drift_checked_at"
     };
 }
 
 fn device_config_from_row(r: &DbRow) -> Result<DeviceConfigRecord> {
     Ok(DeviceConfigRecord {
         overrides: r.try_get("overrides")?,
+        document: r.try_get("document")?,
         reported: r.try_get("reported")?,
         reported_at: opt_from_ms(r.try_get("reported_at")?),
         drift: r.try_get("drift")?,
@@ -176,11 +177,12 @@ impl Configuration for SqlStore {
         }
     }
 
-    async fn set_overrides(&self, imei: &Imei, overrides: &str, by: &str) -> Result<DeviceConfigRecord> {
+    async fn set_overrides(&self, imei: &Imei, overrides: &str, document: Option<&str>, by: &str) -> Result<DeviceConfigRecord> {
         self.ensure_device_config(imei, by).await?;
-        sqlx::query("UPDATE device_config SET overrides = $2, updated_at = $3, updated_by = $4 WHERE imei = $1")
+        sqlx::query("UPDATE device_config SET overrides = $2, document = $3, updated_at = $4, updated_by = $5 WHERE imei = $1")
             .bind(imei.as_str())
             .bind(overrides)
+            .bind(document)
             .bind(ms(OffsetDateTime::now_utc()))
             .bind(by)
             .execute(&self.pool)
