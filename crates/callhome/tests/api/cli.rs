@@ -629,3 +629,60 @@ async fn config_apply_shows_each_key() {
     cli.ok(&format!("jobs watch {job}")).await;
     w.stop().await;
 }
+
+/// `--help` of the built binary for `args`.
+fn help(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhome"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("callhome binary runs");
+    assert!(out.status.success(), "callhome {args:?} --help failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn client_commands_show_no_server_flags() {
+    const SERVER_FLAGS: [&str; 11] = [
+        "--data-dir",
+        "--database-url",
+        "--http ",
+        "--mqtt",
+        "--tunnel",
+        "--public-host",
+        "--node-id",
+        "--drift-check-interval",
+        "--config ",
+        "--log ",
+        "--log-format",
+    ];
+    for cmd in [
+        &["sim"][..],
+        &["connect"],
+        &["login"],
+        &["logout"],
+        &["devices"],
+        &["devices", "list"],
+        &["config"],
+        &["config", "get"],
+        &["jobs"],
+        &["jobs", "create"],
+    ] {
+        let text = help(cmd);
+        for flag in SERVER_FLAGS {
+            assert!(
+                !text.contains(flag),
+                "callhome {cmd:?} --help shows {flag}:\n{text}"
+            );
+        }
+    }
+    for cmd in [&["serve"][..], &["user", "list"]] {
+        let text = help(cmd);
+        for flag in SERVER_FLAGS {
+            assert!(
+                text.contains(flag),
+                "callhome {cmd:?} --help lacks {flag}:\n{text}"
+            );
+        }
+    }
+}
