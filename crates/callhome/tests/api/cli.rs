@@ -362,6 +362,26 @@ async fn cli_credentials_from_flags_environment_and_expiry() {
         )
         .await;
     assert!(r.ok && r.stdout.contains(&imei(10)), "{r}");
+    // From a file: nothing on the command line but its name.
+    let token_file = cli._dir.path().join("token");
+    std::fs::write(&token_file, format!("{key}\n")).unwrap();
+    let r = cli
+        .ok(&format!(
+            "devices list --server {} --token-file {}",
+            app.base,
+            token_file.display()
+        ))
+        .await;
+    assert!(r.stdout.contains(&imei(10)), "{r}");
+    std::fs::write(&token_file, "\n").unwrap();
+    let r = cli
+        .fails(&format!(
+            "devices list --server {} --token-file {}",
+            app.base,
+            token_file.display()
+        ))
+        .await;
+    assert!(r.stderr.contains("no token"), "{r}");
     // The reader role cannot change configuration: the 403 is shown.
     let r = cli
         .fails(&format!(
