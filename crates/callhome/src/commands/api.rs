@@ -39,17 +39,19 @@ impl ApiArgs {
         if let Some(t) = &self.token {
             return Ok(Some(t.clone()));
         }
-        let Some(path) = &self.token_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the token from {}", path.display()))?;
-        let token = text.lines().next().unwrap_or("").trim().to_owned();
-        if token.is_empty() {
-            bail!("{} holds no token on its first line", path.display());
-        }
-        Ok(Some(token))
+        self.token_file.as_deref().map(read_token_file).transpose()
     }
+}
+
+/// The token on the first line of `path` (for `--token-file`).
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token from {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        bail!("{} holds no token on its first line", path.display());
+    }
+    Ok(token)
 }
 
 /// An error document from the API (or an HTTP error without one).

@@ -39,6 +39,10 @@ pub struct SimArgs {
         conflicts_with = "token"
     )]
     pub api_key: Option<String>,
+    /// Read the access token or API key from the first line of FILE (a token given as a
+    /// flag shows in `ps`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "api_key"])]
+    pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for an https API URL.
     #[arg(long, value_name = "FILE")]
     pub api_ca: Option<PathBuf>,
@@ -194,9 +198,15 @@ pub(super) async fn run(args: SimArgs) -> anyhow::Result<()> {
         let Some(api) = &args.api else {
             bail!("mutual TLS needs --api URL to enroll the modems (or use --plain)");
         };
-        let Some(credential) = args.token.as_deref().or(args.api_key.as_deref()) else {
-            bail!("enrollment needs --token or --api-key");
+        let credential = match (&args.token, &args.api_key, &args.token_file) {
+            (Some(t), _, _) => t.clone(),
+            (None, Some(k), _) => k.clone(),
+            (None, None, Some(path)) => super::api::read_token_file(path)?,
+            (None, None, None) => {
+                bail!("enrollment needs CALLHOME_TOKEN, CALLHOME_API_KEY or --token-file FILE")
+            }
         };
+        let credential = credential.as_str();
         let api_ca = match &args.api_ca {
             Some(p) => Some(
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
