@@ -10,9 +10,6 @@ use crate::config::Overrides;
 #[derive(Debug, Parser)]
 #[command(name = "callhome", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Settings shared by every subcommand.
-    #[command(flatten)]
-    pub settings: Overrides,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -22,9 +19,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the platform: HTTP API, CA, and (as they are enabled) modem gateway and tunnel.
-    Serve,
+    Serve {
+        /// Server settings.
+        #[command(flatten)]
+        settings: Overrides,
+    },
     /// Manage users directly in the database (works while the server is stopped or running).
     User {
+        /// Server settings (where the database is).
+        #[command(flatten)]
+        settings: Overrides,
         /// What to do with users.
         #[command(subcommand)]
         action: UserAction,

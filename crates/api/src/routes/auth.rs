@@ -12,7 +12,7 @@ use crate::error::{ApiError, Problem};
 use crate::extract::ApiJson;
 
 /// Credentials to exchange for an access token: a user name and password, or an API key.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"username": "admin", "password": "correct horse battery staple"}))]
 pub struct TokenRequest {

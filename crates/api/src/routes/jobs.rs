@@ -397,7 +397,7 @@ control!(
 );
 
 /// Options of a one-device apply.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyRequest {
     /// When to restart the modem (default `auto`: when a changed key needs it).

@@ -25,8 +25,33 @@ pub struct ApiArgs {
     #[arg(long, env = "CALLHOME_SERVER", value_name = "URL", global = true)]
     pub server: Option<String>,
     /// Access token or API key (`chk_...`), instead of the token saved by `callhome login`.
+    /// A token given as a flag shows in `ps`: prefer CALLHOME_TOKEN or --token-file.
     #[arg(long, env = "CALLHOME_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// Read the access token or API key from the first line of FILE.
+    #[arg(long, value_name = "FILE", global = true, conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl ApiArgs {
+    /// The token from --token (CALLHOME_TOKEN) or --token-file, if either is given.
+    pub fn given_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        self.token_file.as_deref().map(read_token_file).transpose()
+    }
+}
+
+/// The token on the first line of `path` (for `--token-file`).
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token from {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        bail!("{} holds no token on its first line", path.display());
+    }
+    Ok(token)
 }
 
 /// An error document from the API (or an HTTP error without one).
@@ -137,7 +162,8 @@ impl Api {
     /// to what `callhome login` saved. A saved token is used only for the server it was
     /// issued by, and only until it expires.
     pub fn connect(args: &ApiArgs) -> anyhow::Result<Self> {
-        if let (Some(server), Some(token)) = (&args.server, &args.token) {
+        let given = args.given_token()?;
+        if let (Some(server), Some(token)) = (&args.server, &given) {
             return Ok(Self::anonymous(server)?.with_token(token));
         }
         let stored = credentials::load()?;
@@ -148,12 +174,12 @@ impl Api {
                 "no server: run `callhome login --server URL`, or give --server (CALLHOME_SERVER)"
             ),
         };
-        let token = match (&args.token, stored) {
+        let token = match (&given, stored) {
             (Some(t), _) => t.clone(),
             (None, Some(st)) if st.server == server => usable_token(st)?,
             (None, _) => bail!(
                 "not logged in to {server}: run `callhome login --server {server}`, or give \
-                 --token (CALLHOME_TOKEN) with an access token or API key"
+                 CALLHOME_TOKEN or --token-file FILE with an access token or API key"
             ),
         };
         Ok(Self::anonymous(&server)?.with_token(&token))

@@ -36,6 +36,10 @@ pub struct ConnectArgs {
     /// API key (reader role or above), instead of --token.
     #[arg(long, env = "CALLHOME_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Read the access token or API key from the first line of FILE (a token given as a
+    /// flag shows in `ps`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "api_key"])]
+    pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for an https API URL.
     #[arg(long)]
     pub api_ca: Option<PathBuf>,
@@ -56,11 +60,7 @@ pub struct ConnectArgs {
 /// Runs until interrupted (or after one connection with `--once`).
 pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     let imei = callhome_core::Imei::parse(&args.imei).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let credential = match (&args.token, &args.api_key) {
-        (Some(t), _) => t.clone(),
-        (None, Some(k)) => k.clone(),
-        (None, None) => bail!("give --token or --api-key (or CALLHOME_TOKEN / CALLHOME_API_KEY)"),
-    };
+    let credential = credential(&args)?;
     let api = args.api.trim_end_matches('/').to_owned();
     let tls = match &args.api_ca {
         Some(path) => {
@@ -85,16 +85,24 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
 /// [`run`] on an already-bound listener (tests bind port 0).
 pub async fn run_with_listener(args: ConnectArgs, listener: TcpListener) -> anyhow::Result<()> {
     let imei = callhome_core::Imei::parse(&args.imei).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let credential = args
-        .token
-        .clone()
-        .or_else(|| args.api_key.clone())
-        .context("give --token or --api-key")?;
+    let credential = credential(&args)?;
     let api = args.api.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()?;
     run_on(args, listener, http, api, credential, None, imei).await
+}
+
+/// The token from CALLHOME_TOKEN (--token), CALLHOME_API_KEY (--api-key) or --token-file.
+fn credential(args: &ConnectArgs) -> anyhow::Result<String> {
+    match (&args.token, &args.api_key, &args.token_file) {
+        (Some(t), _, _) => Ok(t.clone()),
+        (None, Some(k), _) => Ok(k.clone()),
+        (None, None, Some(path)) => super::api::read_token_file(path),
+        (None, None, None) => {
+            bail!("give CALLHOME_TOKEN, CALLHOME_API_KEY or --token-file FILE")
+        }
+    }
 }
 
 async fn run_on(

@@ -298,7 +298,13 @@ async fn apply(
     restart: Option<Restart>,
     no_wait: bool,
 ) -> anyhow::Result<()> {
-    let body = restart.map(|r| json!({"restart": r.as_str()}));
+    let body = restart
+        .map(|r| {
+            serde_json::to_value(callhome_api::routes::jobs::ApplyRequest {
+                restart: r.policy(),
+            })
+        })
+        .transpose()?;
     let job = api
         .post(&device_path(imei, "/config/apply")?, body.as_ref())
         .await?;

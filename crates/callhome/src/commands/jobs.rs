@@ -102,6 +102,16 @@ pub enum Restart {
 }
 
 impl Restart {
+    /// The API's restart policy.
+    pub fn policy(self) -> callhome_core::jobs::RestartPolicy {
+        use callhome_core::jobs::RestartPolicy;
+        match self {
+            Restart::Auto => RestartPolicy::Auto,
+            Restart::Always => RestartPolicy::Always,
+            Restart::Never => RestartPolicy::Never,
+        }
+    }
+
     /// The API's name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -4,7 +4,8 @@
 use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::{Context as _, bail};
-use serde_json::json;
+
+use callhome_api::routes::auth::TokenRequest;
 
 use crate::commands::api::{Api, normalize_server};
 use crate::commands::credentials::{self, Stored};
@@ -40,7 +41,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let issued = Api::anonymous(&server)?
         .post(
             "/api/v1/auth/token",
-            Some(&json!({"username": args.username, "password": password})),
+            Some(&serde_json::to_value(TokenRequest {
+                username: Some(args.username.clone()),
+                password: Some(password),
+                api_key: None,
+            })?),
         )
         .await?;
     let token = issued["access_token"]

@@ -28,14 +28,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Openapi { output, check } => openapi::run(output, check),
-        Command::Serve => {
-            let settings = Settings::resolve(&cli.settings)?;
+        Command::Serve { settings } => {
+            let settings = Settings::resolve(&settings)?;
             init_tracing(&settings);
             serve::run(&settings).await
         }
         Command::Sim(args) => {
             init_sim_tracing();
-            sim::run(*args, cli.settings.mqtt).await
+            sim::run(*args).await
         }
         Command::Connect(args) => {
             init_sim_tracing();
@@ -54,8 +54,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices { api, action } => devices::run(&api, action).await,
         Command::Config { api, action } => device_config::run(&api, action).await,
         Command::Jobs { api, action } => jobs::run(&api, action).await,
-        Command::User { action } => {
-            let settings = Settings::resolve(&cli.settings)?;
+        Command::User { settings, action } => {
+            let settings = Settings::resolve(&settings)?;
             init_tracing(&settings);
             user::run(&settings, action).await
         }

@@ -1,6 +1,5 @@
 //! `callhome sim`: a fleet of simulated MTX modems.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,11 +39,14 @@ pub struct SimArgs {
         conflicts_with = "token"
     )]
     pub api_key: Option<String>,
+    /// Read the access token or API key from the first line of FILE (a token given as a
+    /// flag shows in `ps`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "api_key"])]
+    pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for an https API URL.
     #[arg(long, value_name = "FILE")]
     pub api_ca: Option<PathBuf>,
-    /// MQTT endpoint as HOST:PORT; the host is also the TLS server name. Defaults to
-    /// the global --mqtt address.
+    /// MQTT endpoint as HOST:PORT; the host is also the TLS server name.
     #[arg(long, value_name = "HOST:PORT")]
     pub broker: Option<String>,
     /// Plain TCP without certificates (a reference broker such as Mosquitto); skips
@@ -136,15 +138,10 @@ fn parse_endpoint(s: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.to_owned(), port))
 }
 
-fn endpoint(args: &SimArgs, global_mqtt: Option<SocketAddr>) -> anyhow::Result<(String, u16)> {
-    if let Some(b) = &args.broker {
-        return parse_endpoint(b);
-    }
-    match global_mqtt {
-        // A listen address such as 0.0.0.0:8883 means "this machine".
-        Some(a) if a.ip().is_unspecified() => Ok(("127.0.0.1".into(), a.port())),
-        Some(a) => Ok((a.ip().to_string(), a.port())),
-        None => bail!("give the MQTT endpoint with --broker HOST:PORT (or --mqtt ADDR)"),
+fn endpoint(args: &SimArgs) -> anyhow::Result<(String, u16)> {
+    match &args.broker {
+        Some(b) => parse_endpoint(b),
+        None => bail!("give the MQTT endpoint with --broker HOST:PORT"),
     }
 }
 
@@ -183,9 +180,9 @@ async fn stop_signal(duration: Option<u64>) {
     }
 }
 
-pub(super) async fn run(args: SimArgs, global_mqtt: Option<SocketAddr>) -> anyhow::Result<()> {
+pub(super) async fn run(args: SimArgs) -> anyhow::Result<()> {
     callhome_sim::install_crypto_provider();
-    let (host, port) = endpoint(&args, global_mqtt)?;
+    let (host, port) = endpoint(&args)?;
     let misbehaviour = misbehaviour(&args)?;
     let serial = serial_side(&args)?;
     let imeis = fleet_imeis(&args.first_imei, args.modems)?;
@@ -201,9 +198,15 @@ pub(super) async fn run(args: SimArgs, global_mqtt: Option<SocketAddr>) -> anyho
         let Some(api) = &args.api else {
             bail!("mutual TLS needs --api URL to enroll the modems (or use --plain)");
         };
-        let Some(credential) = args.token.as_deref().or(args.api_key.as_deref()) else {
-            bail!("enrollment needs --token or --api-key");
+        let credential = match (&args.token, &args.api_key, &args.token_file) {
+            (Some(t), _, _) => t.clone(),
+            (None, Some(k), _) => k.clone(),
+            (None, None, Some(path)) => super::api::read_token_file(path)?,
+            (None, None, None) => {
+                bail!("enrollment needs CALLHOME_TOKEN, CALLHOME_API_KEY or --token-file FILE")
+            }
         };
+        let credential = credential.as_str();
         let api_ca = match &args.api_ca {
             Some(p) => Some(
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,

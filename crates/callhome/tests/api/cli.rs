@@ -362,6 +362,26 @@ async fn cli_credentials_from_flags_environment_and_expiry() {
         )
         .await;
     assert!(r.ok && r.stdout.contains(&imei(10)), "{r}");
+    // From a file: nothing on the command line but its name.
+    let token_file = cli._dir.path().join("token");
+    std::fs::write(&token_file, format!("{key}\n")).unwrap();
+    let r = cli
+        .ok(&format!(
+            "devices list --server {} --token-file {}",
+            app.base,
+            token_file.display()
+        ))
+        .await;
+    assert!(r.stdout.contains(&imei(10)), "{r}");
+    std::fs::write(&token_file, "\n").unwrap();
+    let r = cli
+        .fails(&format!(
+            "devices list --server {} --token-file {}",
+            app.base,
+            token_file.display()
+        ))
+        .await;
+    assert!(r.stderr.contains("no token"), "{r}");
     // The reader role cannot change configuration: the 403 is shown.
     let r = cli
         .fails(&format!(
@@ -628,4 +648,61 @@ async fn config_apply_shows_each_key() {
     assert!(r.stdout.contains("callhome jobs watch"), "{r}");
     cli.ok(&format!("jobs watch {job}")).await;
     w.stop().await;
+}
+
+/// `--help` of the built binary for `args`.
+fn help(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhome"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("callhome binary runs");
+    assert!(out.status.success(), "callhome {args:?} --help failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn client_commands_show_no_server_flags() {
+    const SERVER_FLAGS: [&str; 11] = [
+        "--data-dir",
+        "--database-url",
+        "--http ",
+        "--mqtt",
+        "--tunnel",
+        "--public-host",
+        "--node-id",
+        "--drift-check-interval",
+        "--config ",
+        "--log ",
+        "--log-format",
+    ];
+    for cmd in [
+        &["sim"][..],
+        &["connect"],
+        &["login"],
+        &["logout"],
+        &["devices"],
+        &["devices", "list"],
+        &["config"],
+        &["config", "get"],
+        &["jobs"],
+        &["jobs", "create"],
+    ] {
+        let text = help(cmd);
+        for flag in SERVER_FLAGS {
+            assert!(
+                !text.contains(flag),
+                "callhome {cmd:?} --help shows {flag}:\n{text}"
+            );
+        }
+    }
+    for cmd in [&["serve"][..], &["user", "list"]] {
+        let text = help(cmd);
+        for flag in SERVER_FLAGS {
+            assert!(
+                text.contains(flag),
+                "callhome {cmd:?} --help lacks {flag}:\n{text}"
+            );
+        }
+    }
 }

@@ -437,6 +437,7 @@ async fn callhome_connect_exposes_the_meter_as_a_local_tcp_port() {
         api: app.base.clone(),
         token: Some(reader.clone()),
         api_key: None,
+        token_file: None,
         api_ca: None,
         listen: local,
         timeout_s: 30,
