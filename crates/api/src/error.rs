@@ -214,8 +214,16 @@ impl From<CaError> for ApiError {
                 ApiError::bad_request("invalid-csr", e.to_string())
             }
             CaError::NotFound(what) => ApiError::NotFound(what),
-            CaError::Store(store) => store.into(),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<callhome_pki::PkiError> for ApiError {
+    fn from(e: callhome_pki::PkiError) -> Self {
+        match e {
+            callhome_pki::PkiError::Ca(ca) => ca.into(),
+            callhome_pki::PkiError::Store(store) => store.into(),
         }
     }
 }

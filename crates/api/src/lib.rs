@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::HeaderName;
-use callhome_ca::CertificateService;
+use callhome_pki::CertificateService;
 use callhome_store::Store;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;

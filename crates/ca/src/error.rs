@@ -99,10 +99,6 @@ pub enum CaError {
     /// Building a TLS configuration failed.
     #[error("TLS configuration error: {0}")]
     Tls(String),
-
-    /// The inventory (database) failed.
-    #[error(transparent)]
-    Store(#[from] callhome_store::StoreError),
 }
 
 impl CaError {

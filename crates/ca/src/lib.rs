@@ -14,13 +14,8 @@
 //! - small helpers: key + CSR generation for the simulator and tests, certificate
 //!   inspection, and atomic 0600 secret files ([`write_secret_file`]).
 //!
-//! - the inventory of issued and revoked certificates and the CRL in force
-//!   ([`CertificateService`], the one module that talks to `callhome-store`): signing
-//!   records the certificate, revoking regenerates the CRL at once and announces it to
-//!   the TLS listeners.
-//!
-//! It must not know about HTTP or MQTT. [`Authority`] itself is pure cryptography and
-//! files: it never touches the database.
+//! It must not know about HTTP, MQTT or the database: the inventory of issued and revoked
+//! certificates, and the CRL in force built from it, are `callhome-pki`'s.
 
 #![warn(missing_docs)]
 
@@ -31,7 +26,6 @@ mod error;
 mod fs;
 mod inspect;
 mod server;
-mod service;
 pub mod tls;
 
 pub use authority::{
@@ -43,7 +37,6 @@ pub use error::CaError;
 pub use fs::write_secret_file;
 pub use inspect::{CertificateInfo, inspect_certificate, inspect_certificate_der};
 pub use server::{SERVER_CERT_FILE, SERVER_KEY_FILE, ServerIdentity};
-pub use service::{CRL_VALIDITY, CertificateService};
 
 /// Re-exported so callers can name the DER types used in this API without adding the
 /// dependency themselves.

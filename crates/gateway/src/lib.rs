@@ -32,8 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callhome_ca::tls::SharedServerConfig;
-use callhome_ca::{CaError, CertificateService, ServerIdentity};
+use callhome_ca::{CaError, ServerIdentity};
 use callhome_core::{AtCommand, Imei, ValidationError};
+use callhome_pki::CertificateService;
 use callhome_store::{CommandRecord, NewCommand, Store, StoreError};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;

@@ -19,11 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use callhome_ca::ServerIdentity;
 use callhome_ca::tls::{ClientAuth, SharedServerConfig};
-use callhome_ca::{CertificateService, ServerIdentity};
 use callhome_core::dialect::Dialect;
 use callhome_core::{Imei, ValidationError};
 use callhome_gateway::{CommandRequest, EventBus, Gateway, GatewayError};
+use callhome_pki::CertificateService;
 use callhome_store::{
     CommandState, NewSession, SessionRecord, SessionState, SessionUpdate, Store, StoreError,
 };

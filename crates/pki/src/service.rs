@@ -4,6 +4,9 @@
 //! [`Authority`] does the cryptography and knows nothing of the database; this module is
 //! where issued and revoked certificates meet the store.
 
+use callhome_ca::tls::{ClientAuth, SharedServerConfig, server_config};
+use callhome_ca::{Authority, CaError, Crl, RevocationReason, RevokedEntry, ServerIdentity};
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -12,8 +15,7 @@ use callhome_store::{CertificateRecord, Revocation, Store};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 
-use crate::tls::{ClientAuth, SharedServerConfig, server_config};
-use crate::{Authority, CaError, Crl, RevocationReason, RevokedEntry, ServerIdentity};
+use crate::PkiError;
 
 /// How long a published CRL stays current. It is rebuilt on every revocation and at least
 /// daily (see [`CertificateService::spawn_refresh`]).
@@ -41,7 +43,7 @@ impl std::fmt::Debug for CertificateService {
 
 impl CertificateService {
     /// Wraps `authority`, building the first CRL from the store's revoked certificates.
-    pub async fn new(authority: Authority, store: Arc<dyn Store>) -> Result<Self, CaError> {
+    pub async fn new(authority: Authority, store: Arc<dyn Store>) -> Result<Self, PkiError> {
         let crl = build(&authority, &*store).await?;
         let (changes, _) = watch::channel(crl.crl_number);
         Ok(Self {
@@ -123,7 +125,7 @@ impl CertificateService {
         csr_pem: &str,
         validity_days: Option<u32>,
         issued_by: &str,
-    ) -> Result<CertificateRecord, CaError> {
+    ) -> Result<CertificateRecord, PkiError> {
         let issued = self
             .authority
             .sign_csr(csr_pem, imei.as_str(), validity_days)?;
@@ -150,7 +152,7 @@ impl CertificateService {
         serial: &str,
         reason: Option<RevocationReason>,
         by: &str,
-    ) -> Result<CertificateRecord, CaError> {
+    ) -> Result<CertificateRecord, PkiError> {
         let revocation = Revocation {
             at: OffsetDateTime::now_utc(),
             reason: reason.map(|r| r.as_str().to_owned()),
@@ -163,7 +165,7 @@ impl CertificateService {
     }
 
     /// Rebuilds the CRL from the store and puts it in force.
-    pub async fn refresh_crl(&self) -> Result<Arc<Crl>, CaError> {
+    pub async fn refresh_crl(&self) -> Result<Arc<Crl>, PkiError> {
         let _guard = self.rebuild.lock().await;
         let crl = Arc::new(build(&self.authority, &*self.store).await?);
         self.crl.store(crl.clone());
@@ -196,7 +198,7 @@ impl CertificateService {
     }
 }
 
-async fn build(authority: &Authority, store: &dyn Store) -> Result<Crl, CaError> {
+async fn build(authority: &Authority, store: &dyn Store) -> Result<Crl, PkiError> {
     let now = OffsetDateTime::now_utc();
     let revoked = store.list_revoked_certificates(now).await?;
     let entries = revoked
@@ -212,5 +214,5 @@ async fn build(authority: &Authority, store: &dyn Store) -> Result<Crl, CaError>
         .collect::<Vec<_>>();
     // CRL numbers must increase: milliseconds since the epoch do, across restarts and nodes.
     let crl_number = u64::try_from((now.unix_timestamp_nanos() / 1_000_000).max(0)).unwrap_or(0);
-    authority.build_crl(&entries, crl_number, CRL_VALIDITY)
+    Ok(authority.build_crl(&entries, crl_number, CRL_VALIDITY)?)
 }

@@ -1,0 +1,28 @@
+//! Callhome's public-key infrastructure: the certificate authority joined to the
+//! certificate inventory in the store.
+//!
+//! This crate owns [`CertificateService`]: signing a device CSR records the certificate in
+//! the inventory; revoking records the revocation and puts a new CRL in force at once; the
+//! CRL is rebuilt periodically (picking up revocations made by other nodes) and each new one
+//! is announced to the TLS listeners, whose rustls configurations it keeps current.
+//!
+//! The cryptography (keys, CSR checks, CRL building, rustls configurations) is
+//! `callhome-ca`'s, which knows no database; this crate is where issued and revoked
+//! certificates meet `callhome-store`. It must not know about HTTP or MQTT.
+
+#![warn(missing_docs)]
+
+mod service;
+
+pub use service::{CRL_VALIDITY, CertificateService};
+
+/// Why a certificate operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// The CA refused the request or its cryptography failed (a bad CSR names the problem).
+    #[error(transparent)]
+    Ca(#[from] callhome_ca::CaError),
+    /// The inventory (database) failed.
+    #[error(transparent)]
+    Store(#[from] callhome_store::StoreError),
+}
