@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fleet benchmark as recorded in docs/benchmarks.md: builds callhome in release mode and
-# runs `callhome bench fleet` for each fleet size given (default: 1000 10000 19500), 3 runs
+# runs `callhome-bench fleet` for each fleet size given (default: 1000 10000 19500), 3 runs
 # each, with a private Mosquitto per run as the reference (BENCH_REFERENCE=system uses the
 # broker already running on 127.0.0.1:1883 instead). Everything stays on 127.0.0.0/8.
 #
@@ -27,11 +27,11 @@ else
     reference=(--spawn-mosquitto)
 fi
 
-cargo build --release -p callhome
+cargo build --release -p callhome -p callhome-bench
 mkdir -p "$out"
 for n in "${sizes[@]}"; do
     echo "== $n modems; uptime before: $(uptime)"
-    "$target/release/callhome" bench fleet --modems "$n" --runs "$runs" \
+    "$target/release/callhome-bench" fleet --modems "$n" --runs "$runs" \
         --commands "$commands" --command-rate "$rate" \
         "${reference[@]}" --cache-dir "$cache" --json \
         >"$out/fleet-$n.json" 2> >(tee "$out/fleet-$n.txt" >&2)

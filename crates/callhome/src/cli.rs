@@ -47,11 +47,6 @@ pub enum Command {
     /// Expose a device's meter as a local TCP port through rendezvous sessions, for reading
     /// software that dials a TCP address.
     Connect(Box<crate::commands::connect::ConnectArgs>),
-    /// Benchmark meter-reading sessions: set-up latency in rendezvous and direct mode, and
-    /// bulk throughput through a rendezvous session, against an in-process server.
-    BenchSessions(Box<crate::commands::bench_sessions::BenchSessionsArgs>),
-    /// Benchmarks: a simulated fleet against a server started as a child process.
-    Bench(crate::commands::bench::BenchArgs),
     /// Log in to a Callhome server: saves an access token for the commands below.
     Login(crate::commands::login::LoginArgs),
     /// Forget the token saved by `callhome login`.

@@ -1,9 +1,6 @@
 //! The subcommands.
 
 pub mod api;
-pub mod bench;
-pub mod bench_jobs;
-pub mod bench_sessions;
 pub mod connect;
 pub mod credentials;
 pub mod device_config;
@@ -40,14 +37,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connect(args) => {
             init_sim_tracing();
             connect::run(*args).await
-        }
-        Command::BenchSessions(args) => {
-            init_sim_tracing();
-            bench_sessions::run(*args).await
-        }
-        Command::Bench(args) => {
-            init_sim_tracing();
-            bench::run(args).await
         }
         Command::Login(args) => login::login(args).await,
         Command::Logout => login::logout(),

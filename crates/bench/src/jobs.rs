@@ -1,4 +1,4 @@
-//! `callhome bench jobs`: bulk-job throughput of a real server process on a simulated fleet,
+//! `callhome-bench jobs`: bulk-job throughput of a real server process on a simulated fleet,
 //! against a reference measured in the same run: the same change driven by a client script
 //! through the command API, with as many devices in parallel as the job has in flight.
 //!
@@ -24,12 +24,12 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::bench::{
-    FleetArgs, ServerProcess, admin_token, check_limits, clock_ticks, http_client, median,
-    modem_settings, percentile, prepare, raise_nofile,
-};
+use crate::fleet::FleetArgs;
+use crate::procfs::{clock_ticks, raise_nofile};
+use crate::stats::{median, percentile};
+use crate::sut::{ServerProcess, admin_token, check_limits, http_client, modem_settings, prepare};
 
-/// `callhome bench jobs ...`.
+/// `callhome-bench jobs ...`.
 #[derive(Debug, clap::Args)]
 pub struct JobsArgs {
     /// Fleet, server and cache options (as for `bench fleet`; its command-phase and
@@ -270,7 +270,7 @@ async fn script_rollout(
     summarize(t0.elapsed().as_secs_f64(), lat, failed)
 }
 
-pub(super) async fn run(args: JobsArgs) -> anyhow::Result<()> {
+pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
     callhome_sim::install_crypto_provider();
     let fa = &args.fleet;
     check_limits(fa)?;
@@ -334,7 +334,7 @@ pub(super) async fn run(args: JobsArgs) -> anyhow::Result<()> {
     .await;
     server.stop().await;
     let (jobs, scripts) = result?;
-    let med = |v: &[Rollout], f: fn(&Rollout) -> f64| median(v.iter().map(f).collect());
+    let med = |v: &[Rollout], f: fn(&Rollout) -> f64| median(v.iter().map(f));
     let rows: [Figure; 7] = [
         ("completion time, s", |r| r.seconds),
         ("devices per second", |r| r.per_s),

@@ -1,9 +1,9 @@
-//! `callhome bench fleet`: connection and command benchmarks of a real server process
+//! `callhome-bench fleet`: connection and command benchmarks of a real server process
 //! with a simulated fleet, and the same fleet against a reference MQTT broker.
 //!
 //! What one run does:
 //!
-//! 1. Starts `callhome serve` as a child process (this very binary) on 127.0.0.1 port 0,
+//! 1. Starts `callhome serve` as a child process (the `callhome` binary beside this one) on 127.0.0.1 port 0,
 //!    with its data directory in the cache directory, so its memory is measured alone.
 //! 2. Connects N simulated modems over mutual TLS (keys and certificates enrolled once
 //!    through the API, before the runs, and cached) and measures the time until the
@@ -17,44 +17,21 @@
 //!
 //! Everything stays on 127.0.0.0/8; every wait is bounded.
 
+use crate::procfs::*;
+use crate::stats::{median, percentile};
+use crate::sut::*;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use callhome_core::Imei;
-use callhome_sim::{
-    Credentials, Enroller, Fleet, FleetConfig, FleetTransport, ModemSettings, TlsBase,
-    config::MasterConfig, fleet_imeis,
-};
+use callhome_sim::{Fleet, FleetConfig, FleetTransport, TlsBase};
 use rand::Rng as _;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
 
-/// `callhome bench ...`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// What to measure.
-    #[command(subcommand)]
-    pub what: BenchWhat,
-}
-
-/// Benchmarks.
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchWhat {
-    /// Connect a simulated fleet to a Callhome server started as a child process, send
-    /// commands through the API, and compare with a reference broker.
-    Fleet(Box<FleetArgs>),
-    /// Bulk-job throughput (completion time, per-device latency) on a simulated fleet,
-    /// with a client script driving the same change through the command API as reference.
-    Jobs(Box<super::bench_jobs::JobsArgs>),
-}
-
-/// `callhome bench fleet ...`.
+/// `callhome-bench fleet ...`.
 #[derive(Debug, clap::Args)]
 pub struct FleetArgs {
     /// Number of simulated modems.
@@ -126,21 +103,14 @@ pub struct FleetArgs {
 }
 
 /// Seconds between status messages of the simulated modems (the seed's `DNS_period`).
-const STATUS_PERIOD_S: u64 = 600;
+pub const STATUS_PERIOD_S: u64 = 600;
 /// How often the server's gauge is read while the fleet connects.
-const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(50);
 /// Ports kept free for everything else on the machine when checking the port range.
-const PORT_MARGIN: u64 = 1000;
+pub const PORT_MARGIN: u64 = 1000;
 /// File descriptors a process needs besides one per connection (database, listeners,
 /// HTTP clients, logs).
-const NOFILE_MARGIN: u64 = 256;
-
-pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.what {
-        BenchWhat::Fleet(a) => fleet(*a).await,
-        BenchWhat::Jobs(a) => super::bench_jobs::run(*a).await,
-    }
-}
+pub const NOFILE_MARGIN: u64 = 256;
 
 // ---------------------------------------------------------------------------------------
 // Results
@@ -294,34 +264,12 @@ const COMMAND_TABLE: &[(&str, &str)] = &[
     ),
 ];
 
-pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
-/// Nearest-rank percentile of sorted values.
-pub(super) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 fn medians(runs: &[Run]) -> BTreeMap<&'static str, f64> {
     let mut keys: Vec<&'static str> = runs.iter().flat_map(|r| r.values.keys().copied()).collect();
     keys.sort_unstable();
     keys.dedup();
     keys.into_iter()
-        .filter_map(|k| median(runs.iter().filter_map(|r| r.get(k)).collect()).map(|m| (k, m)))
+        .filter_map(|k| median(runs.iter().filter_map(|r| r.get(k))).map(|m| (k, m)))
         .collect()
 }
 
@@ -369,104 +317,6 @@ fn render_tables(title: &str, get: &dyn Fn(&str) -> Option<f64>, reference: bool
 
 // ---------------------------------------------------------------------------------------
 // /proc readings
-
-/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmRSS")
-}
-
-/// Clock ticks per second for `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 if unknown).
-pub(super) fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// User + system CPU time of a process (all its threads), seconds.
-fn cpu_s(pid: u32, ticks: f64) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces; fields after it start at "state" (field 3).
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// The soft "Max open files" of a process.
-fn nofile_of(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
-
-fn open_fds(pid: u32) -> Option<u64> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
-}
-
-/// `net.ipv4.ip_local_port_range`.
-fn ephemeral_ports() -> (u64, u64) {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().filter_map(|v| v.parse().ok());
-            Some((it.next()?, it.next()?))
-        })
-        .unwrap_or((32768, 60999))
-}
-
-/// Raises this process's RLIMIT_NOFILE (soft and, with CAP_SYS_RESOURCE, hard) to at
-/// least `want`, capped by `fs.nr_open`; children started afterwards inherit it.
-pub(super) fn raise_nofile(want: u64) -> (u64, u64) {
-    use rlimit::Resource;
-    let (soft, hard) = Resource::NOFILE.get().unwrap_or((0, 0));
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1_048_576u64);
-    let target = want.min(nr_open);
-    if target > soft {
-        if target > hard && Resource::NOFILE.set(target, target).is_ok() {
-            // Raised both.
-        } else {
-            let _ = Resource::NOFILE.set(target.min(hard), hard);
-        }
-    }
-    Resource::NOFILE.get().unwrap_or((soft, hard))
-}
-
-fn pgrep(name: &str) -> Option<u32> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-x", name])
-        .output()
-        .ok()?;
-    String::from_utf8(out.stdout)
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
 
 /// Prints and records connect progress every 5 s.
 struct Progress {
@@ -530,220 +380,8 @@ impl Progress {
 // ---------------------------------------------------------------------------------------
 // The server child process
 
-pub(super) struct ServerProcess {
-    child: Child,
-    pub(super) pid: u32,
-    pub(super) http: SocketAddr,
-    pub(super) mqtt: SocketAddr,
-}
-
-impl ServerProcess {
-    /// Starts `callhome serve` on 127.0.0.1 port 0 and waits for its "listening" line.
-    pub(super) async fn start(
-        args: &FleetArgs,
-        data_dir: &Path,
-        admin_password: &str,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating the callhome binary")?;
-        let log_file = std::fs::File::create(log)
-            .with_context(|| format!("creating the server log {}", log.display()))?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
-            .args(["--tunnel", "127.0.0.1:0", "--log", &args.server_log])
-            .env("CALLHOME_ADMIN_PASSWORD", admin_password)
-            .env_remove("CALLHOME_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true);
-        match &args.database_url {
-            Some(url) => {
-                cmd.arg("--database-url").arg(url);
-            }
-            None => {
-                cmd.env_remove("CALLHOME_DATABASE_URL");
-            }
-        }
-        let mut child = cmd.spawn().context("starting callhome serve")?;
-        let pid = child.id().context("the server exited at once")?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let found = tokio::time::timeout(Duration::from_secs(120), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.strip_prefix("callhome: listening ") {
-                    return Ok::<_, anyhow::Error>(Some(rest.to_owned()));
-                }
-            }
-            Ok(None)
-        })
-        .await;
-        let rest = match found {
-            Ok(Ok(Some(rest))) => rest,
-            Ok(Ok(None)) => bail!("the server exited before listening; see {}", log.display()),
-            Ok(Err(e)) => return Err(e.context("reading the server's output")),
-            Err(_) => bail!(
-                "the server did not listen within 120 s; see {}",
-                log.display()
-            ),
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let addr = |key: &str| -> anyhow::Result<SocketAddr> {
-            rest.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                .with_context(|| format!("no {key}= in {rest:?}"))?
-                .parse()
-                .with_context(|| format!("{key} address in {rest:?}"))
-        };
-        Ok(Self {
-            pid,
-            http: addr("http")?,
-            mqtt: addr("mqtt")?,
-            child,
-        })
-    }
-
-    pub(super) fn base(&self) -> String {
-        format!("http://{}", self.http)
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within 30 s.
-    pub(super) async fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!("bench: the server did not stop within 30 s of SIGTERM; killing it");
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-/// A Mosquitto started for one run: plain TCP on 127.0.0.1, anonymous, no persistence,
-/// its log on standard error (to a file).
-struct PrivateMosquitto {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-}
-
-impl PrivateMosquitto {
-    async fn start(cache_dir: &Path, log: &Path) -> anyhow::Result<Self> {
-        // A free port: bind port 0, note it, release it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let conf = cache_dir.join("mosquitto-bench.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 log_dest stderr\nmax_connections -1\n"
-            ),
-        )
-        .with_context(|| format!("writing {}", conf.display()))?;
-        let log_file = std::fs::File::create(log)
-            .with_context(|| format!("creating the mosquitto log {}", log.display()))?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting mosquitto")?;
-        let pid = child.id().context("mosquitto exited at once")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "mosquitto did not listen on {addr} within 10 s; see {}",
-                    log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Self { child, pid, addr })
-    }
-
-    pub(super) async fn stop(mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // HTTP helpers
-
-pub(super) fn http_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(75))
-        .connect_timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(512)
-        .build()
-        .context("building the HTTP client")
-}
-
-pub(super) async fn admin_token(
-    client: &reqwest::Client,
-    base: &str,
-    password: &str,
-) -> anyhow::Result<String> {
-    let resp = client
-        .post(format!("{base}/api/v1/auth/token"))
-        .json(&serde_json::json!({"username": "admin", "password": password}))
-        .send()
-        .await
-        .context("POST /api/v1/auth/token")?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!(
-            "logging in as admin: HTTP {status} {body}; the server data directory was made \
-             with another admin password: delete the cache directory or give --server-data-dir"
-        );
-    }
-    body["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .context("no access_token in the login answer")
-}
-
-async fn scrape(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let resp = client
-        .get(format!("{base}/metrics"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .context("GET /metrics")?;
-    resp.text().await.context("reading /metrics")
-}
-
-/// The value of an unlabelled sample `name` in Prometheus text.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 /// Non-zero samples (labelled or not) of the gateway's error counters.
 fn gateway_trouble(text: &str) -> Vec<String> {
@@ -769,135 +407,7 @@ fn gateway_trouble(text: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------
 // The benchmark
 
-pub(super) struct Prepared {
-    pub(super) imeis: Vec<Imei>,
-    pub(super) credentials: Vec<Credentials>,
-    pub(super) ca_pem: String,
-    pub(super) admin_password: String,
-    pub(super) data_dir: PathBuf,
-}
-
-fn admin_password(cache_dir: &Path) -> anyhow::Result<String> {
-    let file = cache_dir.join("bench-admin-password");
-    if let Ok(p) = std::fs::read_to_string(&file) {
-        return Ok(p.trim().to_owned());
-    }
-    let p = crate::server::generate_password();
-    callhome_ca::write_secret_file(&file, format!("{p}\n").as_bytes())?;
-    Ok(p)
-}
-
-/// Enrolls the fleet (or loads it from the cache) against a server started for that
-/// alone, so enrollment leaves nothing in the memory of the servers measured later.
-pub(super) async fn prepare(
-    args: &FleetArgs,
-    enrollment: &mut BTreeMap<&'static str, f64>,
-) -> anyhow::Result<Prepared> {
-    std::fs::create_dir_all(&args.cache_dir)
-        .with_context(|| format!("creating {}", args.cache_dir.display()))?;
-    let cache_dir = args.cache_dir.canonicalize()?;
-    let data_dir = args
-        .server_data_dir
-        .clone()
-        .unwrap_or_else(|| cache_dir.join("server"));
-    let certs_dir = cache_dir.join("certs");
-    let password = admin_password(&cache_dir)?;
-    let imeis = fleet_imeis(&args.first_imei, args.modems)?;
-
-    let server = ServerProcess::start(
-        args,
-        &data_dir,
-        &password,
-        &cache_dir.join("server-enroll.log"),
-    )
-    .await?;
-    let result = async {
-        let client = http_client()?;
-        let token = admin_token(&client, &server.base(), &password).await?;
-        let enroller = Enroller::new(&server.base(), &token, &certs_dir, None)?;
-        let ca = enroller
-            .ca_certificate()
-            .await
-            .context("fetching the CA certificate")?;
-        let cached_before = imeis
-            .iter()
-            .filter(|i| certs_dir.join(format!("{i}.crt.pem")).exists())
-            .count();
-        eprintln!(
-            "bench: enrolling {} modems ({} certificate files cached in {})",
-            imeis.len(),
-            cached_before,
-            certs_dir.display()
-        );
-        let done = std::sync::atomic::AtomicUsize::new(0);
-        let started = Instant::now();
-        let total = imeis.len();
-        let creds = enroller
-            .enroll_all(&imeis, args.enroll_concurrency, |_| {
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if n.is_multiple_of(5000) && n < total {
-                    eprintln!("bench:   {n}/{total} enrolled or loaded");
-                }
-            })
-            .await
-            .context("enrolling")?;
-        let t = started.elapsed().as_secs_f64();
-        enrollment.insert("modems", total as f64);
-        enrollment.insert("cached_files_before", cached_before as f64);
-        enrollment.insert("seconds", t);
-        enrollment.insert("per_s", total as f64 / t.max(1e-9));
-        eprintln!(
-            "bench: enrollment (not part of any connect figure): {total} modems in {t:.1} s \
-             ({:.0}/s; {cached_before} had cached files)",
-            total as f64 / t.max(1e-9)
-        );
-        anyhow::Ok((creds, ca))
-    }
-    .await;
-    server.stop().await;
-    let (credentials, ca_pem) = result?;
-    Ok(Prepared {
-        imeis,
-        credentials,
-        ca_pem,
-        admin_password: password,
-        data_dir,
-    })
-}
-
-pub(super) fn check_limits(args: &FleetArgs) -> anyhow::Result<()> {
-    if args.modems == 0 {
-        bail!("--modems must be at least 1");
-    }
-    if args.runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    if args.commands > 0 && !(args.command_rate > 0.0 && args.command_rate <= 10_000.0) {
-        bail!("--command-rate must be between 0 and 10000 per second");
-    }
-    if let Some(r) = args.reference_broker
-        && !r.ip().is_loopback()
-    {
-        bail!("--reference-broker must be a loopback address (127.0.0.0/8 or ::1)");
-    }
-    let (lo, hi) = ephemeral_ports();
-    let ports = hi.saturating_sub(lo) + 1;
-    if args.modems as u64 + PORT_MARGIN > ports {
-        bail!(
-            "{} modems need as many local ports towards one address and port, and \
-             net.ipv4.ip_local_port_range ({lo}-{hi}) has {ports} (less {PORT_MARGIN} kept \
-             free). Several source addresses (127.0.0.x) would multiply that, but the \
-             simulator's MQTT client (rumqttc 0.25) cannot bind a local address (its \
-             NetworkOptions only offer bind_device, SO_BINDTODEVICE), so one source address \
-             is all this bench can use. Use at most {} modems, or widen the port range.",
-            args.modems,
-            ports.saturating_sub(PORT_MARGIN)
-        );
-    }
-    Ok(())
-}
-
-async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
+pub async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     callhome_sim::install_crypto_provider();
     check_limits(&args)?;
     let n = args.modems;
@@ -1018,20 +528,6 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         print!("{summary}{caveat}");
     }
     Ok(())
-}
-
-pub(super) fn modem_settings(host: &str, port: u16, tls: bool, args: &FleetArgs) -> ModemSettings {
-    let mut s = ModemSettings::new(host, port, tls);
-    s.master = Arc::new(MasterConfig::for_platform(
-        host,
-        port,
-        tls,
-        Some(STATUS_PERIOD_S),
-    ));
-    s.status_on_connect = !args.no_connect_status;
-    s.tcp_nodelay = !args.modem_nagle;
-    s.reboot_delay = Duration::from_millis(args.reboot_delay_ms);
-    s
 }
 
 async fn one_run(

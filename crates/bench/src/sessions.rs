@@ -1,4 +1,4 @@
-//! `callhome bench-sessions`: meter-reading session benchmarks (set-up latency in
+//! `callhome-bench sessions`: meter-reading session benchmarks (set-up latency in
 //! rendezvous and direct mode, and bulk throughput through a rendezvous splice).
 //!
 //! What one run does (each run has its own server, data directory and fleet):
@@ -58,8 +58,10 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Overrides, Settings};
-use crate::server::{self, RunningServer};
+use callhome::config::{Overrides, Settings};
+use callhome::server::{self, RunningServer};
+
+use crate::{procfs, stats};
 
 /// `callhome bench-sessions ...`.
 #[derive(Debug, clap::Args)]
@@ -138,7 +140,7 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 /// Full TLS handshakes timed in the throughput phase.
 const HANDSHAKES: usize = 50;
 
-pub(super) async fn run(args: BenchSessionsArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchSessionsArgs) -> anyhow::Result<()> {
     ensure!(args.sessions >= 1, "--sessions must be at least 1");
     ensure!(args.parallel >= 1, "--parallel must be at least 1");
     ensure!(args.modems >= 1, "--modems must be at least 1");
@@ -171,7 +173,7 @@ pub(super) async fn run(args: BenchSessionsArgs) -> anyhow::Result<()> {
     );
     let mut runs = Vec::with_capacity(args.runs);
     for n in 1..=args.runs {
-        println!("\nrun {n}/{}  (load {})", args.runs, loadavg());
+        println!("\nrun {n}/{}  (load {})", args.runs, procfs::loadavg());
         let r = one_run(&args, n)
             .await
             .with_context(|| format!("run {n}"))?;
@@ -303,14 +305,6 @@ impl Machine {
     }
 }
 
-/// The 1, 5 and 15 minute load averages.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "?".to_owned())
-}
-
 /// CPU seconds used so far by (server threads, the rest of the process). Threads named
 /// `ch-server*` (the server's runtime) and `sqlx-sqlite*` (its database workers) are the
 /// server's; threads that have exited count as the bench's.
@@ -354,37 +348,14 @@ impl Meter {
     fn start() -> Self {
         Self {
             cpu: cpu_split(),
-            load: loadavg(),
+            load: procfs::loadavg(),
         }
     }
 
     /// (server CPU s, bench CPU s, load before, load after)
     fn stop(self) -> (f64, f64, String, String) {
         let (s, b) = cpu_split();
-        (s - self.cpu.0, b - self.cpu.1, self.load, loadavg())
-    }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        (s - self.cpu.0, b - self.cpu.1, self.load, procfs::loadavg())
     }
 }
 
@@ -1153,11 +1124,11 @@ async fn server_timeline(
     for v in [&mut behind, &mut other, &mut after_ok, &mut reply] {
         v.sort_by(f64::total_cmp);
     }
-    q.wait_behind_p50_ms = percentile(&behind, 0.5);
-    q.wait_other_p50_ms = percentile(&other, 0.5);
-    q.sent_after_previous_ok_p50_ms = percentile(&after_ok, 0.5);
-    q.reply_p50_ms = percentile(&reply, 0.5);
-    q.reply_p99_ms = percentile(&reply, 0.99);
+    q.wait_behind_p50_ms = stats::percentile(&behind, 0.5).unwrap_or(f64::NAN);
+    q.wait_other_p50_ms = stats::percentile(&other, 0.5).unwrap_or(f64::NAN);
+    q.sent_after_previous_ok_p50_ms = stats::percentile(&after_ok, 0.5).unwrap_or(f64::NAN);
+    q.reply_p50_ms = stats::percentile(&reply, 0.5).unwrap_or(f64::NAN);
+    q.reply_p99_ms = stats::percentile(&reply, 0.99).unwrap_or(f64::NAN);
 
     let mut cols: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for s in samples {
@@ -1235,7 +1206,12 @@ async fn latency_phase(
         .into_iter()
         .map(|(name, mut v)| {
             v.sort_by(f64::total_cmp);
-            (name, percentile(&v, 0.5), percentile(&v, 0.99), v.len())
+            (
+                name,
+                stats::percentile(&v, 0.5).unwrap_or(f64::NAN),
+                stats::percentile(&v, 0.99).unwrap_or(f64::NAN),
+                v.len(),
+            )
         })
         .collect();
     timeline.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -1244,14 +1220,14 @@ async fn latency_phase(
         ok: samples.len(),
         failures: failures.len(),
         failure_reasons,
-        p50_ms: percentile(&lat, 0.5),
-        p90_ms: percentile(&lat, 0.9),
-        p99_ms: percentile(&lat, 0.99),
+        p50_ms: stats::percentile(&lat, 0.5).unwrap_or(f64::NAN),
+        p90_ms: stats::percentile(&lat, 0.9).unwrap_or(f64::NAN),
+        p99_ms: stats::percentile(&lat, 0.99).unwrap_or(f64::NAN),
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
         mean_ms: lat.iter().sum::<f64>() / lat.len().max(1) as f64,
         sessions_per_s: samples.len() as f64 / wall.as_secs_f64(),
         wall_s: wall.as_secs_f64(),
-        teardown_p50_ms: percentile(&teardown, 0.5),
+        teardown_p50_ms: stats::percentile(&teardown, 0.5).unwrap_or(f64::NAN),
         server_cpu_s,
         bench_cpu_s,
         load_before,
@@ -1549,7 +1525,7 @@ async fn bulk_tls(
     let (got, end) = r??;
     ensure!(got == bytes, "TLS: received {got} of {bytes} bytes");
     let up = end.saturating_duration_since(started);
-    Ok((down, up, percentile(&hs, 0.5)))
+    Ok((down, up, stats::percentile(&hs, 0.5).unwrap_or(f64::NAN)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1907,7 +1883,7 @@ fn summarize(runs: &[RunResult]) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     let mut put = |k: &str, v: Vec<f64>| {
         if !v.is_empty() {
-            out.insert(k.to_owned(), median(v));
+            out.insert(k.to_owned(), stats::median(v).unwrap_or(f64::NAN));
         }
     };
     for (name, get) in [
@@ -2072,7 +2048,7 @@ fn print_summary(args: &BenchSessionsArgs, runs: &[RunResult], m: &BTreeMap<Stri
             get("throughput.handshake_p50_ms")
         );
     }
-    println!("  load at the end: {}", loadavg());
+    println!("  load at the end: {}", procfs::loadavg());
 }
 
 #[cfg(test)]
@@ -2082,14 +2058,14 @@ mod tests {
     #[test]
     fn nearest_rank_percentiles_and_medians() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&v, 1.0), 100.0);
-        assert_eq!(percentile(&[7.0], 0.99), 7.0);
-        assert!(percentile(&[], 0.5).is_nan());
-        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median([f64::NAN, 1.0]), 1.0);
+        assert_eq!(stats::percentile(&v, 0.5).unwrap_or(f64::NAN), 50.0);
+        assert_eq!(stats::percentile(&v, 0.99).unwrap_or(f64::NAN), 99.0);
+        assert_eq!(stats::percentile(&v, 1.0).unwrap_or(f64::NAN), 100.0);
+        assert_eq!(stats::percentile(&[7.0], 0.99).unwrap_or(f64::NAN), 7.0);
+        assert!(stats::percentile(&[], 0.5).unwrap_or(f64::NAN).is_nan());
+        assert_eq!(stats::median([3.0, 1.0, 2.0]).unwrap_or(f64::NAN), 2.0);
+        assert_eq!(stats::median([4.0, 1.0, 2.0, 3.0]).unwrap_or(f64::NAN), 2.5);
+        assert_eq!(stats::median([f64::NAN, 1.0]).unwrap_or(f64::NAN), 1.0);
     }
 
     #[derive(clap::Parser)]
