@@ -13,6 +13,135 @@ use anyhow::{Context as _, bail};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+/// A database URL. It may hold a password (`postgres://user:secret@host/db` or
+/// `?password=`), so its `Debug` shows it redacted; read it with `Deref` (`&*url`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&callhome_store::redact_url(&self.0), f)
+    }
+}
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// One numeric setting: its key (as in the settings file), default, and accepted range
+/// (inclusive). A value outside the range is rejected naming the key, whether it came from
+/// the file, a `CALLHOME_*` variable or a flag; nothing is clamped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// `section.key`.
+    pub key: &'static str,
+    /// Used when nothing sets it.
+    pub default: u64,
+    /// Smallest accepted value.
+    pub min: u64,
+    /// Largest accepted value.
+    pub max: u64,
+}
+
+/// Every numeric setting: the one table of defaults and ranges (documented in
+/// `docs/configuration.md`).
+pub const BOUNDS: &[Bounds] = &[
+    Bounds {
+        key: "mqtt.handshake_timeout_s",
+        default: 10,
+        min: 1,
+        max: 120,
+    },
+    Bounds {
+        key: "mqtt.max_connections",
+        default: 200_000,
+        min: 1,
+        max: 10_000_000,
+    },
+    Bounds {
+        key: "mqtt.max_packet_bytes",
+        default: 64 * 1024,
+        min: 1024,
+        max: 16 * 1024 * 1024,
+    },
+    Bounds {
+        key: "mqtt.status_retention_days",
+        default: 30,
+        min: 1,
+        max: 3650,
+    },
+    Bounds {
+        key: "tunnel.id_timeout_s",
+        default: 5,
+        min: 1,
+        max: 60,
+    },
+    Bounds {
+        key: "auth.token_ttl_s",
+        default: 3600,
+        min: 60,
+        max: 30 * 86_400,
+    },
+    Bounds {
+        key: "fleet.drift_check_interval_s",
+        default: 86_400,
+        min: 0,
+        max: 366 * 86_400,
+    },
+    Bounds {
+        key: "fleet.drift_check_concurrency",
+        default: 8,
+        min: 1,
+        max: 256,
+    },
+    Bounds {
+        key: "fleet.job_queue_wait_s",
+        default: 120,
+        min: 5,
+        max: 86_400,
+    },
+    Bounds {
+        key: "fleet.restart_wait_s",
+        default: 600,
+        min: 5,
+        max: 86_400,
+    },
+];
+
+/// The value of the numeric setting `key`: `value` if given and within its range (else an
+/// error naming the key, the range and the value), or its default.
+pub fn bounded(key: &str, value: Option<u64>) -> anyhow::Result<u64> {
+    let Some(b) = BOUNDS.iter().find(|b| b.key == key) else {
+        bail!("{key} is not a numeric setting");
+    };
+    match value {
+        None => Ok(b.default),
+        Some(v) if (b.min..=b.max).contains(&v) => Ok(v),
+        Some(v) => bail!("{key} must be between {} and {}, got {v}", b.min, b.max),
+    }
+}
+
+fn seconds(key: &str, value: Option<u64>) -> anyhow::Result<std::time::Duration> {
+    Ok(std::time::Duration::from_secs(bounded(key, value)?))
+}
+
 /// The settings file, as written by an operator. Every member is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,7 +149,7 @@ pub struct FileSettings {
     /// Where the database, CA and secrets live.
     pub data_dir: Option<PathBuf>,
     /// `sqlite://PATH` or `postgres://...`.
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// Host names (or addresses) modems and readers are told to dial.
     pub public_host: Option<Vec<String>>,
     /// HTTP API.
@@ -165,7 +294,7 @@ pub struct Overrides {
         global = true,
         hide_env_values = true
     )]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// HTTP API listen address.
     #[arg(
         long = "http",
@@ -233,13 +362,14 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
-/// Resolved settings.
-#[derive(Clone)]
+/// Resolved settings. `Debug` shows no secret: the database URL is redacted and the admin
+/// password is a [`SecretString`].
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Database URL (may hold a password: see the `Debug` impl).
-    pub database_url: String,
+    /// Database URL (may hold a password: its `Debug` is redacted).
+    pub database_url: DatabaseUrl,
     /// Public host names.
     pub public_hosts: Vec<String>,
     /// HTTP listen address.
@@ -270,33 +400,6 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("data_dir", &self.data_dir)
-            .field(
-                "database_url",
-                &callhome_store::redact_url(&self.database_url),
-            )
-            .field("public_hosts", &self.public_hosts)
-            .field("http", &self.http)
-            .field("mqtt", &self.mqtt)
-            .field("tunnel", &self.tunnel)
-            .field("gateway", &self.gateway)
-            .field("ca", &self.ca)
-            .field("token_ttl", &self.token_ttl)
-            .field(
-                "admin_password",
-                &self.admin_password.as_ref().map(|_| "***"),
-            )
-            .field("drift", &self.drift)
-            .field("jobs", &self.jobs)
-            .field("log_level", &self.log_level)
-            .field("log_format", &self.log_format)
-            .finish()
-    }
-}
-
 impl Settings {
     /// Resolves settings from the optional file named in `o` (or `CALLHOME_CONFIG`), then
     /// `o` itself, over the defaults. `CALLHOME_ADMIN_PASSWORD` is read here.
@@ -314,7 +417,9 @@ impl Settings {
             .database_url
             .clone()
             .or(file.database_url)
-            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("callhome.db").display()));
+            .unwrap_or_else(|| {
+                format!("sqlite://{}", data_dir.join("callhome.db").display()).into()
+            });
         let public_hosts = if !o.public_host.is_empty() {
             o.public_host.clone()
         } else {
@@ -343,54 +448,47 @@ impl Settings {
         if let Some(v) = file.mqtt.allow_password_auth {
             gateway.allow_password_auth = v;
         }
-        if let Some(v) = file.mqtt.handshake_timeout_s {
-            if !(1..=120).contains(&v) {
-                bail!("mqtt.handshake_timeout_s must be between 1 and 120, got {v}");
-            }
-            gateway.handshake_timeout = std::time::Duration::from_secs(v);
-        }
-        if let Some(v) = file.mqtt.max_connections {
-            gateway.max_connections = v.max(1);
-        }
-        if let Some(v) = file.mqtt.max_packet_bytes {
-            if !(1024..=16 * 1024 * 1024).contains(&v) {
-                bail!("mqtt.max_packet_bytes must be between 1024 and 16777216, got {v}");
-            }
-            gateway.max_packet_bytes = v;
-        }
-        if let Some(v) = file.mqtt.status_retention_days {
-            gateway.status_retention = time::Duration::days(i64::from(v.max(1)));
-        }
+        gateway.handshake_timeout =
+            seconds("mqtt.handshake_timeout_s", file.mqtt.handshake_timeout_s)?;
+        gateway.max_connections = usize::try_from(bounded(
+            "mqtt.max_connections",
+            file.mqtt.max_connections.map(|v| v as u64),
+        )?)?;
+        gateway.max_packet_bytes = usize::try_from(bounded(
+            "mqtt.max_packet_bytes",
+            file.mqtt.max_packet_bytes.map(|v| v as u64),
+        )?)?;
+        gateway.status_retention = time::Duration::days(i64::try_from(bounded(
+            "mqtt.status_retention_days",
+            file.mqtt.status_retention_days.map(u64::from),
+        )?)?);
         if let Some(v) = o.node_id.clone().or(file.mqtt.node_id) {
             if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 bail!("node id {v:?} must be letters, digits or '_'");
             }
             gateway.node_id = v;
         }
-        let token_ttl_s = file.auth.token_ttl_s.unwrap_or(3600);
-        if !(60..=86_400 * 30).contains(&token_ttl_s) {
-            bail!("auth.token_ttl_s must be between 60 and 2592000 seconds, got {token_ttl_s}");
-        }
-        let drift_interval = o
-            .drift_check_interval_s
-            .or(file.fleet.drift_check_interval_s)
-            .unwrap_or(86_400);
+        let token_ttl_s = bounded("auth.token_ttl_s", file.auth.token_ttl_s.map(u64::from))?;
+        let drift_interval = bounded(
+            "fleet.drift_check_interval_s",
+            o.drift_check_interval_s
+                .or(file.fleet.drift_check_interval_s),
+        )?;
+        let drift_concurrency = bounded(
+            "fleet.drift_check_concurrency",
+            file.fleet.drift_check_concurrency.map(|v| v as u64),
+        )?;
         let drift = (drift_interval > 0).then(|| callhome_fleet::drift::DriftSettings {
             interval: std::time::Duration::from_secs(drift_interval),
-            concurrency: file
-                .fleet
-                .drift_check_concurrency
-                .unwrap_or(8)
-                .clamp(1, 256),
+            concurrency: usize::try_from(drift_concurrency).unwrap_or(256),
             ..Default::default()
         });
-        let mut jobs = callhome_fleet::EngineSettings::default();
-        if let Some(v) = file.fleet.job_queue_wait_s {
-            jobs.queue_wait = std::time::Duration::from_secs(v.clamp(5, 86_400));
-        }
-        if let Some(v) = file.fleet.restart_wait_s {
-            jobs.restart_wait = std::time::Duration::from_secs(v.clamp(5, 86_400));
-        }
+        let jobs = callhome_fleet::EngineSettings {
+            queue_wait: seconds("fleet.job_queue_wait_s", file.fleet.job_queue_wait_s)?,
+            restart_wait: seconds("fleet.restart_wait_s", file.fleet.restart_wait_s)?,
+            ..Default::default()
+        };
+        let tunnel_id_timeout = seconds("tunnel.id_timeout_s", file.tunnel.id_timeout_s)?;
         let admin_password = std::env::var("CALLHOME_ADMIN_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty())
@@ -414,11 +512,9 @@ impl Settings {
                 .unwrap_or_else(|| ([0, 0, 0, 0], 7443).into()),
             gateway,
             tunnel_public_port: file.tunnel.public_port,
-            tunnel_id_timeout: std::time::Duration::from_secs(
-                file.tunnel.id_timeout_s.unwrap_or(5).clamp(1, 60),
-            ),
+            tunnel_id_timeout,
             ca,
-            token_ttl: time::Duration::seconds(i64::from(token_ttl_s)),
+            token_ttl: time::Duration::seconds(i64::try_from(token_ttl_s)?),
             admin_password,
             drift,
             jobs,
@@ -473,7 +569,7 @@ mod tests {
         assert_eq!(s.data_dir, PathBuf::from("/srv/ch"));
         assert_eq!(s.http, "127.0.0.1:1".parse().unwrap(), "flag beats file");
         assert_eq!(s.public_hosts, vec!["a.example".to_string()]);
-        assert_eq!(s.database_url, "sqlite:///srv/ch/callhome.db");
+        assert_eq!(&*s.database_url, "sqlite:///srv/ch/callhome.db");
         let debug = format!("{s:?}");
         assert!(!debug.contains("file-secret-123"), "{debug}");
         if std::env::var("CALLHOME_ADMIN_PASSWORD").is_err() {
@@ -484,10 +580,78 @@ mod tests {
     #[test]
     fn database_password_is_masked() {
         let o = Overrides {
-            database_url: Some("postgres://u:hunter2@db/x".into()),
+            database_url: Some(
+                "postgres://u:hunter2@db/x?password=hunter3"
+                    .parse()
+                    .unwrap(),
+            ),
             ..Default::default()
         };
         let s = Settings::resolve(&o).unwrap();
-        assert!(!format!("{s:?}").contains("hunter2"));
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("hunter3"),
+            "{debug}"
+        );
+        assert!(
+            !format!("{o:?}").contains("hunter2"),
+            "the flags' Debug too"
+        );
+    }
+
+    /// Every numeric setting has one row: default within its range; out-of-range values
+    /// from the file or a flag are rejected naming the key, never clamped.
+    #[test]
+    fn out_of_range_values_are_rejected_naming_the_key() {
+        for b in BOUNDS {
+            assert!((b.min..=b.max).contains(&b.default), "{b:?}");
+            assert_eq!(bounded(b.key, None).unwrap(), b.default);
+            assert_eq!(bounded(b.key, Some(b.max)).unwrap(), b.max);
+            let err = bounded(b.key, Some(b.max + 1)).unwrap_err().to_string();
+            assert!(
+                err.contains(b.key) && err.contains(&(b.max + 1).to_string()),
+                "{err}"
+            );
+        }
+        let s = Settings::resolve(&Overrides::default()).unwrap();
+        assert_eq!(s.gateway.max_connections, 200_000);
+        assert_eq!(s.tunnel_id_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(s.jobs.restart_wait, std::time::Duration::from_secs(600));
+        assert_eq!(s.token_ttl, time::Duration::seconds(3600));
+
+        let dir = tempfile::tempdir().unwrap();
+        for (toml, key) in [
+            ("[mqtt]\nmax_connections = 0\n", "mqtt.max_connections"),
+            (
+                "[mqtt]\nstatus_retention_days = 0\n",
+                "mqtt.status_retention_days",
+            ),
+            ("[tunnel]\nid_timeout_s = 61\n", "tunnel.id_timeout_s"),
+            (
+                "[fleet]\ndrift_check_concurrency = 1000\n",
+                "fleet.drift_check_concurrency",
+            ),
+            ("[fleet]\njob_queue_wait_s = 1\n", "fleet.job_queue_wait_s"),
+            ("[fleet]\nrestart_wait_s = 100000\n", "fleet.restart_wait_s"),
+            ("[auth]\ntoken_ttl_s = 10\n", "auth.token_ttl_s"),
+        ] {
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, toml).unwrap();
+            let o = Overrides {
+                config: Some(path),
+                ..Default::default()
+            };
+            let err = Settings::resolve(&o).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let o = Overrides {
+            drift_check_interval_s: Some(400 * 86_400),
+            ..Default::default()
+        };
+        let err = Settings::resolve(&o).unwrap_err().to_string();
+        assert!(
+            err.contains("fleet.drift_check_interval_s"),
+            "a flag: {err}"
+        );
     }
 }

@@ -401,6 +401,27 @@ pub async fn open(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
 
 /// A database URL with any password replaced by `***`, for logs and errors.
 pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(q) = query {
+        // `?password=` (and `sslpassword=`) carry secrets as well as user-info does.
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().ends_with("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -425,6 +446,12 @@ pub fn redact_url(url: &str) -> String {
 mod tests {
     #[test]
     fn redacts_passwords() {
+        assert_eq!(
+            super::redact_url(
+                "postgres://u@db/x?sslmode=verify-full&password=s3cret&PGSSLPASSWORD=k"
+            ),
+            "postgres://u@db/x?sslmode=verify-full&password=***&PGSSLPASSWORD=***"
+        );
         assert_eq!(
             super::redact_url("postgres://u:secret@db:5432/x"),
             "postgres://u:***@db:5432/x"

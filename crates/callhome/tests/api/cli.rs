@@ -706,3 +706,28 @@ fn client_commands_show_no_server_flags() {
         }
     }
 }
+
+/// An out-of-range setting from a `CALLHOME_*` variable stops `serve` before it starts,
+/// naming the key (the file and flag cases are unit tests of the settings).
+#[test]
+fn out_of_range_environment_setting_is_rejected_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhome"))
+        .args(["serve", "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
+        .args(["--tunnel", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("CALLHOME_DRIFT_CHECK_INTERVAL_S", "99999999999")
+        .env_remove("CALLHOME_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("callhome binary runs");
+    assert!(!out.status.success(), "serve must refuse to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "fleet.drift_check_interval_s must be between 0 and 31622400, got 99999999999"
+        ),
+        "{err}"
+    );
+}

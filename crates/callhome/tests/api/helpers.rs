@@ -43,7 +43,7 @@ impl TestApp {
         };
         let mut settings = Settings::resolve(&Overrides {
             data_dir: Some(data_dir.clone()),
-            database_url: db.as_ref().map(|d| d.url.clone()),
+            database_url: db.as_ref().map(|d| d.url.clone().into()),
             http: Some("127.0.0.1:0".parse().unwrap()),
             mqtt: Some("127.0.0.1:0".parse().unwrap()),
             tunnel: Some("127.0.0.1:0".parse().unwrap()),
