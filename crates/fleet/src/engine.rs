@@ -8,7 +8,7 @@
 //! already got is not sent again and no device is started twice. A pending device is started
 //! only by the conditional `pending -> in_progress` update, which one caller wins.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::config::ConfigService;
 use crate::exec::{self, Outcome, Timing};
 use crate::ops::{CheckedTarget, NewJobRequest, Operation};
+use crate::pacing::{self, Counts, StartWindow};
 use crate::runner::Runner;
 use crate::{FleetError, Result};
 
@@ -460,47 +461,6 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// Counters a runner keeps while it runs (rebuilt from the store at start).
-struct Counts {
-    pending: i64,
-    succeeded: i64,
-    failed: i64,
-    /// Per wave: (devices, finished).
-    waves: Vec<(i64, i64)>,
-}
-
-impl Counts {
-    fn from(p: &JobProgress) -> Self {
-        Self {
-            pending: p.pending,
-            succeeded: p.succeeded,
-            failed: p.failed,
-            waves: p.waves.clone(),
-        }
-    }
-
-    fn wave_done(&self, wave: i64) -> bool {
-        usize::try_from(wave - 1)
-            .ok()
-            .and_then(|w| self.waves.get(w))
-            .is_none_or(|(n, done)| done >= n)
-    }
-
-    fn finish(&mut self, wave: i64, state: ExecState) {
-        match state {
-            ExecState::Succeeded => self.succeeded += 1,
-            ExecState::Failed => self.failed += 1,
-            _ => {}
-        }
-        if let Some(w) = usize::try_from(wave - 1)
-            .ok()
-            .and_then(|w| self.waves.get_mut(w))
-        {
-            w.1 += 1;
-        }
-    }
-}
-
 /// How an execution's end was written to the store by its own task.
 enum Recorded {
     /// Written.
@@ -574,7 +534,7 @@ async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Res
     }
     let mut counts = Counts::from(&store.job_progress(id).await?);
     let mut inflight: JoinSet<Done> = JoinSet::new();
-    let mut starts: VecDeque<Instant> = VecDeque::new();
+    let mut starts = StartWindow::default();
     let timing = Timing {
         command_timeout: Duration::from_secs(u64::from(job.rollout.command_timeout_s)),
         queue_wait: inner.settings.queue_wait,
@@ -671,7 +631,7 @@ async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Res
         if job.record.state.is_final() && inflight.is_empty() {
             return Ok(());
         }
-        let tick = next_tick(&inner, &job, &starts);
+        let tick = starts.sleep(&job.rollout, Instant::now(), inner.settings.tick);
         tokio::select! {
             biased;
             () = inner.shutdown.cancelled() => {
@@ -703,35 +663,18 @@ async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Res
     }
 }
 
-/// How long to sleep before looking again: the tick, or sooner when the rate limit frees a
-/// slot.
-fn next_tick(inner: &Inner, job: &Job, starts: &VecDeque<Instant>) -> Duration {
-    let tick = inner.settings.tick;
-    match (job.rollout.rate_per_minute(0), starts.front()) {
-        (Some(_), Some(first)) => {
-            let free_at = *first + Duration::from_secs(60);
-            free_at.saturating_duration_since(Instant::now()).min(tick)
-        }
-        _ => tick,
-    }
-}
-
 async fn start_more(
     inner: &Arc<Inner>,
     id: Uuid,
     job: &mut Job,
     counts: &mut Counts,
     inflight: &mut JoinSet<Done>,
-    starts: &mut VecDeque<Instant>,
+    starts: &mut StartWindow,
     timing: Timing,
 ) -> Result<()> {
     let store = inner.store();
     // Waves: the next one opens when every device of the current one has finished.
-    let waves = i64::from(job.rollout.wave_count());
-    let mut wave = job.record.current_wave.max(1);
-    while wave < waves && counts.wave_done(wave) {
-        wave += 1;
-    }
+    let wave = counts.open_wave(job.record.current_wave, i64::from(job.rollout.wave_count()));
     if wave != job.record.current_wave {
         store.set_job_wave(id, wave).await?;
         job.record.current_wave = wave;
@@ -742,24 +685,13 @@ async fn start_more(
         );
         tracing::info!(wave, "next wave");
     }
-    let minute_ago = Instant::now().checked_sub(Duration::from_secs(60));
-    while starts
-        .front()
-        .is_some_and(|t| Some(*t) <= minute_ago || minute_ago.is_none())
-    {
-        starts.pop_front();
-    }
-    let by_flight =
-        job.rollout.max_in_flight as usize - inflight.len().min(job.rollout.max_in_flight as usize);
-    let by_rate = match job
-        .rollout
-        .rate_per_minute(u64::try_from(counts.succeeded).unwrap_or(0))
-    {
-        Some(rate) => (rate as usize).saturating_sub(starts.len()),
-        None => usize::MAX,
-    };
-    let room = by_flight.min(by_rate);
-    if room == 0 || counts.pending == 0 {
+    let room = pacing::room(
+        &job.rollout,
+        counts,
+        inflight.len(),
+        starts.in_last_minute(Instant::now()),
+    );
+    if room == 0 {
         return Ok(());
     }
     let next = store
@@ -774,7 +706,7 @@ async fn start_more(
             continue;
         };
         counts.pending -= 1;
-        starts.push_back(Instant::now());
+        starts.started(Instant::now());
         inner.events.publish(
             "job.device.started",
             Some(imei.as_str()),
@@ -895,18 +827,8 @@ async fn record(
     }
     if let Some(rule) = job.rollout.abort
         && !job.record.state.is_final()
-        && rule.fires(
-            u64::try_from(counts.succeeded).unwrap_or(0),
-            u64::try_from(counts.failed).unwrap_or(0),
-        )
+        && let Some(reason) = counts.abort_reason(&rule)
     {
-        let ended = counts.succeeded + counts.failed;
-        #[allow(clippy::cast_precision_loss)]
-        let pct = counts.failed as f64 * 100.0 / ended as f64;
-        let reason = format!(
-            "abort rule: {} of {} executions failed ({pct:.1}% >= {}% after at least {})",
-            counts.failed, ended, rule.failure_percent, rule.min_executed
-        );
         tracing::warn!("{reason}");
         end_job(
             inner,

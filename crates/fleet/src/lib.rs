@@ -20,6 +20,7 @@ pub mod drift;
 pub mod engine;
 pub mod exec;
 pub mod ops;
+pub mod pacing;
 pub mod runner;
 
 use callhome_core::ValidationError;
