@@ -12,7 +12,7 @@ use callhome_gateway::Gateway;
 use callhome_store::{ProfileRecord, Store};
 use time::OffsetDateTime;
 
-use crate::runner::Runner;
+use crate::journal::Journal;
 use crate::{FleetError, Result};
 
 /// Drift states.
@@ -251,19 +251,19 @@ impl ConfigService {
         Ok(diffs)
     }
 
-    /// Reads the modem's configuration with `GETCONFIG` through `runner`, stores it as the
+    /// Reads the modem's configuration with `GETCONFIG` through `journal`, stores it as the
     /// reported configuration and re-evaluates drift against `desired` (the device's effective
     /// desired configuration, composed here when the caller does not have it).
     pub async fn read(
         &self,
-        runner: &mut Runner,
+        journal: &mut Journal,
         imei: &Imei,
         timeout: Duration,
         expires_in: Duration,
         desired: Option<&ConfigFile>,
     ) -> Result<ConfigFile> {
         let command = self.dialect.get_config()?;
-        let done = runner.run(command, timeout, expires_in).await?;
+        let done = journal.run(command, timeout, expires_in).await?;
         let reply = match (done.state, done.reply.as_deref()) {
             (callhome_store::CommandState::Succeeded, Some(r)) => r.to_owned(),
             (state, _) => {

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigService;
-use crate::runner::Runner;
+use crate::journal::Journal;
 
 /// Drift check settings.
 #[derive(Debug, Clone)]
@@ -78,9 +78,9 @@ pub async fn run(config: ConfigService, settings: DriftSettings, shutdown: Cance
 }
 
 async fn check(config: &ConfigService, imei: &Imei, settings: &DriftSettings) {
-    let mut runner = Runner::fresh(config.gateway().clone(), imei.clone(), "drift-check".into());
+    let mut journal = Journal::fresh(config.gateway().clone(), imei.clone(), "drift-check".into());
     let t = settings.command_timeout;
-    match config.read(&mut runner, imei, t, t, None).await {
+    match config.read(&mut journal, imei, t, t, None).await {
         Ok(_) => metrics::counter!("callhome_drift_checks_total", "outcome" => "read").increment(1),
         Err(e) => {
             metrics::counter!("callhome_drift_checks_total", "outcome" => "failed").increment(1);

@@ -4,7 +4,7 @@
 //!
 //! Restart safety: jobs and executions are rows; the engine keeps no state it cannot rebuild.
 //! At start it takes over every running or paused job; executions left `in_progress` by the
-//! previous run resume with their command journal ([`crate::runner`]), so a command the modem
+//! previous run resume with their command journal ([`crate::journal`]), so a command the modem
 //! already got is not sent again and no device is started twice. A pending device is started
 //! only by the conditional `pending -> in_progress` update, which one caller wins.
 
@@ -29,9 +29,9 @@ use uuid::Uuid;
 
 use crate::config::ConfigService;
 use crate::exec::{self, Outcome, Timing};
+use crate::journal::Journal;
 use crate::ops::{CheckedTarget, NewJobRequest, Operation};
 use crate::pacing::{self, Counts, StartWindow};
-use crate::runner::Runner;
 use crate::{FleetError, Result};
 
 /// Engine settings.
@@ -44,7 +44,7 @@ pub struct EngineSettings {
     pub lease: Duration,
     /// How often unfinished jobs nobody runs are looked for.
     pub scan: Duration,
-    /// How often a runner looks for devices that came online (and re-reads its job).
+    /// How often a driver looks for devices that came online (and re-reads its job).
     pub tick: Duration,
     /// How long a job's command may wait in the device's queue.
     pub queue_wait: Duration,
@@ -69,7 +69,7 @@ struct Inner {
     config: ConfigService,
     events: Arc<EventBus>,
     settings: EngineSettings,
-    runners: Mutex<HashMap<Uuid, mpsc::Sender<()>>>,
+    drivers: Mutex<HashMap<Uuid, mpsc::Sender<()>>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -140,7 +140,7 @@ impl JobEngine {
                 config,
                 events,
                 settings,
-                runners: Mutex::new(HashMap::new()),
+                drivers: Mutex::new(HashMap::new()),
                 shutdown,
                 tasks: TaskTracker::new(),
             }),
@@ -166,13 +166,13 @@ impl JobEngine {
         Ok(n)
     }
 
-    /// Starts a runner for every unfinished job not running here (the runner checks the
+    /// Starts a driver for every unfinished job not running here (the driver checks the
     /// lease and stops at once if another node holds it).
     async fn adopt(&self) -> Result<usize> {
         let jobs = self.inner.store().unfinished_jobs().await?;
         let mut n = 0;
         for j in &jobs {
-            if self.spawn_runner(j.id) {
+            if self.spawn_driver(j.id) {
                 tracing::debug!(job = %j.id, state = j.state.as_str(), "unfinished job looked at");
                 n += 1;
             }
@@ -180,19 +180,19 @@ impl JobEngine {
         Ok(n)
     }
 
-    /// Waits for every runner to stop (after the shutdown token fired).
+    /// Waits for every driver to stop (after the shutdown token fired).
     pub async fn stopped(&self) {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
 
-    /// Starts a runner for the job unless one runs here; whether one was started.
-    fn spawn_runner(&self, id: Uuid) -> bool {
+    /// Starts a driver for the job unless one runs here; whether one was started.
+    fn spawn_driver(&self, id: Uuid) -> bool {
         let (tx, rx) = mpsc::channel(4);
         {
             let mut r = self
                 .inner
-                .runners
+                .drivers
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if r.get(&id).is_some_and(|tx| !tx.is_closed()) {
@@ -204,10 +204,10 @@ impl JobEngine {
         self.inner.tasks.spawn(async move {
             let span = tracing::info_span!("job", job = %id);
             if let Err(e) = tracing::Instrument::instrument(drive(inner.clone(), id, rx), span).await {
-                tracing::error!(job = %id, error = %e, "job runner stopped on an error; it is taken up again shortly");
+                tracing::error!(job = %id, error = %e, "job driver stopped on an error; it is taken up again shortly");
             }
             let _ = inner.store().release_job(id, &inner.settings.node_id).await;
-            inner.runners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+            inner.drivers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
         });
         true
     }
@@ -215,7 +215,7 @@ impl JobEngine {
     fn wake(&self, id: Uuid) {
         let tx = self
             .inner
-            .runners
+            .drivers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&id)
@@ -225,7 +225,7 @@ impl JobEngine {
                 let _ = tx.try_send(());
             }
             _ => {
-                self.spawn_runner(id);
+                self.spawn_driver(id);
             }
         }
     }
@@ -270,7 +270,7 @@ impl JobEngine {
             serde_json::json!({"id": rec.id, "name": rec.name, "total": rec.total, "created_by": by}),
         );
         tracing::info!(job = %rec.id, total = rec.total, by, "job created");
-        self.spawn_runner(rec.id);
+        self.spawn_driver(rec.id);
         decode(rec)
     }
 
@@ -467,7 +467,7 @@ enum Recorded {
     Yes,
     /// The execution had already ended (nothing to count).
     AlreadyEnded,
-    /// Not written (the runner tries again).
+    /// Not written (the driver tries again).
     No(String),
 }
 
@@ -742,10 +742,18 @@ fn spawn_exec(
             let started = Instant::now();
             let gateway = inner.config.gateway().clone();
             let outcome =
-                match Runner::resume(inner.store().as_ref(), gateway, imei.clone(), key).await {
-                    Ok(mut runner) => {
-                        exec::execute(&inner.config, &mut runner, &imei, &op, restart, timing, &by)
-                            .await
+                match Journal::resume(inner.store().as_ref(), gateway, imei.clone(), key).await {
+                    Ok(mut journal) => {
+                        exec::execute(
+                            &inner.config,
+                            &mut journal,
+                            &imei,
+                            &op,
+                            restart,
+                            timing,
+                            &by,
+                        )
+                        .await
                     }
                     Err(e) => Outcome {
                         state: ExecState::Failed,
@@ -755,7 +763,7 @@ fn spawn_exec(
                 };
             metrics::histogram!("callhome_job_execution_seconds")
                 .record(started.elapsed().as_secs_f64());
-            // Each execution writes its own end, so the runner is not a bottleneck.
+            // Each execution writes its own end, so the driver is not a bottleneck.
             let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
             let recorded = match inner
                 .store()

@@ -10,8 +10,8 @@ use callhome_store::{CommandRecord, CommandState};
 use serde::Serialize;
 
 use crate::config::ConfigService;
+use crate::journal::Journal;
 use crate::ops::Operation;
-use crate::runner::Runner;
 use crate::{FleetError, Result};
 
 /// Timing of one execution.
@@ -85,14 +85,14 @@ fn command_error(c: &CommandRecord) -> String {
 /// Runs `op` on `imei`.
 pub async fn execute(
     config: &ConfigService,
-    runner: &mut Runner,
+    journal: &mut Journal,
     imei: &Imei,
     op: &Operation,
     restart: RestartPolicy,
     timing: Timing,
     by: &str,
 ) -> Outcome {
-    match run(config, runner, imei, op, restart, timing, by).await {
+    match run(config, journal, imei, op, restart, timing, by).await {
         Ok(o) => o,
         Err(e) => Outcome::failed(e.to_string(), serde_json::Value::Null),
     }
@@ -100,7 +100,7 @@ pub async fn execute(
 
 async fn run(
     config: &ConfigService,
-    runner: &mut Runner,
+    journal: &mut Journal,
     imei: &Imei,
     op: &Operation,
     restart: RestartPolicy,
@@ -108,7 +108,7 @@ async fn run(
     by: &str,
 ) -> Result<Outcome> {
     match op {
-        Operation::ApplyConfig => apply_desired(config, runner, imei, restart, timing).await,
+        Operation::ApplyConfig => apply_desired(config, journal, imei, restart, timing).await,
         Operation::SetKeys { keys } => {
             let keys = keys.clone();
             config
@@ -129,7 +129,7 @@ async fn run(
                     Ok(())
                 })
                 .await?;
-            apply_desired(config, runner, imei, restart, timing).await
+            apply_desired(config, journal, imei, restart, timing).await
         }
         Operation::SetWhitelists { csd, sms } => {
             let lists = Whitelists {
@@ -139,11 +139,11 @@ async fn run(
             config
                 .edit(imei, by, move |c| c.set_whitelists(&lists))
                 .await?;
-            apply_desired(config, runner, imei, restart, timing).await
+            apply_desired(config, journal, imei, restart, timing).await
         }
         Operation::AtCommand { command } => {
             let command = AtCommand::parse(command)?;
-            let done = runner
+            let done = journal
                 .run(command, timing.command_timeout, timing.queue_wait)
                 .await?;
             let result = serde_json::json!({
@@ -161,7 +161,7 @@ async fn run(
             })
         }
         Operation::Reboot => {
-            let done = runner
+            let done = journal
                 .run(
                     config.dialect().reboot()?,
                     timing.command_timeout,
@@ -177,7 +177,7 @@ async fn run(
             if let Err(e) = wait_back(config, imei, &done, timing.restart_wait).await {
                 return Ok(Outcome::failed(e, serde_json::json!({"restarted": true})));
             }
-            let back = runner
+            let back = journal
                 .run(
                     config.dialect().version()?,
                     timing.command_timeout,
@@ -245,7 +245,7 @@ async fn wait_back(
 /// Applies the device's effective desired configuration.
 async fn apply_desired(
     config: &ConfigService,
-    runner: &mut Runner,
+    journal: &mut Journal,
     imei: &Imei,
     restart: RestartPolicy,
     timing: Timing,
@@ -267,14 +267,14 @@ async fn apply_desired(
     let desired = effective.config;
     let before = config
         .read(
-            runner,
+            journal,
             imei,
             timing.command_timeout,
             timing.queue_wait,
             Some(&desired),
         )
         .await?;
-    let (report, error) = apply(config, runner, imei, &desired, &before, restart, timing).await?;
+    let (report, error) = apply(config, journal, imei, &desired, &before, restart, timing).await?;
     let result = serde_json::to_value(&report).unwrap_or_default();
     Ok(match error {
         None => Outcome {
@@ -290,7 +290,7 @@ async fn apply_desired(
 /// the reason the apply failed, if it did.
 async fn apply(
     config: &ConfigService,
-    runner: &mut Runner,
+    journal: &mut Journal,
     imei: &Imei,
     desired: &ConfigFile,
     before: &ConfigFile,
@@ -306,7 +306,7 @@ async fn apply(
                 keys: Vec::new(),
                 writes: 0,
                 restarted: false,
-                replayed_commands: runner.replayed(),
+                replayed_commands: journal.replayed(),
             },
             None,
         ));
@@ -314,7 +314,7 @@ async fn apply(
     let mut outcomes = Vec::with_capacity(writes.len());
     for w in &writes {
         let cmd = config.dialect().set_param(&w.key, &w.value)?;
-        let done = runner
+        let done = journal
             .run(cmd, timing.command_timeout, timing.queue_wait)
             .await?;
         let r = if done.state == CommandState::Succeeded {
@@ -339,7 +339,7 @@ async fn apply(
     let mut failure = None;
     let mut restarted = false;
     if do_restart {
-        let done = runner
+        let done = journal
             .run(
                 config.dialect().reboot()?,
                 timing.command_timeout,
@@ -357,7 +357,7 @@ async fn apply(
     }
     let after = match config
         .read(
-            runner,
+            journal,
             imei,
             timing.command_timeout,
             timing.queue_wait,
@@ -422,7 +422,7 @@ async fn apply(
             unchanged,
             writes: writes.len(),
             restarted,
-            replayed_commands: runner.replayed(),
+            replayed_commands: journal.replayed(),
         },
         failure,
     ))

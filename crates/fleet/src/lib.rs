@@ -5,23 +5,23 @@
 //! `callhome-core`'s Config.txt model) and its drift state ([`ConfigService`]); reading a
 //! modem's configuration and applying a desired one (minimal `SETPARAM`s, restart, read-back,
 //! per-key result) through the device's command queue ([`exec`]); the job engine
-//! ([`JobEngine`]: persisted jobs, one runner task per active job, executions that resume
-//! after a restart without repeating a command, see [`runner`]); and the periodic drift
+//! ([`JobEngine`]: persisted jobs, one driver task per active job, executions that resume
+//! after a restart without repeating a command, see [`journal`]); and the periodic drift
 //! check ([`drift`]).
 //!
 //! Must not know: HTTP, SQL (it calls `callhome-store` traits), MQTT framing or TLS (it
 //! queues commands with `callhome-gateway`).
 //!
 //! Modules: [`ops`] (job operations and targets as the API accepts them), [`config`],
-//! [`runner`] (command journal), [`exec`] (one device's execution), [`engine`], [`drift`].
+//! [`journal`] (command journal), [`pacing`] (the driver's decisions), [`exec`] (one device's execution), [`engine`], [`drift`].
 
 pub mod config;
 pub mod drift;
 pub mod engine;
 pub mod exec;
+pub mod journal;
 pub mod ops;
 pub mod pacing;
-pub mod runner;
 
 use callhome_core::ValidationError;
 use callhome_gateway::GatewayError;

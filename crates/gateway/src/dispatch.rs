@@ -1,4 +1,4 @@
-//! The per-device command dispatcher: one task per live session that sends the device's
+//! The per-device command dispatcher: one task per live connection that sends the device's
 //! queued commands in FIFO order with exactly one in flight, and matches replies to it.
 //!
 //! MTX replies carry no correlation id, so correlation is by order: the reply that arrives
@@ -39,7 +39,7 @@ pub(crate) struct DispatchCtx {
 enum Wait {
     /// The command reached a final state or was re-queued.
     Done,
-    /// The session ended while waiting.
+    /// The connection ended while waiting.
     SessionGone,
 }
 
@@ -117,7 +117,7 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
                 .await
                 .is_err()
             {
-                // The session is gone; the sweeper or the next session resolves the command.
+                // The connection is gone; the sweeper or the next connection resolves the command.
                 return;
             }
             let deadline =
@@ -129,7 +129,7 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
             }
         }
         // Idle: wait for new work, or a stray reply. Replies already received are handled
-        // before the session's end is (biased), so a reply followed at once by DISCONNECT
+        // before the connection's end is (biased), so a reply followed at once by DISCONNECT
         // is not lost.
         tokio::select! {
             biased;

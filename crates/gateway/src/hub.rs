@@ -1,5 +1,5 @@
-//! The registry of live modem sessions on this node: who is connected, how to reach its
-//! session task, and how to end it.
+//! The registry of live modem connections on this node: who is connected, how to reach its
+//! connection task, and how to end it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,35 +11,35 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-/// A frame for a session's writer.
+/// A frame for a connection's writer.
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// Publish a command on the device's command topic.
     Command { text: String },
 }
 
-/// What the hub keeps per live session.
+/// What the hub keeps per live connection.
 #[derive(Debug, Clone)]
-pub(crate) struct SessionEntry {
+pub(crate) struct ConnectionEntry {
     /// Unique per connection.
     pub session_id: String,
-    /// Cancelled to end the session (takeover, revocation, shutdown).
+    /// Cancelled to end the connection (takeover, revocation, shutdown).
     pub kill: CancellationToken,
-    /// Wakes the session's command dispatcher.
+    /// Wakes the connection's command dispatcher.
     pub notify: Arc<Notify>,
     /// Serial of the client certificate, if any.
     pub cert_serial: Option<String>,
-    /// To the session writer (bounded).
+    /// To the connection writer (bounded).
     pub outbound: mpsc::Sender<Outbound>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    sessions: HashMap<Imei, SessionEntry>,
+    connections: HashMap<Imei, ConnectionEntry>,
     last_seen: HashMap<Imei, OffsetDateTime>,
 }
 
-/// Live sessions, by IMEI.
+/// Live connections, by IMEI.
 #[derive(Debug, Default)]
 pub(crate) struct Hub {
     inner: Mutex<Inner>,
@@ -54,41 +54,41 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers a session, returning the one it replaces (which the caller ends).
-    pub fn register(&self, imei: &Imei, entry: SessionEntry) -> Option<SessionEntry> {
-        self.lock().sessions.insert(imei.clone(), entry)
+    /// Registers a connection, returning the one it replaces (which the caller ends).
+    pub fn register(&self, imei: &Imei, entry: ConnectionEntry) -> Option<ConnectionEntry> {
+        self.lock().connections.insert(imei.clone(), entry)
     }
 
-    /// Removes the session if it is still `session_id`'s.
+    /// Removes the connection if it is still `session_id`'s.
     pub fn unregister(&self, imei: &Imei, session_id: &str) -> bool {
         let mut inner = self.lock();
         if inner
-            .sessions
+            .connections
             .get(imei)
             .is_some_and(|e| e.session_id == session_id)
         {
-            inner.sessions.remove(imei);
+            inner.connections.remove(imei);
             true
         } else {
             false
         }
     }
 
-    /// The live session of a device.
-    pub fn get(&self, imei: &Imei) -> Option<SessionEntry> {
-        self.lock().sessions.get(imei).cloned()
+    /// The live connection of a device.
+    pub fn get(&self, imei: &Imei) -> Option<ConnectionEntry> {
+        self.lock().connections.get(imei).cloned()
     }
 
-    /// Number of live sessions.
+    /// Number of live connections.
     pub fn len(&self) -> usize {
-        self.lock().sessions.len()
+        self.lock().connections.len()
     }
 
-    /// Ends every session whose certificate serial is in `serials`. Returns the IMEIs.
+    /// Ends every connection whose certificate serial is in `serials`. Returns the IMEIs.
     pub fn kill_serials(&self, serials: &std::collections::HashSet<String>) -> Vec<Imei> {
         let inner = self.lock();
         let mut killed = Vec::new();
-        for (imei, e) in &inner.sessions {
+        for (imei, e) in &inner.connections {
             if e.cert_serial.as_ref().is_some_and(|s| serials.contains(s)) {
                 e.kill.cancel();
                 killed.push(imei.clone());
@@ -97,9 +97,9 @@ impl Hub {
         killed
     }
 
-    /// Ends every session.
+    /// Ends every connection.
     pub fn kill_all(&self) {
-        for e in self.lock().sessions.values() {
+        for e in self.lock().connections.values() {
             e.kill.cancel();
         }
     }

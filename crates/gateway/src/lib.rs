@@ -2,7 +2,7 @@
 //!
 //! Owns: the modem listener ([`Gateway::run`]); the TLS handshake with client certificates
 //! checked against our CA and its CRL (rebuilt and swapped atomically when the CRL changes;
-//! sessions of a revoked certificate are closed at once); binding the certificate CN (the
+//! connections of a revoked certificate are closed at once); binding the certificate CN (the
 //! IMEI) to the MQTT client id; legacy username/password modems when enabled; per-device
 //! topic ACLs by construction; keepalive and QoS 0/1/2; presence; status ingestion; the
 //! per-device FIFO command dispatcher with reply correlation ([`dispatch`]); the command
@@ -13,17 +13,17 @@
 //! (`callhome-ca` builds the rustls configs).
 //!
 //! Modules: [`codec`] (MQTT framing with `rumqttc::mqttbytes::v4`), `server` (accept loop,
-//! handshakes, CRL watch), `session` (one connection), [`dispatch`] (command correlation),
+//! handshakes, CRL watch), `connection` (one connection), [`dispatch`] (command correlation),
 //! `sweeper` (expiry, orphaned commands, last-seen flush, status retention), `hub` (live
-//! sessions), [`status`] (payload parsing), [`topics`].
+//! connections), [`status`] (payload parsing), [`topics`].
 
 pub mod codec;
+mod connection;
 pub mod dispatch;
 pub mod events;
 mod hub;
 mod password;
 mod server;
-mod session;
 pub mod status;
 mod sweeper;
 pub mod topics;
@@ -46,7 +46,7 @@ pub use events::{Event, EventBus};
 /// Gateway settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Node id, the prefix of session ids (distinct per node when several share a database).
+    /// Node id, the prefix of connection ids (distinct per node when several share a database).
     pub node_id: String,
     /// TLS handshake and CONNECT must complete within this.
     pub handshake_timeout: Duration,
@@ -119,7 +119,7 @@ impl From<StoreError> for GatewayError {
     }
 }
 
-/// State shared by the listener, sessions, dispatchers and the sweeper.
+/// State shared by the listener, connections, dispatchers and the sweeper.
 pub(crate) struct Shared {
     cfg: GatewayConfig,
     store: Arc<dyn Store>,
@@ -185,7 +185,7 @@ impl Gateway {
         Ok(Self { shared, tls })
     }
 
-    /// Serves modems on `listener` until shutdown: marks this node's leftover sessions
+    /// Serves modems on `listener` until shutdown: marks this node's leftover connections
     /// offline, then runs the accept loop, the CRL watch and the sweeper.
     pub async fn run(&self, listener: TcpListener) -> Result<(), GatewayError> {
         let now = OffsetDateTime::now_utc();
@@ -201,7 +201,7 @@ impl Gateway {
         let sweeper = tokio::spawn(sweeper::run(self.shared.clone()));
         server::accept_loop(self.shared.clone(), listener, self.tls.clone()).await;
         self.shared.hub.kill_all();
-        // Give sessions a moment to record their disconnection.
+        // Give connections a moment to record their disconnection.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.shared.hub.len() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -221,7 +221,7 @@ impl Gateway {
         self.shared.hub.get(imei).is_some()
     }
 
-    /// Ends the device's live session, if it has one here (after it was disabled or
+    /// Ends the device's live connection, if it has one here (after it was disabled or
     /// deleted). Returns whether there was one.
     pub fn disconnect(&self, imei: &Imei) -> bool {
         match self.shared.hub.get(imei) {

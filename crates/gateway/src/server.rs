@@ -1,4 +1,4 @@
-//! The modem listener: accept, then each connection's TLS handshake and session in a task of
+//! The modem listener: accept, then each connection's TLS handshake and connection in a task of
 //! its own, under a timeout and a cap, so a stalled or hostile peer delays nobody else.
 
 use std::collections::HashSet;
@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
-use crate::session::{self, PeerIdentity};
+use crate::connection::{self, PeerIdentity};
 use crate::{GatewayError, Shared};
 
 /// Builds the rustls config from the current CRL.
@@ -25,7 +25,7 @@ pub(crate) fn build_tls(shared: &Shared) -> Result<Arc<rustls::ServerConfig>, Ga
     Ok(shared.certs.server_tls(&shared.identity, auth)?)
 }
 
-/// Rebuilds the TLS config whenever a new CRL is in force, and ends live sessions whose
+/// Rebuilds the TLS config whenever a new CRL is in force, and ends live connections whose
 /// certificate it revokes.
 pub(crate) async fn watch_crl(shared: Arc<Shared>, tls: Arc<SharedServerConfig>) {
     let mut changes = shared.certs.subscribe();
@@ -113,7 +113,7 @@ pub(crate) async fn accept_loop(
             };
             drop(hs_permit);
             let identity = peer_identity(&stream);
-            session::run(shared, stream, peer, identity).await;
+            connection::run(shared, stream, peer, identity).await;
         });
     }
     info!("modem listener stopped accepting");

@@ -56,7 +56,7 @@ async fn expire(shared: &Shared) {
     }
 }
 
-/// `sent` commands of devices with no live session here: once their deadline passes they
+/// `sent` commands of devices with no live connection here: once their deadline passes they
 /// are re-queued (attempts left) or timed out.
 async fn orphans(shared: &Shared) {
     let sent = match shared.store.sent_commands().await {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use callhome_fleet::config::{Desired, counts_as_drift};
-use callhome_fleet::runner::Runner;
+use callhome_fleet::journal::Journal;
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -572,10 +572,10 @@ pub async fn read_config(
         return Err(ValidationError::new("wait_s", "must be between 1 and 60").into());
     }
     let wait = std::time::Duration::from_secs(u64::from(wait));
-    let mut runner = Runner::fresh(state.gateway.clone(), imei.clone(), p.name.clone());
+    let mut journal = Journal::fresh(state.gateway.clone(), imei.clone(), p.name.clone());
     state
         .config
-        .read(&mut runner, &imei, wait, wait, None)
+        .read(&mut journal, &imei, wait, wait, None)
         .await?;
     Ok(axum::Json(reported_view(&state, &p, &imei).await?))
 }

@@ -20,7 +20,7 @@ use tracing::{Instrument as _, debug, info, warn};
 use crate::Shared;
 use crate::codec::{FrameError, PacketReader, PacketWriter};
 use crate::dispatch::{self, DispatchCtx};
-use crate::hub::{Outbound, SessionEntry};
+use crate::hub::{ConnectionEntry, Outbound};
 use crate::topics::Topics;
 
 /// What the TLS layer established about the peer.
@@ -32,7 +32,7 @@ pub(crate) struct PeerIdentity {
     pub cert_serial: Option<String>,
 }
 
-/// Why a session ended, for logs and metrics.
+/// Why a connection ended, for logs and metrics.
 #[derive(Debug)]
 enum End {
     ClientDisconnect,
@@ -109,7 +109,7 @@ where
 
         if let Some(old) = shared.hub.register(
             &imei,
-            SessionEntry {
+            ConnectionEntry {
                 session_id: session_id.clone(),
                 kill: kill.clone(),
                 notify: notify.clone(),
@@ -391,7 +391,7 @@ async fn handle_packet<W: AsyncWrite + Unpin>(
                 .await?;
         }
         Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {
-            // Acknowledgements of our command publishes; nothing to do (clean sessions).
+            // Acknowledgements of our command publishes; nothing to do (clean connections).
             if let Packet::PubRec(rec) = packet {
                 writer
                     .send(&Packet::PubRel(rumqttc::mqttbytes::v4::PubRel::new(

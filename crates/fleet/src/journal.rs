@@ -2,7 +2,7 @@
 //! after a restart without sending any command twice.
 //!
 //! Every command is queued with `created_by` set to the work's key (`job:<id>` for a job's
-//! execution). The command log is the journal: a runner resuming the same work first
+//! execution). The command log is the journal: a journal resuming the same work first
 //! replays the commands already queued under that key, in order. As long as the work asks
 //! for the same commands in the same order (it is deterministic given the replies), each
 //! request is answered from the journal (waiting for it if it is still queued or in flight)
@@ -21,7 +21,7 @@ use crate::Result;
 const MAX_JOURNAL: u32 = 1000;
 
 /// Sends the commands of one piece of work on one device.
-pub struct Runner {
+pub struct Journal {
     gateway: Gateway,
     imei: Imei,
     key: String,
@@ -30,9 +30,9 @@ pub struct Runner {
     replayed: u32,
 }
 
-impl std::fmt::Debug for Runner {
+impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner")
+        f.debug_struct("Journal")
             .field("imei", &self.imei)
             .field("key", &self.key)
             .field("journal", &self.journal.len())
@@ -40,8 +40,8 @@ impl std::fmt::Debug for Runner {
     }
 }
 
-impl Runner {
-    /// A runner with an empty journal (work that is never resumed, e.g. an API request);
+impl Journal {
+    /// A journal with an empty journal (work that is never resumed, e.g. an API request);
     /// `key` is recorded as the commands' `created_by`.
     pub fn fresh(gateway: Gateway, imei: Imei, key: String) -> Self {
         Self {
@@ -54,7 +54,7 @@ impl Runner {
         }
     }
 
-    /// A runner that first replays the commands already queued under `key`.
+    /// A journal that first replays the commands already queued under `key`.
     pub async fn resume(
         store: &dyn Store,
         gateway: Gateway,
