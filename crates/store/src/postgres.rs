@@ -2,6 +2,10 @@
 
 use std::str::FromStr as _;
 
+use sqlx::Pool;
+
+use crate::{Backend, OpenOptions, Result, StoreError};
+
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 type Db = sqlx::Postgres;
@@ -21,8 +25,23 @@ async fn connect(url: &str, options: &OpenOptions) -> Result<Pool<Db>> {
 /// Write transactions (plain `BEGIN` on PostgreSQL).
 const BEGIN_WRITE: &str = "BEGIN";
 
-include!("sql/common.rs");
-include!("sql/gateway.rs");
-include!("sql/sessions.rs");
-include!("sql/configuration.rs");
-include!("sql/jobs.rs");
+// The same SQL files are this backend's modules and the other backend's: one text of each
+// statement, type-checked against both drivers (hence `duplicate_mod`).
+#[path = "sql/common.rs"]
+#[allow(clippy::duplicate_mod)]
+#[macro_use]
+mod common;
+#[path = "sql/configuration.rs"]
+#[allow(clippy::duplicate_mod)]
+mod configuration;
+#[path = "sql/gateway.rs"]
+#[allow(clippy::duplicate_mod)]
+mod gateway;
+#[path = "sql/jobs.rs"]
+#[allow(clippy::duplicate_mod)]
+mod jobs;
+#[path = "sql/sessions.rs"]
+#[allow(clippy::duplicate_mod)]
+mod sessions;
+
+pub use common::SqlStore;

@@ -1,8 +1,11 @@
-// The SQL implementation of the repository traits, written once and compiled for each
-// backend: `sqlite.rs` and `postgres.rs` each define `Db`, `MIGRATOR`, `BACKEND` and
-// `connect()`, then `include!` this file. Keep every statement valid on both databases
-// (`$n` placeholders, `RETURNING`, `ON CONFLICT`, epoch-millisecond integers).
+//! The SQL implementation of the repository traits, written once and compiled for each
+//! backend: `sqlite.rs` and `postgres.rs` each define `Db`, `MIGRATOR`, `BACKEND`,
+//! `BEGIN_WRITE` and `connect()`, and declare this file and its siblings (`gateway`,
+//! `sessions`, `configuration`, `jobs`) as their modules (`#[path]`), so each statement is
+//! written once and type-checked against both drivers. Keep every statement valid on both
+//! databases (`$n` placeholders, `RETURNING`, `ON CONFLICT`, epoch-millisecond integers).
 
+use std::str::FromStr as _;
 
 use async_trait::async_trait;
 use callhome_core::{Imei, Role};
@@ -17,12 +20,14 @@ use crate::{
     OpenOptions, Page, Result, Revocation, Store, StoreError, User, UserPatch, Users,
 };
 
-type DbRow = <Db as sqlx::Database>::Row;
+use super::{BACKEND, BEGIN_WRITE, Db, MIGRATOR, connect};
+
+pub(super) type DbRow = <Db as sqlx::Database>::Row;
 
 /// The repository on this backend's connection pool.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
-    pool: Pool<Db>,
+    pub(super) pool: Pool<Db>,
 }
 
 impl SqlStore {
@@ -45,12 +50,16 @@ macro_rules! user_cols {
     };
 }
 
-fn user_from_row(r: &DbRow) -> Result<User> {
+pub(super) fn user_from_row(r: &DbRow) -> Result<User> {
     Ok(User {
         id: parse_col("users.id", &r.try_get::<String, _>("id")?, Uuid::from_str)?,
         username: r.try_get("username")?,
         password_hash: r.try_get("password_hash")?,
-        role: parse_col("users.role", &r.try_get::<String, _>("role")?, Role::from_str)?,
+        role: parse_col(
+            "users.role",
+            &r.try_get::<String, _>("role")?,
+            Role::from_str,
+        )?,
         disabled: r.try_get("disabled")?,
         created_at: from_ms(r.try_get("created_at")?),
         updated_at: from_ms(r.try_get("updated_at")?),
@@ -80,34 +89,49 @@ impl Users for SqlStore {
     }
 
     async fn get_user(&self, id: Uuid) -> Result<User> {
-        let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("user {id}")))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("user {id}")))?;
         user_from_row(&row)
     }
 
     async fn get_user_by_name(&self, username: &str) -> Result<User> {
-        let row = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users WHERE username = $1"))
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("user {username:?}")))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users WHERE username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("user {username:?}")))?;
         user_from_row(&row)
     }
 
     async fn list_users(&self) -> Result<Vec<User>> {
-        let rows = sqlx::query(concat!("SELECT ", user_cols!(), " FROM users ORDER BY username"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_cols!(),
+            " FROM users ORDER BY username"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(user_from_row).collect()
     }
 
     async fn update_user(&self, id: Uuid, patch: &UserPatch) -> Result<User> {
-        let row = sqlx::query(concat!("UPDATE users SET role = COALESCE($2, role), disabled = COALESCE($3, disabled), \
+        let row = sqlx::query(concat!(
+            "UPDATE users SET role = COALESCE($2, role), disabled = COALESCE($3, disabled), \
              password_hash = COALESCE($4, password_hash), updated_at = $5 \
-             WHERE id = $1 RETURNING ", user_cols!()))
+             WHERE id = $1 RETURNING ",
+            user_cols!()
+        ))
         .bind(id.to_string())
         .bind(patch.role.map(Role::as_str))
         .bind(patch.disabled)
@@ -126,13 +150,21 @@ macro_rules! api_key_cols {
     };
 }
 
-fn api_key_from_row(r: &DbRow) -> Result<ApiKey> {
+pub(super) fn api_key_from_row(r: &DbRow) -> Result<ApiKey> {
     Ok(ApiKey {
-        id: parse_col("api_keys.id", &r.try_get::<String, _>("id")?, Uuid::from_str)?,
+        id: parse_col(
+            "api_keys.id",
+            &r.try_get::<String, _>("id")?,
+            Uuid::from_str,
+        )?,
         name: r.try_get("name")?,
         prefix: r.try_get("prefix")?,
         key_hash: r.try_get("key_hash")?,
-        role: parse_col("api_keys.role", &r.try_get::<String, _>("role")?, Role::from_str)?,
+        role: parse_col(
+            "api_keys.role",
+            &r.try_get::<String, _>("role")?,
+            Role::from_str,
+        )?,
         created_by: r.try_get("created_by")?,
         created_at: from_ms(r.try_get("created_at")?),
         expires_at: opt_from_ms(r.try_get("expires_at")?),
@@ -160,23 +192,34 @@ impl ApiKeys for SqlStore {
     }
 
     async fn get_api_key_by_prefix(&self, prefix: &str) -> Result<ApiKey> {
-        let row = sqlx::query(concat!("SELECT ", api_key_cols!(), " FROM api_keys WHERE prefix = $1"))
-            .bind(prefix)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound("API key".to_owned()))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            api_key_cols!(),
+            " FROM api_keys WHERE prefix = $1"
+        ))
+        .bind(prefix)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound("API key".to_owned()))?;
         api_key_from_row(&row)
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>> {
-        let rows = sqlx::query(concat!("SELECT ", api_key_cols!(), " FROM api_keys ORDER BY created_at DESC, id DESC"))
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            api_key_cols!(),
+            " FROM api_keys ORDER BY created_at DESC, id DESC"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(api_key_from_row).collect()
     }
 
     async fn revoke_api_key(&self, id: Uuid, at: OffsetDateTime) -> Result<ApiKey> {
-        let row = sqlx::query(concat!("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING ", api_key_cols!()))
+        let row = sqlx::query(concat!(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING ",
+            api_key_cols!()
+        ))
         .bind(id.to_string())
         .bind(ms(at))
         .fetch_optional(&self.pool)
@@ -213,10 +256,14 @@ macro_rules! device_cols {
     };
 }
 
-fn device_from_row(r: &DbRow) -> Result<Device> {
+pub(super) fn device_from_row(r: &DbRow) -> Result<Device> {
     let tags: String = r.try_get("tags")?;
     Ok(Device {
-        imei: parse_col("devices.imei", &r.try_get::<String, _>("imei")?, Imei::parse)?,
+        imei: parse_col(
+            "devices.imei",
+            &r.try_get::<String, _>("imei")?,
+            Imei::parse,
+        )?,
         name: r.try_get("name")?,
         model: r.try_get("model")?,
         tags: serde_json::from_str(&tags).map_err(|e| StoreError::Corrupt {
@@ -246,11 +293,11 @@ fn device_from_row(r: &DbRow) -> Result<Device> {
     })
 }
 
-fn tags_json(tags: &[String]) -> String {
+pub(super) fn tags_json(tags: &[String]) -> String {
     serde_json::Value::from(tags.to_vec()).to_string()
 }
 
-async fn replace_tags(
+pub(super) async fn replace_tags(
     tx: &mut sqlx::Transaction<'_, Db>,
     imei: &Imei,
     tags: &[String],
@@ -274,8 +321,11 @@ impl Devices for SqlStore {
     async fn create_device(&self, device: &NewDevice) -> Result<Device> {
         let now = ms(OffsetDateTime::now_utc());
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let row = sqlx::query(concat!("INSERT INTO devices (imei, name, model, tags, disabled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, FALSE, $5, $5) RETURNING ", device_cols!()))
+        let row = sqlx::query(concat!(
+            "INSERT INTO devices (imei, name, model, tags, disabled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, FALSE, $5, $5) RETURNING ",
+            device_cols!()
+        ))
         .bind(device.imei.as_str())
         .bind(device.name.as_deref())
         .bind(device.model.as_deref())
@@ -295,17 +345,25 @@ impl Devices for SqlStore {
     }
 
     async fn get_device(&self, imei: &Imei) -> Result<Device> {
-        let row = sqlx::query(concat!("SELECT ", device_cols!(), " FROM devices WHERE imei = $1"))
-            .bind(imei.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("device {imei}")))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE imei = $1"
+        ))
+        .bind(imei.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("device {imei}")))?;
         device_from_row(&row)
     }
 
     async fn list_devices(&self, filter: &DeviceFilter) -> Result<Page<Device>> {
         let limit = filter.limit.clamp(1, 1000);
-        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", device_cols!(), " FROM devices d WHERE 1 = 1"));
+        let mut q = QueryBuilder::<Db>::new(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices d WHERE 1 = 1"
+        ));
         if let Some(online) = filter.online {
             q.push(" AND d.online = ").push_bind(online);
         }
@@ -329,19 +387,27 @@ impl Devices for SqlStore {
                 .push_bind(pattern)
                 .push(" ESCAPE '\\')");
         }
-        q.push(" ORDER BY d.imei LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY d.imei LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(device_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(device_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |d| d.imei.to_string()))
     }
 
     async fn update_device(&self, imei: &Imei, patch: &DevicePatch) -> Result<Device> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let row = sqlx::query(concat!("SELECT ", device_cols!(), " FROM devices WHERE imei = $1"))
-            .bind(imei.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("device {imei}")))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE imei = $1"
+        ))
+        .bind(imei.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("device {imei}")))?;
         let mut device = device_from_row(&row)?;
         if let Some(name) = &patch.name {
             device.name.clone_from(name);
@@ -419,7 +485,7 @@ macro_rules! cert_cols {
     };
 }
 
-fn cert_from_row(r: &DbRow) -> Result<CertificateRecord> {
+pub(super) fn cert_from_row(r: &DbRow) -> Result<CertificateRecord> {
     let revoked_at: Option<i64> = r.try_get("revoked_at")?;
     Ok(CertificateRecord {
         serial: r.try_get("serial")?,
@@ -435,7 +501,9 @@ fn cert_from_row(r: &DbRow) -> Result<CertificateRecord> {
             Some(at) => Some(Revocation {
                 at: from_ms(at),
                 reason: r.try_get("revocation_reason")?,
-                by: r.try_get::<Option<String>, _>("revoked_by")?.unwrap_or_default(),
+                by: r
+                    .try_get::<Option<String>, _>("revoked_by")?
+                    .unwrap_or_default(),
             }),
             None => None,
         },
@@ -445,7 +513,11 @@ fn cert_from_row(r: &DbRow) -> Result<CertificateRecord> {
 #[async_trait]
 impl Certificates for SqlStore {
     async fn insert_certificate(&self, c: &CertificateRecord) -> Result<()> {
-        sqlx::query(concat!("INSERT INTO certificates (", cert_cols!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
+        sqlx::query(concat!(
+            "INSERT INTO certificates (",
+            cert_cols!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
         .bind(&c.serial)
         .bind(&c.imei)
         .bind(&c.common_name)
@@ -464,25 +536,40 @@ impl Certificates for SqlStore {
     }
 
     async fn get_certificate(&self, serial: &str) -> Result<CertificateRecord> {
-        let row = sqlx::query(concat!("SELECT ", cert_cols!(), " FROM certificates WHERE serial = $1"))
-            .bind(serial)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            cert_cols!(),
+            " FROM certificates WHERE serial = $1"
+        ))
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("certificate {serial}")))?;
         cert_from_row(&row)
     }
 
     async fn list_certificates(&self, imei: &Imei) -> Result<Vec<CertificateRecord>> {
-        let rows = sqlx::query(concat!("SELECT ", cert_cols!(), " FROM certificates WHERE imei = $1 ORDER BY created_at DESC, serial"))
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            cert_cols!(),
+            " FROM certificates WHERE imei = $1 ORDER BY created_at DESC, serial"
+        ))
         .bind(imei.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(cert_from_row).collect()
     }
 
-    async fn revoke_certificate(&self, serial: &str, rev: &Revocation) -> Result<CertificateRecord> {
-        let row = sqlx::query(concat!("UPDATE certificates SET revoked_at = $2, revocation_reason = $3, revoked_by = $4 \
-             WHERE serial = $1 AND revoked_at IS NULL RETURNING ", cert_cols!()))
+    async fn revoke_certificate(
+        &self,
+        serial: &str,
+        rev: &Revocation,
+    ) -> Result<CertificateRecord> {
+        let row = sqlx::query(concat!(
+            "UPDATE certificates SET revoked_at = $2, revocation_reason = $3, revoked_by = $4 \
+             WHERE serial = $1 AND revoked_at IS NULL RETURNING ",
+            cert_cols!()
+        ))
         .bind(serial)
         .bind(ms(rev.at))
         .bind(rev.reason.as_deref())
@@ -494,12 +581,17 @@ impl Certificates for SqlStore {
             None => {
                 // Tell "no such serial" from "already revoked".
                 self.get_certificate(serial).await?;
-                Err(StoreError::conflict(format!("certificate {serial} is already revoked")))
+                Err(StoreError::conflict(format!(
+                    "certificate {serial} is already revoked"
+                )))
             }
         }
     }
 
-    async fn list_revoked_certificates(&self, now: OffsetDateTime) -> Result<Vec<CertificateRecord>> {
+    async fn list_revoked_certificates(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CertificateRecord>> {
         let rows = sqlx::query(concat!("SELECT ", cert_cols!(), " FROM certificates WHERE revoked_at IS NOT NULL AND not_after > $1 ORDER BY revoked_at, serial"))
         .bind(ms(now))
         .fetch_all(&self.pool)
@@ -514,7 +606,7 @@ macro_rules! audit_cols {
     };
 }
 
-fn audit_from_row(r: &DbRow) -> Result<AuditEntry> {
+pub(super) fn audit_from_row(r: &DbRow) -> Result<AuditEntry> {
     Ok(AuditEntry {
         id: r.try_get("id")?,
         at: from_ms(r.try_get("at")?),
@@ -554,7 +646,11 @@ impl Audit for SqlStore {
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Page<AuditEntry>> {
         let limit = filter.limit.clamp(1, 1000);
-        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", audit_cols!(), " FROM audit_log WHERE 1 = 1"));
+        let mut q = QueryBuilder::<Db>::new(concat!(
+            "SELECT ",
+            audit_cols!(),
+            " FROM audit_log WHERE 1 = 1"
+        ));
         if let Some(before) = filter.before {
             q.push(" AND id < ").push_bind(before);
         }
@@ -564,9 +660,13 @@ impl Audit for SqlStore {
         if let Some(target) = &filter.target {
             q.push(" AND target = ").push_bind(target.clone());
         }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(audit_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(audit_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |e| e.id.to_string()))
     }
 }

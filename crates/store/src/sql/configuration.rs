@@ -1,4 +1,15 @@
-// Fleet configuration: included by `sqlite.rs` and `postgres.rs` after `common.rs`.
+//! Fleet configuration: a module of `sqlite.rs` and of `postgres.rs`, beside `common`.
+
+use async_trait::async_trait;
+use callhome_core::Imei;
+use sqlx::{QueryBuilder, Row as _};
+use time::OffsetDateTime;
+
+use crate::conv::{from_ms, ms, opt_from_ms, parse_col};
+use crate::{Devices, Result, StoreError};
+
+use super::common::*;
+use super::{BEGIN_WRITE, Db};
 
 use crate::{Configuration, DeviceConfigRecord, NewProfileVersion, ProfileRecord};
 
@@ -9,7 +20,7 @@ macro_rules! profile_select {
     };
 }
 
-fn profile_from_row(r: &DbRow) -> Result<ProfileRecord> {
+pub(super) fn profile_from_row(r: &DbRow) -> Result<ProfileRecord> {
     Ok(ProfileRecord {
         name: r.try_get("name")?,
         tag: r.try_get("tag")?,
@@ -28,7 +39,7 @@ macro_rules! device_config_cols {
     };
 }
 
-fn device_config_from_row(r: &DbRow) -> Result<DeviceConfigRecord> {
+pub(super) fn device_config_from_row(r: &DbRow) -> Result<DeviceConfigRecord> {
     Ok(DeviceConfigRecord {
         overrides: r.try_get("overrides")?,
         document: r.try_get("document")?,
@@ -62,10 +73,11 @@ impl Configuration for SqlStore {
     async fn put_profile(&self, p: &NewProfileVersion) -> Result<ProfileRecord> {
         let now = ms(OffsetDateTime::now_utc());
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT current_version FROM profiles WHERE name = $1")
-            .bind(&p.name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT current_version FROM profiles WHERE name = $1")
+                .bind(&p.name)
+                .fetch_optional(&mut *tx)
+                .await?;
         let version = current.unwrap_or(0) + 1;
         if current.is_some() {
             sqlx::query(
@@ -122,9 +134,12 @@ impl Configuration for SqlStore {
     }
 
     async fn list_profiles(&self) -> Result<Vec<ProfileRecord>> {
-        let rows = sqlx::query(concat!(profile_select!(), " WHERE v.version = p.current_version ORDER BY p.name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            profile_select!(),
+            " WHERE v.version = p.current_version ORDER BY p.name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(profile_from_row).collect()
     }
 
@@ -149,7 +164,10 @@ impl Configuration for SqlStore {
         if tags.is_empty() {
             return Ok(None);
         }
-        let mut q = QueryBuilder::<Db>::new(concat!(profile_select!(), " WHERE v.version = p.current_version AND p.tag IN ("));
+        let mut q = QueryBuilder::<Db>::new(concat!(
+            profile_select!(),
+            " WHERE v.version = p.current_version AND p.tag IN ("
+        ));
         let mut sep = q.separated(", ");
         for t in tags {
             sep.push_bind(t.clone());
@@ -160,10 +178,14 @@ impl Configuration for SqlStore {
     }
 
     async fn get_device_config(&self, imei: &Imei) -> Result<DeviceConfigRecord> {
-        let row = sqlx::query(concat!("SELECT ", device_config_cols!(), " FROM device_config WHERE imei = $1"))
-            .bind(imei.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_config_cols!(),
+            " FROM device_config WHERE imei = $1"
+        ))
+        .bind(imei.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
             Some(r) => device_config_from_row(&r),
             None => {
@@ -177,7 +199,13 @@ impl Configuration for SqlStore {
         }
     }
 
-    async fn set_overrides(&self, imei: &Imei, overrides: &str, document: Option<&str>, by: &str) -> Result<DeviceConfigRecord> {
+    async fn set_overrides(
+        &self,
+        imei: &Imei,
+        overrides: &str,
+        document: Option<&str>,
+        by: &str,
+    ) -> Result<DeviceConfigRecord> {
         self.ensure_device_config(imei, by).await?;
         sqlx::query("UPDATE device_config SET overrides = $2, document = $3, updated_at = $4, updated_by = $5 WHERE imei = $1")
             .bind(imei.as_str())
@@ -201,7 +229,11 @@ impl Configuration for SqlStore {
         Ok(())
     }
 
-    async fn devices_due_for_drift_check(&self, before: OffsetDateTime, limit: u32) -> Result<Vec<Imei>> {
+    async fn devices_due_for_drift_check(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Imei>> {
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT d.imei FROM devices d LEFT JOIN device_config c ON c.imei = d.imei \
              WHERE d.online = $1 AND d.disabled = $2 AND (c.drift_checked_at IS NULL OR c.drift_checked_at < $3) \
@@ -213,10 +245,18 @@ impl Configuration for SqlStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|s| parse_col("devices.imei", s, Imei::parse)).collect()
+        rows.iter()
+            .map(|s| parse_col("devices.imei", s, Imei::parse))
+            .collect()
     }
 
-    async fn set_drift(&self, imei: &Imei, drift: &str, keys: Option<&str>, at: OffsetDateTime) -> Result<()> {
+    async fn set_drift(
+        &self,
+        imei: &Imei,
+        drift: &str,
+        keys: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<()> {
         self.ensure_device_config(imei, "drift-check").await?;
         sqlx::query("UPDATE device_config SET drift = $2, drift_keys = $3, drift_checked_at = $4 WHERE imei = $1")
             .bind(imei.as_str())

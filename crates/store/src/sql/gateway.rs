@@ -1,5 +1,19 @@
-// Presence, status log and command queue: included by `sqlite.rs` and `postgres.rs` after
-// `common.rs` (whose imports and helpers it uses). Same rules: SQL valid on both backends.
+//! Presence, status log and command queue: a module of `sqlite.rs` and of
+//! `postgres.rs`, beside `common` (whose helpers it uses). Same rules: SQL valid on both backends.
+
+use std::str::FromStr as _;
+
+use async_trait::async_trait;
+use callhome_core::Imei;
+use sqlx::{QueryBuilder, Row as _};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::conv::{from_ms, like_pattern, ms, opt_from_ms, page, parse_col};
+use crate::{Device, Page, Result, StoreError};
+
+use super::common::*;
+use super::{BEGIN_WRITE, Db};
 
 use crate::{
     CommandFilter, CommandOutcome, CommandRecord, CommandState, Commands, NewCommand, NewStatus,
@@ -26,7 +40,12 @@ impl Presence for SqlStore {
         Ok(())
     }
 
-    async fn mark_offline(&self, imei: &Imei, session_id: &str, at: OffsetDateTime) -> Result<bool> {
+    async fn mark_offline(
+        &self,
+        imei: &Imei,
+        session_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE devices SET online = FALSE, disconnected_at = $3, last_seen = $3 \
              WHERE imei = $1 AND session_id = $2 AND online = TRUE",
@@ -67,17 +86,23 @@ impl Presence for SqlStore {
     }
 
     async fn count_online(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE online = TRUE")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE online = TRUE")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn get_device_by_mqtt_username(&self, username: &str) -> Result<Device> {
-        let row = sqlx::query(concat!("SELECT ", device_cols!(), " FROM devices WHERE mqtt_username = $1"))
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("device with MQTT user name {username:?}")))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_cols!(),
+            " FROM devices WHERE mqtt_username = $1"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("device with MQTT user name {username:?}")))?;
         device_from_row(&row)
     }
 }
@@ -88,7 +113,7 @@ macro_rules! status_cols {
     };
 }
 
-fn status_from_row(r: &DbRow) -> Result<StatusRecord> {
+pub(super) fn status_from_row(r: &DbRow) -> Result<StatusRecord> {
     Ok(StatusRecord {
         id: r.try_get("id")?,
         imei: r.try_get("imei")?,
@@ -118,7 +143,9 @@ impl StatusLog for SqlStore {
 
     async fn latest_status(&self, imei: &Imei) -> Result<Option<StatusRecord>> {
         let row = sqlx::query(concat!(
-            "SELECT ", status_cols!(), " FROM device_status WHERE imei = $1 ORDER BY id DESC LIMIT 1"
+            "SELECT ",
+            status_cols!(),
+            " FROM device_status WHERE imei = $1 ORDER BY id DESC LIMIT 1"
         ))
         .bind(imei.as_str())
         .fetch_optional(&self.pool)
@@ -134,7 +161,11 @@ impl StatusLog for SqlStore {
         limit: u32,
     ) -> Result<Page<StatusRecord>> {
         let limit = limit.clamp(1, 1000);
-        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", status_cols!(), " FROM device_status WHERE imei = "));
+        let mut q = QueryBuilder::<Db>::new(concat!(
+            "SELECT ",
+            status_cols!(),
+            " FROM device_status WHERE imei = "
+        ));
         q.push_bind(imei.to_string());
         if let Some(since) = since {
             q.push(" AND received_at >= ").push_bind(ms(since));
@@ -142,9 +173,13 @@ impl StatusLog for SqlStore {
         if let Some(before) = before {
             q.push(" AND id < ").push_bind(before);
         }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(status_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(status_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |s| s.id.to_string()))
     }
 
@@ -163,12 +198,20 @@ macro_rules! command_cols {
     };
 }
 
-fn command_from_row(r: &DbRow) -> Result<CommandRecord> {
+pub(super) fn command_from_row(r: &DbRow) -> Result<CommandRecord> {
     Ok(CommandRecord {
-        id: parse_col("commands.id", &r.try_get::<String, _>("id")?, Uuid::from_str)?,
+        id: parse_col(
+            "commands.id",
+            &r.try_get::<String, _>("id")?,
+            Uuid::from_str,
+        )?,
         imei: r.try_get("imei")?,
         command: r.try_get("command")?,
-        state: parse_col("commands.state", &r.try_get::<String, _>("state")?, CommandState::from_str)?,
+        state: parse_col(
+            "commands.state",
+            &r.try_get::<String, _>("state")?,
+            CommandState::from_str,
+        )?,
         created_at: from_ms(r.try_get("created_at")?),
         created_by: r.try_get("created_by")?,
         timeout_ms: r.try_get("timeout_ms")?,
@@ -187,7 +230,12 @@ fn command_from_row(r: &DbRow) -> Result<CommandRecord> {
 
 impl SqlStore {
     /// Runs a conditional state change; on no match tells "not found" from "wrong state".
-    async fn command_transition(&self, id: Uuid, row: Option<DbRow>, what: &str) -> Result<CommandRecord> {
+    async fn command_transition(
+        &self,
+        id: Uuid,
+        row: Option<DbRow>,
+        what: &str,
+    ) -> Result<CommandRecord> {
         match row {
             Some(row) => command_from_row(&row),
             None => {
@@ -223,17 +271,25 @@ impl Commands for SqlStore {
     }
 
     async fn get_command(&self, id: Uuid) -> Result<CommandRecord> {
-        let row = sqlx::query(concat!("SELECT ", command_cols!(), " FROM commands WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("command {id}")))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            command_cols!(),
+            " FROM commands WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("command {id}")))?;
         command_from_row(&row)
     }
 
     async fn list_commands(&self, f: &CommandFilter) -> Result<Page<CommandRecord>> {
         let limit = f.limit.clamp(1, 1000);
-        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", command_cols!(), " FROM commands WHERE 1 = 1"));
+        let mut q = QueryBuilder::<Db>::new(concat!(
+            "SELECT ",
+            command_cols!(),
+            " FROM commands WHERE 1 = 1"
+        ));
         if let Some(imei) = &f.imei {
             q.push(" AND imei = ").push_bind(imei.clone());
         }
@@ -251,13 +307,21 @@ impl Commands for SqlStore {
         if let Some(by) = &f.created_by {
             q.push(" AND created_by = ").push_bind(by.clone());
         }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(command_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(command_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |c| c.id.to_string()))
     }
 
-    async fn next_queued_command(&self, imei: &Imei, now: OffsetDateTime) -> Result<Option<CommandRecord>> {
+    async fn next_queued_command(
+        &self,
+        imei: &Imei,
+        now: OffsetDateTime,
+    ) -> Result<Option<CommandRecord>> {
         let row = sqlx::query(concat!(
             "SELECT ", command_cols!(),
             " FROM commands WHERE imei = $1 AND state = 'queued' AND expires_at > $2 ORDER BY created_at, id LIMIT 1"
@@ -271,7 +335,9 @@ impl Commands for SqlStore {
 
     async fn in_flight_command(&self, imei: &Imei) -> Result<Option<CommandRecord>> {
         let row = sqlx::query(concat!(
-            "SELECT ", command_cols!(), " FROM commands WHERE imei = $1 AND state = 'sent' ORDER BY sent_at DESC LIMIT 1"
+            "SELECT ",
+            command_cols!(),
+            " FROM commands WHERE imei = $1 AND state = 'sent' ORDER BY sent_at DESC LIMIT 1"
         ))
         .bind(imei.as_str())
         .fetch_optional(&self.pool)
@@ -330,7 +396,8 @@ impl Commands for SqlStore {
         .bind(ms(at))
         .fetch_optional(&self.pool)
         .await?;
-        self.command_transition(id, row, "cancel it (only queued commands can be cancelled)").await
+        self.command_transition(id, row, "cancel it (only queued commands can be cancelled)")
+            .await
     }
 
     async fn record_late_reply(&self, id: Uuid, reply: &str, at: OffsetDateTime) -> Result<()> {
@@ -357,16 +424,21 @@ impl Commands for SqlStore {
     }
 
     async fn sent_commands(&self) -> Result<Vec<CommandRecord>> {
-        let rows = sqlx::query(concat!("SELECT ", command_cols!(), " FROM commands WHERE state = 'sent'"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            command_cols!(),
+            " FROM commands WHERE state = 'sent'"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(command_from_row).collect()
     }
 
     async fn devices_with_queued_commands(&self) -> Result<Vec<Imei>> {
-        let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT imei FROM commands WHERE state = 'queued'")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT imei FROM commands WHERE state = 'queued'")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|s| parse_col("commands.imei", s, Imei::parse))
             .collect()

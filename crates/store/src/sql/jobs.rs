@@ -1,4 +1,18 @@
-// Bulk jobs: included by `sqlite.rs` and `postgres.rs` after `common.rs`.
+//! Bulk jobs: a module of `sqlite.rs` and of `postgres.rs`, beside `common`.
+
+use std::str::FromStr as _;
+
+use async_trait::async_trait;
+use callhome_core::Imei;
+use sqlx::{QueryBuilder, Row as _};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::conv::{from_ms, ms, opt_from_ms, page, parse_col};
+use crate::{Page, Result, StoreError};
+
+use super::common::*;
+use super::{BEGIN_WRITE, Db};
 
 use callhome_core::jobs::{ExecState, JobState};
 
@@ -20,7 +34,7 @@ macro_rules! job_device_cols {
 /// Rows per INSERT when a job's executions are created.
 const JOB_DEVICE_CHUNK: usize = 500;
 
-fn job_from_row(r: &DbRow) -> Result<JobRecord> {
+pub(super) fn job_from_row(r: &DbRow) -> Result<JobRecord> {
     Ok(JobRecord {
         id: parse_col("jobs.id", &r.try_get::<String, _>("id")?, Uuid::from_str)?,
         name: r.try_get("name")?,
@@ -28,7 +42,11 @@ fn job_from_row(r: &DbRow) -> Result<JobRecord> {
         target: r.try_get("target")?,
         rollout: r.try_get("rollout")?,
         restart: r.try_get("restart")?,
-        state: parse_col("jobs.state", &r.try_get::<String, _>("state")?, JobState::parse)?,
+        state: parse_col(
+            "jobs.state",
+            &r.try_get::<String, _>("state")?,
+            JobState::parse,
+        )?,
         state_reason: r.try_get("state_reason")?,
         total: r.try_get("total")?,
         current_wave: r.try_get("current_wave")?,
@@ -40,13 +58,21 @@ fn job_from_row(r: &DbRow) -> Result<JobRecord> {
     })
 }
 
-fn job_device_from_row(r: &DbRow) -> Result<JobDeviceRecord> {
+pub(super) fn job_device_from_row(r: &DbRow) -> Result<JobDeviceRecord> {
     Ok(JobDeviceRecord {
-        job_id: parse_col("job_devices.job_id", &r.try_get::<String, _>("job_id")?, Uuid::from_str)?,
+        job_id: parse_col(
+            "job_devices.job_id",
+            &r.try_get::<String, _>("job_id")?,
+            Uuid::from_str,
+        )?,
         imei: r.try_get("imei")?,
         seq: r.try_get("seq")?,
         wave: r.try_get("wave")?,
-        state: parse_col("job_devices.state", &r.try_get::<String, _>("state")?, ExecState::parse)?,
+        state: parse_col(
+            "job_devices.state",
+            &r.try_get::<String, _>("state")?,
+            ExecState::parse,
+        )?,
         attempts: r.try_get("attempts")?,
         started_at: opt_from_ms(r.try_get("started_at")?),
         finished_at: opt_from_ms(r.try_get("finished_at")?),
@@ -78,7 +104,9 @@ impl Jobs for SqlStore {
         .await?;
         let id = job.id.to_string();
         for (chunk_no, chunk) in job.devices.chunks(JOB_DEVICE_CHUNK).enumerate() {
-            let mut q = QueryBuilder::<Db>::new("INSERT INTO job_devices (job_id, imei, seq, wave, state) ");
+            let mut q = QueryBuilder::<Db>::new(
+                "INSERT INTO job_devices (job_id, imei, seq, wave, state) ",
+            );
             q.push_values(chunk.iter().enumerate(), |mut b, (i, (imei, wave))| {
                 let seq = chunk_no * JOB_DEVICE_CHUNK + i;
                 b.push_bind(id.clone())
@@ -87,10 +115,15 @@ impl Jobs for SqlStore {
                     .push_bind(i64::from(*wave))
                     .push_bind("pending");
             });
-            q.build().execute(&mut *tx).await.map_err(|e| match StoreError::from(e) {
-                StoreError::Conflict { .. } => StoreError::conflict("a device is listed twice in the job's targets"),
-                other => other,
-            })?;
+            q.build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match StoreError::from(e) {
+                    StoreError::Conflict { .. } => {
+                        StoreError::conflict("a device is listed twice in the job's targets")
+                    }
+                    other => other,
+                })?;
         }
         tx.commit().await?;
         self.get_job(job.id).await
@@ -107,7 +140,8 @@ impl Jobs for SqlStore {
 
     async fn list_jobs(&self, f: &JobFilter) -> Result<Page<JobRecord>> {
         let limit = f.limit.clamp(1, 1000);
-        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", job_cols!(), " FROM jobs WHERE 1 = 1"));
+        let mut q =
+            QueryBuilder::<Db>::new(concat!("SELECT ", job_cols!(), " FROM jobs WHERE 1 = 1"));
         if !f.states.is_empty() {
             q.push(" AND state IN (");
             let mut sep = q.separated(", ");
@@ -119,7 +153,8 @@ impl Jobs for SqlStore {
         if let Some(before) = f.before {
             q.push(" AND id < ").push_bind(before.to_string());
         }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
         let items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |j| j.id.to_string()))
@@ -127,7 +162,9 @@ impl Jobs for SqlStore {
 
     async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {
         let rows = sqlx::query(concat!(
-            "SELECT ", job_cols!(), " FROM jobs WHERE state IN ('running', 'paused') ORDER BY id"
+            "SELECT ",
+            job_cols!(),
+            " FROM jobs WHERE state IN ('running', 'paused') ORDER BY id"
         ))
         .fetch_all(&self.pool)
         .await?;
@@ -151,7 +188,9 @@ impl Jobs for SqlStore {
         if to.is_final() {
             q.push(", finished_at = ").push_bind(ms(at));
         }
-        q.push(" WHERE id = ").push_bind(id.to_string()).push(" AND state IN (");
+        q.push(" WHERE id = ")
+            .push_bind(id.to_string())
+            .push(" AND state IN (");
         let mut sep = q.separated(", ");
         for s in from {
             sep.push_bind(s.as_str());
@@ -160,12 +199,21 @@ impl Jobs for SqlStore {
         let done = q.build().execute(&self.pool).await?;
         let job = self.get_job(id).await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::conflict(format!("job {id} is {}", job.state.as_str())));
+            return Err(StoreError::conflict(format!(
+                "job {id} is {}",
+                job.state.as_str()
+            )));
         }
         Ok(job)
     }
 
-    async fn claim_job(&self, id: Uuid, node: &str, now: OffsetDateTime, until: OffsetDateTime) -> Result<bool> {
+    async fn claim_job(
+        &self,
+        id: Uuid,
+        node: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET runner = $2, lease_until = $4 \
              WHERE id = $1 AND (runner IS NULL OR runner = $2 OR lease_until IS NULL OR lease_until < $3)",
@@ -184,11 +232,13 @@ impl Jobs for SqlStore {
     }
 
     async fn release_job(&self, id: Uuid, node: &str) -> Result<()> {
-        sqlx::query("UPDATE jobs SET runner = NULL, lease_until = NULL WHERE id = $1 AND runner = $2")
-            .bind(id.to_string())
-            .bind(node)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE jobs SET runner = NULL, lease_until = NULL WHERE id = $1 AND runner = $2",
+        )
+        .bind(id.to_string())
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -210,7 +260,11 @@ impl Jobs for SqlStore {
         for r in &rows {
             let wave: i64 = r.try_get("wave")?;
             let n: i64 = r.try_get("n")?;
-            let state = parse_col("job_devices.state", &r.try_get::<String, _>("state")?, ExecState::parse)?;
+            let state = parse_col(
+                "job_devices.state",
+                &r.try_get::<String, _>("state")?,
+                ExecState::parse,
+            )?;
             p.total += n;
             match state {
                 ExecState::Pending => p.pending += n,
@@ -250,7 +304,12 @@ impl Jobs for SqlStore {
             .collect()
     }
 
-    async fn start_job_devices(&self, id: Uuid, imeis: &[Imei], at: OffsetDateTime) -> Result<Vec<JobDeviceRecord>> {
+    async fn start_job_devices(
+        &self,
+        id: Uuid,
+        imeis: &[Imei],
+        at: OffsetDateTime,
+    ) -> Result<Vec<JobDeviceRecord>> {
         let mut out = Vec::with_capacity(imeis.len());
         for chunk in imeis.chunks(JOB_DEVICE_CHUNK) {
             let mut q = QueryBuilder::<Db>::new(
@@ -307,7 +366,9 @@ impl Jobs for SqlStore {
 
     async fn in_progress_job_devices(&self, id: Uuid) -> Result<Vec<JobDeviceRecord>> {
         let rows = sqlx::query(concat!(
-            "SELECT ", job_device_cols!(), " FROM job_devices WHERE job_id = $1 AND state = 'in_progress' ORDER BY seq"
+            "SELECT ",
+            job_device_cols!(),
+            " FROM job_devices WHERE job_id = $1 AND state = 'in_progress' ORDER BY seq"
         ))
         .bind(id.to_string())
         .fetch_all(&self.pool)
@@ -315,7 +376,12 @@ impl Jobs for SqlStore {
         rows.iter().map(job_device_from_row).collect()
     }
 
-    async fn close_pending_job_devices(&self, id: Uuid, state: ExecState, at: OffsetDateTime) -> Result<u64> {
+    async fn close_pending_job_devices(
+        &self,
+        id: Uuid,
+        state: ExecState,
+        at: OffsetDateTime,
+    ) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE job_devices SET state = $2, finished_at = $3 WHERE job_id = $1 AND state = 'pending'",
         )
@@ -329,7 +395,11 @@ impl Jobs for SqlStore {
 
     async fn list_job_devices(&self, f: &JobDeviceFilter) -> Result<Page<JobDeviceRecord>> {
         let limit = f.limit.clamp(1, 1000);
-        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", job_device_cols!(), " FROM job_devices WHERE job_id = "));
+        let mut q = QueryBuilder::<Db>::new(concat!(
+            "SELECT ",
+            job_device_cols!(),
+            " FROM job_devices WHERE job_id = "
+        ));
         q.push_bind(f.job_id.to_string());
         if let Some(s) = f.state {
             q.push(" AND state = ").push_bind(s.as_str());
@@ -337,19 +407,27 @@ impl Jobs for SqlStore {
         if let Some(after) = f.after_seq {
             q.push(" AND seq > ").push_bind(after);
         }
-        q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(job_device_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(job_device_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |d| d.seq.to_string()))
     }
 
     async fn get_job_device(&self, id: Uuid, imei: &Imei) -> Result<JobDeviceRecord> {
-        let row = sqlx::query(concat!("SELECT ", job_device_cols!(), " FROM job_devices WHERE job_id = $1 AND imei = $2"))
-            .bind(id.to_string())
-            .bind(imei.as_str())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("device {imei} in job {id}")))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_device_cols!(),
+            " FROM job_devices WHERE job_id = $1 AND imei = $2"
+        ))
+        .bind(id.to_string())
+        .bind(imei.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("device {imei} in job {id}")))?;
         job_device_from_row(&row)
     }
 }

@@ -1,4 +1,18 @@
-// Meter-reading sessions: included by `sqlite.rs` and `postgres.rs` after `common.rs`.
+//! Meter-reading sessions: a module of `sqlite.rs` and of `postgres.rs`, beside `common`.
+
+use std::str::FromStr as _;
+
+use async_trait::async_trait;
+use callhome_core::Imei;
+use sqlx::{QueryBuilder, Row as _};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::conv::{from_ms, ms, opt_from_ms, page, parse_col};
+use crate::{Page, Result, StoreError};
+
+use super::Db;
+use super::common::*;
 
 use crate::{NewSession, SessionRecord, SessionState, SessionUpdate, Sessions};
 
@@ -8,13 +22,21 @@ macro_rules! session_cols {
     };
 }
 
-fn session_from_row(r: &DbRow) -> Result<SessionRecord> {
+pub(super) fn session_from_row(r: &DbRow) -> Result<SessionRecord> {
     let command_id: Option<String> = r.try_get("command_id")?;
     Ok(SessionRecord {
-        id: parse_col("sessions.id", &r.try_get::<String, _>("id")?, Uuid::from_str)?,
+        id: parse_col(
+            "sessions.id",
+            &r.try_get::<String, _>("id")?,
+            Uuid::from_str,
+        )?,
         imei: r.try_get("imei")?,
         mode: r.try_get("mode")?,
-        state: parse_col("sessions.state", &r.try_get::<String, _>("state")?, SessionState::from_str)?,
+        state: parse_col(
+            "sessions.state",
+            &r.try_get::<String, _>("state")?,
+            SessionState::from_str,
+        )?,
         close_reason: r.try_get("close_reason")?,
         error: r.try_get("error")?,
         host: r.try_get("host")?,
@@ -68,7 +90,9 @@ impl Sessions for SqlStore {
                 StoreError::Conflict { .. } => {
                     let open = self.open_session_of(&s.imei).await?;
                     Err(StoreError::conflict(match open {
-                        Some(o) => format!("device {} already has an open session: {}", s.imei, o.id),
+                        Some(o) => {
+                            format!("device {} already has an open session: {}", s.imei, o.id)
+                        }
                         None => format!("device {} already has an open session", s.imei),
                     }))
                 }
@@ -78,32 +102,53 @@ impl Sessions for SqlStore {
     }
 
     async fn get_session(&self, id: Uuid) -> Result<SessionRecord> {
-        let row = sqlx::query(concat!("SELECT ", session_cols!(), " FROM sessions WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM sessions WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("session {id}")))?;
         session_from_row(&row)
     }
 
     async fn open_session_of(&self, imei: &Imei) -> Result<Option<SessionRecord>> {
-        let row = sqlx::query(concat!("SELECT ", session_cols!(), " FROM sessions WHERE imei = $1 AND state <> 'closed'"))
-            .bind(imei.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM sessions WHERE imei = $1 AND state <> 'closed'"
+        ))
+        .bind(imei.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(session_from_row).transpose()
     }
 
-    async fn list_sessions(&self, imei: &Imei, before: Option<Uuid>, limit: u32) -> Result<Page<SessionRecord>> {
+    async fn list_sessions(
+        &self,
+        imei: &Imei,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<SessionRecord>> {
         let limit = limit.clamp(1, 1000);
-        let mut q = QueryBuilder::<Db>::new(concat!("SELECT ", session_cols!(), " FROM sessions WHERE imei = "));
+        let mut q = QueryBuilder::<Db>::new(concat!(
+            "SELECT ",
+            session_cols!(),
+            " FROM sessions WHERE imei = "
+        ));
         q.push_bind(imei.to_string());
         if let Some(b) = before {
             q.push(" AND id < ").push_bind(b.to_string());
         }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(session_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |s| s.id.to_string()))
     }
 
