@@ -102,7 +102,7 @@ pub struct DeviceConfigView {
 }
 
 /// New overrides for a device (replacing the old ones).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"overrides": {"DNS_period": "300", "MTX_PIN": "4821"}}))]
 pub struct PutDeviceConfig {

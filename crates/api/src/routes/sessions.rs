@@ -108,7 +108,7 @@ impl From<SessionRecord> for SessionView {
 }
 
 /// A session to open.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"mode": "rendezvous", "timeout_s": 120}))]
 pub struct CreateSession {
@@ -117,16 +117,21 @@ pub struct CreateSession {
     /// connects to Callhome and the reader joins through the stream endpoint.
     pub mode: String,
     /// Direct mode: the reading platform's IPv4 address or host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Direct mode: its TCP port.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// Idle timeout in seconds (1-86400, default 120): the socket closes after this long
     /// without traffic either way.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u32>,
     /// Rendezvous: seconds the modem and the reader have to meet (5-3600, default 60).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pairing_timeout_s: Option<u32>,
     /// Rendezvous: pass the modem's `MTX_IDClient` bytes on to the reader first
     /// (default false: they are checked and dropped).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub forward_id: Option<bool>,
 }
 

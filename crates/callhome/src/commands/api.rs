@@ -258,7 +258,7 @@ impl Api {
     }
 
     /// `PUT path` with a JSON body.
-    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub async fn put(&self, path: &str, body: &impl serde::Serialize) -> anyhow::Result<Value> {
         self.json(self.request(Method::PUT, path).json(body)).await
     }
 

@@ -146,7 +146,14 @@ async fn serve_one(
     let resp = http
         .post(format!("{api}/api/v1/devices/{imei}/sessions"))
         .bearer_auth(credential)
-        .json(&serde_json::json!({"mode": "rendezvous", "timeout_s": args.timeout_s, "pairing_timeout_s": args.pairing_timeout_s}))
+        .json(&callhome_api::routes::sessions::CreateSession {
+            mode: "rendezvous".to_owned(),
+            host: None,
+            port: None,
+            timeout_s: Some(args.timeout_s),
+            pairing_timeout_s: Some(args.pairing_timeout_s),
+            forward_id: None,
+        })
         .send()
         .await?;
     let status = resp.status();

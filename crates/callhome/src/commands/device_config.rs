@@ -240,7 +240,12 @@ async fn set(api: &Api, args: &SetArgs) -> anyhow::Result<()> {
             .unwrap_or_default(),
         args,
     );
-    let stored = api.put(&path, &json!({"overrides": overrides})).await?;
+    let body = callhome_api::routes::config::PutDeviceConfig {
+        overrides: serde_json::from_value(serde_json::Value::Object(overrides)).map_err(|e| {
+            anyhow::anyhow!("the server's overrides are not KEY -> text or null: {e}")
+        })?,
+    };
+    let stored = api.put(&path, &body).await?;
     print_overrides(&stored);
     eprintln!(
         "stored; send it to the modem with `callhome config apply {}`",
