@@ -330,6 +330,31 @@ impl Api {
 }
 
 /// The saved token, unless it has expired.
+/// The credential of a client command that has no `ApiArgs` (`sim`, `connect`):
+/// `CALLHOME_TOKEN` (`--token`), `CALLHOME_API_KEY` (`--api-key`), `--token-file`, or else
+/// the token `callhome login` saved for `server` (while it has not expired).
+pub fn client_credential(
+    server: &str,
+    token: Option<&String>,
+    api_key: Option<&String>,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    match (token, api_key, token_file) {
+        (Some(t), _, _) => Ok(t.clone()),
+        (None, Some(k), _) => Ok(k.clone()),
+        (None, None, Some(path)) => read_token_file(path),
+        (None, None, None) => {
+            let server = normalize_server(server)?;
+            match credentials::load()? {
+                Some(st) if st.server == server => usable_token(st),
+                _ => bail!(
+                    "no credential for {server}: give CALLHOME_TOKEN, CALLHOME_API_KEY or                      --token-file FILE, or run `callhome login --server {server}`"
+                ),
+            }
+        }
+    }
+}
+
 fn usable_token(st: Stored) -> anyhow::Result<String> {
     if st.is_expired() {
         bail!(

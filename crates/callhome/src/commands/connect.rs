@@ -93,16 +93,15 @@ pub async fn run_with_listener(args: ConnectArgs, listener: TcpListener) -> anyh
     run_on(args, listener, http, api, credential, None, imei).await
 }
 
-/// The token from CALLHOME_TOKEN (--token), CALLHOME_API_KEY (--api-key) or --token-file.
+/// The token from CALLHOME_TOKEN (--token), CALLHOME_API_KEY (--api-key), --token-file or
+/// the saved login.
 fn credential(args: &ConnectArgs) -> anyhow::Result<String> {
-    match (&args.token, &args.api_key, &args.token_file) {
-        (Some(t), _, _) => Ok(t.clone()),
-        (None, Some(k), _) => Ok(k.clone()),
-        (None, None, Some(path)) => super::api::read_token_file(path),
-        (None, None, None) => {
-            bail!("give CALLHOME_TOKEN, CALLHOME_API_KEY or --token-file FILE")
-        }
-    }
+    super::api::client_credential(
+        &args.api,
+        args.token.as_ref(),
+        args.api_key.as_ref(),
+        args.token_file.as_deref(),
+    )
 }
 
 async fn run_on(

@@ -198,14 +198,13 @@ pub(super) async fn run(args: SimArgs) -> anyhow::Result<()> {
         let Some(api) = &args.api else {
             bail!("mutual TLS needs --api URL to enroll the modems (or use --plain)");
         };
-        let credential = match (&args.token, &args.api_key, &args.token_file) {
-            (Some(t), _, _) => t.clone(),
-            (None, Some(k), _) => k.clone(),
-            (None, None, Some(path)) => super::api::read_token_file(path)?,
-            (None, None, None) => {
-                bail!("enrollment needs CALLHOME_TOKEN, CALLHOME_API_KEY or --token-file FILE")
-            }
-        };
+        let credential = super::api::client_credential(
+            api,
+            args.token.as_ref(),
+            args.api_key.as_ref(),
+            args.token_file.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("enrolling the modems: {e:#}"))?;
         let credential = credential.as_str();
         let api_ca = match &args.api_ca {
             Some(p) => Some(

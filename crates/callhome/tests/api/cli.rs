@@ -731,3 +731,36 @@ fn out_of_range_environment_setting_is_rejected_naming_the_key() {
         "{err}"
     );
 }
+
+/// `sim` (like `connect`) needs no token on its command line: after `callhome login` it
+/// enrolls its modems with the saved token; without any credential it says what to give.
+#[tokio::test]
+async fn sim_enrolls_with_the_saved_login() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new();
+    let cache = tempfile::tempdir().unwrap();
+    let line = format!(
+        "sim --api {} --broker {} --modems 1 --first-imei 35693803600000 --cache-dir {} --duration 2",
+        app.base,
+        app.mqtt,
+        cache.path().display()
+    );
+    let r = cli.fails(&line).await;
+    assert!(
+        r.stderr.contains("CALLHOME_TOKEN") && r.stderr.contains("callhome login"),
+        "{r}"
+    );
+    cli.login(&app).await;
+    cli.ok(&line).await;
+    let imei = callhome_sim::fleet_imeis("35693803600000", 1).unwrap()[0].to_string();
+    let admin = app.admin_token().await;
+    let (status, certs) = app
+        .get(&format!("/api/v1/devices/{imei}/certificates"), &admin)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{certs}");
+    assert!(
+        !certs.to_string().contains("[]"),
+        "a certificate was issued: {certs}"
+    );
+    app.stop().await;
+}
