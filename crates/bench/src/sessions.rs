@@ -1084,7 +1084,8 @@ async fn server_timeline(
         "TEMPORALCLIENT OK recorded (server)",
     ];
     // Every command of each device, in the order queued.
-    let mut per_device: HashMap<String, Vec<callhome_store::CommandRecord>> = HashMap::new();
+    let mut per_device: HashMap<callhome_core::Imei, Vec<callhome_store::CommandRecord>> =
+        HashMap::new();
     for (_, cmd) in records.values() {
         if let Some(c) = cmd {
             per_device

@@ -542,9 +542,7 @@ async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Res
     };
     // Executions the previous run left in progress continue where they were.
     for d in store.in_progress_job_devices(id).await? {
-        let Ok(imei) = Imei::parse(&d.imei) else {
-            continue;
-        };
+        let imei = d.imei.clone();
         tracing::info!(%imei, "execution resumed after a restart");
         spawn_exec(
             &inner,
@@ -702,9 +700,7 @@ async fn start_more(
         .start_job_devices(id, &next, OffsetDateTime::now_utc())
         .await?
     {
-        let Ok(imei) = Imei::parse(&d.imei) else {
-            continue;
-        };
+        let imei = d.imei.clone();
         counts.pending -= 1;
         starts.started(Instant::now());
         inner.events.publish(

@@ -284,7 +284,7 @@ impl Gateway {
         metrics::counter!("callhome_commands_total", "state" => "cancelled").increment(1);
         self.shared.events.publish(
             "command.cancelled",
-            Some(&rec.imei),
+            Some(rec.imei.as_str()),
             serde_json::json!({"id": rec.id, "command": callhome_core::secrets::redact_command(&rec.command)}),
         );
         Ok(rec)

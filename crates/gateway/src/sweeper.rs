@@ -47,7 +47,7 @@ async fn expire(shared: &Shared) {
                 metrics::counter!("callhome_commands_total", "state" => "expired").increment(1);
                 shared.events.publish(
                     "command.expired",
-                    Some(&c.imei),
+                    Some(c.imei.as_str()),
                     serde_json::json!({"id": c.id, "command": callhome_core::secrets::redact_command(&c.command)}),
                 );
             }
@@ -68,9 +68,7 @@ async fn orphans(shared: &Shared) {
     };
     let now = OffsetDateTime::now_utc();
     for c in sent {
-        let Ok(imei) = callhome_core::Imei::parse(&c.imei) else {
-            continue;
-        };
+        let imei = c.imei.clone();
         if shared.hub.get(&imei).is_some() {
             continue; // its dispatcher owns it
         }
@@ -84,7 +82,7 @@ async fn orphans(shared: &Shared) {
             if shared.store.requeue_command(c.id, error).await.is_ok() {
                 shared.events.publish(
                     "command.retrying",
-                    Some(&c.imei),
+                    Some(c.imei.as_str()),
                     serde_json::json!({"id": c.id, "attempts": c.attempts, "error": error}),
                 );
             }
@@ -105,7 +103,7 @@ async fn orphans(shared: &Shared) {
             metrics::counter!("callhome_commands_total", "state" => "timed_out").increment(1);
             shared.events.publish(
                 "command.timed_out",
-                Some(&done.imei),
+                Some(done.imei.as_str()),
                 serde_json::json!({"id": done.id, "command": callhome_core::secrets::redact_command(&done.command), "error": done.error}),
             );
         }

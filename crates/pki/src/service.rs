@@ -131,7 +131,7 @@ impl CertificateService {
             .sign_csr(csr_pem, imei.as_str(), validity_days)?;
         let record = CertificateRecord {
             serial: issued.serial,
-            imei: imei.to_string(),
+            imei: imei.clone(),
             common_name: issued.common_name,
             fingerprint_sha256: issued.fingerprint_sha256,
             certificate_pem: issued.certificate_pem,

@@ -216,7 +216,7 @@ pub struct CertificateRecord {
     /// Serial number, uppercase hex.
     pub serial: String,
     /// The device it was issued to.
-    pub imei: String,
+    pub imei: Imei,
     /// Subject CN.
     pub common_name: String,
     /// Hex SHA-256 of the DER.
@@ -330,7 +330,7 @@ pub struct StatusRecord {
     /// Increasing id.
     pub id: i64,
     /// Device.
-    pub imei: String,
+    pub imei: Imei,
     /// When received.
     pub received_at: OffsetDateTime,
     /// Topic it came on.
@@ -417,7 +417,7 @@ pub struct CommandRecord {
     /// Id (UUIDv7: sorts by creation time).
     pub id: Uuid,
     /// Device.
-    pub imei: String,
+    pub imei: Imei,
     /// The AT command text.
     pub command: String,
     /// State.
@@ -545,7 +545,7 @@ pub struct SessionRecord {
     /// Id.
     pub id: Uuid,
     /// Device.
-    pub imei: String,
+    pub imei: Imei,
     /// `direct` or `rendezvous`.
     pub mode: String,
     /// State.
@@ -785,7 +785,7 @@ pub struct JobDeviceRecord {
     /// The job.
     pub job_id: Uuid,
     /// The device.
-    pub imei: String,
+    pub imei: Imei,
     /// Position in rollout order.
     pub seq: i64,
     /// Wave (1-based).

@@ -265,7 +265,7 @@ async fn certificate_inventory_and_revocation() {
         let now = OffsetDateTime::now_utc().replace_millisecond(0).unwrap();
         let rec = |serial: &str, days: i64| CertificateRecord {
             serial: serial.into(),
-            imei: imei(1).to_string(),
+            imei: imei(1),
             common_name: imei(1).to_string(),
             fingerprint_sha256: "ab".into(),
             certificate_pem: "-----BEGIN CERTIFICATE-----".into(),
@@ -990,7 +990,7 @@ async fn jobs_executions_and_conditional_moves() {
             .await
             .unwrap();
         assert_eq!(page.items.len(), 1000);
-        assert_eq!(page.items[0].imei, online(0).to_string());
+        assert_eq!(page.items[0].imei, online(0));
         let rest = s
             .list_job_devices(&JobDeviceFilter {
                 job_id: id,

@@ -470,7 +470,9 @@ impl Tunnel {
         if let Some(obj) = data.as_object_mut() {
             obj.insert("id".to_owned(), serde_json::json!(id));
         }
-        self.inner.events.publish(kind, imei.as_deref(), data);
+        self.inner
+            .events
+            .publish(kind, imei.as_ref().map(Imei::as_str), data);
     }
 
     /// Closes a session: ends its splice (if any) and records the reason. Closing a closed
@@ -521,7 +523,7 @@ impl Tunnel {
                 info!(%id, reason, from_modem = s.bytes_from_modem, to_modem = s.bytes_to_modem, "session closed");
                 self.inner.events.publish(
                     "session.closed",
-                    Some(&s.imei),
+                    Some(s.imei.as_str()),
                     serde_json::json!({"id": id, "reason": reason, "bytes_from_modem": s.bytes_from_modem, "bytes_to_modem": s.bytes_to_modem}),
                 );
             }

@@ -95,7 +95,7 @@ impl From<CertificateRecord> for CertificateView {
         };
         Self {
             serial: c.serial,
-            imei: c.imei,
+            imei: c.imei.to_string(),
             common_name: c.common_name,
             status: status.to_owned(),
             not_before: rfc3339(c.not_before),

@@ -69,7 +69,7 @@ impl From<CommandRecord> for CommandView {
     fn from(c: CommandRecord) -> Self {
         Self {
             id: c.id,
-            imei: c.imei,
+            imei: c.imei.to_string(),
             command: callhome_core::secrets::redact_command(&c.command).into_owned(),
             state: c.state.as_str().to_owned(),
             created_at: rfc3339(c.created_at),

@@ -167,7 +167,7 @@ pub struct JobDeviceView {
 impl From<JobDeviceRecord> for JobDeviceView {
     fn from(d: JobDeviceRecord) -> Self {
         Self {
-            imei: d.imei,
+            imei: d.imei.to_string(),
             state: d.state,
             wave: d.wave,
             attempts: d.attempts,

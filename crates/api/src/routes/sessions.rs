@@ -82,7 +82,7 @@ impl From<SessionRecord> for SessionView {
     fn from(s: SessionRecord) -> Self {
         Self {
             id: s.id,
-            imei: s.imei,
+            imei: s.imei.to_string(),
             mode: s.mode,
             state: s.state.as_str().to_owned(),
             close_reason: s.close_reason,

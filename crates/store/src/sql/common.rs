@@ -489,7 +489,11 @@ pub(super) fn cert_from_row(r: &DbRow) -> Result<CertificateRecord> {
     let revoked_at: Option<i64> = r.try_get("revoked_at")?;
     Ok(CertificateRecord {
         serial: r.try_get("serial")?,
-        imei: r.try_get("imei")?,
+        imei: parse_col(
+            "certificates.imei",
+            &r.try_get::<String, _>("imei")?,
+            Imei::parse,
+        )?,
         common_name: r.try_get("common_name")?,
         fingerprint_sha256: r.try_get("fingerprint_sha256")?,
         certificate_pem: r.try_get("certificate_pem")?,
@@ -519,7 +523,7 @@ impl Certificates for SqlStore {
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ))
         .bind(&c.serial)
-        .bind(&c.imei)
+        .bind(c.imei.as_str())
         .bind(&c.common_name)
         .bind(&c.fingerprint_sha256)
         .bind(&c.certificate_pem)

@@ -116,7 +116,11 @@ macro_rules! status_cols {
 pub(super) fn status_from_row(r: &DbRow) -> Result<StatusRecord> {
     Ok(StatusRecord {
         id: r.try_get("id")?,
-        imei: r.try_get("imei")?,
+        imei: parse_col(
+            "status_log.imei",
+            &r.try_get::<String, _>("imei")?,
+            Imei::parse,
+        )?,
         received_at: from_ms(r.try_get("received_at")?),
         topic: r.try_get("topic")?,
         payload: r.try_get("payload")?,
@@ -205,7 +209,11 @@ pub(super) fn command_from_row(r: &DbRow) -> Result<CommandRecord> {
             &r.try_get::<String, _>("id")?,
             Uuid::from_str,
         )?,
-        imei: r.try_get("imei")?,
+        imei: parse_col(
+            "commands.imei",
+            &r.try_get::<String, _>("imei")?,
+            Imei::parse,
+        )?,
         command: r.try_get("command")?,
         state: parse_col(
             "commands.state",

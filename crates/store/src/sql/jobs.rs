@@ -65,7 +65,11 @@ pub(super) fn job_device_from_row(r: &DbRow) -> Result<JobDeviceRecord> {
             &r.try_get::<String, _>("job_id")?,
             Uuid::from_str,
         )?,
-        imei: r.try_get("imei")?,
+        imei: parse_col(
+            "job_devices.imei",
+            &r.try_get::<String, _>("imei")?,
+            Imei::parse,
+        )?,
         seq: r.try_get("seq")?,
         wave: r.try_get("wave")?,
         state: parse_col(

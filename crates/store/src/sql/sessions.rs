@@ -30,7 +30,11 @@ pub(super) fn session_from_row(r: &DbRow) -> Result<SessionRecord> {
             &r.try_get::<String, _>("id")?,
             Uuid::from_str,
         )?,
-        imei: r.try_get("imei")?,
+        imei: parse_col(
+            "sessions.imei",
+            &r.try_get::<String, _>("imei")?,
+            Imei::parse,
+        )?,
         mode: r.try_get("mode")?,
         state: parse_col(
             "sessions.state",
