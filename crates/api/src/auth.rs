@@ -88,6 +88,15 @@ impl PrincipalKind {
     }
 }
 
+impl From<PrincipalKind> for callhome_core::ActorKind {
+    fn from(k: PrincipalKind) -> Self {
+        match k {
+            PrincipalKind::User => callhome_core::ActorKind::User,
+            PrincipalKind::ApiKey => callhome_core::ActorKind::ApiKey,
+        }
+    }
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {

@@ -4,6 +4,7 @@
 //! A handler can enrich the audit row by putting [`AuditTarget`], [`AuditActor`] or
 //! [`AuditDetail`] in its response's extensions.
 
+use callhome_core::{ActorKind, AuditOutcome};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -142,9 +143,9 @@ pub async fn request_context(
     if is_state_changing(&method) {
         let ext = response.extensions();
         let (actor, actor_kind) = match (&principal, ext.get::<AuditActor>()) {
-            (Some(p), _) => (p.name.clone(), p.kind.as_str().to_owned()),
-            (None, Some(a)) => (a.0.clone(), "anonymous".to_owned()),
-            (None, None) => ("anonymous".to_owned(), "anonymous".to_owned()),
+            (Some(p), _) => (p.name.clone(), ActorKind::from(p.kind)),
+            (None, Some(a)) => (a.0.clone(), ActorKind::Anonymous),
+            (None, None) => ("anonymous".to_owned(), ActorKind::Anonymous),
         };
         let target = ext
             .get::<AuditTarget>()
@@ -157,11 +158,10 @@ pub async fn request_context(
             action: format!("{method} {}", route.as_deref().unwrap_or(&path)),
             target,
             outcome: if status.is_success() || status.is_redirection() {
-                "success"
+                AuditOutcome::Success
             } else {
-                "failure"
-            }
-            .to_owned(),
+                AuditOutcome::Failure
+            },
             status: Some(i64::from(status.as_u16())),
             detail: ext.get::<AuditDetail>().map(|d| d.0.to_string()),
             remote_addr: remote,

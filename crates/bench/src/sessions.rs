@@ -605,15 +605,6 @@ impl Ctx {
     }
 }
 
-/// Final command states, as event types.
-const COMMAND_FINAL: [&str; 5] = [
-    "command.succeeded",
-    "command.failed",
-    "command.timed_out",
-    "command.expired",
-    "command.cancelled",
-];
-
 /// Routes the server's `session.closed` events (value: the close reason) and final
 /// command events (value: the event type) to whoever waits for that session or command
 /// id.
@@ -630,18 +621,23 @@ fn spawn_close_router(
                 e = events.recv() => e,
             };
             match ev {
-                Ok(e) if e.kind == "session.closed" || COMMAND_FINAL.contains(&e.kind.as_str()) => {
-                    let id = e.data["id"].as_str().unwrap_or_default();
-                    if let Some(tx) = lock(&waiters).remove(id) {
-                        let value = if e.kind == "session.closed" {
-                            e.data["reason"].as_str().unwrap_or("").to_owned()
-                        } else {
-                            e.kind.clone()
-                        };
+                Ok(e) => {
+                    use callhome_gateway::events::EventPayload;
+                    let routed = match &e.payload {
+                        EventPayload::SessionClosed(c) => Some((c.id, c.reason.to_string())),
+                        EventPayload::CommandSucceeded(c)
+                        | EventPayload::CommandFailed(c)
+                        | EventPayload::CommandTimedOut(c)
+                        | EventPayload::CommandExpired(c)
+                        | EventPayload::CommandCancelled(c) => Some((c.id, e.kind().to_owned())),
+                        _ => None,
+                    };
+                    if let Some((id, value)) = routed
+                        && let Some(tx) = lock(&waiters).remove(&id.to_string())
+                    {
                         let _ = tx.send(value);
                     }
                 }
-                Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => lagged += n,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return lagged,
             }

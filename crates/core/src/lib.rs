@@ -18,21 +18,35 @@
 //! - [`jobs`]: rollout rules of bulk jobs (tag expressions, rates, waves, abort rule,
 //!   job and execution states).
 //! - [`secrets`]: masking Config.txt secrets in command text and modem replies.
+//! - [`command`], [`session`], [`audit`]: the closed vocabularies of commands, meter-reading
+//!   sessions and the audit log (states, modes, close reasons, actor kinds), declared with
+//!   [`wire_enum!`] ([`wire`]) so each stored or JSON name is spelt once.
+//! - [`events`]: the typed platform events published on the event bus and streamed as SSE.
 //! - [`dialect`]: the modem command dialect: building MTX-Tunnel commands from templates,
 //!   parsing them as a modem does, and reading modem replies (final result codes).
 
+#[macro_use]
+pub mod wire;
 pub mod at;
+pub mod audit;
+pub mod command;
 pub mod configtxt;
 pub mod dialect;
+pub mod events;
 pub mod identity;
 pub mod imei;
 pub mod jobs;
 pub mod password;
 pub mod secrets;
+pub mod session;
 
 pub use at::AtCommand;
+pub use audit::{ActorKind, AuditOutcome};
+pub use command::CommandState;
+pub use configtxt::DriftState;
 pub use identity::{DeviceName, Role, Tag, Username};
 pub use imei::Imei;
+pub use session::{CloseReason, SessionMode, SessionState};
 
 /// A value that failed validation: which field, and why, in words an operator can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,20 +7,13 @@ use std::time::Duration;
 
 use callhome_core::configtxt::{self, ConfigFile, KeyDiff};
 use callhome_core::dialect::{self, Dialect};
-use callhome_core::{Imei, ValidationError};
+use callhome_core::{DriftState, Imei, ValidationError};
 use callhome_gateway::Gateway;
 use callhome_store::{ProfileRecord, Store};
 use time::OffsetDateTime;
 
 use crate::journal::Journal;
 use crate::{FleetError, Result};
-
-/// Drift states.
-pub const IN_SYNC: &str = "in_sync";
-/// The modem reports a desired key with another value (or lacks it).
-pub const DRIFTED: &str = "drifted";
-/// Never read.
-pub const UNKNOWN: &str = "unknown";
 
 /// A device's profile and overrides.
 #[derive(Debug, Clone)]
@@ -238,10 +231,10 @@ impl ConfigService {
         let diffs = configtxt::diff(desired, reported);
         let keys: Vec<&str> = drifted(&diffs).map(|k| k.key.as_str()).collect();
         let (state, keys_json) = if keys.is_empty() {
-            (IN_SYNC, None)
+            (DriftState::InSync, None)
         } else {
             (
-                DRIFTED,
+                DriftState::Drifted,
                 Some(serde_json::to_string(&keys).unwrap_or_default()),
             )
         };

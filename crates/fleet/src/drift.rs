@@ -91,7 +91,7 @@ async fn check(config: &ConfigService, imei: &Imei, settings: &DriftSettings) {
                     .store()
                     .set_drift(
                         imei,
-                        &rec.drift,
+                        rec.drift,
                         rec.drift_keys.as_deref(),
                         OffsetDateTime::now_utc(),
                     )

@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callhome_core::Imei;
+use callhome_core::events::{
+    EventPayload, JobCreated, JobDeviceFinished, JobDeviceStarted, JobStateChanged, JobWave,
+};
 use callhome_core::jobs::{ExecState, JobState, RestartPolicy, Rollout};
 use callhome_gateway::EventBus;
 use callhome_store::{
@@ -265,9 +268,13 @@ impl JobEngine {
         let rec = self.inner.store().create_job(&new).await?;
         metrics::counter!("callhome_jobs_created_total").increment(1);
         self.inner.events.publish(
-            "job.created",
             None,
-            serde_json::json!({"id": rec.id, "name": rec.name, "total": rec.total, "created_by": by}),
+            EventPayload::JobCreated(JobCreated {
+                id: rec.id,
+                name: rec.name.clone(),
+                total: rec.total,
+                created_by: by.to_owned(),
+            }),
         );
         tracing::info!(job = %rec.id, total = rec.total, by, "job created");
         self.spawn_driver(rec.id);
@@ -307,16 +314,7 @@ impl JobEngine {
                 };
                 self.scan(filter, |d| expr.matches(&d.tags)).await
             }
-            CheckedTarget::Filter(f) => {
-                let filter = DeviceFilter {
-                    tag: f.tag.clone(),
-                    text: f.q.clone(),
-                    online: f.online,
-                    drift: f.drift.clone(),
-                    ..Default::default()
-                };
-                self.scan(filter, |_| true).await
-            }
+            CheckedTarget::Filter(filter) => self.scan(filter.clone(), |_| true).await,
         }
     }
 
@@ -450,9 +448,12 @@ impl JobEngine {
 
 fn publish_state(inner: &Inner, rec: &JobRecord) {
     inner.events.publish(
-        &format!("job.{}", rec.state.as_str()),
         None,
-        serde_json::json!({"id": rec.id, "state": rec.state.as_str(), "reason": rec.state_reason}),
+        EventPayload::job_state(JobStateChanged {
+            id: rec.id,
+            state: rec.state,
+            reason: rec.state_reason.clone(),
+        }),
     );
 }
 
@@ -676,11 +677,9 @@ async fn start_more(
     if wave != job.record.current_wave {
         store.set_job_wave(id, wave).await?;
         job.record.current_wave = wave;
-        inner.events.publish(
-            "job.wave",
-            None,
-            serde_json::json!({"id": id, "wave": wave}),
-        );
+        inner
+            .events
+            .publish(None, EventPayload::JobWave(JobWave { id, wave }));
         tracing::info!(wave, "next wave");
     }
     let room = pacing::room(
@@ -704,9 +703,11 @@ async fn start_more(
         counts.pending -= 1;
         starts.started(Instant::now());
         inner.events.publish(
-            "job.device.started",
-            Some(imei.as_str()),
-            serde_json::json!({"id": id, "attempt": d.attempts}),
+            Some(&imei),
+            EventPayload::JobDeviceStarted(JobDeviceStarted {
+                id,
+                attempt: d.attempts,
+            }),
         );
         spawn_exec(inner, inflight, job, imei, d.wave, d.attempts, timing);
     }
@@ -821,11 +822,13 @@ async fn record(
     counts.finish(wave, outcome.state);
     metrics::counter!("callhome_job_executions_total", "state" => outcome.state.as_str())
         .increment(1);
-    inner.events.publish(
-        &format!("job.device.{}", outcome.state.as_str()),
-        Some(imei.as_str()),
-        serde_json::json!({"id": id, "error": outcome.error}),
-    );
+    let finished = JobDeviceFinished {
+        id,
+        error: outcome.error.clone(),
+    };
+    if let Some(payload) = EventPayload::job_device_finished(outcome.state, finished) {
+        inner.events.publish(Some(&imei), payload);
+    }
     if outcome.state == ExecState::Failed {
         tracing::info!(%imei, error = outcome.error.as_deref().unwrap_or(""), "execution failed");
     }

@@ -220,7 +220,7 @@ async fn wait_back(
     let deadline = tokio::time::Instant::now() + max;
     // Woken by the device's own online/offline events; re-read every 2 s as well (another
     // node may hold its connection).
-    let watch = config.gateway().events().watch_device(imei.as_str());
+    let watch = config.gateway().events().watch_device(imei);
     loop {
         match config.store().get_device(imei).await {
             Ok(d) if d.presence.online && d.presence.connected_at.is_some_and(|c| c > since) => {

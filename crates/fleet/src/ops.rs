@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use callhome_core::jobs::{RestartPolicy, Rollout, TagExpr};
-use callhome_core::{AtCommand, ValidationError, configtxt};
+use callhome_core::{AtCommand, DriftState, ValidationError, configtxt};
 use serde::{Deserialize, Serialize};
 
 /// What a job does on each device.
@@ -140,7 +140,8 @@ pub struct Target {
 pub(crate) enum CheckedTarget {
     Expr(TagExpr),
     Imeis(Vec<callhome_core::Imei>),
-    Filter(DeviceFilterSpec),
+    /// The device-list filter, its values parsed.
+    Filter(callhome_store::DeviceFilter),
 }
 
 impl Target {
@@ -201,18 +202,22 @@ impl Target {
             };
         }
         let f = self.filter.clone().unwrap_or_default();
-        if let Some(d) = &f.drift
-            && !["in_sync", "drifted", "unknown"].contains(&d.as_str())
-        {
-            return Err(vec![ValidationError::new(
-                "target.filter.drift",
-                "must be in_sync, drifted or unknown",
-            )]);
-        }
+        let drift = f
+            .drift
+            .as_deref()
+            .map(DriftState::parse)
+            .transpose()
+            .map_err(|e| vec![e.at("target.filter.drift")])?;
         if let Some(t) = &f.tag {
             callhome_core::Tag::parse(t).map_err(|e| vec![e.at("target.filter.tag")])?;
         }
-        Ok(CheckedTarget::Filter(f))
+        Ok(CheckedTarget::Filter(callhome_store::DeviceFilter {
+            tag: f.tag,
+            text: f.q,
+            online: f.online,
+            drift,
+            ..Default::default()
+        }))
     }
 }
 

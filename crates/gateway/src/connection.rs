@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callhome_core::Imei;
+use callhome_core::{ActorKind, AuditOutcome, Imei};
 use callhome_store::{Device, NewAuditEntry, NewStatus, OnlineRecord, StoreError};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
@@ -20,6 +20,7 @@ use tracing::{Instrument as _, debug, info, warn};
 use crate::Shared;
 use crate::codec::{FrameError, PacketReader, PacketWriter};
 use crate::dispatch::{self, DispatchCtx};
+use crate::events::{DeviceOffline, DeviceOnline, EventPayload, StatusReceived};
 use crate::hub::{ConnectionEntry, Outbound};
 use crate::topics::Topics;
 
@@ -148,9 +149,12 @@ where
         metrics::gauge!("callhome_mqtt_connections").increment(1.0);
         metrics::counter!("callhome_mqtt_connects_total").increment(1);
         shared.events.publish(
-            "device.online",
-            Some(imei.as_str()),
-            serde_json::json!({"remote_addr": peer.to_string(), "cert_serial": identity.cert_serial, "session_id": session_id}),
+            Some(&imei),
+            EventPayload::DeviceOnline(DeviceOnline {
+                remote_addr: peer.to_string(),
+                cert_serial: identity.cert_serial.clone(),
+                session_id: session_id.clone(),
+            }),
         );
         info!(keepalive = connect.keep_alive, "modem connected");
 
@@ -225,9 +229,11 @@ where
         match shared.store.mark_offline(&imei, &session_id, OffsetDateTime::now_utc()).await {
             Ok(true) => {
                 shared.events.publish(
-                    "device.offline",
-                    Some(imei.as_str()),
-                    serde_json::json!({"reason": end.label(), "session_id": session_id}),
+                    Some(&imei),
+                    EventPayload::DeviceOffline(DeviceOffline {
+                        reason: end.label().to_owned(),
+                        session_id: session_id.clone(),
+                    }),
                 );
             }
             Ok(false) => {}
@@ -288,10 +294,10 @@ async fn audit_violation(shared: &Shared, imei: &Imei, action: &str, detail: ser
     let entry = NewAuditEntry {
         at: OffsetDateTime::now_utc(),
         actor: imei.to_string(),
-        actor_kind: "device".to_owned(),
+        actor_kind: ActorKind::Device,
         action: action.to_owned(),
         target: Some(imei.to_string()),
-        outcome: "failure".to_owned(),
+        outcome: AuditOutcome::Failure,
         status: None,
         detail: Some(detail.to_string()),
         remote_addr: None,
@@ -444,9 +450,11 @@ async fn deliver(
     {
         Ok(rec) => {
             shared.events.publish(
-                "status.received",
-                Some(imei.as_str()),
-                serde_json::json!({"id": rec.id, "fields": parsed}),
+                Some(imei),
+                EventPayload::StatusReceived(StatusReceived {
+                    id: rec.id,
+                    fields: parsed,
+                }),
             );
         }
         Err(e) => warn!(error = %e, "could not store status"),
@@ -472,10 +480,10 @@ async fn authenticate(
             let entry = NewAuditEntry {
                 at: OffsetDateTime::now_utc(),
                 actor: cn.clone(),
-                actor_kind: "device".to_owned(),
+                actor_kind: ActorKind::Device,
                 action: "mqtt.connect.identity_mismatch".to_owned(),
                 target: Some(connect.client_id.clone()),
-                outcome: "failure".to_owned(),
+                outcome: AuditOutcome::Failure,
                 status: None,
                 detail: Some(
                     serde_json::json!({"client_id": connect.client_id, "certificate_cn": cn})

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::Shared;
+use crate::events::{CommandLateReply, CommandSent, EventPayload};
 use crate::hub::Outbound;
 
 /// How long after a timeout an unsolicited reply is still taken as the late reply.
@@ -105,9 +106,12 @@ pub(crate) async fn run(mut ctx: DispatchCtx) {
                 }
             };
             ctx.shared.events.publish(
-                "command.sent",
-                Some(ctx.imei.as_str()),
-                serde_json::json!({"id": sent.id, "command": callhome_core::secrets::redact_command(&sent.command), "attempt": sent.attempts}),
+                Some(&ctx.imei),
+                EventPayload::CommandSent(CommandSent {
+                    id: sent.id,
+                    command: callhome_core::secrets::redact_command(&sent.command).into_owned(),
+                    attempt: sent.attempts,
+                }),
             );
             debug!(id = %sent.id, command = %callhome_core::secrets::redact_command(&sent.command), attempt = sent.attempts, "command sent");
             if outbound
@@ -195,11 +199,7 @@ async fn await_reply(
                     match ctx.shared.store.requeue_command(cmd.id, &error).await {
                         Ok(r) => {
                             info!(id = %cmd.id, attempt = r.attempts, "command timed out; it will be sent again");
-                            ctx.shared.events.publish(
-                                "command.retrying",
-                                Some(ctx.imei.as_str()),
-                                serde_json::json!({"id": cmd.id, "attempts": r.attempts, "error": error}),
-                            );
+                            ctx.shared.events.command_retrying(&ctx.imei, cmd.id, r.attempts, &error);
                         }
                         Err(e) => warn!(error = %e, "could not re-queue the command"),
                     }
@@ -245,11 +245,7 @@ async fn finish(ctx: &DispatchCtx, cmd: &CommandRecord, outcome: &CommandOutcome
             if done.state != CommandState::TimedOut {
                 metrics::histogram!("callhome_command_round_trip_seconds").record(rtt);
             }
-            ctx.shared.events.publish(
-                &format!("command.{}", done.state.as_str()),
-                Some(ctx.imei.as_str()),
-                serde_json::json!({"id": done.id, "command": callhome_core::secrets::redact_command(&done.command), "result": done.result, "error": done.error}),
-            );
+            ctx.shared.events.command_finished(&done);
         }
         Err(e) => warn!(id = %cmd.id, error = %e, "could not record the command's outcome"),
     }
@@ -269,9 +265,11 @@ async fn unsolicited(ctx: &DispatchCtx, text: &str, last_timed_out: &mut Option<
                 warn!(error = %e, "could not record the late reply");
             }
             ctx.shared.events.publish(
-                "command.late_reply",
-                Some(ctx.imei.as_str()),
-                serde_json::json!({"id": id, "reply": callhome_core::secrets::redact_reply(text)}),
+                Some(&ctx.imei),
+                EventPayload::CommandLateReply(CommandLateReply {
+                    id: *id,
+                    reply: callhome_core::secrets::redact_reply(text).into_owned(),
+                }),
             );
         }
         _ => {

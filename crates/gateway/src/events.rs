@@ -1,5 +1,6 @@
-//! Platform events (`device.online`, `command.succeeded`, `status.received`, ...), fanned out
-//! to Server-Sent Events subscribers and anything else that listens.
+//! The event bus: platform events ([`callhome_core::events`]: `device.online`,
+//! `command.succeeded`, `status.received`, ...) fanned out to Server-Sent Events subscribers
+//! and anything else that listens.
 //!
 //! A bounded broadcast channel: a slow subscriber misses events (and is told how many) rather
 //! than holding memory or slowing the gateway.
@@ -8,29 +9,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use callhome_core::Imei;
+pub use callhome_core::events::*;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Notify, broadcast};
+use uuid::Uuid;
 
 /// Events kept for subscribers that fall behind.
 pub const EVENT_BUFFER: usize = 4096;
-
-/// One event.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    /// Increasing id within this process (the SSE `id:`).
-    pub id: u64,
-    /// Dotted type, e.g. `device.online`, `command.sent`, `command.succeeded`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The device concerned, if any.
-    pub imei: Option<String>,
-    /// RFC 3339.
-    pub at: String,
-    /// Type-specific detail.
-    pub data: serde_json::Value,
-}
 
 /// The in-process event bus.
 #[derive(Debug)]
@@ -91,25 +77,19 @@ impl EventBus {
         }
     }
 
-    /// Publishes an event; returns it (with its id).
-    pub fn publish(&self, kind: &str, imei: Option<&str>, data: serde_json::Value) -> Event {
-        let now = OffsetDateTime::now_utc();
+    /// Publishes an event about `imei` (if any); returns it with its id and time.
+    pub fn publish(&self, imei: Option<&Imei>, payload: EventPayload) -> Event {
         let event = Event {
             id: self.seq.fetch_add(1, Ordering::Relaxed),
-            kind: kind.to_owned(),
-            imei: imei.map(str::to_owned),
-            at: now.format(&Rfc3339).unwrap_or_default(),
-            data,
+            payload,
+            imei: imei.cloned(),
+            at: OffsetDateTime::now_utc(),
         };
-        metrics::counter!("callhome_events_total", "type" => kind.to_owned()).increment(1);
-        let key = if kind.starts_with("command.") {
-            event
-                .data
-                .get("id")
-                .and_then(|v| v.as_str())
-                .map(|id| format!("command:{id}"))
-        } else if kind.starts_with("device.") {
-            imei.map(|i| format!("device:{i}"))
+        metrics::counter!("callhome_events_total", "type" => event.kind()).increment(1);
+        let key = if let Some(id) = event.payload.command_id() {
+            Some(command_key(id))
+        } else if event.payload.is_presence() {
+            imei.map(device_key)
         } else {
             None
         };
@@ -128,13 +108,13 @@ impl EventBus {
     }
 
     /// Watches one command (by id) for its next events.
-    pub fn watch_command(&self, id: &str) -> Watch<'_> {
-        self.watch(format!("command:{id}"))
+    pub fn watch_command(&self, id: Uuid) -> Watch<'_> {
+        self.watch(command_key(id))
     }
 
     /// Watches one device (by IMEI) for its next `device.*` events (online, offline).
-    pub fn watch_device(&self, imei: &str) -> Watch<'_> {
-        self.watch(format!("device:{imei}"))
+    pub fn watch_device(&self, imei: &Imei) -> Watch<'_> {
+        self.watch(device_key(imei))
     }
 
     fn watch(&self, key: String) -> Watch<'_> {
@@ -155,5 +135,52 @@ impl EventBus {
     /// A new subscription, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+}
+
+fn command_key(id: Uuid) -> String {
+    format!("command:{id}")
+}
+
+fn device_key(imei: &Imei) -> String {
+    format!("device:{imei}")
+}
+
+impl EventBus {
+    /// Publishes `command.queued` for a command just queued.
+    pub(crate) fn command_queued(&self, rec: &callhome_store::CommandRecord) {
+        self.publish(
+            Some(&rec.imei),
+            EventPayload::CommandQueued(CommandQueued {
+                id: rec.id,
+                command: callhome_core::secrets::redact_command(&rec.command).into_owned(),
+            }),
+        );
+    }
+
+    /// Publishes the `command.<state>` event of a command that reached a final state
+    /// (nothing for one that has not).
+    pub(crate) fn command_finished(&self, rec: &callhome_store::CommandRecord) {
+        let data = CommandFinished {
+            id: rec.id,
+            command: callhome_core::secrets::redact_command(&rec.command).into_owned(),
+            result: rec.result.clone(),
+            error: rec.error.clone(),
+        };
+        if let Some(payload) = EventPayload::command_finished(rec.state, data) {
+            self.publish(Some(&rec.imei), payload);
+        }
+    }
+
+    /// Publishes `command.retrying` for a command re-queued after `error`.
+    pub(crate) fn command_retrying(&self, imei: &Imei, id: Uuid, attempts: i64, error: &str) {
+        self.publish(
+            Some(imei),
+            EventPayload::CommandRetrying(CommandRetrying {
+                id,
+                attempts,
+                error: error.to_owned(),
+            }),
+        );
     }
 }

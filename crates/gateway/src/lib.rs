@@ -263,11 +263,7 @@ impl Gateway {
             })
             .await?;
         metrics::counter!("callhome_commands_queued_total").increment(1);
-        self.shared.events.publish(
-            "command.queued",
-            Some(req.imei.as_str()),
-            serde_json::json!({"id": rec.id, "command": callhome_core::secrets::redact_command(&rec.command)}),
-        );
+        self.shared.events.command_queued(&rec);
         if let Some(s) = self.shared.hub.get(&req.imei) {
             s.notify.notify_one();
         }
@@ -282,11 +278,7 @@ impl Gateway {
             .cancel_command(id, OffsetDateTime::now_utc())
             .await?;
         metrics::counter!("callhome_commands_total", "state" => "cancelled").increment(1);
-        self.shared.events.publish(
-            "command.cancelled",
-            Some(rec.imei.as_str()),
-            serde_json::json!({"id": rec.id, "command": callhome_core::secrets::redact_command(&rec.command)}),
-        );
+        self.shared.events.command_finished(&rec);
         Ok(rec)
     }
 
@@ -294,7 +286,7 @@ impl Gateway {
     /// Woken by the command's own events; re-reads every 5 s as well (another node may
     /// have finished it).
     pub async fn wait_final(&self, id: Uuid, max: Duration) -> Result<CommandRecord, GatewayError> {
-        let watch = self.shared.events.watch_command(&id.to_string());
+        let watch = self.shared.events.watch_command(id);
         let deadline = tokio::time::Instant::now() + max;
         loop {
             let rec = self.shared.store.get_command(id).await?;

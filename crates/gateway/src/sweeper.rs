@@ -45,11 +45,7 @@ async fn expire(shared: &Shared) {
         Ok(expired) => {
             for c in expired {
                 metrics::counter!("callhome_commands_total", "state" => "expired").increment(1);
-                shared.events.publish(
-                    "command.expired",
-                    Some(c.imei.as_str()),
-                    serde_json::json!({"id": c.id, "command": callhome_core::secrets::redact_command(&c.command)}),
-                );
+                shared.events.command_finished(&c);
             }
         }
         Err(e) => warn!(error = %e, "command expiry sweep failed"),
@@ -80,11 +76,9 @@ async fn orphans(shared: &Shared) {
         let error = "no reply: the connection was lost before the modem answered";
         if c.attempts < c.max_attempts {
             if shared.store.requeue_command(c.id, error).await.is_ok() {
-                shared.events.publish(
-                    "command.retrying",
-                    Some(c.imei.as_str()),
-                    serde_json::json!({"id": c.id, "attempts": c.attempts, "error": error}),
-                );
+                shared
+                    .events
+                    .command_retrying(&imei, c.id, c.attempts, error);
             }
         } else if let Ok(done) = shared
             .store
@@ -101,11 +95,7 @@ async fn orphans(shared: &Shared) {
             .await
         {
             metrics::counter!("callhome_commands_total", "state" => "timed_out").increment(1);
-            shared.events.publish(
-                "command.timed_out",
-                Some(done.imei.as_str()),
-                serde_json::json!({"id": done.id, "command": callhome_core::secrets::redact_command(&done.command), "error": done.error}),
-            );
+            shared.events.command_finished(&done);
         }
     }
 }

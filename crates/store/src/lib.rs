@@ -218,7 +218,11 @@ pub trait Sessions: Send + Sync {
     /// Marks the reader token used, if it matches and was not used. Returns whether it did.
     async fn consume_session_token(&self, id: Uuid, token_hash: &str) -> Result<bool>;
     /// Closes every open session with `reason` (at start-up: left over by the previous run).
-    async fn close_open_sessions(&self, reason: &str, at: OffsetDateTime) -> Result<u64>;
+    async fn close_open_sessions(
+        &self,
+        reason: callhome_core::CloseReason,
+        at: OffsetDateTime,
+    ) -> Result<u64>;
 }
 
 /// Fleet configuration: profiles and per-device configuration state.
@@ -258,7 +262,7 @@ pub trait Configuration: Send + Sync {
     async fn set_drift(
         &self,
         imei: &Imei,
-        drift: &str,
+        drift: callhome_core::DriftState,
         keys: Option<&str>,
         at: OffsetDateTime,
     ) -> Result<()>;

@@ -1,7 +1,8 @@
 //! The records Callhome stores, and the filters used to list them.
 
 use callhome_core::jobs::{ExecState, JobState};
-use callhome_core::{Imei, Role};
+use callhome_core::{ActorKind, AuditOutcome, CloseReason, DriftState, Imei, Role, SessionMode};
+pub use callhome_core::{CommandState, SessionState};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -193,8 +194,8 @@ pub struct DeviceFilter {
     pub text: Option<String>,
     /// Only devices that are (`true`) or are not (`false`) connected.
     pub online: Option<bool>,
-    /// Only devices in this drift state (`in_sync`, `drifted`, `unknown`).
-    pub drift: Option<String>,
+    /// Only devices in this drift state.
+    pub drift: Option<DriftState>,
     /// Only devices with IMEI greater than this (the page cursor).
     pub after: Option<String>,
     /// Page size.
@@ -255,14 +256,14 @@ pub struct AuditEntry {
     pub at: OffsetDateTime,
     /// Who: a user name, `apikey:<name>`, `anonymous` or `system`.
     pub actor: String,
-    /// `user`, `api_key`, `anonymous` or `system`.
-    pub actor_kind: String,
+    /// What kind of principal the actor is.
+    pub actor_kind: ActorKind,
     /// What: method and route, e.g. `POST /api/v1/devices`.
     pub action: String,
     /// The object acted on, e.g. an IMEI or a certificate serial.
     pub target: Option<String>,
-    /// `success` or `failure`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: AuditOutcome,
     /// HTTP status, where there was one.
     pub status: Option<i64>,
     /// More detail (JSON text).
@@ -281,13 +282,13 @@ pub struct NewAuditEntry {
     /// Who.
     pub actor: String,
     /// Kind of actor.
-    pub actor_kind: String,
+    pub actor_kind: ActorKind,
     /// What.
     pub action: String,
     /// On what.
     pub target: Option<String>,
-    /// `success` or `failure`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: AuditOutcome,
     /// HTTP status.
     pub status: Option<i64>,
     /// JSON detail.
@@ -354,61 +355,6 @@ pub struct NewStatus {
     pub payload: Vec<u8>,
     /// Parsed fields (JSON object text).
     pub parsed: Option<String>,
-}
-
-/// Where a command is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CommandState {
-    /// Waiting for the device (offline, or behind another command).
-    Queued,
-    /// Published to the device; waiting for its reply.
-    Sent,
-    /// Final result `OK`.
-    Succeeded,
-    /// Final result `ERROR`, `+CME ERROR`, `+CMS ERROR` or another error.
-    Failed,
-    /// No reply within the timeout (after the last attempt).
-    TimedOut,
-    /// Cancelled while queued.
-    Cancelled,
-    /// Never delivered before its expiry.
-    Expired,
-}
-
-impl CommandState {
-    /// Wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommandState::Queued => "queued",
-            CommandState::Sent => "sent",
-            CommandState::Succeeded => "succeeded",
-            CommandState::Failed => "failed",
-            CommandState::TimedOut => "timed_out",
-            CommandState::Cancelled => "cancelled",
-            CommandState::Expired => "expired",
-        }
-    }
-
-    /// Whether the command can change no more.
-    pub fn is_final(self) -> bool {
-        !matches!(self, CommandState::Queued | CommandState::Sent)
-    }
-}
-
-impl std::str::FromStr for CommandState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "queued" => CommandState::Queued,
-            "sent" => CommandState::Sent,
-            "succeeded" => CommandState::Succeeded,
-            "failed" => CommandState::Failed,
-            "timed_out" => CommandState::TimedOut,
-            "cancelled" => CommandState::Cancelled,
-            "expired" => CommandState::Expired,
-            other => return Err(format!("unknown command state {other:?}")),
-        })
-    }
 }
 
 /// An AT command addressed to a device, and what became of it.
@@ -497,48 +443,6 @@ pub struct CommandFilter {
     pub limit: u32,
 }
 
-/// Where a meter-reading session is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SessionState {
-    /// Asked for; the TEMPORALCLIENT command is on its way to the modem.
-    Requested,
-    /// The modem is connected to the rendezvous; waiting for the reader.
-    ModemConnected,
-    /// The reader is connected; waiting for the modem.
-    ReaderConnected,
-    /// Bytes flow (rendezvous: both ends paired; direct: the modem acknowledged).
-    Active,
-    /// Over; see the close reason.
-    Closed,
-}
-
-impl SessionState {
-    /// Wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionState::Requested => "requested",
-            SessionState::ModemConnected => "modem_connected",
-            SessionState::ReaderConnected => "reader_connected",
-            SessionState::Active => "active",
-            SessionState::Closed => "closed",
-        }
-    }
-}
-
-impl std::str::FromStr for SessionState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "requested" => SessionState::Requested,
-            "modem_connected" => SessionState::ModemConnected,
-            "reader_connected" => SessionState::ReaderConnected,
-            "active" => SessionState::Active,
-            "closed" => SessionState::Closed,
-            other => return Err(format!("unknown session state {other:?}")),
-        })
-    }
-}
-
 /// A meter-reading session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -546,12 +450,12 @@ pub struct SessionRecord {
     pub id: Uuid,
     /// Device.
     pub imei: Imei,
-    /// `direct` or `rendezvous`.
-    pub mode: String,
+    /// How the modem reaches the reader.
+    pub mode: SessionMode,
     /// State.
     pub state: SessionState,
     /// Why it closed.
-    pub close_reason: Option<String>,
+    pub close_reason: Option<CloseReason>,
     /// Detail of a failure.
     pub error: Option<String>,
     /// Where the modem was told to connect.
@@ -597,8 +501,8 @@ pub struct SessionRecord {
 pub struct NewSession {
     /// Device.
     pub imei: Imei,
-    /// `direct` or `rendezvous`.
-    pub mode: String,
+    /// How the modem reaches the reader.
+    pub mode: SessionMode,
     /// Host for TEMPORALCLIENT.
     pub host: String,
     /// Port for TEMPORALCLIENT.
@@ -621,7 +525,7 @@ pub struct SessionUpdate {
     /// New state.
     pub state: Option<SessionState>,
     /// Close reason.
-    pub close_reason: Option<String>,
+    pub close_reason: Option<CloseReason>,
     /// Error detail.
     pub error: Option<String>,
     /// The TEMPORALCLIENT command.
@@ -690,8 +594,8 @@ pub struct DeviceConfigRecord {
     pub reported: Option<String>,
     /// When it was read.
     pub reported_at: Option<OffsetDateTime>,
-    /// `in_sync`, `drifted` or `unknown`.
-    pub drift: String,
+    /// Whether the reported configuration matches the desired one.
+    pub drift: DriftState,
     /// Keys that differ (JSON array), when drifted.
     pub drift_keys: Option<String>,
     /// When drift was last checked.

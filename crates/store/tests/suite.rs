@@ -325,10 +325,10 @@ async fn audit_log_pages_newest_first() {
                 } else {
                     "ops".into()
                 },
-                actor_kind: "user".into(),
+                actor_kind: callhome_core::ActorKind::User,
                 action: "POST /api/v1/devices".into(),
                 target: Some(format!("t{i}")),
-                outcome: "success".into(),
+                outcome: callhome_core::AuditOutcome::Success,
                 status: Some(201),
                 detail: None,
                 remote_addr: Some("127.0.0.1".into()),
@@ -727,12 +727,17 @@ async fn profiles_versions_assignment_and_device_config() {
         assert_eq!(c.document.as_deref(), Some("MTX_PIN: 1234\n"));
         let now = OffsetDateTime::now_utc();
         s.set_reported(&d, "DNS_period: 300\n", now).await.unwrap();
-        s.set_drift(&d, "drifted", Some(r#"["DNS_period"]"#), now)
-            .await
-            .unwrap();
+        s.set_drift(
+            &d,
+            callhome_core::DriftState::Drifted,
+            Some(r#"["DNS_period"]"#),
+            now,
+        )
+        .await
+        .unwrap();
         let c = s.get_device_config(&d).await.unwrap();
         assert_eq!(c.reported.as_deref(), Some("DNS_period: 300\n"));
-        assert_eq!(c.drift, "drifted");
+        assert_eq!(c.drift, callhome_core::DriftState::Drifted);
         assert_eq!(
             c.document.as_deref(),
             Some("MTX_PIN: 1234\n"),
@@ -758,7 +763,7 @@ async fn session_states_only_move_forward() {
         let sess = s
             .create_session(&NewSession {
                 imei: d.clone(),
-                mode: "rendezvous".into(),
+                mode: callhome_core::SessionMode::Rendezvous,
                 host: "127.0.0.1".into(),
                 port: 7443,
                 timeout_s: 60,

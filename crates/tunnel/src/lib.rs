@@ -22,7 +22,10 @@ use base64::Engine as _;
 use callhome_ca::ServerIdentity;
 use callhome_ca::tls::{ClientAuth, SharedServerConfig};
 use callhome_core::dialect::Dialect;
-use callhome_core::{Imei, ValidationError};
+use callhome_core::events::{
+    EventPayload, SessionActive, SessionClosed, SessionRef, SessionRequested,
+};
+use callhome_core::{CloseReason, Imei, SessionMode, ValidationError};
 use callhome_gateway::{CommandRequest, EventBus, Gateway, GatewayError};
 use callhome_pki::CertificateService;
 use callhome_store::{
@@ -171,7 +174,7 @@ struct Slot {
     idle: Duration,
     cancel: CancellationToken,
     /// Set by DELETE / timeouts before cancelling, so the splice knows why it stopped.
-    cancel_reason: Arc<Mutex<Option<String>>>,
+    cancel_reason: Arc<Mutex<Option<CloseReason>>>,
     modem: Option<(Box<dyn Stream>, String)>,
     reader: Option<(Box<dyn Stream>, String)>,
     /// The splice runs: it records the close (with byte counts) when it ends.
@@ -247,7 +250,7 @@ impl Tunnel {
         let n = self
             .inner
             .store
-            .close_open_sessions("server_shutdown", OffsetDateTime::now_utc())
+            .close_open_sessions(CloseReason::ServerShutdown, OffsetDateTime::now_utc())
             .await?;
         if n > 0 {
             info!(
@@ -269,13 +272,13 @@ impl Tunnel {
         listener::accept_loop(self.clone(), listener, tls).await;
         let open: Vec<Uuid> = self.slots().keys().copied().collect();
         for id in open {
-            self.close(id, "server_shutdown", None).await;
+            self.close(id, CloseReason::ServerShutdown, None).await;
         }
         // Direct sessions have no slot: close what is still open.
         let _ = self
             .inner
             .store
-            .close_open_sessions("server_shutdown", OffsetDateTime::now_utc())
+            .close_open_sessions(CloseReason::ServerShutdown, OffsetDateTime::now_utc())
             .await;
         let _ = keeper.await;
         Ok(())
@@ -300,9 +303,9 @@ impl Tunnel {
             );
         }
         let (mode, host, port) = match &req.mode {
-            Mode::Direct { host, port } => ("direct", host.clone(), *port),
+            Mode::Direct { host, port } => (SessionMode::Direct, host.clone(), *port),
             Mode::Rendezvous => (
-                "rendezvous",
+                SessionMode::Rendezvous,
                 self.inner.cfg.public_host.clone(),
                 self.inner.cfg.public_port,
             ),
@@ -324,7 +327,7 @@ impl Tunnel {
             .store
             .create_session(&NewSession {
                 imei: req.imei.clone(),
-                mode: mode.to_owned(),
+                mode,
                 host: host.clone(),
                 port: i64::from(port),
                 timeout_s: i64::from(req.timeout_s),
@@ -372,7 +375,8 @@ impl Tunnel {
         {
             Ok(c) => c,
             Err(e) => {
-                self.close(id, "command_failed", Some(e.to_string())).await;
+                self.close(id, CloseReason::CommandFailed, Some(e.to_string()))
+                    .await;
                 return Err(e.into());
             }
         };
@@ -387,24 +391,29 @@ impl Tunnel {
                 },
             )
             .await?;
-        metrics::counter!("callhome_sessions_total", "mode" => mode).increment(1);
+        metrics::counter!("callhome_sessions_total", "mode" => mode.as_str()).increment(1);
         self.inner.events.publish(
-            "session.requested",
-            Some(req.imei.as_str()),
-            serde_json::json!({"id": id, "mode": mode, "command_id": cmd.id}),
+            Some(&req.imei),
+            EventPayload::SessionRequested(SessionRequested {
+                id,
+                mode,
+                command_id: cmd.id,
+            }),
         );
-        info!(%id, imei = %req.imei, mode, "session requested");
+        info!(%id, imei = %req.imei, %mode, "session requested");
 
         // Follow the command; time out the pairing.
         let this = self.clone();
         let is_direct = matches!(req.mode, Mode::Direct { .. });
         let timeout_s = req.timeout_s;
+        let imei = req.imei.clone();
         tokio::spawn(async move {
             let wait = pairing + this.inner.cfg.command_timeout + Duration::from_secs(5);
             let done = match this.inner.gateway.wait_final(cmd.id, wait).await {
                 Ok(c) => c,
                 Err(e) => {
-                    this.close(id, "command_failed", Some(e.to_string())).await;
+                    this.close(id, CloseReason::CommandFailed, Some(e.to_string()))
+                        .await;
                     return;
                 }
             };
@@ -413,7 +422,7 @@ impl Tunnel {
                     .error
                     .clone()
                     .unwrap_or_else(|| format!("TEMPORALCLIENT {}", done.state.as_str()));
-                this.close(id, "command_failed", Some(why)).await;
+                this.close(id, CloseReason::CommandFailed, Some(why)).await;
                 return;
             }
             if is_direct {
@@ -434,13 +443,18 @@ impl Tunnel {
                     .await
                     .is_ok()
                 {
-                    this.publish(id, "session.active", serde_json::json!({"mode": "direct"}))
-                        .await;
+                    this.inner.events.publish(
+                        Some(&imei),
+                        EventPayload::SessionActive(SessionActive {
+                            id,
+                            mode: SessionMode::Direct,
+                        }),
+                    );
                 }
                 tokio::select! {
                     () = this.inner.shutdown.cancelled() => {}
                     () = tokio::time::sleep(Duration::from_secs(u64::from(timeout_s))) => {
-                        this.close(id, "idle_timeout", None).await;
+                        this.close(id, CloseReason::IdleTimeout, None).await;
                     }
                 }
             }
@@ -453,7 +467,7 @@ impl Tunnel {
                     () = tokio::time::sleep(pairing) => {
                         let unpaired = this.slots().get(&id).is_some_and(|s| s.modem.is_none() || s.reader.is_none());
                         if unpaired {
-                            this.close(id, "pairing_timeout", None).await;
+                            this.close(id, CloseReason::PairingTimeout, None).await;
                         }
                     }
                 }
@@ -465,25 +479,15 @@ impl Tunnel {
         })
     }
 
-    async fn publish(&self, id: Uuid, kind: &str, mut data: serde_json::Value) {
-        let imei = self.inner.store.get_session(id).await.map(|s| s.imei).ok();
-        if let Some(obj) = data.as_object_mut() {
-            obj.insert("id".to_owned(), serde_json::json!(id));
-        }
-        self.inner
-            .events
-            .publish(kind, imei.as_ref().map(Imei::as_str), data);
-    }
-
     /// Closes a session: ends its splice (if any) and records the reason. Closing a closed
     /// session does nothing.
-    pub async fn close(&self, id: Uuid, reason: &str, error: Option<String>) {
+    pub async fn close(&self, id: Uuid, reason: CloseReason, error: Option<String>) {
         let splicing = {
             let mut slots = self.slots();
             match slots.get(&id) {
                 Some(slot) => {
                     if let Ok(mut r) = slot.cancel_reason.lock() {
-                        r.get_or_insert_with(|| reason.to_owned());
+                        r.get_or_insert(reason);
                     }
                     slot.cancel.cancel();
                     if slot.splicing {
@@ -504,13 +508,13 @@ impl Tunnel {
     async fn record_close(
         &self,
         id: Uuid,
-        reason: &str,
+        reason: CloseReason,
         error: Option<String>,
         bytes: Option<(i64, i64)>,
     ) {
         let update = SessionUpdate {
             state: Some(SessionState::Closed),
-            close_reason: Some(reason.to_owned()),
+            close_reason: Some(reason),
             error,
             closed_at: Some(OffsetDateTime::now_utc()),
             bytes,
@@ -518,13 +522,17 @@ impl Tunnel {
         };
         match self.inner.store.update_session(id, &update).await {
             Ok(s) => {
-                metrics::counter!("callhome_sessions_closed_total", "reason" => reason.to_owned())
+                metrics::counter!("callhome_sessions_closed_total", "reason" => reason.as_str())
                     .increment(1);
-                info!(%id, reason, from_modem = s.bytes_from_modem, to_modem = s.bytes_to_modem, "session closed");
+                info!(%id, %reason, from_modem = s.bytes_from_modem, to_modem = s.bytes_to_modem, "session closed");
                 self.inner.events.publish(
-                    "session.closed",
-                    Some(s.imei.as_str()),
-                    serde_json::json!({"id": id, "reason": reason, "bytes_from_modem": s.bytes_from_modem, "bytes_to_modem": s.bytes_to_modem}),
+                    Some(&s.imei),
+                    EventPayload::SessionClosed(SessionClosed {
+                        id,
+                        reason,
+                        bytes_from_modem: s.bytes_from_modem,
+                        bytes_to_modem: s.bytes_to_modem,
+                    }),
                 );
             }
             Err(StoreError::Conflict { .. }) => {} // already closed
@@ -570,7 +578,7 @@ impl Tunnel {
     ) -> Result<(), TunnelError> {
         let now = OffsetDateTime::now_utc();
         // Decide under the lock, await outside it.
-        let outcome: Result<bool, Option<TunnelError>> = {
+        let outcome: Result<(Imei, bool), Option<TunnelError>> = {
             let mut slots = self.slots();
             match slots.get_mut(&id) {
                 None => Err(None),
@@ -579,11 +587,11 @@ impl Tunnel {
                 )),
                 Some(slot) => {
                     slot.reader = Some((stream, addr.clone()));
-                    Ok(slot.modem.is_some())
+                    Ok((slot.imei.clone(), slot.modem.is_some()))
                 }
             }
         };
-        let paired = match outcome {
+        let (imei, paired) = match outcome {
             Ok(p) => p,
             Err(Some(e)) => return Err(e),
             Err(None) => {
@@ -591,7 +599,7 @@ impl Tunnel {
                 return Err(TunnelError::Conflict(format!(
                     "session {id} is {} and not waiting for a reader{}",
                     s.state.as_str(),
-                    if s.mode == "direct" {
+                    if s.mode == SessionMode::Direct {
                         " (direct sessions connect the modem to the reader's own server)"
                     } else {
                         ""
@@ -606,8 +614,10 @@ impl Tunnel {
             ..Default::default()
         };
         let _ = self.inner.store.update_session(id, &update).await;
-        self.publish(id, "session.reader_connected", serde_json::json!({}))
-            .await;
+        self.inner.events.publish(
+            Some(&imei),
+            EventPayload::SessionReaderConnected(SessionRef { id }),
+        );
         if paired {
             self.start_splice(id).await;
         }
@@ -616,7 +626,7 @@ impl Tunnel {
 
     /// Called by the listener once a modem has proven its identity.
     pub(crate) async fn attach_modem(&self, id: Uuid, stream: Box<dyn Stream>, addr: String) {
-        let paired = {
+        let (imei, paired) = {
             let mut slots = self.slots();
             let Some(slot) = slots.get_mut(&id) else {
                 return;
@@ -625,7 +635,7 @@ impl Tunnel {
                 return; // a second modem connection for the same session: dropped
             }
             slot.modem = Some((stream, addr.clone()));
-            slot.reader.is_some()
+            (slot.imei.clone(), slot.reader.is_some())
         };
         let update = SessionUpdate {
             state: (!paired).then_some(SessionState::ModemConnected),
@@ -634,8 +644,10 @@ impl Tunnel {
             ..Default::default()
         };
         let _ = self.inner.store.update_session(id, &update).await;
-        self.publish(id, "session.modem_connected", serde_json::json!({}))
-            .await;
+        self.inner.events.publish(
+            Some(&imei),
+            EventPayload::SessionModemConnected(SessionRef { id }),
+        );
         if paired {
             self.start_splice(id).await;
         }
@@ -661,6 +673,7 @@ impl Tunnel {
             };
             match (slot.modem.take(), slot.reader.take()) {
                 (Some(m), Some(r)) if !slot.splicing => Some((
+                    slot.imei.clone(),
                     m,
                     r,
                     slot.idle,
@@ -675,7 +688,8 @@ impl Tunnel {
                 }
             }
         };
-        let Some(((modem, _), (reader, _), idle, cancel, cancel_reason, preamble)) = taken else {
+        let Some((imei, (modem, _), (reader, _), idle, cancel, cancel_reason, preamble)) = taken
+        else {
             return;
         };
         if let Some(slot) = self.slots().get_mut(&id) {
@@ -694,12 +708,13 @@ impl Tunnel {
                 },
             )
             .await;
-        self.publish(
-            id,
-            "session.active",
-            serde_json::json!({"mode": "rendezvous"}),
-        )
-        .await;
+        self.inner.events.publish(
+            Some(&imei),
+            EventPayload::SessionActive(SessionActive {
+                id,
+                mode: SessionMode::Rendezvous,
+            }),
+        );
         metrics::gauge!("callhome_sessions_active").increment(1.0);
         let this = self.clone();
         tokio::spawn(async move {
@@ -715,21 +730,21 @@ impl Tunnel {
             metrics::counter!("callhome_tunnel_bytes_total", "direction" => "to_modem")
                 .increment(to);
             let reason = match end {
-                SpliceEnd::ReaderClosed => "reader_closed".to_owned(),
-                SpliceEnd::ModemClosed => "modem_closed".to_owned(),
-                SpliceEnd::IdleTimeout => "idle_timeout".to_owned(),
+                SpliceEnd::ReaderClosed => CloseReason::ReaderClosed,
+                SpliceEnd::ModemClosed => CloseReason::ModemClosed,
+                SpliceEnd::IdleTimeout => CloseReason::IdleTimeout,
                 SpliceEnd::Cancelled => cancel_reason
                     .lock()
                     .ok()
-                    .and_then(|r| r.clone())
-                    .unwrap_or_else(|| "server_shutdown".to_owned()),
+                    .and_then(|r| *r)
+                    .unwrap_or(CloseReason::ServerShutdown),
             };
             this.slots().remove(&id);
             let bytes = (
                 i64::try_from(from).unwrap_or(i64::MAX),
                 i64::try_from(to).unwrap_or(i64::MAX),
             );
-            this.record_close(id, &reason, None, Some(bytes)).await;
+            this.record_close(id, reason, None, Some(bytes)).await;
         });
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use callhome_ca::tls::SharedServerConfig;
-use callhome_core::Imei;
+use callhome_core::{ActorKind, AuditOutcome, CloseReason, Imei};
 use callhome_store::NewAuditEntry;
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt as _;
@@ -20,10 +20,10 @@ async fn audit(tunnel: &Tunnel, imei: &str, action: &str, addr: &str, detail: se
     let entry = NewAuditEntry {
         at: OffsetDateTime::now_utc(),
         actor: imei.to_owned(),
-        actor_kind: "device".to_owned(),
+        actor_kind: ActorKind::Device,
         action: action.to_owned(),
         target: Some(imei.to_owned()),
-        outcome: "failure".to_owned(),
+        outcome: AuditOutcome::Failure,
         status: None,
         detail: Some(detail.to_string()),
         remote_addr: Some(addr.to_owned()),
@@ -143,7 +143,7 @@ pub(crate) async fn accept_loop(
                 tunnel
                     .close(
                         session_id,
-                        "identity_mismatch",
+                        CloseReason::IdentityMismatch,
                         Some(format!(
                             "the modem sent {shown:?} instead of its MTX_IDClient"
                         )),

@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use callhome_core::Role;
+use callhome_core::{ActorKind, AuditOutcome};
 use callhome_store::{AuditEntry, AuditFilter};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -25,14 +26,14 @@ pub struct AuditView {
     pub at: String,
     /// User name, `apikey:<name>`, or `anonymous`.
     pub actor: String,
-    /// `user`, `api_key` or `anonymous`.
-    pub actor_kind: String,
+    /// What kind of principal acted.
+    pub actor_kind: ActorKind,
     /// Method and route.
     pub action: String,
     /// What was acted on.
     pub target: Option<String>,
-    /// `success` or `failure`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: AuditOutcome,
     /// HTTP status of the answer.
     pub status: Option<i64>,
     /// Extra detail.

@@ -35,8 +35,8 @@ pub struct CommandView {
     pub imei: String,
     /// The AT command.
     pub command: String,
-    /// `queued`, `sent`, `succeeded`, `failed`, `timed_out`, `cancelled` or `expired`.
-    pub state: String,
+    /// Where the command is in its life.
+    pub state: CommandState,
     /// RFC 3339.
     pub created_at: String,
     /// Who queued it.
@@ -71,7 +71,7 @@ impl From<CommandRecord> for CommandView {
             id: c.id,
             imei: c.imei.to_string(),
             command: callhome_core::secrets::redact_command(&c.command).into_owned(),
-            state: c.state.as_str().to_owned(),
+            state: c.state,
             created_at: rfc3339(c.created_at),
             created_by: c.created_by,
             timeout_s: c.timeout_ms as f64 / 1000.0,
@@ -283,10 +283,7 @@ pub async fn list_device_commands(
     let limit = paging::limit(q.limit)?;
     let states = match q.state.as_deref() {
         None | Some("") => Vec::new(),
-        Some(s) => vec![
-            s.parse::<CommandState>()
-                .map_err(|e| ValidationError::new("state", e))?,
-        ],
+        Some(s) => vec![CommandState::parse(s)?],
     };
     let before = paging::cursor::<Uuid>(q.cursor.as_deref())?;
     let page = state

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use callhome_core::DriftState;
 use callhome_core::configtxt::{self, ConfigFile, schema};
 use callhome_core::{Imei, Role, ValidationError};
 use callhome_store::{NewProfileVersion, ProfileRecord};
@@ -486,8 +487,8 @@ pub struct ReportedView {
     pub config: Option<String>,
     /// RFC 3339: when it was read.
     pub read_at: Option<String>,
-    /// `in_sync`, `drifted` or `unknown` (never read).
-    pub drift: String,
+    /// Whether the modem's configuration matches the desired one (`unknown`: never read).
+    pub drift: DriftState,
     /// Keys whose reported value differs from the desired one.
     pub drifted_keys: Vec<String>,
 }
@@ -515,8 +516,8 @@ pub struct KeyDiffView {
 /// Desired versus reported.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DiffView {
-    /// `in_sync`, `drifted` or `unknown` (never read).
-    pub drift: String,
+    /// Whether the modem's configuration matches the desired one (`unknown`: never read).
+    pub drift: DriftState,
     /// RFC 3339: when the reported configuration was read.
     pub read_at: Option<String>,
     /// Desired keys the modem reports with another value, or lacks, and caller-whitelist

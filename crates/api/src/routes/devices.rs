@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine as _;
+use callhome_core::DriftState;
 use callhome_core::{DeviceName, Imei, Role, Tag, ValidationError};
 use callhome_store::{Device, DeviceFilter, DevicePatch, NewDevice};
 use serde::{Deserialize, Serialize};
@@ -266,23 +267,14 @@ pub async fn list_devices(
         None | Some("") => None,
         Some(c) => Some(decode_cursor(c)?),
     };
-    if let Some(d) = &q.drift
-        && ![
-            callhome_fleet::config::IN_SYNC,
-            callhome_fleet::config::DRIFTED,
-            callhome_fleet::config::UNKNOWN,
-        ]
-        .contains(&d.as_str())
-    {
-        return Err(ValidationError::new("drift", "must be in_sync, drifted or unknown").into());
-    }
+    let drift = q.drift.as_deref().map(DriftState::parse).transpose()?;
     let page = state
         .store
         .list_devices(&DeviceFilter {
             tag: q.tag,
             text: q.q.filter(|t| !t.is_empty()),
             online: q.online,
-            drift: q.drift,
+            drift,
             after,
             limit,
         })

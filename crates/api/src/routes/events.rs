@@ -63,12 +63,7 @@ pub async fn stream(
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     p.require(Role::Reader)?;
-    let device = q
-        .device
-        .as_deref()
-        .map(Imei::parse)
-        .transpose()?
-        .map(|i| i.to_string());
+    let device = q.device.as_deref().map(Imei::parse).transpose()?;
     let filters: Vec<String> = q
         .kind
         .as_deref()
@@ -88,17 +83,15 @@ pub async fn stream(
             };
             match received {
                 Ok(e) => {
-                    if device
-                        .as_deref()
-                        .is_some_and(|d| e.imei.as_deref() != Some(d))
-                        || !type_matches(&filters, &e.kind)
+                    if device.as_ref().is_some_and(|d| e.imei.as_ref() != Some(d))
+                        || !type_matches(&filters, e.kind())
                     {
                         continue;
                     }
                     let data = serde_json::to_string(&e).unwrap_or_default();
                     let ev = SseEvent::default()
                         .id(e.id.to_string())
-                        .event(e.kind.clone())
+                        .event(e.kind())
                         .data(data);
                     if tx.send(Ok(ev)).await.is_err() {
                         return;

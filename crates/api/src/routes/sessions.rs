@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use callhome_core::{CloseReason, SessionMode, SessionState};
 use callhome_core::{Role, ValidationError};
 use callhome_store::SessionRecord;
 use callhome_tunnel::{Mode, OpenRequest, SESSION_TOKEN_PREFIX};
@@ -35,13 +36,12 @@ pub struct SessionView {
     pub id: Uuid,
     /// Device.
     pub imei: String,
-    /// `direct` or `rendezvous`.
-    pub mode: String,
-    /// `requested`, `modem_connected`, `reader_connected`, `active` or `closed`.
-    pub state: String,
-    /// Why it closed: `reader_closed`, `modem_closed`, `idle_timeout`, `pairing_timeout`,
-    /// `identity_mismatch`, `cancelled`, `command_failed`, `server_shutdown`.
-    pub close_reason: Option<String>,
+    /// How the modem reaches the reader.
+    pub mode: SessionMode,
+    /// Where the session is.
+    pub state: SessionState,
+    /// Why it closed.
+    pub close_reason: Option<CloseReason>,
     /// Detail of a failure.
     pub error: Option<String>,
     /// Where the modem was told to connect.
@@ -84,7 +84,7 @@ impl From<SessionRecord> for SessionView {
             id: s.id,
             imei: s.imei.to_string(),
             mode: s.mode,
-            state: s.state.as_str().to_owned(),
+            state: s.state,
             close_reason: s.close_reason,
             error: s.error,
             host: s.host,
@@ -305,7 +305,7 @@ pub async fn delete_session(
 ) -> Result<axum::Json<SessionView>, ApiError> {
     p.require(Role::Reader)?;
     state.store.get_session(id).await?;
-    state.tunnel.close(id, "cancelled", None).await;
+    state.tunnel.close(id, CloseReason::Cancelled, None).await;
     // An active splice records its end (with byte counts) as it stops.
     for _ in 0..50 {
         let s = state.store.get_session(id).await?;

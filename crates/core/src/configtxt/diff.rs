@@ -125,3 +125,22 @@ mod tests {
         }
     }
 }
+
+crate::wire_enum! {
+    /// Whether a device's reported Config.txt matches its desired configuration.
+    pub enum DriftState("drift") {
+        /// Every desired key reads back as desired.
+        InSync = "in_sync",
+        /// At least one desired key differs on the modem.
+        Drifted = "drifted",
+        /// Not read from the modem since the desired configuration last changed.
+        Unknown = "unknown",
+    }
+}
+
+impl Default for DriftState {
+    /// A device nobody has read yet.
+    fn default() -> Self {
+        DriftState::Unknown
+    }
+}

@@ -36,7 +36,7 @@ mod proptests;
 mod tests;
 
 pub use compose::{Effective, desired, effective, lay_out, resolve};
-pub use diff::{KeyDiff, diff};
+pub use diff::{DriftState, KeyDiff, diff};
 pub use file::{
     ConfigError, ConfigFile, LineEnding, MAX_CONFIG_BYTES, MAX_CONFIG_LINES, MAX_KEY_LEN, REDACTED,
 };

@@ -8,7 +8,7 @@
 use std::str::FromStr as _;
 
 use async_trait::async_trait;
-use callhome_core::{Imei, Role};
+use callhome_core::{ActorKind, AuditOutcome, Imei, Role};
 use sqlx::{Pool, QueryBuilder, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -372,7 +372,7 @@ impl Devices for SqlStore {
         }
         if let Some(drift) = &filter.drift {
             q.push(" AND COALESCE((SELECT c.drift FROM device_config c WHERE c.imei = d.imei), 'unknown') = ")
-                .push_bind(drift.clone());
+                .push_bind(drift.as_str());
         }
         if let Some(tag) = &filter.tag {
             q.push(" AND EXISTS (SELECT 1 FROM device_tags t WHERE t.imei = d.imei AND t.tag = ")
@@ -615,10 +615,18 @@ pub(super) fn audit_from_row(r: &DbRow) -> Result<AuditEntry> {
         id: r.try_get("id")?,
         at: from_ms(r.try_get("at")?),
         actor: r.try_get("actor")?,
-        actor_kind: r.try_get("actor_kind")?,
+        actor_kind: parse_col(
+            "audit_log.actor_kind",
+            &r.try_get::<String, _>("actor_kind")?,
+            ActorKind::parse,
+        )?,
         action: r.try_get("action")?,
         target: r.try_get("target")?,
-        outcome: r.try_get("outcome")?,
+        outcome: parse_col(
+            "audit_log.outcome",
+            &r.try_get::<String, _>("outcome")?,
+            AuditOutcome::parse,
+        )?,
         status: r.try_get("status")?,
         detail: r.try_get("detail")?,
         remote_addr: r.try_get("remote_addr")?,
@@ -635,10 +643,10 @@ impl Audit for SqlStore {
         )
         .bind(ms(e.at))
         .bind(&e.actor)
-        .bind(&e.actor_kind)
+        .bind(e.actor_kind.as_str())
         .bind(&e.action)
         .bind(e.target.as_deref())
-        .bind(&e.outcome)
+        .bind(e.outcome.as_str())
         .bind(e.status)
         .bind(e.detail.as_deref())
         .bind(e.remote_addr.as_deref())

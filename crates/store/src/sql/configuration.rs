@@ -1,7 +1,7 @@
 //! Fleet configuration: a module of `sqlite.rs` and of `postgres.rs`, beside `common`.
 
 use async_trait::async_trait;
-use callhome_core::Imei;
+use callhome_core::{DriftState, Imei};
 use sqlx::{QueryBuilder, Row as _};
 use time::OffsetDateTime;
 
@@ -45,7 +45,11 @@ pub(super) fn device_config_from_row(r: &DbRow) -> Result<DeviceConfigRecord> {
         document: r.try_get("document")?,
         reported: r.try_get("reported")?,
         reported_at: opt_from_ms(r.try_get("reported_at")?),
-        drift: r.try_get("drift")?,
+        drift: parse_col(
+            "device_config.drift",
+            &r.try_get::<String, _>("drift")?,
+            DriftState::parse,
+        )?,
         drift_keys: r.try_get("drift_keys")?,
         drift_checked_at: opt_from_ms(r.try_get("drift_checked_at")?),
     })
@@ -192,7 +196,7 @@ impl Configuration for SqlStore {
                 self.get_device(imei).await?;
                 Ok(DeviceConfigRecord {
                     overrides: "{}".to_owned(),
-                    drift: "unknown".to_owned(),
+                    drift: DriftState::Unknown,
                     ..Default::default()
                 })
             }
@@ -253,14 +257,14 @@ impl Configuration for SqlStore {
     async fn set_drift(
         &self,
         imei: &Imei,
-        drift: &str,
+        drift: DriftState,
         keys: Option<&str>,
         at: OffsetDateTime,
     ) -> Result<()> {
         self.ensure_device_config(imei, "drift-check").await?;
         sqlx::query("UPDATE device_config SET drift = $2, drift_keys = $3, drift_checked_at = $4 WHERE imei = $1")
             .bind(imei.as_str())
-            .bind(drift)
+            .bind(drift.as_str())
             .bind(keys)
             .bind(ms(at))
             .execute(&self.pool)

@@ -3,7 +3,7 @@
 use std::str::FromStr as _;
 
 use async_trait::async_trait;
-use callhome_core::Imei;
+use callhome_core::{CloseReason, Imei, SessionMode};
 use sqlx::{QueryBuilder, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -35,13 +35,20 @@ pub(super) fn session_from_row(r: &DbRow) -> Result<SessionRecord> {
             &r.try_get::<String, _>("imei")?,
             Imei::parse,
         )?,
-        mode: r.try_get("mode")?,
+        mode: parse_col(
+            "sessions.mode",
+            &r.try_get::<String, _>("mode")?,
+            SessionMode::parse,
+        )?,
         state: parse_col(
             "sessions.state",
             &r.try_get::<String, _>("state")?,
             SessionState::from_str,
         )?,
-        close_reason: r.try_get("close_reason")?,
+        close_reason: r
+            .try_get::<Option<String>, _>("close_reason")?
+            .map(|c| parse_col("sessions.close_reason", &c, CloseReason::parse))
+            .transpose()?,
         error: r.try_get("error")?,
         host: r.try_get("host")?,
         port: r.try_get("port")?,
@@ -77,7 +84,7 @@ impl Sessions for SqlStore {
         ))
         .bind(Uuid::now_v7().to_string())
         .bind(s.imei.as_str())
-        .bind(&s.mode)
+        .bind(s.mode.as_str())
         .bind(&s.host)
         .bind(s.port)
         .bind(s.timeout_s)
@@ -170,7 +177,7 @@ impl Sessions for SqlStore {
         ))
         .bind(id.to_string())
         .bind(u.state.map(SessionState::as_str))
-        .bind(u.close_reason.as_deref())
+        .bind(u.close_reason.map(CloseReason::as_str))
         .bind(u.error.as_deref())
         .bind(u.command_id.map(|c| c.to_string()))
         .bind(u.modem_connected_at.map(ms))
@@ -203,9 +210,9 @@ impl Sessions for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn close_open_sessions(&self, reason: &str, at: OffsetDateTime) -> Result<u64> {
+    async fn close_open_sessions(&self, reason: CloseReason, at: OffsetDateTime) -> Result<u64> {
         let done = sqlx::query("UPDATE sessions SET state = 'closed', close_reason = $1, closed_at = $2 WHERE state <> 'closed'")
-            .bind(reason)
+            .bind(reason.as_str())
             .bind(ms(at))
             .execute(&self.pool)
             .await?;
