@@ -206,7 +206,13 @@ impl JobEngine {
         let inner = self.inner.clone();
         self.inner.tasks.spawn(async move {
             let span = tracing::info_span!("job", job = %id);
-            if let Err(e) = tracing::Instrument::instrument(drive(inner.clone(), id, rx), span).await {
+            let drive = async {
+                match Driver::claim(inner.clone(), id, rx).await? {
+                    Some(driver) => driver.run().await,
+                    None => Ok(()),
+                }
+            };
+            if let Err(e) = tracing::Instrument::instrument(drive, span).await {
                 tracing::error!(job = %id, error = %e, "job driver stopped on an error; it is taken up again shortly");
             }
             let _ = inner.store().release_job(id, &inner.settings.node_id).await;
@@ -472,47 +478,20 @@ enum Recorded {
     No(String),
 }
 
-type Done = (Imei, i64, Outcome, Recorded);
-
-/// Ends a running or paused job in `to` (expired, aborted) with `reason`; its pending devices
-/// end `rest`. Does nothing if the job ended meanwhile (an operator won the race).
-async fn end_job(
-    inner: &Inner,
-    job: &mut Job,
-    counts: &mut Counts,
-    to: JobState,
-    reason: &str,
-    rest: ExecState,
-) -> Result<()> {
-    let store = inner.store();
-    let id = job.record.id;
-    let now = OffsetDateTime::now_utc();
-    match store
-        .set_job_state(
-            id,
-            &[JobState::Running, JobState::Paused],
-            to,
-            Some(reason),
-            now,
-        )
-        .await
-    {
-        Ok(rec) => {
-            let n = store.close_pending_job_devices(id, rest, now).await?;
-            counts.pending = 0;
-            tracing::info!(state = to.as_str(), not_started = n, "job ended");
-            metrics::counter!("callhome_jobs_finished_total", "state" => to.as_str()).increment(1);
-            publish_state(inner, &rec);
-            job.record = rec;
-        }
-        Err(StoreError::Conflict { .. }) => job.record = store.get_job(id).await?,
-        Err(e) => return Err(e.into()),
-    }
-    Ok(())
+/// What an execution's task hands back to its driver.
+struct Done {
+    /// The device.
+    imei: Imei,
+    /// The device's wave.
+    wave: i64,
+    /// How the execution ended.
+    outcome: Outcome,
+    /// Whether the task wrote that end to the store.
+    recorded: Recorded,
 }
 
-/// Takes or renews the job's lease for this node.
-async fn claim(inner: &Inner, id: Uuid) -> Result<bool> {
+/// Takes or renews the lease on job `id` for this node; whether this node holds it.
+async fn take_lease(inner: &Inner, id: Uuid) -> Result<bool> {
     let now = OffsetDateTime::now_utc();
     let until =
         now + time::Duration::try_from(inner.settings.lease).unwrap_or(time::Duration::seconds(30));
@@ -522,330 +501,421 @@ async fn claim(inner: &Inner, id: Uuid) -> Result<bool> {
         .await?)
 }
 
-async fn drive(inner: Arc<Inner>, id: Uuid, mut wake: mpsc::Receiver<()>) -> Result<()> {
-    let store = inner.store().clone();
-    if !claim(&inner, id).await? {
-        tracing::debug!("another node runs this job");
-        return Ok(());
-    }
-    let mut renewed = Instant::now();
-    let mut job = decode(store.get_job(id).await?)?;
-    if job.record.state.is_final() {
-        return Ok(());
-    }
-    let mut counts = Counts::from(&store.job_progress(id).await?);
-    let mut inflight: JoinSet<Done> = JoinSet::new();
-    let mut starts = StartWindow::default();
-    let timing = Timing {
-        command_timeout: Duration::from_secs(u64::from(job.rollout.command_timeout_s)),
-        queue_wait: inner.settings.queue_wait,
-        restart_wait: inner.settings.restart_wait,
-    };
-    // Executions the previous run left in progress continue where they were.
-    for d in store.in_progress_job_devices(id).await? {
-        let imei = d.imei.clone();
-        tracing::info!(%imei, "execution resumed after a restart");
-        spawn_exec(
-            &inner,
-            &mut inflight,
-            &job,
-            imei,
-            d.wave,
-            d.attempts,
+/// The driver of one job on the node holding its lease: the job, what it knows of the
+/// job's executions, and the ones it runs. Made by [`Driver::claim`]; [`Driver::run`] is
+/// its task.
+struct Driver {
+    /// The engine's state shared by its drivers (store, events, settings, shutdown).
+    inner: Arc<Inner>,
+    /// The job's id.
+    id: Uuid,
+    /// The job, decoded; its record is re-read every turn (an operator on another node may
+    /// have paused it).
+    job: Job,
+    /// What the driver knows of the executions: kept current as they end, re-read from the
+    /// store every [`pacing::COUNTS_REFRESH`] and when woken.
+    counts: Counts,
+    /// The executions running here, each a task that hands back its [`Done`].
+    inflight: JoinSet<Done>,
+    /// When executions were started in the trailing minute (for the rate).
+    starts: StartWindow,
+    /// Timing of each execution (from the rollout and the engine's settings).
+    timing: Timing,
+    /// Woken by pause, resume and cancel (from any node's API through this engine).
+    wake: mpsc::Receiver<()>,
+    /// When the lease was last taken or renewed.
+    renewed: Instant,
+    /// When the counts were last read from the store.
+    last_refresh: Instant,
+}
+
+impl Driver {
+    /// Takes the job's lease and reads the job: `None` if another node holds the lease or
+    /// the job has ended.
+    async fn claim(inner: Arc<Inner>, id: Uuid, wake: mpsc::Receiver<()>) -> Result<Option<Self>> {
+        if !take_lease(&inner, id).await? {
+            tracing::debug!("another node runs this job");
+            return Ok(None);
+        }
+        let renewed = Instant::now();
+        let store = inner.store().clone();
+        let job = decode(store.get_job(id).await?)?;
+        if job.record.state.is_final() {
+            return Ok(None);
+        }
+        let counts = Counts::from(&store.job_progress(id).await?);
+        let timing = Timing {
+            command_timeout: Duration::from_secs(u64::from(job.rollout.command_timeout_s)),
+            queue_wait: inner.settings.queue_wait,
+            restart_wait: inner.settings.restart_wait,
+        };
+        Ok(Some(Self {
+            inner,
+            id,
+            job,
+            counts,
+            inflight: JoinSet::new(),
+            starts: StartWindow::default(),
             timing,
-        );
+            wake,
+            renewed,
+            last_refresh: Instant::now(),
+        }))
     }
-    let mut last_refresh = Instant::now();
-    loop {
-        let now = OffsetDateTime::now_utc();
-        if renewed.elapsed() >= inner.settings.lease / 3 {
-            if !claim(&inner, id).await? {
+
+    /// Drives the job until it ends and its executions here have finished, the lease is
+    /// lost, or the engine shuts down.
+    async fn run(mut self) -> Result<()> {
+        self.resume().await?;
+        self.last_refresh = Instant::now();
+        loop {
+            let now = OffsetDateTime::now_utc();
+            if pacing::lease_renewal_due(self.renewed.elapsed(), self.inner.settings.lease)
+                && !self.renew_lease().await?
+            {
                 tracing::warn!("lost the job's lease to another node; stopping here");
-                inflight.abort_all();
+                self.inflight.abort_all();
                 return Ok(());
             }
-            renewed = Instant::now();
-        }
-        // The job's row is re-read each turn (an operator on another node may have paused
-        // it); the counts every 10 s (the in-flight ones are in progress in the store too).
-        job.record = store.get_job(id).await?;
-        if last_refresh.elapsed() >= Duration::from_secs(10) {
-            counts = Counts::from(&store.job_progress(id).await?);
-            last_refresh = Instant::now();
-        }
-        if !job.record.state.is_final() && now >= job.record.expires_at {
-            end_job(
-                &inner,
-                &mut job,
-                &mut counts,
-                JobState::Expired,
-                "the job expired before every device was done",
-                ExecState::Expired,
-            )
-            .await?;
-        }
-        if job.record.state == JobState::Running {
-            start_more(
-                &inner,
-                id,
-                &mut job,
-                &mut counts,
-                &mut inflight,
-                &mut starts,
-                timing,
-            )
-            .await?;
-            if counts.pending == 0 && inflight.is_empty() {
-                // Make sure: the store is the truth.
-                let p = store.job_progress(id).await?;
-                if p.pending == 0 && p.in_progress == 0 {
-                    match store
-                        .set_job_state(
-                            id,
-                            &[JobState::Running],
-                            JobState::Completed,
-                            None,
-                            OffsetDateTime::now_utc(),
-                        )
-                        .await
-                    {
-                        Ok(rec) => {
-                            tracing::info!(
-                                succeeded = p.succeeded,
-                                failed = p.failed,
-                                "job completed"
-                            );
-                            metrics::counter!("callhome_jobs_finished_total", "state" => "completed").increment(1);
-                            publish_state(&inner, &rec);
-                            return Ok(());
-                        }
-                        Err(StoreError::Conflict { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                } else {
-                    counts = Counts::from(&p);
+            self.refresh().await?;
+            if pacing::expired(self.job.record.state, now, self.job.record.expires_at) {
+                self.end_job(
+                    JobState::Expired,
+                    "the job expired before every device was done",
+                    ExecState::Expired,
+                )
+                .await?;
+            }
+            if self.job.record.state == JobState::Running {
+                self.start_more().await?;
+                if pacing::may_be_complete(&self.counts, self.inflight.len())
+                    && self.complete().await?
+                {
+                    return Ok(());
                 }
             }
-        }
-        if job.record.state.is_final() && inflight.is_empty() {
-            return Ok(());
-        }
-        let tick = starts.sleep(&job.rollout, Instant::now(), inner.settings.tick);
-        tokio::select! {
-            biased;
-            () = inner.shutdown.cancelled() => {
-                // Executions in flight stay in progress; the next start resumes them.
-                inflight.abort_all();
+            if pacing::driver_done(self.job.record.state, self.inflight.len()) {
                 return Ok(());
             }
-            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+            if !self.wait().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Continues the executions a previous run left in progress, where they were.
+    async fn resume(&mut self) -> Result<()> {
+        for d in self.inner.store().in_progress_job_devices(self.id).await? {
+            let imei = d.imei.clone();
+            tracing::info!(%imei, "execution resumed after a restart");
+            self.spawn_execution(imei, d.wave, d.attempts);
+        }
+        Ok(())
+    }
+
+    /// Renews the lease; whether this node still holds it.
+    async fn renew_lease(&mut self) -> Result<bool> {
+        if !take_lease(&self.inner, self.id).await? {
+            return Ok(false);
+        }
+        self.renewed = Instant::now();
+        Ok(true)
+    }
+
+    /// Re-reads the job's row (each turn: an operator on another node may have paused it)
+    /// and, every [`pacing::COUNTS_REFRESH`], the counts (the in-flight executions are in
+    /// progress in the store too).
+    async fn refresh(&mut self) -> Result<()> {
+        let store = self.inner.store();
+        self.job.record = store.get_job(self.id).await?;
+        if pacing::counts_refresh_due(self.last_refresh.elapsed()) {
+            self.counts = Counts::from(&store.job_progress(self.id).await?);
+            self.last_refresh = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Waits for an execution to end (and records it), a wake-up, or the next tick;
+    /// `false` when the engine shuts down (the executions in flight stay in progress; the
+    /// next start resumes them).
+    async fn wait(&mut self) -> Result<bool> {
+        let tick = self
+            .starts
+            .sleep(&self.job.rollout, Instant::now(), self.inner.settings.tick);
+        tokio::select! {
+            biased;
+            () = self.inner.shutdown.cancelled() => {
+                self.inflight.abort_all();
+                return Ok(false);
+            }
+            Some(done) = self.inflight.join_next(), if !self.inflight.is_empty() => {
                 match done {
-                    Ok(done) => record(&inner, id, &mut job, &mut counts, done).await?,
+                    Ok(done) => self.record(done).await?,
                     Err(e) if e.is_cancelled() => {}
                     Err(e) => tracing::error!(error = %e, "an execution task failed"),
                 }
                 // Record everything else that finished meanwhile before starting more.
-                while let Some(done) = inflight.try_join_next() {
+                while let Some(done) = self.inflight.try_join_next() {
                     if let Ok(done) = done {
-                        record(&inner, id, &mut job, &mut counts, done).await?;
+                        self.record(done).await?;
                     }
                 }
             }
-            w = wake.recv() => {
+            w = self.wake.recv() => {
                 if w.is_some() {
-                    job = decode(store.get_job(id).await?)?;
-                    counts = Counts::from(&store.job_progress(id).await?);
+                    let store = self.inner.store();
+                    self.job = decode(store.get_job(self.id).await?)?;
+                    self.counts = Counts::from(&store.job_progress(self.id).await?);
                 }
             }
             () = tokio::time::sleep(tick) => {}
         }
+        Ok(true)
     }
-}
 
-async fn start_more(
-    inner: &Arc<Inner>,
-    id: Uuid,
-    job: &mut Job,
-    counts: &mut Counts,
-    inflight: &mut JoinSet<Done>,
-    starts: &mut StartWindow,
-    timing: Timing,
-) -> Result<()> {
-    let store = inner.store();
-    // Waves: the next one opens when every device of the current one has finished.
-    let wave = counts.open_wave(job.record.current_wave, i64::from(job.rollout.wave_count()));
-    if wave != job.record.current_wave {
-        store.set_job_wave(id, wave).await?;
-        job.record.current_wave = wave;
-        inner
-            .events
-            .publish(None, EventPayload::JobWave(JobWave { id, wave }));
-        tracing::info!(wave, "next wave");
+    /// Moves the job to `completed` if the store confirms every execution has ended;
+    /// whether it did. If not, the counts are corrected from the store.
+    async fn complete(&mut self) -> Result<bool> {
+        let store = self.inner.store();
+        // Make sure: the store is the truth.
+        let p = store.job_progress(self.id).await?;
+        if !pacing::complete(&p) {
+            self.counts = Counts::from(&p);
+            return Ok(false);
+        }
+        match store
+            .set_job_state(
+                self.id,
+                &[JobState::Running],
+                JobState::Completed,
+                None,
+                OffsetDateTime::now_utc(),
+            )
+            .await
+        {
+            Ok(rec) => {
+                tracing::info!(succeeded = p.succeeded, failed = p.failed, "job completed");
+                metrics::counter!("callhome_jobs_finished_total", "state" => "completed")
+                    .increment(1);
+                publish_state(&self.inner, &rec);
+                Ok(true)
+            }
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
-    let room = pacing::room(
-        &job.rollout,
-        counts,
-        inflight.len(),
-        starts.in_last_minute(Instant::now()),
-    );
-    if room == 0 {
-        return Ok(());
-    }
-    let next = store
-        .next_job_devices(id, wave, u32::try_from(room.min(1000)).unwrap_or(1000))
-        .await?;
-    // One statement starts them all; the ones taken meanwhile are not returned.
-    for d in store
-        .start_job_devices(id, &next, OffsetDateTime::now_utc())
-        .await?
-    {
-        let imei = d.imei.clone();
-        counts.pending -= 1;
-        starts.started(Instant::now());
-        inner.events.publish(
-            Some(&imei),
-            EventPayload::JobDeviceStarted(JobDeviceStarted {
-                id,
-                attempt: d.attempts,
-            }),
+
+    /// Opens the next wave when the current one has finished, then starts as many pending
+    /// devices of the open wave as the rollout's limits allow.
+    async fn start_more(&mut self) -> Result<()> {
+        let id = self.id;
+        let store = self.inner.store().clone();
+        // Waves: the next one opens when every device of the current one has finished.
+        let wave = self.counts.open_wave(
+            self.job.record.current_wave,
+            i64::from(self.job.rollout.wave_count()),
         );
-        spawn_exec(inner, inflight, job, imei, d.wave, d.attempts, timing);
-    }
-    Ok(())
-}
-
-fn spawn_exec(
-    inner: &Arc<Inner>,
-    inflight: &mut JoinSet<Done>,
-    job: &Job,
-    imei: Imei,
-    wave: i64,
-    attempt: i64,
-    timing: Timing,
-) {
-    let inner = inner.clone();
-    let op = job.operation.clone();
-    let restart = job.restart;
-    let id = job.record.id;
-    let by = job.record.created_by.clone();
-    let key = if attempt <= 1 {
-        format!("job:{id}")
-    } else {
-        format!("job:{id}#{attempt}")
-    };
-    let span = tracing::info_span!("execution", job = %id, imei = %imei);
-    inflight.spawn(tracing::Instrument::instrument(
-        async move {
-            let started = Instant::now();
-            let gateway = inner.config.gateway().clone();
-            let outcome =
-                match Journal::resume(inner.store().as_ref(), gateway, imei.clone(), key).await {
-                    Ok(mut journal) => {
-                        exec::execute(
-                            &inner.config,
-                            &mut journal,
-                            &imei,
-                            &op,
-                            restart,
-                            timing,
-                            &by,
-                        )
-                        .await
-                    }
-                    Err(e) => Outcome {
-                        state: ExecState::Failed,
-                        error: Some(format!("could not read the command journal: {e}")),
-                        result: serde_json::Value::Null,
-                    },
-                };
-            metrics::histogram!("callhome_job_execution_seconds")
-                .record(started.elapsed().as_secs_f64());
-            // Each execution writes its own end, so the driver is not a bottleneck.
-            let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
-            let recorded = match inner
-                .store()
-                .finish_job_device(
-                    id,
-                    &imei,
-                    outcome.state,
-                    outcome.error.as_deref(),
-                    result.as_deref(),
-                    OffsetDateTime::now_utc(),
-                )
-                .await
-            {
-                Ok(_) => Recorded::Yes,
-                Err(StoreError::Conflict { .. }) => Recorded::AlreadyEnded,
-                Err(e) => Recorded::No(e.to_string()),
-            };
-            (imei, wave, outcome, recorded)
-        },
-        span,
-    ));
-}
-
-async fn record(
-    inner: &Arc<Inner>,
-    id: Uuid,
-    job: &mut Job,
-    counts: &mut Counts,
-    done: Done,
-) -> Result<()> {
-    let (imei, wave, outcome, recorded) = done;
-    let store = inner.store();
-    match recorded {
-        Recorded::Yes => {}
-        Recorded::AlreadyEnded => {
-            tracing::warn!(%imei, "execution already ended");
+        if wave != self.job.record.current_wave {
+            store.set_job_wave(id, wave).await?;
+            self.job.record.current_wave = wave;
+            self.inner
+                .events
+                .publish(None, EventPayload::JobWave(JobWave { id, wave }));
+            tracing::info!(wave, "next wave");
+        }
+        let room = pacing::room(
+            &self.job.rollout,
+            &self.counts,
+            self.inflight.len(),
+            self.starts.in_last_minute(Instant::now()),
+        );
+        if room == 0 {
             return Ok(());
         }
-        Recorded::No(why) => {
-            tracing::warn!(%imei, error = %why, "recording the execution's end failed; trying again");
-            let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
-            match store
-                .finish_job_device(
+        let next = store
+            .next_job_devices(id, wave, u32::try_from(room.min(1000)).unwrap_or(1000))
+            .await?;
+        // One statement starts them all; the ones taken meanwhile are not returned.
+        for d in store
+            .start_job_devices(id, &next, OffsetDateTime::now_utc())
+            .await?
+        {
+            let imei = d.imei.clone();
+            self.counts.pending -= 1;
+            self.starts.started(Instant::now());
+            self.inner.events.publish(
+                Some(&imei),
+                EventPayload::JobDeviceStarted(JobDeviceStarted {
                     id,
-                    &imei,
-                    outcome.state,
-                    outcome.error.as_deref(),
-                    result.as_deref(),
-                    OffsetDateTime::now_utc(),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(StoreError::Conflict { .. }) => return Ok(()),
-                Err(e) => return Err(e.into()),
+                    attempt: d.attempts,
+                }),
+            );
+            self.spawn_execution(imei, d.wave, d.attempts);
+        }
+        Ok(())
+    }
+
+    /// Starts the execution of `imei` (of `wave`, its `attempt`) as a task in `inflight`;
+    /// the task writes the execution's end itself.
+    fn spawn_execution(&mut self, imei: Imei, wave: i64, attempt: i64) {
+        let inner = self.inner.clone();
+        let op = self.job.operation.clone();
+        let restart = self.job.restart;
+        let timing = self.timing;
+        let id = self.job.record.id;
+        let by = self.job.record.created_by.clone();
+        let key = if attempt <= 1 {
+            format!("job:{id}")
+        } else {
+            format!("job:{id}#{attempt}")
+        };
+        let span = tracing::info_span!("execution", job = %id, imei = %imei);
+        self.inflight.spawn(tracing::Instrument::instrument(
+            async move {
+                let started = Instant::now();
+                let gateway = inner.config.gateway().clone();
+                let outcome =
+                    match Journal::resume(inner.store().as_ref(), gateway, imei.clone(), key).await
+                    {
+                        Ok(mut journal) => {
+                            exec::execute(
+                                &inner.config,
+                                &mut journal,
+                                &imei,
+                                &op,
+                                restart,
+                                timing,
+                                &by,
+                            )
+                            .await
+                        }
+                        Err(e) => Outcome {
+                            state: ExecState::Failed,
+                            error: Some(format!("could not read the command journal: {e}")),
+                            result: serde_json::Value::Null,
+                        },
+                    };
+                metrics::histogram!("callhome_job_execution_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                // Each execution writes its own end, so the driver is not a bottleneck.
+                let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
+                let recorded = match inner
+                    .store()
+                    .finish_job_device(
+                        id,
+                        &imei,
+                        outcome.state,
+                        outcome.error.as_deref(),
+                        result.as_deref(),
+                        OffsetDateTime::now_utc(),
+                    )
+                    .await
+                {
+                    Ok(_) => Recorded::Yes,
+                    Err(StoreError::Conflict { .. }) => Recorded::AlreadyEnded,
+                    Err(e) => Recorded::No(e.to_string()),
+                };
+                Done {
+                    imei,
+                    wave,
+                    outcome,
+                    recorded,
+                }
+            },
+            span,
+        ));
+    }
+
+    /// Counts an execution that ended (writing its end if its task could not), publishes
+    /// it, and applies the abort rule.
+    async fn record(&mut self, done: Done) -> Result<()> {
+        let Done {
+            imei,
+            wave,
+            outcome,
+            recorded,
+        } = done;
+        let id = self.id;
+        match recorded {
+            Recorded::Yes => {}
+            Recorded::AlreadyEnded => {
+                tracing::warn!(%imei, "execution already ended");
+                return Ok(());
+            }
+            Recorded::No(why) => {
+                tracing::warn!(%imei, error = %why, "recording the execution's end failed; trying again");
+                let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
+                match self
+                    .inner
+                    .store()
+                    .finish_job_device(
+                        id,
+                        &imei,
+                        outcome.state,
+                        outcome.error.as_deref(),
+                        result.as_deref(),
+                        OffsetDateTime::now_utc(),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(StoreError::Conflict { .. }) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
+        self.counts.finish(wave, outcome.state);
+        metrics::counter!("callhome_job_executions_total", "state" => outcome.state.as_str())
+            .increment(1);
+        let finished = JobDeviceFinished {
+            id,
+            error: outcome.error.clone(),
+        };
+        if let Some(payload) = EventPayload::job_device_finished(outcome.state, finished) {
+            self.inner.events.publish(Some(&imei), payload);
+        }
+        if outcome.state == ExecState::Failed {
+            tracing::info!(%imei, error = outcome.error.as_deref().unwrap_or(""), "execution failed");
+        }
+        if let Some(reason) =
+            pacing::abort_reason(&self.job.rollout, self.job.record.state, &self.counts)
+        {
+            tracing::warn!("{reason}");
+            self.end_job(JobState::Aborted, &reason, ExecState::Cancelled)
+                .await?;
+        }
+        Ok(())
     }
-    counts.finish(wave, outcome.state);
-    metrics::counter!("callhome_job_executions_total", "state" => outcome.state.as_str())
-        .increment(1);
-    let finished = JobDeviceFinished {
-        id,
-        error: outcome.error.clone(),
-    };
-    if let Some(payload) = EventPayload::job_device_finished(outcome.state, finished) {
-        inner.events.publish(Some(&imei), payload);
+
+    /// Ends the running or paused job in `to` (expired, aborted) with `reason`; its pending
+    /// devices end `rest`. Does nothing if the job ended meanwhile (an operator won the
+    /// race) but re-read it.
+    async fn end_job(&mut self, to: JobState, reason: &str, rest: ExecState) -> Result<()> {
+        let store = self.inner.store();
+        let id = self.id;
+        let now = OffsetDateTime::now_utc();
+        match store
+            .set_job_state(
+                id,
+                &[JobState::Running, JobState::Paused],
+                to,
+                Some(reason),
+                now,
+            )
+            .await
+        {
+            Ok(rec) => {
+                let n = store.close_pending_job_devices(id, rest, now).await?;
+                self.counts.pending = 0;
+                tracing::info!(state = to.as_str(), not_started = n, "job ended");
+                metrics::counter!("callhome_jobs_finished_total", "state" => to.as_str())
+                    .increment(1);
+                publish_state(&self.inner, &rec);
+                self.job.record = rec;
+            }
+            Err(StoreError::Conflict { .. }) => self.job.record = store.get_job(id).await?,
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
-    if outcome.state == ExecState::Failed {
-        tracing::info!(%imei, error = outcome.error.as_deref().unwrap_or(""), "execution failed");
-    }
-    if let Some(rule) = job.rollout.abort
-        && !job.record.state.is_final()
-        && let Some(reason) = counts.abort_reason(&rule)
-    {
-        tracing::warn!("{reason}");
-        end_job(
-            inner,
-            job,
-            counts,
-            JobState::Aborted,
-            &reason,
-            ExecState::Cancelled,
-        )
-        .await?;
-    }
-    Ok(())
 }

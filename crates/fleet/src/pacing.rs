@@ -1,15 +1,22 @@
 //! The job driver's decisions, with no I/O and no clock of their own (the caller passes
-//! `now`): which wave is open, how many executions may start now (in-flight limit, the
-//! per-minute rate and its ramp), and whether the abort rule ends the job. The driver in
-//! [`crate::engine`] does the I/O around them; the unit tests below need no server.
+//! `now` or the time elapsed): which wave is open, how many executions may start now
+//! (in-flight limit, the per-minute rate and its ramp), whether the abort rule ends the job,
+//! when the lease is renewed and the counts re-read, whether the job expired, is complete, or
+//! leaves nothing for its driver to do. The driver in [`crate::engine`] does the I/O around
+//! them; the unit tests below need no server.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use callhome_core::jobs::{AbortRule, ExecState, Rollout};
+use callhome_core::jobs::{AbortRule, ExecState, JobState, Rollout};
 use callhome_store::JobProgress;
+use time::OffsetDateTime;
+
+/// How often the driver re-reads its counts from the store (the executions in flight are in
+/// progress in the store too).
+pub const COUNTS_REFRESH: Duration = Duration::from_secs(10);
 
 /// What the driver knows of a job's executions (rebuilt from the store at start and every
 /// few seconds, kept current as executions end).
@@ -144,6 +151,50 @@ pub fn room(
             (rate as usize).saturating_sub(started_last_minute)
         });
     by_flight.min(by_rate)
+}
+
+/// Whether a lease renewed `since` ago is renewed now: every third of the `lease`, so a
+/// renewal or two may fail before another node may take the job.
+pub fn lease_renewal_due(since: Duration, lease: Duration) -> bool {
+    since >= lease / 3
+}
+
+/// Whether counts read `since` ago are read again now (every [`COUNTS_REFRESH`]).
+pub fn counts_refresh_due(since: Duration) -> bool {
+    since >= COUNTS_REFRESH
+}
+
+/// Whether a job in `state` expires at `now`: it has not ended and its `expires_at` came.
+pub fn expired(state: JobState, now: OffsetDateTime, expires_at: OffsetDateTime) -> bool {
+    !state.is_final() && now >= expires_at
+}
+
+/// Why the abort rule of `rollout` ends a job in `state` now: `None` without a rule, once
+/// the job has ended, or while the rule does not fire.
+pub fn abort_reason(rollout: &Rollout, state: JobState, counts: &Counts) -> Option<String> {
+    let rule = rollout.abort.as_ref()?;
+    if state.is_final() {
+        return None;
+    }
+    counts.abort_reason(rule)
+}
+
+/// Whether a running job may be complete, as far as the driver knows: nothing pending and
+/// nothing `in_flight` (confirmed against the store with [`complete`]).
+pub fn may_be_complete(counts: &Counts, in_flight: usize) -> bool {
+    counts.pending == 0 && in_flight == 0
+}
+
+/// Whether the store's progress says every execution has ended: nothing pending, nothing in
+/// progress.
+pub fn complete(p: &JobProgress) -> bool {
+    p.pending == 0 && p.in_progress == 0
+}
+
+/// Whether the driver of a job in `state` stops: the job has ended and none of its
+/// executions is still `in_flight` here.
+pub fn driver_done(state: JobState, in_flight: usize) -> bool {
+    state.is_final() && in_flight == 0
 }
 
 #[cfg(test)]
@@ -297,5 +348,100 @@ mod tests {
         };
         assert!(counts(0, 100, 1, &[]).abort_reason(&any).is_some());
         assert_eq!(counts(0, 0, 0, &[]).abort_reason(&any), None);
+    }
+
+    #[test]
+    fn the_abort_rule_applies_only_to_a_job_that_has_not_ended() {
+        let failing = counts(0, 8, 2, &[]);
+        let mut r = rollout(10, None);
+        assert_eq!(
+            abort_reason(&r, JobState::Running, &failing),
+            None,
+            "no rule"
+        );
+        r.abort = Some(AbortRule {
+            failure_percent: 20.0,
+            min_executed: 10,
+        });
+        assert_eq!(
+            abort_reason(&r, JobState::Running, &failing),
+            failing.abort_reason(r.abort.as_ref().unwrap())
+        );
+        assert!(abort_reason(&r, JobState::Paused, &failing).is_some());
+        for ended in [
+            JobState::Aborted,
+            JobState::Cancelled,
+            JobState::Expired,
+            JobState::Completed,
+        ] {
+            assert_eq!(
+                abort_reason(&r, ended, &failing),
+                None,
+                "{} job",
+                ended.as_str()
+            );
+        }
+        assert_eq!(
+            abort_reason(&r, JobState::Running, &counts(0, 9, 1, &[])),
+            None,
+            "the rule does not fire"
+        );
+    }
+
+    #[test]
+    fn the_lease_is_renewed_every_third_and_the_counts_every_ten_seconds() {
+        let lease = Duration::from_secs(30);
+        assert!(!lease_renewal_due(Duration::ZERO, lease));
+        assert!(!lease_renewal_due(Duration::from_millis(9_999), lease));
+        assert!(lease_renewal_due(Duration::from_secs(10), lease));
+        assert!(lease_renewal_due(Duration::from_secs(45), lease));
+        assert!(lease_renewal_due(
+            Duration::from_secs(1),
+            Duration::from_secs(3)
+        ));
+        assert!(!counts_refresh_due(Duration::from_millis(9_999)));
+        assert!(counts_refresh_due(COUNTS_REFRESH));
+        assert!(counts_refresh_due(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_job_expires_at_its_deadline_unless_it_has_ended() {
+        let at = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let before = at - time::Duration::milliseconds(1);
+        assert!(!expired(JobState::Running, before, at));
+        assert!(expired(JobState::Running, at, at));
+        assert!(expired(JobState::Paused, at + time::Duration::hours(1), at));
+        assert!(!expired(JobState::Completed, at, at), "already ended");
+        assert!(!expired(JobState::Cancelled, at, at), "already ended");
+    }
+
+    #[test]
+    fn a_job_is_complete_when_nothing_is_pending_or_in_flight() {
+        assert!(may_be_complete(&counts(0, 5, 1, &[]), 0));
+        assert!(!may_be_complete(&counts(1, 5, 1, &[]), 0), "one pending");
+        assert!(!may_be_complete(&counts(0, 5, 1, &[]), 1), "one in flight");
+        let progress = |pending, in_progress| JobProgress {
+            total: 10,
+            pending,
+            in_progress,
+            succeeded: 10 - pending - in_progress,
+            failed: 0,
+            cancelled: 0,
+            expired: 0,
+            waves: vec![(10, 10 - pending - in_progress)],
+        };
+        assert!(complete(&progress(0, 0)));
+        assert!(
+            !complete(&progress(0, 1)),
+            "in progress in the store (another node, or a lagging count)"
+        );
+        assert!(!complete(&progress(2, 0)));
+        assert!(driver_done(JobState::Aborted, 0));
+        assert!(
+            !driver_done(JobState::Aborted, 3),
+            "executions still finishing"
+        );
+        assert!(!driver_done(JobState::Running, 0));
+        assert!(!driver_done(JobState::Paused, 0));
     }
 }

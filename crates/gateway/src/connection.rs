@@ -1,6 +1,7 @@
 //! One modem connection after its TLS handshake: CONNECT and identity, then the packet loop
 //! with the topic ACL, keepalive, QoS 0/1/2, and hand-off of replies and status.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,17 +10,19 @@ use callhome_core::{ActorKind, AuditOutcome, Imei};
 use callhome_store::{Device, NewAuditEntry, NewStatus, OnlineRecord, StoreError};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck,
-    SubscribeReasonCode, UnsubAck,
+    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, Publish, SubAck,
+    Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
 use time::OffsetDateTime;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
 use crate::Shared;
 use crate::codec::{FrameError, PacketReader, PacketWriter};
-use crate::dispatch::{self, DispatchCtx};
+use crate::dispatch::Dispatcher;
 use crate::events::{DeviceOffline, DeviceOnline, EventPayload, StatusReceived};
 use crate::hub::{ConnectionEntry, Outbound};
 use crate::topics::Topics;
@@ -97,14 +100,91 @@ where
             return;
         }
     };
-    let imei = device.imei.clone();
-    let span = tracing::info_span!("modem", %imei, %peer);
+    let span = tracing::info_span!("modem", imei = %device.imei, %peer);
     async move {
-        let topics = Topics::for_device(&device);
+        let accepted = Connection::open(
+            shared,
+            reader,
+            writer,
+            &device,
+            peer,
+            identity,
+            connect.keep_alive,
+        )
+        .await;
+        if let Some(connection) = accepted {
+            connection.run().await;
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// One accepted connection: the device it authenticated as, the halves of its stream, the
+/// channels to and from its dispatcher, and the packet loop's state. Made by
+/// [`Connection::open`] once CONNECT is authenticated; [`Connection::run`] runs the packet
+/// loop and ends it ([`Connection::end`]).
+struct Connection<S> {
+    /// The gateway's state shared by every connection (store, hub, events, configuration).
+    shared: Arc<Shared>,
+    /// Packets from the modem.
+    reader: PacketReader<ReadHalf<S>>,
+    /// Packets to the modem.
+    writer: PacketWriter<WriteHalf<S>>,
+    /// The device the connection authenticated as.
+    imei: Imei,
+    /// The device's topics: the only ones it may subscribe (`command`) and publish
+    /// (`reply`, `status`) on.
+    topics: Topics,
+    /// Identifies this connection (node id and a UUID): in the hub, presence and events.
+    session_id: String,
+    /// Cancelled to end the connection (takeover, revocation, shutdown); also ends the
+    /// dispatcher.
+    kill: CancellationToken,
+    /// Commands from the dispatcher, to publish on the command topic (its sender is in the
+    /// hub's entry).
+    outbound: mpsc::Receiver<Outbound>,
+    /// Replies from the modem, to the dispatcher. Closed first when the connection ends, so
+    /// the dispatcher handles what is still in it, then stops.
+    replies: mpsc::Sender<String>,
+    /// The QoS of the modem's subscription to its command topic, for the dispatcher (which
+    /// sends nothing while it is `None`).
+    subscribed: watch::Sender<Option<QoS>>,
+    /// The dispatcher's task.
+    dispatcher: JoinHandle<()>,
+    /// How long the connection may stay silent: 1.5 times the keepalive the modem asked
+    /// for, at most the configured maximum.
+    keepalive: Duration,
+    /// The next packet id for a QoS 1 command publish (1..=65535, wrapping).
+    next_pkid: u16,
+    /// The QoS granted on the command topic, if subscribed.
+    sub_qos: Option<QoS>,
+    /// Packet ids of QoS 2 publishes taken and not yet released (PUBREL).
+    pending_qos2: HashSet<u16>,
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Accepts an authenticated CONNECT: registers the connection in the hub (ending the
+    /// device's previous one), answers CONNACK, records presence, and starts the
+    /// dispatcher. `None` if the CONNACK could not be sent.
+    async fn open(
+        shared: Arc<Shared>,
+        reader: PacketReader<ReadHalf<S>>,
+        mut writer: PacketWriter<WriteHalf<S>>,
+        device: &Device,
+        peer: SocketAddr,
+        identity: PeerIdentity,
+        keep_alive: u16,
+    ) -> Option<Self> {
+        let imei = device.imei.clone();
+        let topics = Topics::for_device(device);
         let session_id = format!("{}-{}", shared.cfg.node_id, uuid::Uuid::now_v7().simple());
         let kill = shared.shutdown.child_token();
         let notify = Arc::new(Notify::new());
-        let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(8);
+        let (out_tx, out_rx) = mpsc::channel::<Outbound>(8);
         let (reply_tx, reply_rx) = mpsc::channel::<String>(32);
         let (subscribed_tx, subscribed_rx) = watch::channel::<Option<QoS>>(None);
 
@@ -123,12 +203,15 @@ where
             old.kill.cancel();
         }
         if writer
-            .send(&Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)))
+            .send(&Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::Success,
+                false,
+            )))
             .await
             .is_err()
         {
             shared.hub.unregister(&imei, &session_id);
-            return;
+            return None;
         }
         let now = OffsetDateTime::now_utc();
         if let Err(e) = shared
@@ -156,65 +239,104 @@ where
                 session_id: session_id.clone(),
             }),
         );
-        info!(keepalive = connect.keep_alive, "modem connected");
+        info!(keepalive = keep_alive, "modem connected");
 
         let dispatcher = tokio::spawn(
-            dispatch::run(DispatchCtx {
-                shared: shared.clone(),
-                imei: imei.clone(),
+            Dispatcher::new(
+                shared.clone(),
+                imei.clone(),
                 notify,
-                kill: kill.clone(),
+                kill.clone(),
                 reply_rx,
-                subscribed: subscribed_rx,
-            })
+                subscribed_rx,
+            )
+            .run()
             .in_current_span(),
         );
 
-        let keepalive = if connect.keep_alive == 0 {
+        let keepalive = if keep_alive == 0 {
             shared.cfg.max_idle
         } else {
-            (Duration::from_secs(u64::from(connect.keep_alive)) * 3 / 2).min(shared.cfg.max_idle)
+            (Duration::from_secs(u64::from(keep_alive)) * 3 / 2).min(shared.cfg.max_idle)
         };
-        let mut state = LoopState {
+        Some(Self {
+            shared,
+            reader,
+            writer,
+            imei,
+            topics,
+            session_id,
+            kill,
+            outbound: out_rx,
+            replies: reply_tx,
+            subscribed: subscribed_tx,
+            dispatcher,
+            keepalive,
             next_pkid: 1,
             sub_qos: None,
-            pending_qos2: std::collections::HashSet::new(),
-        };
+            pending_qos2: HashSet::new(),
+        })
+    }
 
+    /// The packet loop: packets from the modem, commands from the dispatcher, until the
+    /// modem leaves, breaks a rule or goes silent, or the connection is killed; then ends
+    /// the connection.
+    async fn run(mut self) {
         let end = loop {
             tokio::select! {
-                () = kill.cancelled() => break End::Killed,
-                frame = tokio::time::timeout(keepalive, reader.next()) => {
+                () = self.kill.cancelled() => break End::Killed,
+                frame = tokio::time::timeout(self.keepalive, self.reader.next()) => {
                     let packet = match frame {
                         Err(_) => break End::KeepaliveTimeout,
                         Ok(Err(e)) => break End::Frame(e),
                         Ok(Ok(None)) => break End::Eof,
                         Ok(Ok(Some(p))) => p,
                     };
-                    shared.hub.seen(&imei, OffsetDateTime::now_utc());
-                    match handle_packet(&shared, &imei, &topics, &mut state, &mut writer, &reply_tx, &subscribed_tx, packet).await {
+                    self.shared.hub.seen(&self.imei, OffsetDateTime::now_utc());
+                    match self.handle_packet(packet).await {
                         Ok(None) => {}
                         Ok(Some(end)) => break end,
                         Err(e) => break End::Frame(e),
                     }
                 }
-                out = out_rx.recv() => {
+                out = self.outbound.recv() => {
                     let Some(Outbound::Command { text }) = out else { continue };
-                    let qos = state.sub_qos.unwrap_or(QoS::AtMostOnce);
-                    let mut publish = Publish::new(topics.command.clone(), qos, text.into_bytes());
-                    if qos != QoS::AtMostOnce {
-                        publish.pkid = state.take_pkid();
-                    }
-                    if let Err(e) = writer.send(&Packet::Publish(publish)).await {
+                    if let Err(e) = self.send_command(text).await {
                         break End::Frame(e);
                     }
                 }
             }
         };
+        self.end(end).await;
+    }
 
+    /// Publishes a command on the device's command topic, with the QoS of its subscription.
+    async fn send_command(&mut self, text: String) -> Result<(), FrameError> {
+        let qos = self.sub_qos.unwrap_or(QoS::AtMostOnce);
+        let mut publish = Publish::new(self.topics.command.clone(), qos, text.into_bytes());
+        if qos != QoS::AtMostOnce {
+            publish.pkid = self.take_pkid();
+        }
+        self.writer.send(&Packet::Publish(publish)).await
+    }
+
+    /// Ends the connection: stops the dispatcher (after the replies already received),
+    /// closes the stream, records the device offline (unless a newer connection took over)
+    /// and leaves the hub.
+    async fn end(self, end: End) {
+        let Self {
+            shared,
+            mut writer,
+            imei,
+            session_id,
+            kill,
+            replies,
+            dispatcher,
+            ..
+        } = self;
         // Close the reply channel first: the dispatcher handles what is still in it, then
         // stops.
-        drop(reply_tx);
+        drop(replies);
         kill.cancel();
         let _ = dispatcher.await;
         writer.shutdown().await;
@@ -226,7 +348,11 @@ where
             }
             _ => info!(reason = end.label(), "modem disconnected"),
         }
-        match shared.store.mark_offline(&imei, &session_id, OffsetDateTime::now_utc()).await {
+        match shared
+            .store
+            .mark_offline(&imei, &session_id, OffsetDateTime::now_utc())
+            .await
+        {
             Ok(true) => {
                 shared.events.publish(
                     Some(&imei),
@@ -243,17 +369,7 @@ where
         // so the disconnection above is always recorded.
         shared.hub.unregister(&imei, &session_id);
     }
-    .instrument(span)
-    .await;
-}
 
-struct LoopState {
-    next_pkid: u16,
-    sub_qos: Option<QoS>,
-    pending_qos2: std::collections::HashSet<u16>,
-}
-
-impl LoopState {
     fn take_pkid(&mut self) -> u16 {
         let id = self.next_pkid;
         self.next_pkid = if self.next_pkid == u16::MAX {
@@ -262,6 +378,185 @@ impl LoopState {
             self.next_pkid + 1
         };
         id
+    }
+
+    /// Handles one packet from the modem; `Some` when it ends the connection.
+    async fn handle_packet(&mut self, packet: Packet) -> Result<Option<End>, FrameError> {
+        match packet {
+            Packet::PingReq => self.writer.send(&Packet::PingResp).await?,
+            Packet::Disconnect => return Ok(Some(End::ClientDisconnect)),
+            Packet::Connect(_) => {
+                warn!("second CONNECT on one connection");
+                return Ok(Some(End::Violation("second_connect")));
+            }
+            Packet::Subscribe(sub) => self.on_subscribe(sub).await?,
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await?,
+            Packet::Publish(p) => return self.on_publish(p).await,
+            Packet::PubRel(rel) => {
+                self.pending_qos2.remove(&rel.pkid);
+                self.writer
+                    .send(&Packet::PubComp(PubComp::new(rel.pkid)))
+                    .await?;
+            }
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {
+                // Acknowledgements of our command publishes; nothing to do (clean connections).
+                if let Packet::PubRec(rec) = packet {
+                    self.writer
+                        .send(&Packet::PubRel(PubRel::new(rec.pkid)))
+                        .await?;
+                }
+            }
+            other => {
+                warn!(
+                    packet = packet_kind(&other),
+                    "unexpected packet from a client"
+                );
+                return Ok(Some(End::Violation("unexpected_packet")));
+            }
+        }
+        Ok(None)
+    }
+
+    /// SUBSCRIBE: only the device's command topic is granted (QoS 0, or 1 for 1 and 2);
+    /// any other filter is refused and audited.
+    async fn on_subscribe(&mut self, sub: Subscribe) -> Result<(), FrameError> {
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        for f in &sub.filters {
+            if f.path == self.topics.command {
+                let qos = match f.qos {
+                    QoS::AtMostOnce => QoS::AtMostOnce,
+                    _ => QoS::AtLeastOnce,
+                };
+                self.sub_qos = Some(qos);
+                codes.push(SubscribeReasonCode::Success(qos));
+            } else {
+                warn!(filter = %f.path, allowed = %self.topics.command, "subscription refused by ACL");
+                self.audit_violation(
+                    "mqtt.subscribe.denied",
+                    serde_json::json!({"filter": f.path, "allowed": self.topics.command}),
+                )
+                .await;
+                codes.push(SubscribeReasonCode::Failure);
+            }
+        }
+        self.writer
+            .send(&Packet::SubAck(SubAck::new(sub.pkid, codes)))
+            .await?;
+        if let Some(q) = self.sub_qos {
+            self.subscribed.send_replace(Some(q));
+        }
+        Ok(())
+    }
+
+    /// UNSUBSCRIBE: leaving the command topic stops the dispatcher's sending.
+    async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), FrameError> {
+        if u.topics.contains(&self.topics.command) {
+            self.sub_qos = None;
+            self.subscribed.send_replace(None);
+        }
+        self.writer
+            .send(&Packet::UnsubAck(UnsubAck::new(u.pkid)))
+            .await
+    }
+
+    /// PUBLISH: only on the device's reply and status topics (anything else is audited and
+    /// ends the connection); acknowledged per its QoS, a QoS 2 retransmission taken once.
+    async fn on_publish(&mut self, p: Publish) -> Result<Option<End>, FrameError> {
+        let allowed = p.topic == self.topics.reply || p.topic == self.topics.status;
+        if !allowed {
+            warn!(topic = %p.topic, "publish refused by ACL; disconnecting");
+            self.audit_violation(
+                "mqtt.publish.denied",
+                serde_json::json!({"topic": p.topic, "allowed": [self.topics.reply, self.topics.status]}),
+            )
+            .await;
+            return Ok(Some(End::Violation("acl_publish")));
+        }
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                self.writer
+                    .send(&Packet::PubAck(PubAck::new(p.pkid)))
+                    .await?
+            }
+            QoS::ExactlyOnce => {
+                self.writer
+                    .send(&Packet::PubRec(PubRec::new(p.pkid)))
+                    .await?;
+                if !self.pending_qos2.insert(p.pkid) {
+                    // A retransmission of a QoS 2 message already taken: not again.
+                    return Ok(None);
+                }
+            }
+        }
+        self.deliver(&p).await;
+        Ok(None)
+    }
+
+    /// Hands an accepted publish on: a reply to the dispatcher, a status to the store.
+    async fn deliver(&self, p: &Publish) {
+        // The reply topic wins if a device has the same topic for both.
+        if p.topic == self.topics.reply {
+            let text = String::from_utf8_lossy(&p.payload).into_owned();
+            metrics::counter!("callhome_mqtt_replies_total").increment(1);
+            if self.replies.try_send(text).is_err() {
+                metrics::counter!("callhome_mqtt_replies_dropped_total").increment(1);
+                warn!("reply dropped: the dispatcher is not keeping up");
+            }
+            return;
+        }
+        self.store_status(p).await;
+    }
+
+    /// Stores a status message and publishes it.
+    async fn store_status(&self, p: &Publish) {
+        let (shared, imei) = (&self.shared, &self.imei);
+        let now = OffsetDateTime::now_utc();
+        let parsed = crate::status::parse(&p.payload);
+        metrics::counter!("callhome_status_messages_total").increment(1);
+        match shared
+            .store
+            .append_status(&NewStatus {
+                imei: imei.clone(),
+                received_at: now,
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                parsed: parsed.as_ref().map(|v| v.to_string()),
+            })
+            .await
+        {
+            Ok(rec) => {
+                shared.events.publish(
+                    Some(&imei),
+                    EventPayload::StatusReceived(StatusReceived {
+                        id: rec.id,
+                        fields: parsed,
+                    }),
+                );
+            }
+            Err(e) => warn!(error = %e, "could not store status"),
+        }
+    }
+
+    /// Counts and audits a topic ACL violation by the device.
+    async fn audit_violation(&self, action: &str, detail: serde_json::Value) {
+        metrics::counter!("callhome_mqtt_acl_violations_total", "action" => action.to_owned())
+            .increment(1);
+        let entry = NewAuditEntry {
+            at: OffsetDateTime::now_utc(),
+            actor: self.imei.to_string(),
+            actor_kind: ActorKind::Device,
+            action: action.to_owned(),
+            target: Some(self.imei.to_string()),
+            outcome: AuditOutcome::Failure,
+            status: None,
+            detail: Some(detail.to_string()),
+            remote_addr: None,
+            request_id: None,
+        };
+        if let Err(e) = self.shared.store.append_audit(&entry).await {
+            warn!(error = %e, "could not write audit row");
+        }
     }
 }
 
@@ -285,179 +580,6 @@ fn packet_kind(p: &Packet) -> &'static str {
         Packet::PingReq => "PINGREQ",
         Packet::PingResp => "PINGRESP",
         Packet::Disconnect => "DISCONNECT",
-    }
-}
-
-async fn audit_violation(shared: &Shared, imei: &Imei, action: &str, detail: serde_json::Value) {
-    metrics::counter!("callhome_mqtt_acl_violations_total", "action" => action.to_owned())
-        .increment(1);
-    let entry = NewAuditEntry {
-        at: OffsetDateTime::now_utc(),
-        actor: imei.to_string(),
-        actor_kind: ActorKind::Device,
-        action: action.to_owned(),
-        target: Some(imei.to_string()),
-        outcome: AuditOutcome::Failure,
-        status: None,
-        detail: Some(detail.to_string()),
-        remote_addr: None,
-        request_id: None,
-    };
-    if let Err(e) = shared.store.append_audit(&entry).await {
-        warn!(error = %e, "could not write audit row");
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn handle_packet<W: AsyncWrite + Unpin>(
-    shared: &Shared,
-    imei: &Imei,
-    topics: &Topics,
-    state: &mut LoopState,
-    writer: &mut PacketWriter<W>,
-    reply_tx: &mpsc::Sender<String>,
-    subscribed: &watch::Sender<Option<QoS>>,
-    packet: Packet,
-) -> Result<Option<End>, FrameError> {
-    match packet {
-        Packet::PingReq => writer.send(&Packet::PingResp).await?,
-        Packet::Disconnect => return Ok(Some(End::ClientDisconnect)),
-        Packet::Connect(_) => {
-            warn!("second CONNECT on one connection");
-            return Ok(Some(End::Violation("second_connect")));
-        }
-        Packet::Subscribe(sub) => {
-            let mut codes = Vec::with_capacity(sub.filters.len());
-            for f in &sub.filters {
-                if f.path == topics.command {
-                    let qos = match f.qos {
-                        QoS::AtMostOnce => QoS::AtMostOnce,
-                        _ => QoS::AtLeastOnce,
-                    };
-                    state.sub_qos = Some(qos);
-                    codes.push(SubscribeReasonCode::Success(qos));
-                } else {
-                    warn!(filter = %f.path, allowed = %topics.command, "subscription refused by ACL");
-                    audit_violation(
-                        shared,
-                        imei,
-                        "mqtt.subscribe.denied",
-                        serde_json::json!({"filter": f.path, "allowed": topics.command}),
-                    )
-                    .await;
-                    codes.push(SubscribeReasonCode::Failure);
-                }
-            }
-            writer
-                .send(&Packet::SubAck(SubAck::new(sub.pkid, codes)))
-                .await?;
-            if let Some(q) = state.sub_qos {
-                subscribed.send_replace(Some(q));
-            }
-        }
-        Packet::Unsubscribe(u) => {
-            if u.topics.contains(&topics.command) {
-                state.sub_qos = None;
-                subscribed.send_replace(None);
-            }
-            writer
-                .send(&Packet::UnsubAck(UnsubAck::new(u.pkid)))
-                .await?;
-        }
-        Packet::Publish(p) => {
-            let allowed = p.topic == topics.reply || p.topic == topics.status;
-            if !allowed {
-                warn!(topic = %p.topic, "publish refused by ACL; disconnecting");
-                audit_violation(
-                    shared,
-                    imei,
-                    "mqtt.publish.denied",
-                    serde_json::json!({"topic": p.topic, "allowed": [topics.reply, topics.status]}),
-                )
-                .await;
-                return Ok(Some(End::Violation("acl_publish")));
-            }
-            match p.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => writer.send(&Packet::PubAck(PubAck::new(p.pkid))).await?,
-                QoS::ExactlyOnce => {
-                    writer.send(&Packet::PubRec(PubRec::new(p.pkid))).await?;
-                    if !state.pending_qos2.insert(p.pkid) {
-                        // A retransmission of a QoS 2 message already taken: not again.
-                        return Ok(None);
-                    }
-                }
-            }
-            deliver(shared, imei, topics, reply_tx, &p).await;
-        }
-        Packet::PubRel(rel) => {
-            state.pending_qos2.remove(&rel.pkid);
-            writer
-                .send(&Packet::PubComp(PubComp::new(rel.pkid)))
-                .await?;
-        }
-        Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {
-            // Acknowledgements of our command publishes; nothing to do (clean connections).
-            if let Packet::PubRec(rec) = packet {
-                writer
-                    .send(&Packet::PubRel(rumqttc::mqttbytes::v4::PubRel::new(
-                        rec.pkid,
-                    )))
-                    .await?;
-            }
-        }
-        other => {
-            warn!(
-                packet = packet_kind(&other),
-                "unexpected packet from a client"
-            );
-            return Ok(Some(End::Violation("unexpected_packet")));
-        }
-    }
-    Ok(None)
-}
-
-async fn deliver(
-    shared: &Shared,
-    imei: &Imei,
-    topics: &Topics,
-    reply_tx: &mpsc::Sender<String>,
-    p: &Publish,
-) {
-    // The reply topic wins if a device has the same topic for both.
-    if p.topic == topics.reply {
-        let text = String::from_utf8_lossy(&p.payload).into_owned();
-        metrics::counter!("callhome_mqtt_replies_total").increment(1);
-        if reply_tx.try_send(text).is_err() {
-            metrics::counter!("callhome_mqtt_replies_dropped_total").increment(1);
-            warn!("reply dropped: the dispatcher is not keeping up");
-        }
-        return;
-    }
-    let now = OffsetDateTime::now_utc();
-    let parsed = crate::status::parse(&p.payload);
-    metrics::counter!("callhome_status_messages_total").increment(1);
-    match shared
-        .store
-        .append_status(&NewStatus {
-            imei: imei.clone(),
-            received_at: now,
-            topic: p.topic.clone(),
-            payload: p.payload.to_vec(),
-            parsed: parsed.as_ref().map(|v| v.to_string()),
-        })
-        .await
-    {
-        Ok(rec) => {
-            shared.events.publish(
-                Some(imei),
-                EventPayload::StatusReceived(StatusReceived {
-                    id: rec.id,
-                    fields: parsed,
-                }),
-            );
-        }
-        Err(e) => warn!(error = %e, "could not store status"),
     }
 }
 
