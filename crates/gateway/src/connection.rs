@@ -527,7 +527,7 @@ where
         {
             Ok(rec) => {
                 shared.events.publish(
-                    Some(&imei),
+                    Some(imei),
                     EventPayload::StatusReceived(StatusReceived {
                         id: rec.id,
                         fields: parsed,
