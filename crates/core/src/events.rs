@@ -116,10 +116,6 @@ payloads! {
     "job.device.succeeded" => JobDeviceSucceeded(JobDeviceFinished),
     /// A device's execution of a job failed.
     "job.device.failed" => JobDeviceFailed(JobDeviceFinished),
-    /// A device's execution never started: the job was cancelled or aborted.
-    "job.device.cancelled" => JobDeviceCancelled(JobDeviceFinished),
-    /// A device's execution never started: the job expired first.
-    "job.device.expired" => JobDeviceExpired(JobDeviceFinished),
 }
 
 impl EventPayload {
@@ -147,16 +143,18 @@ impl EventPayload {
         }
     }
 
-    /// The event of a device's execution ending in `state`; `None` for a state that is not
-    /// final.
+    /// The event of a device's execution ending in `state` (`succeeded` or `failed`); `None`
+    /// for any other state: devices that never started end together with their job
+    /// (`cancelled`, `expired`), which has an event of its own.
     pub fn job_device_finished(state: ExecState, data: JobDeviceFinished) -> Option<Self> {
-        Some(match state {
-            ExecState::Succeeded => Self::JobDeviceSucceeded(data),
-            ExecState::Failed => Self::JobDeviceFailed(data),
-            ExecState::Cancelled => Self::JobDeviceCancelled(data),
-            ExecState::Expired => Self::JobDeviceExpired(data),
-            ExecState::Pending | ExecState::InProgress => return None,
-        })
+        match state {
+            ExecState::Succeeded => Some(Self::JobDeviceSucceeded(data)),
+            ExecState::Failed => Some(Self::JobDeviceFailed(data)),
+            ExecState::Pending
+            | ExecState::InProgress
+            | ExecState::Cancelled
+            | ExecState::Expired => None,
+        }
     }
 
     /// The command this event is about (`command.*`), so a waiter on one command is woken
@@ -347,7 +345,7 @@ pub struct JobDeviceStarted {
     pub attempt: i64,
 }
 
-/// `job.device.succeeded|failed|cancelled|expired`.
+/// `job.device.succeeded|failed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobDeviceFinished {
     /// The job.
@@ -434,11 +432,8 @@ mod tests {
                 error: None,
             };
             match EventPayload::job_device_finished(s, d) {
-                Some(p) => {
-                    assert!(s.is_final());
-                    assert_eq!(p.kind(), format!("job.device.{}", s.as_str()));
-                }
-                None => assert!(!s.is_final()),
+                Some(p) => assert_eq!(p.kind(), format!("job.device.{}", s.as_str())),
+                None => assert!(!matches!(s, ExecState::Succeeded | ExecState::Failed)),
             }
         }
     }
