@@ -2,7 +2,8 @@
 //! integration tests start the very server `callhome serve` runs, in-process, on port 0.
 //!
 //! Owns: settings resolution ([`config`]), process wiring and first-start initialisation
-//! ([`server`]), command-line parsing ([`cli`]) and the subcommands ([`commands`]).
+//! ([`server`]), the long-lived tasks and their one shutdown (`supervisor`), command-line
+//! parsing ([`cli`]) and the subcommands ([`commands`]).
 //!
 //! Must not know: protocol details (the gateway, tunnel and API crates own those). This is
 //! the only crate that uses `anyhow`.
@@ -11,3 +12,4 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod server;
+mod supervisor;

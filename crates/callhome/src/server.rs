@@ -17,10 +17,10 @@ use callhome_tunnel::{Tunnel, TunnelConfig};
 use rand::RngCore as _;
 use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::supervisor::Supervisor;
 
 /// File in the data directory holding the generated admin password (0600).
 pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
@@ -58,29 +58,28 @@ pub struct RunningServer {
     pub admin: AdminBootstrap,
     /// SHA-256 fingerprint of the CA certificate.
     pub ca_fingerprint: String,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// The shutdown token and every long-lived task.
+    tasks: Supervisor,
 }
 
 impl RunningServer {
     /// Token that stops the server when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.tasks.token().clone()
     }
 
     /// Stops the server and waits for every listener to finish.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
+        self.tasks.token().cancel();
         self.wait().await
     }
 
-    /// Waits until the server stops (after the shutdown token is cancelled).
+    /// Waits until the server stops: after the shutdown token is cancelled, or after the
+    /// first long-lived task failed (then that task's error is returned).
     pub async fn wait(self) -> anyhow::Result<()> {
-        for t in self.tasks {
-            t.await.context("server task panicked")??;
-        }
+        let stopped = self.tasks.wait().await;
         self.store.close().await;
-        Ok(())
+        stopped
     }
 }
 
@@ -117,6 +116,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let admin = bootstrap_admin(&store, settings, &data_dir).await?;
 
     let shutdown = CancellationToken::new();
+    let tasks = Supervisor::new(shutdown.clone());
     let events = Arc::new(EventBus::new());
     let gateway = Gateway::new(
         settings.gateway.clone(),
@@ -132,7 +132,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("binding the modem gateway to {}", settings.mqtt))?;
     let mqtt_addr = mqtt.local_addr()?;
     let gw = gateway.clone();
-    let mqtt_task = tokio::spawn(async move { gw.run(mqtt).await.context("modem gateway") });
+    tasks.spawn("modem gateway", async move { Ok(gw.run(mqtt).await?) });
     tracing::info!(%mqtt_addr, "modem gateway (MQTT over mutual TLS) listening");
     let tunnel_listener = TcpListener::bind(settings.tunnel)
         .await
@@ -162,12 +162,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         shutdown.clone(),
     );
     let tn = tunnel.clone();
-    let tunnel_task = tokio::spawn(async move { tn.run(tunnel_listener).await.context("tunnel") });
+    tasks.spawn("tunnel", async move { Ok(tn.run(tunnel_listener).await?) });
     tracing::info!(%tunnel_addr, "meter-reading tunnel listening");
-    let crl_task = certs.spawn_refresh(std::time::Duration::from_secs(24 * 3600), shutdown.clone());
-    let crl_task = tokio::spawn(async move {
-        crl_task.await.context("CRL refresher")?;
-        anyhow::Ok(())
+    let refresher = certs
+        .clone()
+        .refresh_periodically(std::time::Duration::from_secs(24 * 3600), shutdown.clone());
+    tasks.spawn("CRL refresher", async move {
+        refresher.await;
+        Ok(())
     });
 
     let config = callhome_fleet::ConfigService::new(
@@ -188,23 +190,20 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     if taken > 0 {
         tracing::info!(jobs = taken, "unfinished jobs resumed");
     }
-    let drift_task = match settings.drift.clone() {
-        Some(d) => {
-            let cfg = config.clone();
-            let token = shutdown.clone();
-            tokio::spawn(async move {
-                callhome_fleet::drift::run(cfg, d, token).await;
-                anyhow::Ok(())
-            })
-        }
-        None => tokio::spawn(async { anyhow::Ok(()) }),
-    };
+    if let Some(d) = settings.drift.clone() {
+        let cfg = config.clone();
+        let token = shutdown.clone();
+        tasks.spawn("drift checker", async move {
+            callhome_fleet::drift::run(cfg, d, token).await;
+            Ok(())
+        });
+    }
     let engine = jobs.clone();
     let token = shutdown.clone();
-    let jobs_task = tokio::spawn(async move {
+    tasks.spawn("job engine", async move {
         token.cancelled().await;
         engine.stopped().await;
-        anyhow::Ok(())
+        Ok(())
     });
 
     let state = AppState {
@@ -226,13 +225,13 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let app = callhome_api::app(state);
     let token = shutdown.clone();
     let drain = token.clone();
-    let http_task = tokio::spawn(async move {
+    tasks.spawn("HTTP API server", async move {
         let server = callhome_api::serve(http, app, async move { token.cancelled().await });
         tokio::pin!(server);
         // Graceful: in-flight requests finish; but a client that never lets go does not
         // hold the process for more than a few seconds after shutdown begins.
         tokio::select! {
-            r = &mut server => r.context("HTTP API server"),
+            r = &mut server => Ok(r?),
             () = async { drain.cancelled().await; tokio::time::sleep(std::time::Duration::from_secs(10)).await } => {
                 tracing::warn!("HTTP connections still open 10 s after shutdown; closing them");
                 Ok(())
@@ -250,15 +249,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         store,
         admin,
         ca_fingerprint,
-        shutdown,
-        tasks: vec![
-            http_task,
-            mqtt_task,
-            tunnel_task,
-            crl_task,
-            drift_task,
-            jobs_task,
-        ],
+        tasks,
     })
 }
 

@@ -28,13 +28,7 @@ use crate::hub::{ConnectionEntry, Outbound};
 use crate::topics::Topics;
 
 /// What the TLS layer established about the peer.
-#[derive(Debug, Clone)]
-pub(crate) struct PeerIdentity {
-    /// Certificate CN, if a client certificate was presented.
-    pub cert_cn: Option<String>,
-    /// Certificate serial (uppercase hex), if any.
-    pub cert_serial: Option<String>,
-}
+pub(crate) use callhome_net::PeerIdentity;
 
 /// Why a connection ended, for logs and metrics.
 #[derive(Debug)]

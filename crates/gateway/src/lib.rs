@@ -12,10 +12,11 @@
 //! Must not know: HTTP, SQL (it calls `callhome-store` traits), certificate cryptography
 //! (`callhome-ca` builds the rustls configs).
 //!
-//! Modules: [`codec`] (MQTT framing with `rumqttc::mqttbytes::v4`), `server` (accept loop,
-//! handshakes, CRL watch), `connection` (one connection), [`dispatch`] (command correlation),
-//! `sweeper` (expiry, orphaned commands, last-seen flush, status retention), `hub` (live
-//! connections), [`status`] (payload parsing), [`topics`].
+//! Modules: [`codec`] (MQTT framing with `rumqttc::mqttbytes::v4`), `server` (TLS config, CRL
+//! watch, the connection handler of the shared `callhome-net` listener), `connection` (one
+//! connection), [`dispatch`] (command correlation), `sweeper` (expiry, orphaned commands,
+//! last-seen flush, status retention), `hub` (live connections), [`status`] (payload parsing),
+//! [`topics`].
 
 pub mod codec;
 mod connection;
@@ -34,11 +35,13 @@ use std::time::Duration;
 use callhome_ca::tls::SharedServerConfig;
 use callhome_ca::{CaError, ServerIdentity};
 use callhome_core::{AtCommand, Imei, ValidationError};
+use callhome_net::TlsListener;
 use callhome_pki::CertificateService;
 use callhome_store::{CommandRecord, NewCommand, Store, StoreError};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use events::{Event, EventBus};
@@ -187,7 +190,7 @@ impl Gateway {
 
     /// Serves modems on `listener` until shutdown: marks this node's leftover connections
     /// offline, then runs the accept loop, the CRL watch and the sweeper.
-    pub async fn run(&self, listener: TcpListener) -> Result<(), GatewayError> {
+    pub async fn run(&self, tcp: TcpListener) -> Result<(), GatewayError> {
         let now = OffsetDateTime::now_utc();
         let prefix = format!("{}-", self.shared.cfg.node_id);
         let stale = self.shared.store.mark_node_offline(&prefix, now).await?;
@@ -197,17 +200,32 @@ impl Gateway {
                 "devices left online by the previous run marked offline"
             );
         }
-        let crl = tokio::spawn(server::watch_crl(self.shared.clone(), self.tls.clone()));
-        let sweeper = tokio::spawn(sweeper::run(self.shared.clone()));
-        server::accept_loop(self.shared.clone(), listener, self.tls.clone()).await;
+        let background = TaskTracker::new();
+        background.spawn(server::watch_crl(self.shared.clone(), self.tls.clone()));
+        background.spawn(sweeper::run(self.shared.clone()));
+        background.close();
+        let listener =
+            TlsListener::new(server::listener_config(&self.shared.cfg), self.tls.clone());
+        let connections = listener.tracker();
+        let handler = server::Modems {
+            shared: self.shared.clone(),
+        };
+        listener
+            .run(tcp, self.shared.shutdown.clone(), handler)
+            .await;
         self.shared.hub.kill_all();
         // Give connections a moment to record their disconnection.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.shared.hub.len() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        connections.close();
+        if tokio::time::timeout(Duration::from_secs(5), connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = connections.len(),
+                "modem connections still running 5 s after shutdown; not waiting for them"
+            );
         }
-        let _ = crl.await;
-        let _ = sweeper.await;
+        background.wait().await;
         Ok(())
     }
 

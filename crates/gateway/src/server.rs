@@ -1,19 +1,19 @@
-//! The modem listener: accept, then each connection's TLS handshake and connection in a task of
-//! its own, under a timeout and a cap, so a stalled or hostile peer delays nobody else.
+//! The modem listener's TLS side: the rustls configuration (rebuilt when the CRL changes) and
+//! the [`Handler`] the shared listener (`callhome-net`) runs each connection with, which also
+//! counts refusals in the `callhome_mqtt_*` metrics.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use callhome_ca::tls::{ClientAuth, SharedServerConfig};
+use callhome_net::{Handler, Refusal, TlsListenerConfig, TlsStream};
 use time::OffsetDateTime;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
-use tracing::{debug, error, info, warn};
+use tokio::net::TcpStream;
+use tracing::{debug, error, warn};
 
 use crate::connection::{self, PeerIdentity};
-use crate::{GatewayError, Shared};
+use crate::{GatewayConfig, GatewayError, Shared};
 
 /// Builds the rustls config from the current CRL.
 pub(crate) fn build_tls(shared: &Shared) -> Result<Arc<rustls::ServerConfig>, GatewayError> {
@@ -60,85 +60,47 @@ pub(crate) async fn watch_crl(shared: Arc<Shared>, tls: Arc<SharedServerConfig>)
     }
 }
 
-/// Accepts connections until shutdown.
-pub(crate) async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    tls: Arc<SharedServerConfig>,
-) {
-    let connections = Arc::new(Semaphore::new(shared.cfg.max_connections));
-    let handshakes = Arc::new(Semaphore::new(shared.cfg.max_handshakes));
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(5);
-                a
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off, never spin.
-                warn!(error = %e, "accept failed; retrying");
-                metrics::counter!("callhome_mqtt_accept_errors_total").increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let Ok(conn_permit) = connections.clone().try_acquire_owned() else {
-            metrics::counter!("callhome_mqtt_rejected_total", "reason" => "max_connections")
-                .increment(1);
-            debug!(%peer, "connection limit reached; closing");
-            drop(tcp);
-            continue;
-        };
-        let Ok(hs_permit) = handshakes.clone().try_acquire_owned() else {
-            metrics::counter!("callhome_mqtt_rejected_total", "reason" => "max_handshakes")
-                .increment(1);
-            debug!(%peer, "too many handshakes in progress; closing");
-            drop(tcp);
-            continue;
-        };
-        let shared = shared.clone();
-        let acceptor = TlsAcceptor::from(tls.load());
-        tokio::spawn(async move {
-            let _conn_permit = conn_permit;
-            let _ = tcp.set_nodelay(true);
-            let stream = match handshake(&shared, acceptor, tcp).await {
-                Some(s) => s,
-                None => return,
-            };
-            drop(hs_permit);
-            let identity = peer_identity(&stream);
-            connection::run(shared, stream, peer, identity).await;
-        });
-    }
-    info!("modem listener stopped accepting");
+/// What the modem listener does with a connection: runs it as an MQTT connection.
+#[derive(Clone)]
+pub(crate) struct Modems {
+    /// The gateway's shared state.
+    pub(crate) shared: Arc<Shared>,
 }
 
-async fn handshake(
-    shared: &Shared,
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    match tokio::time::timeout(shared.cfg.handshake_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Some(s),
-        Ok(Err(e)) => {
-            let reason = tls_failure_label(&e);
-            metrics::counter!("callhome_mqtt_handshake_failures_total", "reason" => reason)
-                .increment(1);
-            debug!(error = %e, reason, "TLS handshake failed");
-            None
+impl Handler for Modems {
+    async fn handle(&self, stream: TlsStream<TcpStream>, peer: PeerIdentity) {
+        connection::run(self.shared.clone(), stream, peer.addr, peer).await;
+    }
+
+    fn refused(&self, _peer: Option<SocketAddr>, why: &Refusal<'_>) {
+        match why {
+            Refusal::AcceptFailed(_) => {
+                metrics::counter!("callhome_mqtt_accept_errors_total").increment(1);
+            }
+            Refusal::MaxConnections | Refusal::MaxHandshakes => {
+                metrics::counter!("callhome_mqtt_rejected_total", "reason" => why.label())
+                    .increment(1);
+            }
+            Refusal::HandshakeFailed(e) => {
+                let reason = tls_failure_label(e);
+                metrics::counter!("callhome_mqtt_handshake_failures_total", "reason" => reason)
+                    .increment(1);
+            }
+            Refusal::HandshakeTimeout => {
+                metrics::counter!("callhome_mqtt_handshake_failures_total", "reason" => "timeout")
+                    .increment(1);
+            }
         }
-        Err(_) => {
-            metrics::counter!("callhome_mqtt_handshake_failures_total", "reason" => "timeout")
-                .increment(1);
-            debug!("TLS handshake timed out");
-            None
-        }
+    }
+}
+
+/// The modem listener's settings.
+pub(crate) fn listener_config(cfg: &GatewayConfig) -> TlsListenerConfig {
+    TlsListenerConfig {
+        name: "mqtt",
+        handshake_timeout: cfg.handshake_timeout,
+        max_connections: cfg.max_connections,
+        max_handshakes: cfg.max_handshakes,
     }
 }
 
@@ -157,20 +119,5 @@ fn tls_failure_label(e: &std::io::Error) -> &'static str {
         "not_tls"
     } else {
         "other"
-    }
-}
-
-fn peer_identity(stream: &tokio_rustls::server::TlsStream<TcpStream>) -> PeerIdentity {
-    let (_, conn) = stream.get_ref();
-    let leaf = conn.peer_certificates().and_then(|c| c.first());
-    match leaf.map(|der| callhome_ca::inspect_certificate_der(der.as_ref())) {
-        Some(Ok(info)) => PeerIdentity {
-            cert_cn: info.common_name,
-            cert_serial: Some(info.serial),
-        },
-        _ => PeerIdentity {
-            cert_cn: None,
-            cert_serial: None,
-        },
     }
 }

@@ -175,26 +175,23 @@ impl CertificateService {
 
     /// Rebuilds the CRL every `every` until `shutdown` is cancelled, so it never goes stale
     /// even when nothing is revoked (and picks up revocations made by other nodes).
-    pub fn spawn_refresh(
-        self: &Arc<Self>,
+    pub async fn refresh_periodically(
+        self: Arc<Self>,
         every: std::time::Duration,
         shutdown: tokio_util::sync::CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = this.refresh_crl().await {
-                            tracing::error!(error = %e, "CRL refresh failed");
-                        }
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.refresh_crl().await {
+                        tracing::error!(error = %e, "CRL refresh failed");
                     }
                 }
             }
-        })
+        }
     }
 }
 

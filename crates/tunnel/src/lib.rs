@@ -27,6 +27,7 @@ use callhome_core::events::{
 };
 use callhome_core::{CloseReason, Imei, SessionMode, ValidationError};
 use callhome_gateway::{CommandRequest, EventBus, Gateway, GatewayError};
+use callhome_net::TlsListener;
 use callhome_pki::CertificateService;
 use callhome_store::{
     CommandState, NewSession, SessionRecord, SessionState, SessionUpdate, Store, StoreError,
@@ -62,6 +63,8 @@ pub struct TunnelConfig {
     pub id_timeout: Duration,
     /// Most modem connections at once.
     pub max_connections: usize,
+    /// Most TLS handshakes in progress at once.
+    pub max_handshakes: usize,
     /// Reply timeout of the TEMPORALCLIENT command.
     pub command_timeout: Duration,
 }
@@ -74,6 +77,7 @@ impl Default for TunnelConfig {
             handshake_timeout: Duration::from_secs(10),
             id_timeout: Duration::from_secs(5),
             max_connections: 10_000,
+            max_handshakes: 1024,
             command_timeout: Duration::from_secs(30),
         }
     }
@@ -246,7 +250,7 @@ impl Tunnel {
 
     /// Serves modems on `listener` until shutdown. Sessions left open by a previous run are
     /// closed first (`server_shutdown`); at shutdown the open ones are closed the same way.
-    pub async fn run(&self, listener: TcpListener) -> Result<(), TunnelError> {
+    pub async fn run(&self, tcp: TcpListener) -> Result<(), TunnelError> {
         let n = self
             .inner
             .store
@@ -269,7 +273,17 @@ impl Tunnel {
             tls.clone(),
             self.inner.shutdown.clone(),
         );
-        listener::accept_loop(self.clone(), listener, tls).await;
+        let tls_listener = TlsListener::new(listener::listener_config(&self.inner.cfg), tls);
+        let connections = tls_listener.tracker();
+        let handler = listener::Modems {
+            tunnel: self.clone(),
+        };
+        tls_listener
+            .run(tcp, self.inner.shutdown.clone(), handler)
+            .await;
+        // Modems between their handshake and their ID finish joining (or are refused) first.
+        connections.close();
+        connections.wait().await;
         let open: Vec<Uuid> = self.slots().keys().copied().collect();
         for id in open {
             self.close(id, CloseReason::ServerShutdown, None).await;

@@ -1,17 +1,16 @@
-//! The modem side of the rendezvous: accept, TLS handshake with a client certificate (in the
-//! connection's own task, under a timeout), then the `MTX_IDClient` preamble, then pairing.
+//! The modem side of the rendezvous: the shared TLS listener (`callhome-net`: accept, caps, TLS
+//! handshake with a client certificate in the connection's own task, under a timeout) runs
+//! [`Modems`], which checks the `MTX_IDClient` preamble, then pairs.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 
-use callhome_ca::tls::SharedServerConfig;
 use callhome_core::{ActorKind, AuditOutcome, CloseReason, Imei};
+use callhome_net::{Handler, PeerIdentity, Refusal, TlsListenerConfig, TlsStream};
 use callhome_store::NewAuditEntry;
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt as _;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
 
 use crate::Tunnel;
 
@@ -34,127 +33,108 @@ async fn audit(tunnel: &Tunnel, imei: &str, action: &str, addr: &str, detail: se
     }
 }
 
-pub(crate) async fn accept_loop(
-    tunnel: Tunnel,
-    listener: TcpListener,
-    tls: Arc<SharedServerConfig>,
-) {
-    let cfg = tunnel.inner().cfg.clone();
-    let shutdown = tunnel.inner().shutdown.clone();
-    let permits = Arc::new(Semaphore::new(cfg.max_connections));
-    let mut backoff = std::time::Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => {
-                backoff = std::time::Duration::from_millis(5);
-                a
-            }
-            Err(e) => {
-                warn!(error = %e, "tunnel accept failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("callhome_tunnel_refused_total", "reason" => "max_connections")
-                .increment(1);
-            continue;
-        };
-        let acceptor = TlsAcceptor::from(tls.load());
-        let tunnel = tunnel.clone();
-        let cfg = cfg.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tcp.set_nodelay(true);
-            let addr = peer.to_string();
-            let mut stream = match tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(tcp))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    metrics::counter!("callhome_tunnel_refused_total", "reason" => "handshake")
-                        .increment(1);
-                    debug!(%addr, error = %e, "tunnel TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics::counter!("callhome_tunnel_refused_total", "reason" => "handshake_timeout").increment(1);
-                    return;
-                }
-            };
-            let cn = {
-                let (_, conn) = stream.get_ref();
-                conn.peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|der| callhome_ca::inspect_certificate_der(der.as_ref()).ok())
-                    .and_then(|i| i.common_name)
-            };
-            let Some(imei) = cn.as_deref().and_then(|cn| Imei::parse(cn).ok()) else {
-                audit(
-                    &tunnel,
-                    cn.as_deref().unwrap_or("unknown"),
-                    "tunnel.bad_certificate",
-                    &addr,
-                    serde_json::json!({}),
-                )
-                .await;
-                return;
-            };
-            let Some((session_id, expected)) = tunnel.pending_for(&imei) else {
-                warn!(%imei, %addr, "tunnel connection from a modem with no pending session; refused");
-                audit(
-                    &tunnel,
-                    imei.as_str(),
-                    "tunnel.no_pending_session",
-                    &addr,
-                    serde_json::json!({}),
-                )
-                .await;
-                return;
-            };
-            // Exactly as many bytes as the expected ID, quickly.
-            let mut got = vec![0u8; expected.len()];
-            let read = tokio::time::timeout(cfg.id_timeout, stream.read_exact(&mut got)).await;
-            let ok = matches!(read, Ok(Ok(_)))
-                && bool::from(subtle::ConstantTimeEq::ct_eq(
-                    got.as_slice(),
-                    expected.as_slice(),
-                ));
-            if !ok {
-                let shown = match read {
-                    Ok(Ok(_)) => String::from_utf8_lossy(&got).into_owned(),
-                    Ok(Err(_)) => "(connection closed before the ID)".to_owned(),
-                    Err(_) => "(no ID in time)".to_owned(),
-                };
-                warn!(%imei, %addr, received = %shown, "tunnel identity mismatch; refused");
-                audit(
-                    &tunnel,
-                    imei.as_str(),
-                    "tunnel.identity_mismatch",
-                    &addr,
-                    serde_json::json!({"session": session_id, "received": shown}),
-                )
-                .await;
-                tunnel
-                    .close(
-                        session_id,
-                        CloseReason::IdentityMismatch,
-                        Some(format!(
-                            "the modem sent {shown:?} instead of its MTX_IDClient"
-                        )),
-                    )
-                    .await;
-                return;
-            }
-            info!(%imei, %addr, session = %session_id, "modem connected to the tunnel");
-            tunnel
-                .attach_modem(session_id, Box::new(stream), addr)
-                .await;
-        });
+/// The tunnel listener's settings.
+pub(crate) fn listener_config(cfg: &crate::TunnelConfig) -> TlsListenerConfig {
+    TlsListenerConfig {
+        name: "tunnel",
+        handshake_timeout: cfg.handshake_timeout,
+        max_connections: cfg.max_connections,
+        max_handshakes: cfg.max_handshakes,
     }
+}
+
+/// What the tunnel listener does with a modem's connection.
+#[derive(Clone)]
+pub(crate) struct Modems {
+    /// The tunnel service.
+    pub(crate) tunnel: Tunnel,
+}
+
+impl Handler for Modems {
+    async fn handle(&self, stream: TlsStream<TcpStream>, peer: PeerIdentity) {
+        modem_connected(self.tunnel.clone(), stream, peer).await;
+    }
+
+    fn refused(&self, _peer: Option<SocketAddr>, why: &Refusal<'_>) {
+        match why {
+            // Not counted before the listener was shared; logged by the listener.
+            Refusal::AcceptFailed(_) => {}
+            Refusal::MaxConnections
+            | Refusal::MaxHandshakes
+            | Refusal::HandshakeFailed(_)
+            | Refusal::HandshakeTimeout => {
+                metrics::counter!("callhome_tunnel_refused_total", "reason" => why.label())
+                    .increment(1);
+            }
+        }
+    }
+}
+
+/// One modem after its TLS handshake: certificate CN -> IMEI, its pending session, the
+/// `MTX_IDClient` check, then the modem joins its session.
+async fn modem_connected(tunnel: Tunnel, mut stream: TlsStream<TcpStream>, peer: PeerIdentity) {
+    let cfg = tunnel.inner().cfg.clone();
+    let addr = peer.addr.to_string();
+    let cn = peer.cert_cn;
+    let Some(imei) = cn.as_deref().and_then(|cn| Imei::parse(cn).ok()) else {
+        audit(
+            &tunnel,
+            cn.as_deref().unwrap_or("unknown"),
+            "tunnel.bad_certificate",
+            &addr,
+            serde_json::json!({}),
+        )
+        .await;
+        return;
+    };
+    let Some((session_id, expected)) = tunnel.pending_for(&imei) else {
+        warn!(%imei, %addr, "tunnel connection from a modem with no pending session; refused");
+        audit(
+            &tunnel,
+            imei.as_str(),
+            "tunnel.no_pending_session",
+            &addr,
+            serde_json::json!({}),
+        )
+        .await;
+        return;
+    };
+    // Exactly as many bytes as the expected ID, quickly.
+    let mut got = vec![0u8; expected.len()];
+    let read = tokio::time::timeout(cfg.id_timeout, stream.read_exact(&mut got)).await;
+    let ok = matches!(read, Ok(Ok(_)))
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            got.as_slice(),
+            expected.as_slice(),
+        ));
+    if !ok {
+        let shown = match read {
+            Ok(Ok(_)) => String::from_utf8_lossy(&got).into_owned(),
+            Ok(Err(_)) => "(connection closed before the ID)".to_owned(),
+            Err(_) => "(no ID in time)".to_owned(),
+        };
+        warn!(%imei, %addr, received = %shown, "tunnel identity mismatch; refused");
+        audit(
+            &tunnel,
+            imei.as_str(),
+            "tunnel.identity_mismatch",
+            &addr,
+            serde_json::json!({"session": session_id, "received": shown}),
+        )
+        .await;
+        tunnel
+            .close(
+                session_id,
+                CloseReason::IdentityMismatch,
+                Some(format!(
+                    "the modem sent {shown:?} instead of its MTX_IDClient"
+                )),
+            )
+            .await;
+        return;
+    }
+    info!(%imei, %addr, session = %session_id, "modem connected to the tunnel");
+    tunnel
+        .attach_modem(session_id, Box::new(stream), addr)
+        .await;
 }

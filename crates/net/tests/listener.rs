@@ -1,0 +1,354 @@
+//! The TLS listener with real sockets on port 0, real rustls and certificates from our CA.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callhome_ca::tls::{ClientAuth, SharedServerConfig, client_config, server_config};
+use callhome_ca::{Authority, CaParams, IssuedCertificate, generate_key_and_csr};
+use callhome_net::{Handler, PeerIdentity, Refusal, TlsListener, TlsListenerConfig, TlsStream};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream as ClientTlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const IMEI: &str = "356938035643809";
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A CA, the server's TLS configuration, and one device's client configuration.
+struct Pki {
+    _tmp: tempfile::TempDir,
+    ca: Authority,
+    server: Arc<SharedServerConfig>,
+    device: IssuedCertificate,
+    device_client: Arc<ClientConfig>,
+}
+
+fn pki() -> Pki {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Authority::load_or_init(&tmp.path().join("ca"), &CaParams::default()).unwrap();
+    let identity = ca
+        .ensure_server_identity(&tmp.path().join("server"), &["localhost".to_owned()])
+        .unwrap();
+    let server = server_config(
+        &identity,
+        &[ca.ca_certificate_der().clone()],
+        Vec::new(),
+        ClientAuth::Required,
+    )
+    .unwrap();
+    let (key, csr) = generate_key_and_csr(IMEI).unwrap();
+    let device = ca.sign_csr(&csr, IMEI, None).unwrap();
+    let device_client = client_config(
+        ca.ca_certificate_pem(),
+        Some(&device.certificate_pem),
+        Some(&key),
+    )
+    .unwrap();
+    Pki {
+        _tmp: tmp,
+        ca,
+        server: Arc::new(SharedServerConfig::new(server)),
+        device,
+        device_client,
+    }
+}
+
+/// Reports each connection's identity and each refusal; echoes 5 bytes, then holds the
+/// connection until the client closes it.
+#[derive(Clone)]
+struct Echo {
+    peers: mpsc::UnboundedSender<PeerIdentity>,
+    refusals: mpsc::UnboundedSender<&'static str>,
+}
+
+impl Handler for Echo {
+    async fn handle(&self, mut stream: TlsStream<TcpStream>, peer: PeerIdentity) {
+        let _ = self.peers.send(peer);
+        let mut buf = [0u8; 5];
+        if stream.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        if stream.write_all(&buf).await.is_err() {
+            return;
+        }
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    }
+
+    fn refused(&self, _peer: Option<SocketAddr>, why: &Refusal<'_>) {
+        let _ = self.refusals.send(why.label());
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    task: JoinHandle<()>,
+    peers: mpsc::UnboundedReceiver<PeerIdentity>,
+    refusals: mpsc::UnboundedReceiver<&'static str>,
+}
+
+async fn start(pki: &Pki, cfg: TlsListenerConfig) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (peers_tx, peers) = mpsc::unbounded_channel();
+    let (refusals_tx, refusals) = mpsc::unbounded_channel();
+    let handler = Echo {
+        peers: peers_tx,
+        refusals: refusals_tx,
+    };
+    let tls = TlsListener::new(cfg, pki.server.clone());
+    let tracker = tls.tracker();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(tls.run(listener, shutdown.clone(), handler));
+    Running {
+        addr,
+        shutdown,
+        tracker,
+        task,
+        peers,
+        refusals,
+    }
+}
+
+fn cfg() -> TlsListenerConfig {
+    TlsListenerConfig {
+        name: "test",
+        handshake_timeout: LIMIT,
+        max_connections: 100,
+        max_handshakes: 100,
+    }
+}
+
+async fn connect_tls(
+    addr: SocketAddr,
+    client: Arc<ClientConfig>,
+) -> std::io::Result<ClientTlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    TlsConnector::from(client).connect(name, tcp).await
+}
+
+/// Handshake, then one echo round trip.
+async fn echo(addr: SocketAddr, client: Arc<ClientConfig>) -> std::io::Result<()> {
+    let mut tls = connect_tls(addr, client).await?;
+    tls.write_all(b"hello").await?;
+    let mut buf = [0u8; 5];
+    tls.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"hello");
+    Ok(())
+}
+
+/// Waits until the server closes a raw TCP connection; returns how long that took.
+async fn closed_by_server(mut tcp: TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match timeout(LIMIT, tcp.read(&mut buf))
+            .await
+            .expect("server closed the connection in time")
+        {
+            Ok(0) | Err(_) => return started.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    timeout(LIMIT, rx.recv())
+        .await
+        .expect("reported in time")
+        .expect("channel open")
+}
+
+#[tokio::test]
+async fn reports_the_peer_certificate_cn_and_serial() {
+    let pki = pki();
+    let mut srv = start(&pki, cfg()).await;
+    let client = TcpStream::connect(srv.addr).await.unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = TlsConnector::from(pki.device_client.clone())
+        .connect(name, client)
+        .await
+        .unwrap();
+    tls.write_all(b"hello").await.unwrap();
+    let peer = next(&mut srv.peers).await;
+    assert_eq!(
+        peer,
+        PeerIdentity {
+            addr: client_addr,
+            cert_cn: Some(IMEI.to_owned()),
+            cert_serial: Some(pki.device.serial.clone()),
+        }
+    );
+    assert!(srv.refusals.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_silent_client_does_not_delay_another_clients_handshake() {
+    let pki = pki();
+    let mut srv = start(&pki, cfg()).await;
+    // Connects and sends nothing: its handshake waits in its own task.
+    let _silent = TcpStream::connect(srv.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    timeout(
+        Duration::from_secs(5),
+        echo(srv.addr, pki.device_client.clone()),
+    )
+    .await
+    .expect("the second client is served while the first one stalls")
+    .unwrap();
+    assert_eq!(next(&mut srv.peers).await.cert_cn.as_deref(), Some(IMEI));
+}
+
+#[tokio::test]
+async fn a_handshake_over_the_timeout_is_dropped() {
+    let pki = pki();
+    let mut srv = start(
+        &pki,
+        TlsListenerConfig {
+            handshake_timeout: Duration::from_millis(300),
+            ..cfg()
+        },
+    )
+    .await;
+    let silent = TcpStream::connect(srv.addr).await.unwrap();
+    let after = closed_by_server(silent).await;
+    assert!(
+        after >= Duration::from_millis(250),
+        "closed after {after:?}"
+    );
+    assert_eq!(next(&mut srv.refusals).await, "handshake_timeout");
+    assert!(srv.peers.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_failed_handshake_is_reported_and_never_handled() {
+    let pki = pki();
+    let mut srv = start(&pki, cfg()).await;
+    // No client certificate, where one is required.
+    let anonymous = client_config(pki.ca.ca_certificate_pem(), None, None).unwrap();
+    let _ = echo(srv.addr, anonymous).await;
+    assert_eq!(next(&mut srv.refusals).await, "handshake");
+    assert!(srv.peers.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn the_connection_cap_closes_the_extra_connection() {
+    let pki = pki();
+    let mut srv = start(
+        &pki,
+        TlsListenerConfig {
+            max_connections: 1,
+            ..cfg()
+        },
+    )
+    .await;
+    // The first connection is served and held open by the handler.
+    let mut first = connect_tls(srv.addr, pki.device_client.clone())
+        .await
+        .unwrap();
+    first.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    first.read_exact(&mut buf).await.unwrap();
+    // The second is closed without a handshake.
+    let second = TcpStream::connect(srv.addr).await.unwrap();
+    closed_by_server(second).await;
+    assert_eq!(next(&mut srv.refusals).await, "max_connections");
+    // The first one is untouched.
+    first.write_all(b"more").await.unwrap();
+    drop(first);
+    // Its permit comes back when its handler ends.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    timeout(LIMIT, echo(srv.addr, pki.device_client.clone()))
+        .await
+        .expect("served in time")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_handshake_cap_closes_the_extra_connection_and_frees_on_completion() {
+    let pki = pki();
+    let mut srv = start(
+        &pki,
+        TlsListenerConfig {
+            max_handshakes: 1,
+            ..cfg()
+        },
+    )
+    .await;
+    let silent = TcpStream::connect(srv.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let extra = TcpStream::connect(srv.addr).await.unwrap();
+    closed_by_server(extra).await;
+    assert_eq!(next(&mut srv.refusals).await, "max_handshakes");
+    // The silent peer gives up; its handshake permit is released.
+    drop(silent);
+    assert_eq!(next(&mut srv.refusals).await, "handshake");
+    // A completed handshake releases its permit even though the connection stays open.
+    let mut held = connect_tls(srv.addr, pki.device_client.clone())
+        .await
+        .unwrap();
+    held.write_all(b"hello").await.unwrap();
+    held.read_exact(&mut [0u8; 5]).await.unwrap();
+    timeout(LIMIT, echo(srv.addr, pki.device_client.clone()))
+        .await
+        .expect("served in time")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_the_tracker_waits_for_connections() {
+    let pki = pki();
+    let srv = start(&pki, cfg()).await;
+    let mut held = connect_tls(srv.addr, pki.device_client.clone())
+        .await
+        .unwrap();
+    held.write_all(b"hello").await.unwrap();
+    held.read_exact(&mut [0u8; 5]).await.unwrap();
+
+    srv.shutdown.cancel();
+    timeout(LIMIT, srv.task)
+        .await
+        .expect("the accept loop stops")
+        .unwrap();
+    // The listening socket is gone.
+    assert!(TcpStream::connect(srv.addr).await.is_err());
+
+    // The open connection is still tracked until its handler ends.
+    srv.tracker.close();
+    assert!(
+        timeout(Duration::from_millis(200), srv.tracker.wait())
+            .await
+            .is_err(),
+        "the tracker waits for the open connection"
+    );
+    drop(held);
+    timeout(LIMIT, srv.tracker.wait())
+        .await
+        .expect("the connection task ends once its peer has gone");
+}
+
+#[tokio::test]
+async fn shutdown_drops_handshakes_in_progress() {
+    let pki = pki();
+    let srv = start(&pki, cfg()).await;
+    let silent = TcpStream::connect(srv.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    srv.shutdown.cancel();
+    srv.tracker.close();
+    timeout(Duration::from_secs(2), srv.tracker.wait())
+        .await
+        .expect("a stalled handshake does not hold shutdown for its timeout");
+    closed_by_server(silent).await;
+}
