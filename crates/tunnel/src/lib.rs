@@ -38,6 +38,7 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -45,6 +46,9 @@ use crate::splice::{Counters, SpliceEnd};
 
 /// Prefix of one-time reader tokens.
 pub const SESSION_TOKEN_PREFIX: &str = "chs_";
+
+/// How long shutdown waits for sessions' tasks to record their end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A byte stream either end of a tunnel can be.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -195,6 +199,9 @@ pub(crate) struct Inner {
     dialect: Dialect,
     slots: Mutex<HashMap<Uuid, Slot>>,
     shutdown: CancellationToken,
+    /// Each session's own tasks (command follower, pairing timer, splice): shutdown waits
+    /// for them, so every session's end is recorded before the store closes.
+    tasks: TaskTracker,
 }
 
 /// Meter-reading sessions.
@@ -237,6 +244,7 @@ impl Tunnel {
                 dialect: Dialect::mtx(),
                 slots: Mutex::new(HashMap::new()),
                 shutdown,
+                tasks: TaskTracker::new(),
             }),
         }
     }
@@ -287,6 +295,18 @@ impl Tunnel {
         let open: Vec<Uuid> = self.slots().keys().copied().collect();
         for id in open {
             self.close(id, CloseReason::ServerShutdown, None).await;
+        }
+        // Splices record their end (with byte counts) as they stop; followers and timers
+        // stop on the token.
+        self.inner.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = self.inner.tasks.len(),
+                "session tasks still running at shutdown; their sessions are closed as server_shutdown"
+            );
         }
         // Direct sessions have no slot: close what is still open.
         let _ = self
@@ -421,9 +441,13 @@ impl Tunnel {
         let is_direct = matches!(req.mode, Mode::Direct { .. });
         let timeout_s = req.timeout_s;
         let imei = req.imei.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let wait = pairing + this.inner.cfg.command_timeout + Duration::from_secs(5);
-            let done = match this.inner.gateway.wait_final(cmd.id, wait).await {
+            let followed = tokio::select! {
+                () = this.inner.shutdown.cancelled() => return,
+                r = this.inner.gateway.wait_final(cmd.id, wait) => r,
+            };
+            let done = match followed {
                 Ok(c) => c,
                 Err(e) => {
                     this.close(id, CloseReason::CommandFailed, Some(e.to_string()))
@@ -475,7 +499,7 @@ impl Tunnel {
         });
         if matches!(req.mode, Mode::Rendezvous) {
             let this = self.clone();
-            tokio::spawn(async move {
+            self.inner.tasks.spawn(async move {
                 tokio::select! {
                     () = this.inner.shutdown.cancelled() => {}
                     () = tokio::time::sleep(pairing) => {
@@ -731,7 +755,7 @@ impl Tunnel {
         );
         metrics::gauge!("callhome_sessions_active").increment(1.0);
         let this = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let counters = Arc::new(Counters::default());
             let end = splice::splice(modem, reader, idle, cancel, preamble, counters.clone()).await;
             metrics::gauge!("callhome_sessions_active").decrement(1.0);
