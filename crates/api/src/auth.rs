@@ -235,6 +235,32 @@ pub async fn authenticate(
     }
 }
 
+/// Checks that `p` is still usable (the user not disabled, the key not revoked or expired):
+/// a stream opened by a request that was authenticated just before a revocation is refused.
+pub async fn ensure_active(store: &Arc<dyn Store>, p: &Principal) -> Result<(), ApiError> {
+    match p.kind {
+        PrincipalKind::User => {
+            let user = store.get_user(p.id).await?;
+            if user.disabled {
+                return Err(ApiError::Unauthorized(format!(
+                    "user {} is disabled",
+                    user.username
+                )));
+            }
+            Ok(())
+        }
+        PrincipalKind::ApiKey => {
+            let key = store
+                .list_api_keys()
+                .await?
+                .into_iter()
+                .find(|k| k.id == p.id)
+                .ok_or_else(|| ApiError::Unauthorized("the API key no longer exists".to_owned()))?;
+            check_api_key_usable(&key)
+        }
+    }
+}
+
 fn api_key_principal(key: &callhome_store::ApiKey) -> Principal {
     Principal {
         id: key.id,

@@ -82,6 +82,9 @@ pub enum ApiError {
     /// The body has the wrong media type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A limit was reached (429): the detail names it.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// A dependency (the database) is not available (503).
     #[error("{0}")]
     Unavailable(String),
@@ -129,6 +132,11 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "Unsupported media type",
+            ),
+            ApiError::TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -238,6 +246,7 @@ impl From<callhome_gateway::GatewayError> for ApiError {
             G::Store(s) => s.into(),
             G::Ca(c) => c.into(),
             G::Io(io) => ApiError::Internal(io.to_string()),
+            e @ G::QueueFull { .. } => ApiError::TooManyRequests(e.to_string()),
         }
     }
 }
@@ -264,6 +273,7 @@ impl From<callhome_tunnel::TunnelError> for ApiError {
             T::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             T::Conflict(what) => ApiError::Conflict(what),
             T::Unauthorized(what) => ApiError::Unauthorized(what),
+            T::Forbidden(what) => ApiError::Forbidden(what),
             T::Validation(v) => ApiError::Validation(v),
             T::Store(s) => s.into(),
             T::Gateway(g) => g.into(),

@@ -20,6 +20,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod streams;
 mod time_format;
 
 use std::future::Future;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub jobs: callhome_fleet::JobEngine,
     /// Cancelled at shutdown: long-lived streams end so that the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Open streams by principal: disabling a user or revoking a key ends them.
+    pub streams: streams::PrincipalStreams,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document, Swagger UI at `/docs`.

@@ -32,6 +32,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "configuration", description = "Config.txt profiles, per-device overrides, effective configuration"),
         (name = "jobs", description = "Bulk jobs: one operation over many devices with rollout controls (rate, ramp-up, waves, abort rule), pause/resume/cancel, per-device results"),
         (name = "sessions", description = "Meter-reading sessions (TEMPORALCLIENT), direct or through the rendezvous"),
+        (name = "session-targets", description = "Where direct sessions may send modems: the allow-list of reading-platform endpoints (admin)"),
         (name = "audit", description = "Who changed what (admin)"),
         (name = "system", description = "Health, readiness, metrics"),
     )

@@ -807,6 +807,22 @@ async fn rendezvous_session(ctx: &Ctx, modem: &BenchModem, before: u64) -> Resul
 // ---------------------------------------------------------------------------------------
 // One direct session
 
+/// Allows `127.0.0.1:port` (the bench's reading platform) as a direct-session target.
+async fn allow_platform_target(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    port: u16,
+) -> anyhow::Result<reqwest::StatusCode> {
+    Ok(http
+        .post(format!("{base}/api/v1/session-targets"))
+        .bearer_auth(admin)
+        .json(&json!({"network": "127.0.0.1/32", "ports": port.to_string(), "note": "bench platform"}))
+        .send()
+        .await?
+        .status())
+}
+
 async fn direct_session(ctx: &Ctx, modem: &BenchModem, before: u64) -> Result<Sample, Failure> {
     let (tx, rx) = oneshot::channel();
     lock(&ctx.direct).insert(modem.imei.to_string(), tx);
@@ -1696,6 +1712,12 @@ async fn one_run(args: &BenchSessionsArgs, run: usize) -> anyhow::Result<RunResu
     let platform_cfg = platform_config(&data_dir, &ca)?;
     let platform = TcpListener::bind("127.0.0.1:0").await?;
     let platform_port = platform.local_addr()?.port();
+    // Direct sessions go only to listed targets; loopback only when listed explicitly.
+    let resp = allow_platform_target(&http, &base, &admin, platform_port).await?;
+    ensure!(
+        resp == reqwest::StatusCode::CREATED,
+        "allowing the bench platform as a session target: {resp}"
+    );
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
     let direct_waiters: Waiters<Accepted> = Arc::default();

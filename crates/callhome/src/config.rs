@@ -123,6 +123,19 @@ pub const BOUNDS: &[Bounds] = &[
         min: 5,
         max: 86_400,
     },
+    // Issue 16, items 1-2: direct-session targets, session ownership.
+    Bounds {
+        key: "mqtt.max_queued_commands",
+        default: 100,
+        min: 1,
+        max: 100_000,
+    },
+    Bounds {
+        key: "tunnel.max_session_timeout_s",
+        default: 600,
+        min: 1,
+        max: 86_400,
+    },
 ];
 
 /// The value of the numeric setting `key`: `value` if given and within its range (else an
@@ -216,6 +229,8 @@ pub struct MqttSection {
     pub status_retention_days: Option<u32>,
     /// Node id (distinct per node when several share a database).
     pub node_id: Option<String>,
+    /// Most queued commands per device; one more is refused with 429.
+    pub max_queued_commands: Option<usize>,
 }
 
 /// `[tunnel]`: the meter-reading rendezvous.
@@ -228,6 +243,8 @@ pub struct TunnelSection {
     pub public_port: Option<u16>,
     /// Deadline for the modem's ID bytes after the TLS handshake, seconds.
     pub id_timeout_s: Option<u64>,
+    /// Largest `timeout_s` a meter-reading session may ask for, seconds.
+    pub max_session_timeout_s: Option<u32>,
 }
 
 /// `[ca]`.
@@ -382,6 +399,8 @@ pub struct Settings {
     pub tunnel_public_port: Option<u16>,
     /// Deadline for a modem's ID bytes on the tunnel.
     pub tunnel_id_timeout: std::time::Duration,
+    /// Largest session `timeout_s`.
+    pub tunnel_max_session_timeout_s: u32,
     /// Modem gateway settings (its listen address is `mqtt`).
     pub gateway: callhome_gateway::GatewayConfig,
     /// CA parameters.
@@ -462,6 +481,10 @@ impl Settings {
             "mqtt.status_retention_days",
             file.mqtt.status_retention_days.map(u64::from),
         )?)?);
+        gateway.max_queued_commands = usize::try_from(bounded(
+            "mqtt.max_queued_commands",
+            file.mqtt.max_queued_commands.map(|v| v as u64),
+        )?)?;
         if let Some(v) = o.node_id.clone().or(file.mqtt.node_id) {
             if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 bail!("node id {v:?} must be letters, digits or '_'");
@@ -489,6 +512,10 @@ impl Settings {
             ..Default::default()
         };
         let tunnel_id_timeout = seconds("tunnel.id_timeout_s", file.tunnel.id_timeout_s)?;
+        let tunnel_max_session_timeout_s = u32::try_from(bounded(
+            "tunnel.max_session_timeout_s",
+            file.tunnel.max_session_timeout_s.map(u64::from),
+        )?)?;
         let admin_password = std::env::var("CALLHOME_ADMIN_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty())
@@ -513,6 +540,7 @@ impl Settings {
             gateway,
             tunnel_public_port: file.tunnel.public_port,
             tunnel_id_timeout,
+            tunnel_max_session_timeout_s,
             ca,
             token_ttl: time::Duration::seconds(i64::try_from(token_ttl_s)?),
             admin_password,
@@ -627,6 +655,14 @@ mod tests {
                 "mqtt.status_retention_days",
             ),
             ("[tunnel]\nid_timeout_s = 61\n", "tunnel.id_timeout_s"),
+            (
+                "[tunnel]\nmax_session_timeout_s = 86401\n",
+                "tunnel.max_session_timeout_s",
+            ),
+            (
+                "[mqtt]\nmax_queued_commands = 0\n",
+                "mqtt.max_queued_commands",
+            ),
             (
                 "[fleet]\ndrift_check_concurrency = 1000\n",
                 "fleet.drift_check_concurrency",

@@ -153,6 +153,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
             public_host,
             public_port: settings.tunnel_public_port.unwrap_or(tunnel_addr.port()),
             id_timeout: settings.tunnel_id_timeout,
+            max_timeout_s: settings.tunnel_max_session_timeout_s,
             ..TunnelConfig::default()
         },
         store.clone(),
@@ -216,6 +217,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         config,
         jobs,
         shutdown: shutdown.clone(),
+        streams: callhome_api::streams::PrincipalStreams::default(),
     };
 
     let http = TcpListener::bind(settings.http)

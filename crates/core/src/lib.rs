@@ -22,6 +22,8 @@
 //!   sessions and the audit log (states, modes, close reasons, actor kinds), declared with
 //!   [`wire_enum!`] ([`wire`]) so each stored or JSON name is spelt once.
 //! - [`events`]: the typed platform events published on the event bus and streamed as SSE.
+//! - [`targets`]: the allow-list of direct-session targets (networks, ports, principals) and
+//!   the reserved address classes refused unless listed explicitly.
 //! - [`dialect`]: the modem command dialect: building MTX-Tunnel commands from templates,
 //!   parsing them as a modem does, and reading modem replies (final result codes).
 
@@ -39,6 +41,7 @@ pub mod jobs;
 pub mod password;
 pub mod secrets;
 pub mod session;
+pub mod targets;
 
 pub use at::AtCommand;
 pub use audit::{ActorKind, AuditOutcome};

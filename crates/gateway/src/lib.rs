@@ -70,6 +70,8 @@ pub struct GatewayConfig {
     pub late_reply_grace: Duration,
     /// How long status messages are kept.
     pub status_retention: time::Duration,
+    /// Most `queued` commands per device; one more is refused ([`GatewayError::QueueFull`]).
+    pub max_queued_commands: usize,
 }
 
 impl Default for GatewayConfig {
@@ -85,6 +87,7 @@ impl Default for GatewayConfig {
             allow_password_auth: false,
             late_reply_grace: Duration::from_secs(5),
             status_retention: time::Duration::days(30),
+            max_queued_commands: 100,
         }
     }
 }
@@ -110,6 +113,17 @@ pub enum GatewayError {
     /// The listener failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The device's command queue is at its cap.
+    #[error(
+        "device {imei} already has {limit} queued commands, the limit (setting mqtt.max_queued_commands); \
+         wait for them to be delivered or cancel some"
+    )]
+    QueueFull {
+        /// Device.
+        imei: Imei,
+        /// The cap.
+        limit: usize,
+    },
 }
 
 impl From<StoreError> for GatewayError {
@@ -131,7 +145,13 @@ pub(crate) struct Shared {
     events: Arc<EventBus>,
     hub: hub::Hub,
     shutdown: CancellationToken,
+    /// Enqueues of one device are serialised (striped by IMEI) so that the queue cap holds
+    /// on this node.
+    enqueue_locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of [`Shared::enqueue_locks`].
+const ENQUEUE_STRIPES: usize = 64;
 
 /// A command to queue for a device.
 #[derive(Debug, Clone)]
@@ -183,6 +203,9 @@ impl Gateway {
             events,
             hub: hub::Hub::default(),
             shutdown,
+            enqueue_locks: (0..ENQUEUE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         let tls = Arc::new(SharedServerConfig::new(server::build_tls(&shared)?));
         Ok(Self { shared, tls })
@@ -257,7 +280,9 @@ impl Gateway {
         self.shared.hub.len()
     }
 
-    /// Queues a command for a registered device and wakes its dispatcher.
+    /// Queues a command for a registered device and wakes its dispatcher. A device with
+    /// `max_queued_commands` commands queued already gets [`GatewayError::QueueFull`] (exact on
+    /// one node; nodes sharing a database may each add one at the same moment).
     pub async fn enqueue(&self, req: CommandRequest) -> Result<CommandRecord, GatewayError> {
         let device = self.shared.store.get_device(&req.imei).await?;
         if device.disabled {
@@ -265,6 +290,23 @@ impl Gateway {
                 "device {} is disabled",
                 req.imei
             )));
+        }
+        let stripe = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            req.imei.as_str().hash(&mut h);
+            usize::try_from(h.finish() % ENQUEUE_STRIPES as u64).unwrap_or(0)
+        };
+        let _serial = self.shared.enqueue_locks[stripe].lock().await;
+        let limit = self.shared.cfg.max_queued_commands;
+        let queued = self.shared.store.count_queued_commands(&req.imei).await?;
+        if usize::try_from(queued).unwrap_or(usize::MAX) >= limit {
+            metrics::counter!("callhome_commands_refused_total", "reason" => "queue_full")
+                .increment(1);
+            return Err(GatewayError::QueueFull {
+                imei: req.imei.clone(),
+                limit,
+            });
         }
         let to_ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let rec = self

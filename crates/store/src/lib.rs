@@ -192,6 +192,8 @@ pub trait Commands: Send + Sync {
     async fn sent_commands(&self) -> Result<Vec<CommandRecord>>;
     /// Devices with at least one queued command.
     async fn devices_with_queued_commands(&self) -> Result<Vec<Imei>>;
+    /// How many commands of a device are `queued` (the per-device queue cap).
+    async fn count_queued_commands(&self, imei: &Imei) -> Result<i64>;
 }
 
 /// Meter-reading sessions.
@@ -223,6 +225,17 @@ pub trait Sessions: Send + Sync {
         reason: callhome_core::CloseReason,
         at: OffsetDateTime,
     ) -> Result<u64>;
+}
+
+/// The allow-list of direct-session targets (managed by admins).
+#[async_trait]
+pub trait SessionTargets: Send + Sync {
+    /// Adds an entry.
+    async fn create_session_target(&self, t: &NewSessionTarget) -> Result<SessionTarget>;
+    /// Every entry, oldest first.
+    async fn list_session_targets(&self) -> Result<Vec<SessionTarget>>;
+    /// Removes an entry; [`StoreError::NotFound`] if there is none with that id.
+    async fn delete_session_target(&self, id: Uuid) -> Result<SessionTarget>;
 }
 
 /// Fleet configuration: profiles and per-device configuration state.
@@ -356,6 +369,7 @@ pub trait Store:
     + StatusLog
     + Commands
     + Sessions
+    + SessionTargets
     + Configuration
     + Jobs
     + Send

@@ -476,6 +476,10 @@ pub struct SessionRecord {
     pub command_id: Option<Uuid>,
     /// Who asked.
     pub created_by: String,
+    /// Id of the user or API key that asked (`None` for sessions from before ownership).
+    pub created_by_id: Option<Uuid>,
+    /// The host name the caller gave, when it was resolved to the address in `host`.
+    pub requested_host: Option<String>,
     /// When asked.
     pub created_at: OffsetDateTime,
     /// When the modem connected (rendezvous).
@@ -516,6 +520,60 @@ pub struct NewSession {
     /// SHA-256 of the reader token.
     pub token_hash: Option<String>,
     /// Who.
+    pub created_by: String,
+    /// Id of the user or API key that asked.
+    pub created_by_id: Option<Uuid>,
+    /// The host name the caller gave, when it was resolved to `host`.
+    pub requested_host: Option<String>,
+}
+
+/// An entry of the direct-session allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTarget {
+    /// Id.
+    pub id: Uuid,
+    /// Addresses the entry allows.
+    pub network: callhome_core::targets::Cidr,
+    /// Ports it allows.
+    pub ports: callhome_core::targets::PortRange,
+    /// Only these users (by name); with `api_keys` empty too: anyone who may open sessions.
+    pub users: Vec<String>,
+    /// Only these API keys (by id).
+    pub api_keys: Vec<Uuid>,
+    /// What the entry is for.
+    pub note: Option<String>,
+    /// Who added it.
+    pub created_by: String,
+    /// When.
+    pub created_at: OffsetDateTime,
+}
+
+impl SessionTarget {
+    /// The entry as a rule to check requests against.
+    pub fn rule(&self) -> callhome_core::targets::TargetRule {
+        callhome_core::targets::TargetRule {
+            network: self.network,
+            ports: self.ports,
+            users: self.users.clone(),
+            api_keys: self.api_keys.clone(),
+        }
+    }
+}
+
+/// An allow-list entry to add.
+#[derive(Debug, Clone)]
+pub struct NewSessionTarget {
+    /// Addresses.
+    pub network: callhome_core::targets::Cidr,
+    /// Ports.
+    pub ports: callhome_core::targets::PortRange,
+    /// Only these users (by name).
+    pub users: Vec<String>,
+    /// Only these API keys (by id).
+    pub api_keys: Vec<Uuid>,
+    /// What it is for.
+    pub note: Option<String>,
+    /// Who adds it.
     pub created_by: String,
 }
 

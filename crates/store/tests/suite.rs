@@ -771,6 +771,8 @@ async fn session_states_only_move_forward() {
                 forward_id: false,
                 token_hash: None,
                 created_by: "t".into(),
+                created_by_id: None,
+                requested_host: None,
             })
             .await
             .unwrap();
@@ -1070,6 +1072,101 @@ async fn jobs_executions_and_conditional_moves() {
             s.get_job(Uuid::now_v7()).await,
             Err(StoreError::NotFound(_))
         ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn session_targets_ownership_and_queue_count() {
+    use callhome_core::targets::{Cidr, PortRange};
+    on_each_backend("session_targets", |s| async move {
+        assert!(s.list_session_targets().await.unwrap().is_empty());
+        let key = Uuid::now_v7();
+        let a = s
+            .create_session_target(&NewSessionTarget {
+                network: Cidr::parse("network", "10.20.0.0/16").unwrap(),
+                ports: PortRange::parse("ports", "2000-2010").unwrap(),
+                users: vec!["reading-centre".into()],
+                api_keys: vec![key],
+                note: Some("platform A".into()),
+                created_by: "admin".into(),
+            })
+            .await
+            .unwrap();
+        let b = s
+            .create_session_target(&NewSessionTarget {
+                network: Cidr::parse("network", "2001:db8::/32").unwrap(),
+                ports: PortRange::parse("ports", "502").unwrap(),
+                users: vec![],
+                api_keys: vec![],
+                note: None,
+                created_by: "admin".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(a.network.to_string(), "10.20.0.0/16");
+        assert_eq!((a.ports.first(), a.ports.last()), (2000, 2010));
+        assert_eq!(a.users, vec!["reading-centre".to_string()]);
+        assert_eq!(a.api_keys, vec![key]);
+        assert_eq!(
+            s.list_session_targets().await.unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        let rule = a.rule();
+        assert!(rule.network.contains("10.20.1.1".parse().unwrap()));
+        assert_eq!(s.delete_session_target(a.id).await.unwrap(), a);
+        assert!(matches!(
+            s.delete_session_target(a.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(s.list_session_targets().await.unwrap(), vec![b]);
+
+        // Sessions keep who opened them and the host name that was resolved.
+        let d = registered(&s, 85).await;
+        let owner = Uuid::now_v7();
+        let sess = s
+            .create_session(&NewSession {
+                imei: d.clone(),
+                mode: callhome_core::SessionMode::Direct,
+                host: "10.20.0.5".into(),
+                port: 2000,
+                timeout_s: 60,
+                pairing_timeout_s: 60,
+                forward_id: false,
+                token_hash: None,
+                created_by: "apikey:a".into(),
+                created_by_id: Some(owner),
+                requested_host: Some("platform.example".into()),
+            })
+            .await
+            .unwrap();
+        let got = s.get_session(sess.id).await.unwrap();
+        assert_eq!(got.created_by_id, Some(owner));
+        assert_eq!(got.requested_host.as_deref(), Some("platform.example"));
+
+        // The per-device queue count sees queued commands only.
+        let now = OffsetDateTime::now_utc();
+        let new = || NewCommand {
+            imei: d.clone(),
+            command: "AT".into(),
+            created_by: "ops".into(),
+            timeout_ms: 5000,
+            expires_at: now + Duration::hours(1),
+            max_attempts: 1,
+        };
+        assert_eq!(s.count_queued_commands(&d).await.unwrap(), 0);
+        let c1 = s.enqueue_command(&new()).await.unwrap();
+        s.enqueue_command(&new()).await.unwrap();
+        s.enqueue_command(&new()).await.unwrap();
+        assert_eq!(s.count_queued_commands(&d).await.unwrap(), 3);
+        s.cancel_command(c1.id, now).await.unwrap();
+        assert_eq!(s.count_queued_commands(&d).await.unwrap(), 2);
+        assert_eq!(
+            s.count_queued_commands(&registered(&s, 86).await)
+                .await
+                .unwrap(),
+            0
+        );
     })
     .await;
 }

@@ -15,6 +15,7 @@ mod listener;
 pub mod splice;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,8 @@ use callhome_core::dialect::Dialect;
 use callhome_core::events::{
     EventPayload, SessionActive, SessionClosed, SessionRef, SessionRequested,
 };
-use callhome_core::{CloseReason, Imei, SessionMode, ValidationError};
+use callhome_core::targets::{Requester, TargetRule, check as check_target};
+use callhome_core::{ActorKind, CloseReason, Imei, SessionMode, ValidationError};
 use callhome_gateway::{CommandRequest, EventBus, Gateway, GatewayError};
 use callhome_net::TlsListener;
 use callhome_pki::CertificateService;
@@ -71,6 +73,11 @@ pub struct TunnelConfig {
     pub max_handshakes: usize,
     /// Reply timeout of the TEMPORALCLIENT command.
     pub command_timeout: Duration,
+    /// Largest `timeout_s` a session may ask for (the modem keeps the socket open that long
+    /// without traffic).
+    pub max_timeout_s: u32,
+    /// Deadline for resolving a direct session's host name.
+    pub resolve_timeout: Duration,
 }
 
 impl Default for TunnelConfig {
@@ -83,6 +90,8 @@ impl Default for TunnelConfig {
             max_connections: 10_000,
             max_handshakes: 1024,
             command_timeout: Duration::from_secs(30),
+            max_timeout_s: 600,
+            resolve_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -99,6 +108,9 @@ pub enum TunnelError {
     /// The reader's credential is wrong or used.
     #[error("{0}")]
     Unauthorized(String),
+    /// Not allowed: a direct session to a target no allow-list entry opens for the caller.
+    #[error("{0}")]
+    Forbidden(String),
     /// Invalid input.
     #[error(transparent)]
     Validation(#[from] ValidationError),
@@ -162,7 +174,19 @@ pub struct OpenRequest {
     /// Rendezvous: pass the modem's ID bytes on to the reader.
     pub forward_id: bool,
     /// Who asked.
-    pub created_by: String,
+    pub by: Opener,
+}
+
+/// The principal that opens a session: the direct-session allow-list is checked for it, and
+/// the session is owned by it.
+#[derive(Debug, Clone)]
+pub struct Opener {
+    /// User or API key id.
+    pub id: Uuid,
+    /// `User` or `ApiKey`.
+    pub kind: ActorKind,
+    /// User name, or `apikey:<name>`.
+    pub name: String,
 }
 
 /// An opened session and, for rendezvous, the one-time reader token (shown once).
@@ -328,22 +352,39 @@ impl Tunnel {
                 req.imei
             )));
         }
+        // The target first: a refused target is refused whatever else is wrong with the
+        // request, and nothing is recorded or queued for it.
+        let (mode, host, port, requested_host) = match &req.mode {
+            Mode::Direct { host, port } => {
+                let (ip, requested) = self.allowed_target(host, *port, &req.by).await?;
+                (SessionMode::Direct, ip.to_string(), *port, requested)
+            }
+            Mode::Rendezvous => (
+                SessionMode::Rendezvous,
+                self.inner.cfg.public_host.clone(),
+                self.inner.cfg.public_port,
+                None,
+            ),
+        };
         if !(1..=86_400).contains(&req.timeout_s) {
             return Err(ValidationError::new("timeout_s", "must be between 1 and 86400").into());
+        }
+        let cap = self.inner.cfg.max_timeout_s;
+        if req.timeout_s > cap {
+            return Err(ValidationError::new(
+                "timeout_s",
+                format!(
+                    "must be at most {cap}, the server's cap (setting tunnel.max_session_timeout_s); got {}",
+                    req.timeout_s
+                ),
+            )
+            .into());
         }
         if !(5..=3600).contains(&req.pairing_timeout_s) {
             return Err(
                 ValidationError::new("pairing_timeout_s", "must be between 5 and 3600").into(),
             );
         }
-        let (mode, host, port) = match &req.mode {
-            Mode::Direct { host, port } => (SessionMode::Direct, host.clone(), *port),
-            Mode::Rendezvous => (
-                SessionMode::Rendezvous,
-                self.inner.cfg.public_host.clone(),
-                self.inner.cfg.public_port,
-            ),
-        };
         let command = self
             .inner
             .dialect
@@ -368,7 +409,9 @@ impl Tunnel {
                 pairing_timeout_s: i64::from(req.pairing_timeout_s),
                 forward_id: req.forward_id,
                 token_hash: token.as_deref().map(hash_token),
-                created_by: req.created_by.clone(),
+                created_by: req.by.name.clone(),
+                created_by_id: Some(req.by.id),
+                requested_host,
             })
             .await?;
         let id = session.id;
@@ -403,7 +446,7 @@ impl Tunnel {
                 timeout: self.inner.cfg.command_timeout,
                 expires_in: pairing,
                 max_attempts: 1,
-                created_by: req.created_by.clone(),
+                created_by: req.by.name.clone(),
             })
             .await
         {
@@ -414,7 +457,7 @@ impl Tunnel {
                 return Err(e.into());
             }
         };
-        let session = self
+        let session = match self
             .inner
             .store
             .update_session(
@@ -424,7 +467,15 @@ impl Tunnel {
                     ..Default::default()
                 },
             )
-            .await?;
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                // Closed in the meantime (DELETE): its command must not make the modem dial.
+                let _ = self.inner.gateway.cancel(cmd.id).await;
+                return Err(e.into());
+            }
+        };
         metrics::counter!("callhome_sessions_total", "mode" => mode.as_str()).increment(1);
         self.inner.events.publish(
             Some(&req.imei),
@@ -517,9 +568,97 @@ impl Tunnel {
         })
     }
 
-    /// Closes a session: ends its splice (if any) and records the reason. Closing a closed
-    /// session does nothing.
+    /// Resolves a direct session's host (a name is resolved now, and the address is what the
+    /// modem is sent, so a later DNS answer cannot move it) and checks it against the
+    /// session-target allow-list for `by`. Returns the address and, for a name, the name.
+    async fn allowed_target(
+        &self,
+        host: &str,
+        port: u16,
+        by: &Opener,
+    ) -> Result<(IpAddr, Option<String>), TunnelError> {
+        callhome_core::dialect::check_host(host)?;
+        let (addrs, requested) = match host.parse::<IpAddr>() {
+            Ok(ip) => (vec![ip.to_canonical()], None),
+            Err(_) => {
+                let wait = self.inner.cfg.resolve_timeout;
+                let found = tokio::time::timeout(wait, tokio::net::lookup_host((host, port)))
+                    .await
+                    .map_err(|_| {
+                        ValidationError::new(
+                            "host",
+                            format!("resolving {host} took longer than {} s", wait.as_secs_f32()),
+                        )
+                    })?
+                    .map_err(|e| {
+                        ValidationError::new("host", format!("{host} could not be resolved: {e}"))
+                    })?;
+                let mut ips: Vec<IpAddr> = found.map(|a| a.ip().to_canonical()).collect();
+                // Modems on a cellular APN are IPv4 first.
+                ips.sort_by_key(IpAddr::is_ipv6);
+                ips.dedup();
+                if ips.is_empty() {
+                    return Err(ValidationError::new(
+                        "host",
+                        format!("{host} resolved to no address"),
+                    )
+                    .into());
+                }
+                (ips, Some(host.to_owned()))
+            }
+        };
+        let rules: Vec<TargetRule> = self
+            .inner
+            .store
+            .list_session_targets()
+            .await?
+            .iter()
+            .map(callhome_store::SessionTarget::rule)
+            .collect();
+        let who = Requester {
+            kind: by.kind,
+            id: by.id,
+            name: &by.name,
+        };
+        let mut reasons = Vec::new();
+        for ip in addrs {
+            match check_target(&rules, &who, ip, port) {
+                Ok(()) => return Ok((ip, requested)),
+                Err(why) => reasons.push(why),
+            }
+        }
+        metrics::counter!("callhome_sessions_refused_total", "reason" => "target").increment(1);
+        warn!(%host, port, by = %by.name, "direct session refused by the session-target allow-list");
+        Err(TunnelError::Forbidden(format!(
+            "direct session to {host}:{port} refused: {}",
+            reasons.join("; ")
+        )))
+    }
+
+    /// Cancels the session's TEMPORALCLIENT if it is still queued, so that a closed session
+    /// never makes the modem dial.
+    async fn cancel_queued_command(&self, id: Uuid) {
+        let Ok(session) = self.inner.store.get_session(id).await else {
+            return;
+        };
+        let Some(cmd) = session.command_id else {
+            return;
+        };
+        match self.inner.gateway.cancel(cmd).await {
+            Ok(_) => {
+                info!(%id, command = %cmd, "queued TEMPORALCLIENT of the closed session cancelled")
+            }
+            Err(GatewayError::Conflict(_)) => {} // already sent or final
+            Err(e) => {
+                warn!(%id, command = %cmd, error = %e, "could not cancel the session's command")
+            }
+        }
+    }
+
+    /// Closes a session: cancels its TEMPORALCLIENT if still queued, ends its splice (if
+    /// any) and records the reason. Closing a closed session does nothing.
     pub async fn close(&self, id: Uuid, reason: CloseReason, error: Option<String>) {
+        self.cancel_queued_command(id).await;
         let splicing = {
             let mut slots = self.slots();
             match slots.get(&id) {
@@ -576,6 +715,19 @@ impl Tunnel {
             Err(StoreError::Conflict { .. }) => {} // already closed
             Err(e) => warn!(%id, error = %e, "could not record the session's end"),
         }
+    }
+
+    /// Whether `token` is the session's reader token (used or not): it lets its holder
+    /// close the session.
+    pub async fn token_matches(&self, id: Uuid, token: &str) -> Result<bool, TunnelError> {
+        let session = self.inner.store.get_session(id).await?;
+        let presented = hash_token(token);
+        Ok(session.token_hash.as_deref().is_some_and(|h| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                h.as_bytes(),
+                presented.as_bytes(),
+            ))
+        }))
     }
 
     /// Checks a one-time reader token for a session and marks it used.

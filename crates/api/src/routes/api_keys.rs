@@ -161,7 +161,8 @@ pub async fn create_api_key(
     ))
 }
 
-/// Revokes an API key; it stops working at once.
+/// Revokes an API key; it stops working at once, and its open streams (the SSE event
+/// stream, session WebSockets) end.
 #[utoipa::path(
     delete, path = "/api/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "API key id")),
@@ -178,11 +179,11 @@ pub async fn revoke_api_key(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<axum::Json<ApiKeyView>, ApiError> {
     p.require(Role::Admin)?;
-    Ok(axum::Json(
-        state
-            .store
-            .revoke_api_key(id, OffsetDateTime::now_utc())
-            .await?
-            .into(),
-    ))
+    let revoked = state
+        .store
+        .revoke_api_key(id, OffsetDateTime::now_utc())
+        .await?;
+    // Its open SSE and session streams end now.
+    state.streams.end_all(revoked.id);
+    Ok(axum::Json(revoked.into()))
 }

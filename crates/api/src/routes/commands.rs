@@ -162,6 +162,7 @@ fn range(field: &str, v: Option<u32>, default: u32, lo: u32, hi: u32) -> Result<
         (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Device disabled", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid command or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The device's command queue is full (the detail names the limit, setting mqtt.max_queued_commands)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_command(

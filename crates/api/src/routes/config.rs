@@ -559,6 +559,7 @@ async fn reported_view(
         (status = 200, description = "Read", body = ReportedView),
         (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The modem did not answer in time, or answered with an error", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The device's command queue is full (the detail names the limit)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn read_config(
     State(state): State<AppState>,

@@ -73,12 +73,16 @@ pub async fn stream(
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
+    let guard = state.streams.open(p.id);
+    crate::auth::ensure_active(&state.store, &p).await?;
     let mut rx = state.gateway.events().subscribe();
     let shutdown = state.shutdown.clone();
     let stream = async_stream(move |tx| async move {
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
+                // The user was disabled or the key revoked: the stream ends.
+                () = guard.cancelled() => return,
                 r = rx.recv() => r,
             };
             match received {

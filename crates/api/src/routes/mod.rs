@@ -10,6 +10,7 @@ pub mod devices;
 pub mod events;
 pub mod jobs;
 pub mod paging;
+pub mod session_targets;
 pub mod sessions;
 pub mod status;
 pub mod system;
@@ -75,6 +76,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::create_session, sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::delete_session))
         .routes(routes!(sessions::stream))
+        .routes(routes!(
+            session_targets::list_session_targets,
+            session_targets::create_session_target
+        ))
+        .routes(routes!(session_targets::delete_session_target))
         .routes(routes!(certificates::sign_csr))
         .routes(routes!(certificates::list_device_certificates))
         .routes(routes!(certificates::get_certificate))

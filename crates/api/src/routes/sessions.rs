@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use callhome_core::{CloseReason, SessionMode, SessionState};
 use callhome_core::{Role, ValidationError};
 use callhome_store::SessionRecord;
-use callhome_tunnel::{Mode, OpenRequest, SESSION_TOKEN_PREFIX};
+use callhome_tunnel::{Mode, OpenRequest, Opener, SESSION_TOKEN_PREFIX};
 use futures::{SinkExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::{MaybePrincipal, Principal};
-use crate::context::AuditTarget;
+use crate::context::{AuditActor, AuditTarget};
 use crate::error::{ApiError, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::devices::path_imei;
@@ -44,8 +44,11 @@ pub struct SessionView {
     pub close_reason: Option<CloseReason>,
     /// Detail of a failure.
     pub error: Option<String>,
-    /// Where the modem was told to connect.
+    /// Where the modem was told to connect (direct: the address a host name resolved to).
     pub host: String,
+    /// Direct sessions: the host name as given, when it was resolved to `host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_host: Option<String>,
     /// Port the modem was told to connect to.
     pub port: i64,
     /// Idle timeout, seconds.
@@ -88,6 +91,7 @@ impl From<SessionRecord> for SessionView {
             close_reason: s.close_reason,
             error: s.error,
             host: s.host,
+            requested_host: s.requested_host,
             port: s.port,
             timeout_s: s.timeout_s,
             pairing_timeout_s: s.pairing_timeout_s,
@@ -116,14 +120,18 @@ pub struct CreateSession {
     /// (which must require client certificates from Callhome's CA). `rendezvous`: the modem
     /// connects to Callhome and the reader joins through the stream endpoint.
     pub mode: String,
-    /// Direct mode: the reading platform's IPv4 address or host name.
+    /// Direct mode: the reading platform's IP address or host name. A name is resolved when
+    /// the session is opened and the modem is sent the address (never the name), so a later
+    /// DNS answer cannot redirect it. The address and port must be allowed by a session
+    /// target (`/api/v1/session-targets`) for the caller.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Direct mode: its TCP port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// Idle timeout in seconds (1-86400, default 120): the socket closes after this long
-    /// without traffic either way.
+    /// Idle timeout in seconds (default 120; at most the server's cap, setting
+    /// `tunnel.max_session_timeout_s`, default 600): the socket closes after this long without
+    /// traffic either way.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u32>,
     /// Rendezvous: seconds the modem and the reader have to meet (5-3600, default 60).
@@ -187,16 +195,22 @@ pub struct StreamQuery {
 
 /// Opens a meter-reading session: Callhome sends `AT^MTXTUNNEL=TEMPORALCLIENT,<host>,<port>,<timeout>`
 /// over the device's command channel and the session follows the command. One open session
-/// per device.
+/// per device. Direct sessions go only to targets an admin allowed
+/// (`/api/v1/session-targets`); loopback, link-local, multicast, unspecified and cloud
+/// metadata addresses only when an entry lists them explicitly. The session belongs to the
+/// caller: only it (or an operator or admin, or the holder of the one-time token) may attach
+/// to it or close it.
 #[utoipa::path(
     post, path = "/api/v1/devices/{imei}/sessions", tag = "sessions", security(("bearer" = [])),
     params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
     request_body = CreateSession,
     responses(
         (status = 201, description = "Requested", body = CreatedSession),
+        (status = 403, description = "The direct target is not allowed for the caller (the detail says why); nothing is queued", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Device not registered", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The device has an open session (its id is in the detail), or is disabled", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid mode, host, port or timeout", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid mode, host, port or timeout (a timeout over the cap names the cap), or a host name that does not resolve", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The device's command queue is full (the detail names the limit)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_session(
@@ -254,7 +268,11 @@ pub async fn create_session(
             timeout_s: req.timeout_s.unwrap_or(120),
             pairing_timeout_s: req.pairing_timeout_s.unwrap_or(60),
             forward_id: req.forward_id.unwrap_or(false),
-            created_by: p.name.clone(),
+            by: Opener {
+                id: p.id,
+                kind: p.kind.into(),
+                name: p.name.clone(),
+            },
         })
         .await?;
     let id = opened.session.id;
@@ -289,32 +307,102 @@ pub async fn get_session(
     Ok(axum::Json(state.store.get_session(id).await?.into()))
 }
 
-/// Closes a session (reason `cancelled`); an active splice ends at once.
+/// Whether `p` opened session `s` (sessions from before ownership was recorded: by name).
+fn opened_by(s: &SessionRecord, p: &Principal) -> bool {
+    match s.created_by_id {
+        Some(id) => id == p.id,
+        None => s.created_by == p.name,
+    }
+}
+
+/// The one-time token from `?token=` or `Authorization: Bearer chs_...`.
+fn session_token(query: Option<String>, headers: &HeaderMap) -> Option<String> {
+    let header_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .filter(|t| t.starts_with(SESSION_TOKEN_PREFIX))
+        .map(str::to_owned);
+    query.or(header_token)
+}
+
+fn not_yours(s: &SessionRecord) -> ApiError {
+    ApiError::Forbidden(format!(
+        "session {} was opened by {}; only it, an operator or an admin, or the holder of the session's one-time token may use it",
+        s.id, s.created_by
+    ))
+}
+
+/// Closes a session (reason `cancelled`); an active splice ends at once, and a
+/// TEMPORALCLIENT still queued is cancelled (the modem will not dial). Allowed to the
+/// principal that opened the session, to operators and admins, and with the session's
+/// one-time token (`?token=` or `Authorization: Bearer chs_...`, used or not).
 #[utoipa::path(
     delete, path = "/api/v1/sessions/{id}", tag = "sessions", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Session id")),
+    params(("id" = Uuid, Path, description = "Session id"), StreamQuery),
     responses(
         (status = 200, description = "Closed (or already closed)", body = SessionView),
+        (status = 401, description = "No credential, or a wrong session token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The session was opened by another reader", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_session(
     State(state): State<AppState>,
-    p: Principal,
+    MaybePrincipal(principal): MaybePrincipal,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<axum::Json<SessionView>, ApiError> {
-    p.require(Role::Reader)?;
-    state.store.get_session(id).await?;
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = state.store.get_session(id).await?;
+    let token = session_token(q.token, &headers);
+    let mut actor = None;
+    match (&principal, token) {
+        (Some(p), _) if opened_by(&session, p) || p.role.allows(Role::Operator) => {
+            p.require(Role::Reader)?;
+        }
+        (_, Some(t)) => {
+            if !state.tunnel.token_matches(id, &t).await? {
+                return Err(match &principal {
+                    Some(_) => not_yours(&session),
+                    None => ApiError::Unauthorized(
+                        "the session token is not valid for this session".to_owned(),
+                    ),
+                });
+            }
+            actor = Some(format!("session-token:{id}"));
+        }
+        (Some(_), None) => return Err(not_yours(&session)),
+        (None, None) => {
+            return Err(ApiError::Unauthorized(
+                "a bearer token, an API key or the session's one-time token is required".to_owned(),
+            ));
+        }
+    }
     state.tunnel.close(id, CloseReason::Cancelled, None).await;
     // An active splice records its end (with byte counts) as it stops.
+    let mut closed = state.store.get_session(id).await?;
     for _ in 0..50 {
-        let s = state.store.get_session(id).await?;
-        if s.state == callhome_store::SessionState::Closed {
-            return Ok(axum::Json(s.into()));
+        if closed.state == callhome_store::SessionState::Closed {
+            break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        closed = state.store.get_session(id).await?;
     }
-    Ok(axum::Json(state.store.get_session(id).await?.into()))
+    let target = AuditTarget(format!("{} session {id}", closed.imei));
+    let view = axum::Json(SessionView::from(closed));
+    Ok(match actor {
+        Some(a) => (
+            axum::extract::Extension(target),
+            axum::extract::Extension(AuditActor(a)),
+            view,
+        )
+            .into_response(),
+        None => (axum::extract::Extension(target), view).into_response(),
+    })
 }
 
 /// A device's sessions, newest first.
@@ -344,10 +432,11 @@ pub async fn list_sessions(
 }
 
 /// The reader's end of a rendezvous session, as a WebSocket: binary frames carry the
-/// meter's bytes both ways. Authenticate with a bearer access token or API key (reader role),
-/// or with the session's one-time token (`?token=` or `Authorization: Bearer chs_...`).
-/// Closing the WebSocket closes the session (`reader_closed`); the session ending closes the
-/// WebSocket.
+/// meter's bytes both ways. Authenticate with the session's one-time token (`?token=` or
+/// `Authorization: Bearer chs_...`), or as the principal that opened the session (bearer
+/// access token or API key); operators and admins may attach to any session, and that is
+/// audited. Closing the WebSocket closes the session (`reader_closed`); the session ending
+/// closes the WebSocket, and so does disabling the user or revoking the key it belongs to.
 #[utoipa::path(
     get, path = "/api/v1/sessions/{id}/stream", tag = "sessions",
     params(("id" = Uuid, Path, description = "Session id"), StreamQuery),
@@ -355,6 +444,8 @@ pub async fn list_sessions(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Not a WebSocket upgrade request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No, wrong or used token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The session was opened by another reader", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such session", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The session is not waiting for a reader", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -374,71 +465,143 @@ pub async fn stream(
             format!("expected a WebSocket upgrade: {}", e.body_text()),
         )
     })?;
-    let header_token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .filter(|t| t.starts_with(SESSION_TOKEN_PREFIX))
-        .map(str::to_owned);
-    match (principal, q.token.or(header_token)) {
-        (Some(p), _) => p.require(Role::Reader)?,
-        (None, Some(token)) => state.tunnel.consume_token(id, &token).await?,
+    let session = state.store.get_session(id).await?;
+    // Whose stream this is (ended when that user is disabled or that key revoked), and the
+    // operator or admin attaching to another principal's session (audited).
+    let (owner, privileged) = match (principal, session_token(q.token, &headers)) {
+        (Some(p), _) if opened_by(&session, &p) => {
+            p.require(Role::Reader)?;
+            (Some(p.id), None)
+        }
+        (Some(p), _) if p.role.allows(Role::Operator) => (Some(p.id), Some(p)),
+        (principal, Some(token)) => {
+            state.tunnel.consume_token(id, &token).await?;
+            (principal.map(|p| p.id).or(session.created_by_id), None)
+        }
+        (Some(_), None) => return Err(not_yours(&session)),
         (None, None) => {
             return Err(ApiError::Unauthorized(
                 "a bearer token, an API key or the session's one-time token is required".to_owned(),
             ));
         }
+    };
+    let guard = owner.map(|o| state.streams.open(o));
+    if let Some(p) = &privileged {
+        crate::auth::ensure_active(&state.store, p).await?;
     }
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let addr = remote.to_string();
-    state.tunnel.attach_reader(id, Box::new(ours), addr).await?;
+    state
+        .tunnel
+        .attach_reader(id, Box::new(ours), addr.clone())
+        .await?;
+    if let Some(p) = privileged {
+        audit_privileged_attach(&state, &p, &session, &headers, remote.ip().to_string()).await;
+    }
     Ok(ws
         .max_message_size(1 << 20)
-        .on_upgrade(move |socket| pump(socket, theirs))
+        .on_upgrade(move |socket| pump(socket, theirs, guard))
         .into_response())
 }
 
-/// Moves bytes between the WebSocket and the tunnel's end of the duplex pipe.
-async fn pump(socket: WebSocket, pipe: tokio::io::DuplexStream) {
+/// Writes the audit row of an operator or admin attaching to another principal's session
+/// (the middleware audits only state-changing methods).
+async fn audit_privileged_attach(
+    state: &AppState,
+    p: &Principal,
+    session: &SessionRecord,
+    headers: &HeaderMap,
+    remote: String,
+) {
+    let entry = callhome_store::NewAuditEntry {
+        at: time::OffsetDateTime::now_utc(),
+        actor: p.name.clone(),
+        actor_kind: p.kind.into(),
+        action: "GET /api/v1/sessions/{id}/stream".to_owned(),
+        target: Some(format!("{} session {}", session.imei, session.id)),
+        outcome: callhome_core::AuditOutcome::Success,
+        status: Some(101),
+        detail: Some(
+            serde_json::json!({
+                "attached_to_session_of": session.created_by,
+                "as_role": p.role.as_str(),
+            })
+            .to_string(),
+        ),
+        remote_addr: Some(remote),
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(64).collect()),
+    };
+    if let Err(e) = state.store.append_audit(&entry).await {
+        metrics::counter!("callhome_audit_write_failures_total").increment(1);
+        tracing::error!(error = %e, "could not write the audit row of a session attach");
+    }
+}
+
+/// Moves bytes between the WebSocket and the tunnel's end of the duplex pipe, until either
+/// ends or `guard` (the owner's credentials) is cancelled.
+async fn pump(
+    socket: WebSocket,
+    pipe: tokio::io::DuplexStream,
+    guard: Option<crate::streams::StreamGuard>,
+) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut rd, mut wr) = tokio::io::split(pipe);
-    let to_tunnel = async {
-        while let Some(msg) = ws_rx.next().await {
-            let data = match msg {
-                Ok(Message::Binary(b)) => b,
-                Ok(Message::Text(t)) => t.as_bytes().to_vec().into(),
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => continue,
-            };
-            if wr.write_all(&data).await.is_err() {
-                break;
+    let revoked = {
+        let to_tunnel = async {
+            while let Some(msg) = ws_rx.next().await {
+                let data = match msg {
+                    Ok(Message::Binary(b)) => b,
+                    Ok(Message::Text(t)) => t.as_bytes().to_vec().into(),
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => continue,
+                };
+                if wr.write_all(&data).await.is_err() {
+                    break;
+                }
             }
-        }
-        let _ = wr.shutdown().await;
-    };
-    let from_tunnel = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if ws_tx
-                        .send(Message::Binary(buf[..n].to_vec().into()))
-                        .await
-                        .is_err()
-                    {
-                        return;
+            let _ = wr.shutdown().await;
+        };
+        let from_tunnel = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if ws_tx
+                            .send(Message::Binary(buf[..n].to_vec().into()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
                 }
             }
+            let _ = ws_tx.send(Message::Close(None)).await;
+        };
+        let revoked = async {
+            match &guard {
+                Some(g) => g.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = to_tunnel => false,
+            () = from_tunnel => false,
+            () = revoked => true,
         }
-        let _ = ws_tx.send(Message::Close(None)).await;
     };
-    tokio::select! {
-        () = to_tunnel => {}
-        () = from_tunnel => {}
+    if revoked {
+        // The owner was disabled or its key revoked: say why, and close. Dropping the pipe
+        // ends the session (`reader_closed`).
+        let _ = ws_tx
+            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                code: 1008,
+                reason: "credentials disabled or revoked".into(),
+            })))
+            .await;
     }
 }

@@ -131,7 +131,8 @@ pub async fn create_user(
     ))
 }
 
-/// Changes a user's role, disables or enables it, or sets a new password.
+/// Changes a user's role, disables or enables it, or sets a new password. Disabling a user
+/// ends its open streams (the SSE event stream, session WebSockets) at once.
 #[utoipa::path(
     patch, path = "/api/v1/users/{username}", tag = "users", security(("bearer" = [])),
     params(("username" = String, Path, description = "Login name")),
@@ -176,5 +177,9 @@ pub async fn update_user(
             },
         )
         .await?;
+    if updated.disabled {
+        // Its open SSE and session streams end now, not when they next authenticate.
+        state.streams.end_all(updated.id);
+    }
     Ok(axum::Json(updated.into()))
 }

@@ -348,6 +348,16 @@ async fn direct_mode_sends_the_readers_address_and_follows_the_command() {
     .unwrap();
     let platform = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = platform.local_addr().unwrap().port();
+    // Loopback is a reserved address: the test platform must be listed explicitly.
+    let admin = app.admin_token().await;
+    let (status, t) = app
+        .post(
+            "/api/v1/session-targets",
+            &admin,
+            json!({"network": "127.0.0.1/32", "ports": port.to_string()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
     let (status, created) = open(
         &app,
         &reader,

@@ -451,4 +451,15 @@ impl Commands for SqlStore {
             .map(|s| parse_col("commands.imei", s, Imei::parse))
             .collect()
     }
+
+    async fn count_queued_commands(&self, imei: &Imei) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM commands WHERE imei = $1 AND state = 'queued'",
+            )
+            .bind(imei.as_str())
+            .fetch_one(&self.pool)
+            .await?,
+        )
+    }
 }

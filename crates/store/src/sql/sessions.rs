@@ -14,11 +14,14 @@ use crate::{Page, Result, StoreError};
 use super::Db;
 use super::common::*;
 
-use crate::{NewSession, SessionRecord, SessionState, SessionUpdate, Sessions};
+use crate::{
+    NewSession, NewSessionTarget, SessionRecord, SessionState, SessionTarget, SessionTargets,
+    SessionUpdate, Sessions,
+};
 
 macro_rules! session_cols {
     () => {
-        "id, imei, mode, state, close_reason, error, host, port, timeout_s, pairing_timeout_s, forward_id, token_hash, token_used, command_id, created_by, created_at, modem_connected_at, reader_connected_at, active_at, closed_at, modem_addr, reader_addr, bytes_from_modem, bytes_to_modem"
+        "id, imei, mode, state, close_reason, error, host, port, timeout_s, pairing_timeout_s, forward_id, token_hash, token_used, command_id, created_by, created_by_id, requested_host, created_at, modem_connected_at, reader_connected_at, active_at, closed_at, modem_addr, reader_addr, bytes_from_modem, bytes_to_modem"
     };
 }
 
@@ -62,6 +65,11 @@ pub(super) fn session_from_row(r: &DbRow) -> Result<SessionRecord> {
             .map(|c| parse_col("sessions.command_id", c, Uuid::from_str))
             .transpose()?,
         created_by: r.try_get("created_by")?,
+        created_by_id: r
+            .try_get::<Option<String>, _>("created_by_id")?
+            .map(|c| parse_col("sessions.created_by_id", &c, Uuid::from_str))
+            .transpose()?,
+        requested_host: r.try_get("requested_host")?,
         created_at: from_ms(r.try_get("created_at")?),
         modem_connected_at: opt_from_ms(r.try_get("modem_connected_at")?),
         reader_connected_at: opt_from_ms(r.try_get("reader_connected_at")?),
@@ -78,8 +86,8 @@ pub(super) fn session_from_row(r: &DbRow) -> Result<SessionRecord> {
 impl Sessions for SqlStore {
     async fn create_session(&self, s: &NewSession) -> Result<SessionRecord> {
         let inserted = sqlx::query(concat!(
-            "INSERT INTO sessions (id, imei, mode, state, host, port, timeout_s, pairing_timeout_s, forward_id, token_hash, token_used, created_by, created_at) \
-             VALUES ($1, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, FALSE, $10, $11) RETURNING ",
+            "INSERT INTO sessions (id, imei, mode, state, host, port, timeout_s, pairing_timeout_s, forward_id, token_hash, token_used, created_by, created_at, created_by_id, requested_host) \
+             VALUES ($1, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, FALSE, $10, $11, $12, $13) RETURNING ",
             session_cols!()
         ))
         .bind(Uuid::now_v7().to_string())
@@ -93,6 +101,8 @@ impl Sessions for SqlStore {
         .bind(s.token_hash.as_deref())
         .bind(&s.created_by)
         .bind(ms(OffsetDateTime::now_utc()))
+        .bind(s.created_by_id.map(|u| u.to_string()))
+        .bind(s.requested_host.as_deref())
         .fetch_one(&self.pool)
         .await;
         match inserted {
@@ -217,5 +227,108 @@ impl Sessions for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+}
+
+macro_rules! target_cols {
+    () => {
+        "id, network, port_first, port_last, users, api_keys, note, created_by, created_at"
+    };
+}
+
+fn target_from_row(r: &DbRow) -> Result<SessionTarget> {
+    use callhome_core::targets::{Cidr, PortRange};
+    let port = |col: &'static str| -> Result<u16> {
+        let v: i64 = r.try_get(col)?;
+        u16::try_from(v).map_err(|_| StoreError::Corrupt {
+            column: col,
+            reason: format!("{v} is not a port"),
+        })
+    };
+    let ports = PortRange::new("ports", port("port_first")?, port("port_last")?).map_err(|e| {
+        StoreError::Corrupt {
+            column: "session_targets.port_first",
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(SessionTarget {
+        id: parse_col(
+            "session_targets.id",
+            &r.try_get::<String, _>("id")?,
+            Uuid::from_str,
+        )?,
+        network: parse_col(
+            "session_targets.network",
+            &r.try_get::<String, _>("network")?,
+            |s| Cidr::parse("network", s),
+        )?,
+        ports,
+        users: parse_col(
+            "session_targets.users",
+            &r.try_get::<String, _>("users")?,
+            |v| serde_json::from_str::<Vec<String>>(v),
+        )?,
+        api_keys: parse_col(
+            "session_targets.api_keys",
+            &r.try_get::<String, _>("api_keys")?,
+            |v| serde_json::from_str::<Vec<Uuid>>(v),
+        )?,
+        note: r.try_get("note")?,
+        created_by: r.try_get("created_by")?,
+        created_at: from_ms(r.try_get("created_at")?),
+    })
+}
+
+#[async_trait]
+impl SessionTargets for SqlStore {
+    async fn create_session_target(&self, t: &NewSessionTarget) -> Result<SessionTarget> {
+        let users = serde_json::to_string(&t.users).map_err(|e| StoreError::Corrupt {
+            column: "session_targets.users",
+            reason: e.to_string(),
+        })?;
+        let keys = serde_json::to_string(&t.api_keys).map_err(|e| StoreError::Corrupt {
+            column: "session_targets.api_keys",
+            reason: e.to_string(),
+        })?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO session_targets (id, network, port_first, port_last, users, api_keys, note, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
+            target_cols!()
+        ))
+        .bind(Uuid::now_v7().to_string())
+        .bind(t.network.to_string())
+        .bind(i64::from(t.ports.first()))
+        .bind(i64::from(t.ports.last()))
+        .bind(users)
+        .bind(keys)
+        .bind(t.note.as_deref())
+        .bind(&t.created_by)
+        .bind(ms(OffsetDateTime::now_utc()))
+        .fetch_one(&self.pool)
+        .await?;
+        target_from_row(&row)
+    }
+
+    async fn list_session_targets(&self) -> Result<Vec<SessionTarget>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            target_cols!(),
+            " FROM session_targets ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(target_from_row).collect()
+    }
+
+    async fn delete_session_target(&self, id: Uuid) -> Result<SessionTarget> {
+        let row = sqlx::query(concat!(
+            "DELETE FROM session_targets WHERE id = $1 RETURNING ",
+            target_cols!()
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("session target {id}")))?;
+        target_from_row(&row)
     }
 }
