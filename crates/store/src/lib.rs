@@ -20,6 +20,7 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 pub use error::StoreError;
 pub use model::*;
+pub use vault::{MASTER_KEY_LEN, MasterKey};
 
 /// Result of a store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -377,6 +379,11 @@ pub struct OpenOptions {
     pub max_connections: u32,
     /// How long to wait for a connection from the pool.
     pub acquire_timeout: std::time::Duration,
+    /// Key that secret Config.txt values are encrypted with at rest (see [`vault`]). `None`:
+    /// they are written as plaintext and read as stored. With a key, opening checks it
+    /// against the one the database was first used with and refuses another
+    /// ([`StoreError::MasterKey`]).
+    pub master_key: Option<MasterKey>,
 }
 
 impl Default for OpenOptions {
@@ -384,6 +391,7 @@ impl Default for OpenOptions {
         Self {
             max_connections: 16,
             acquire_timeout: std::time::Duration::from_secs(10),
+            master_key: None,
         }
     }
 }
