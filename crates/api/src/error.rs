@@ -82,9 +82,13 @@ pub enum ApiError {
     /// The body has the wrong media type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// A dependency (the database) is not available (503).
+    /// A dependency is not available, or the request took too long (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The database is not available (503). The text (the driver's error, which may name
+    /// hosts, users or files) is logged; the client gets a generic detail.
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(String),
     /// A bug or an unexpected failure (500); the detail is logged, not shown.
     #[error("{0}")]
     Internal(String),
@@ -130,7 +134,7 @@ impl ApiError {
                 "unsupported-media-type",
                 "Unsupported media type",
             ),
-            ApiError::Unavailable(_) => (
+            ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
@@ -148,6 +152,10 @@ impl ApiError {
         let (status, slug, title) = self.parts();
         let detail = match self {
             ApiError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
+            ApiError::DatabaseUnavailable(_) => {
+                "the database is unavailable; try again later (the cause has been logged)"
+                    .to_owned()
+            }
             other => other.to_string(),
         };
         let errors = match self {
@@ -177,7 +185,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, ..) = self.parts();
-        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = &self {
+        if let ApiError::Internal(detail)
+        | ApiError::Unavailable(detail)
+        | ApiError::DatabaseUnavailable(detail) = &self
+        {
             tracing::error!(%status, error = %detail, "request failed");
         }
         let mut resp = (status, Json(self.problem())).into_response();
@@ -196,9 +207,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             StoreError::Conflict { detail: what, .. } => ApiError::Conflict(what),
-            StoreError::Unavailable(why) => {
-                ApiError::Unavailable(format!("database unavailable: {why}"))
-            }
+            StoreError::Unavailable(why) => ApiError::DatabaseUnavailable(why),
             other => ApiError::Internal(other.to_string()),
         }
     }
