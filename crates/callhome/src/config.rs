@@ -681,7 +681,11 @@ mod tests {
             err.contains("http.metrics_token") && !err.contains("short"),
             "{err}"
         );
-        assert!(!Settings::resolve(&Overrides::default()).unwrap().strict_permissions);
+        assert!(
+            !Settings::resolve(&Overrides::default())
+                .unwrap()
+                .strict_permissions
+        );
     }
 
     /// Every numeric setting has one row: default within its range; out-of-range values

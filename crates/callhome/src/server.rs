@@ -92,7 +92,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data_dir = settings.data_dir.clone();
     create_private_dir(&data_dir)?;
-    crate::permissions::enforce(&data_dir, &settings.database_url, settings.strict_permissions)?;
+    crate::permissions::enforce(
+        &data_dir,
+        &settings.database_url,
+        settings.strict_permissions,
+    )?;
 
     let master_key = load_master_key(settings, &data_dir)?;
     let store = callhome_store::open(
@@ -103,12 +107,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         },
     )
     .await
-        .with_context(|| {
-            format!(
-                "opening database {}",
-                callhome_store::redact_url(&settings.database_url)
-            )
-        })?;
+    .with_context(|| {
+        format!(
+            "opening database {}",
+            callhome_store::redact_url(&settings.database_url)
+        )
+    })?;
 
     let ca_dir = data_dir.join(CA_DIR);
     let authority = Authority::load_or_init(&ca_dir, &settings.ca)

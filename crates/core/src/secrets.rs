@@ -316,12 +316,13 @@ mod tests {
             assert_eq!(map_reply(cmd, reply, &mut wrap), sealed);
             assert_eq!(map_reply(cmd, sealed, &mut unwrap), reply);
         }
+        assert_eq!(redact_reply_for(cmd, "hunter2\r\n\r\nOK"), "***\r\n\r\nOK");
         assert_eq!(
-            redact_reply_for(cmd, "hunter2\r\n\r\nOK"),
-            "***\r\n\r\nOK"
-        );
-        assert_eq!(
-            map_reply("AT^MTXTUNNEL=GETCONFIG", "MTX_PIN: 1234\r\n\r\nOK", &mut wrap),
+            map_reply(
+                "AT^MTXTUNNEL=GETCONFIG",
+                "MTX_PIN: 1234\r\n\r\nOK",
+                &mut wrap
+            ),
             "MTX_PIN: <1234>\r\n\r\nOK"
         );
         assert_eq!(

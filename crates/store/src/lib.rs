@@ -431,21 +431,20 @@ pub fn redact_url(url: &str) -> String {
         _ => (None, rest),
     };
     let mut out = format!("{scheme}://");
-    match userinfo {
-        Some(ui) => match ui.split_once(':') {
+    if let Some(ui) = userinfo {
+        match ui.split_once(':') {
             Some((user, _)) if !user.contains(['/', '?', '#']) => {
                 out.push_str(user);
                 out.push_str(":***@");
             }
             // A `:` after a `/`, `?` or `#`: no telling what is what; hide it all.
             Some(_) => out.push_str("***@"),
-            // No `:`: a user name only (or an `@` in a query value).
+            // No `:`: a user name only.
             None => {
                 out.push_str(ui);
                 out.push('@');
             }
-        },
-        None => {}
+        }
     }
     out.push_str(&redact_query(after));
     out
@@ -507,7 +506,10 @@ mod tests {
                 "postgres://u:pw@db/x?password=also",
                 "postgres://u:***@db/x?password=***",
             ),
-            ("postgres://db/x?password=s3@cret", "postgres://db/x?password=***"),
+            (
+                "postgres://db/x?password=s3@cret",
+                "postgres://db/x?password=***",
+            ),
             // An `@` in a query value: nothing secret, nothing hidden.
             (
                 "postgres://db/x?application_name=a@b",

@@ -310,7 +310,9 @@ mod tests {
 
     #[test]
     fn bad_keys_are_refused_without_quoting_them() {
-        let err = MasterKey::from_base64("not base64 !!!").unwrap_err().to_string();
+        let err = MasterKey::from_base64("not base64 !!!")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("base64") && !err.contains("!!!"), "{err}");
         let err = MasterKey::from_base64("c2hvcnQ=").unwrap_err().to_string();
         assert!(err.contains("32 bytes, got 5"), "{err}");

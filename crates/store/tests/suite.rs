@@ -1160,7 +1160,8 @@ async fn secret_values_are_encrypted_and_the_master_key_is_checked() {
         let raw = open(&db.url, &with(None)).await.unwrap();
         let p = raw.get_profile("p", None).await.unwrap();
         assert!(
-            p.config.starts_with("GPRS_apn: x.apn\nGPRS_password: enc:v1:")
+            p.config
+                .starts_with("GPRS_apn: x.apn\nGPRS_password: enc:v1:")
                 && !p.config.contains("Suite-Gprs"),
             "{}",
             p.config

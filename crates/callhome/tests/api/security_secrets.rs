@@ -113,7 +113,9 @@ async fn dump(app: &TestApp, pg_url: Option<&str>) -> Vec<u8> {
         }
         Some(url) => {
             use sqlx::Row as _;
-            let pool = sqlx::PgPool::connect(url).await.expect("connect to the schema");
+            let pool = sqlx::PgPool::connect(url)
+                .await
+                .expect("connect to the schema");
             let tables: Vec<String> = sqlx::query_scalar(
                 "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
             )
@@ -297,7 +299,10 @@ async fn scenario(pg_url: Option<&str>, first_imei: &str) {
         shown.push_str(&body.to_string());
     }
     for secret in forbidden() {
-        assert!(!contains(shown.as_bytes(), &secret), "{secret} shown to an operator");
+        assert!(
+            !contains(shown.as_bytes(), &secret),
+            "{secret} shown to an operator"
+        );
     }
     assert!(shown.contains("***") && shown.contains(CANARY_APN));
 
@@ -308,14 +313,22 @@ async fn scenario(pg_url: Option<&str>, first_imei: &str) {
         assert!(
             !contains(&bytes, &secret),
             "{secret:?} found in the database ({})",
-            if pg_url.is_some() { "PostgreSQL" } else { "SQLite" }
+            if pg_url.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            }
         );
     }
     assert!(contains(&bytes, "enc:v1:"), "encrypted values are there");
     println!(
         "secrets at rest: {} bytes of {} searched, {} secret forms absent",
         bytes.len(),
-        if pg_url.is_some() { "PostgreSQL rows" } else { "SQLite file + WAL" },
+        if pg_url.is_some() {
+            "PostgreSQL rows"
+        } else {
+            "SQLite file + WAL"
+        },
         forbidden().len()
     );
     fleet.shutdown().await;
@@ -403,10 +416,7 @@ async fn master_key_file_is_private_and_another_key_is_refused() {
         Ok(_) => panic!("started with another master key"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(
-        err.contains("master key") && !err.contains(&other),
-        "{err}"
-    );
+    assert!(err.contains("master key") && !err.contains(&other), "{err}");
     assert!(!format!("{s:?}").contains(&other), "Debug hides the key");
     // A malformed key: refused without quoting it.
     s.master_key = Some(SecretString::from("not-a-key!!".to_owned()));
@@ -421,11 +431,19 @@ async fn master_key_file_is_private_and_another_key_is_refused() {
     // The right key given in the environment setting works (the file is not needed).
     let mut s = settings();
     s.master_key = Some(SecretString::from(
-        std::fs::read_to_string(&key_file).unwrap().trim().to_owned(),
+        std::fs::read_to_string(&key_file)
+            .unwrap()
+            .trim()
+            .to_owned(),
     ));
     std::fs::remove_file(&key_file).unwrap();
-    let server = callhome::server::start(&s).await.expect("starts with the key");
-    assert!(!key_file.exists(), "no master.key written when the key is given");
+    let server = callhome::server::start(&s)
+        .await
+        .expect("starts with the key");
+    assert!(
+        !key_file.exists(),
+        "no master.key written when the key is given"
+    );
     server.shutdown().await.unwrap();
 }
 

@@ -9,8 +9,8 @@ use crate::conv::{from_ms, ms, opt_from_ms, parse_col};
 use crate::{Devices, Result, StoreError};
 
 use super::common::*;
-use crate::vault::Vault;
 use super::{BEGIN_WRITE, Db};
+use crate::vault::Vault;
 
 use crate::{Configuration, DeviceConfigRecord, NewProfileVersion, ProfileRecord};
 
@@ -149,7 +149,9 @@ impl Configuration for SqlStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| profile_from_row(&self.vault, r)).collect()
+        rows.iter()
+            .map(|r| profile_from_row(&self.vault, r))
+            .collect()
     }
 
     async fn delete_profile(&self, name: &str) -> Result<()> {
@@ -183,7 +185,9 @@ impl Configuration for SqlStore {
         }
         q.push(") ORDER BY p.priority DESC, p.name LIMIT 1");
         let row = q.build().fetch_optional(&self.pool).await?;
-        row.as_ref().map(|r| profile_from_row(&self.vault, r)).transpose()
+        row.as_ref()
+            .map(|r| profile_from_row(&self.vault, r))
+            .transpose()
     }
 
     async fn get_device_config(&self, imei: &Imei) -> Result<DeviceConfigRecord> {

@@ -396,8 +396,14 @@ impl Commands for SqlStore {
         } else {
             String::new()
         };
-        let reply = o.reply.as_deref().map(|r| self.vault.seal_reply(&command, r));
-        let error = o.error.as_deref().map(|e| self.vault.seal_reply(&command, e));
+        let reply = o
+            .reply
+            .as_deref()
+            .map(|r| self.vault.seal_reply(&command, r));
+        let error = o
+            .error
+            .as_deref()
+            .map(|e| self.vault.seal_reply(&command, e));
         let row = sqlx::query(concat!(
             "UPDATE commands SET state = $2, reply = $3, result = $4, error = $5, completed_at = $6 \
              WHERE id = $1 AND state = 'sent' RETURNING ",

@@ -12,8 +12,8 @@ use crate::conv::{from_ms, ms, opt_from_ms, page, parse_col};
 use crate::{Page, Result, StoreError};
 
 use super::common::*;
-use crate::vault::Vault;
 use super::{BEGIN_WRITE, Db};
+use crate::vault::Vault;
 
 use callhome_core::jobs::{ExecState, JobState};
 
@@ -163,7 +163,10 @@ impl Jobs for SqlStore {
         q.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(|r| job_from_row(&self.vault, r)).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(|r| job_from_row(&self.vault, r))
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |j| j.id.to_string()))
     }
 
@@ -380,7 +383,9 @@ impl Jobs for SqlStore {
         .bind(id.to_string())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| job_device_from_row(&self.vault, r)).collect()
+        rows.iter()
+            .map(|r| job_device_from_row(&self.vault, r))
+            .collect()
     }
 
     async fn close_pending_job_devices(
