@@ -94,6 +94,8 @@ pub async fn request_context(
         Some(Ok(credential)) if credential.starts_with(callhome_tunnel::SESSION_TOKEN_PREFIX) => {
             None
         }
+        // The metrics token (`http.metrics_token`) is checked by the metrics handler.
+        Some(_) if path == "/metrics" => None,
         Some(Err(e)) => Some(e),
         Some(Ok(credential)) => match authenticate(&state.store, &state.tokens, credential).await {
             Ok(p) => {

@@ -85,9 +85,13 @@ pub enum ApiError {
     /// A limit was reached (429): the detail names it.
     #[error("{0}")]
     TooManyRequests(String),
-    /// A dependency (the database) is not available (503).
+    /// A dependency is not available, or the request took too long (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The database is not available (503). The text (the driver's error, which may name
+    /// hosts, users or files) is logged; the client gets a generic detail.
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(String),
     /// A bug or an unexpected failure (500); the detail is logged, not shown.
     #[error("{0}")]
     Internal(String),
@@ -138,7 +142,7 @@ impl ApiError {
                 "too-many-requests",
                 "Too many requests",
             ),
-            ApiError::Unavailable(_) => (
+            ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
@@ -156,6 +160,10 @@ impl ApiError {
         let (status, slug, title) = self.parts();
         let detail = match self {
             ApiError::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
+            ApiError::DatabaseUnavailable(_) => {
+                "the database is unavailable; try again later (the cause has been logged)"
+                    .to_owned()
+            }
             other => other.to_string(),
         };
         let errors = match self {
@@ -185,7 +193,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, ..) = self.parts();
-        if let ApiError::Internal(detail) | ApiError::Unavailable(detail) = &self {
+        if let ApiError::Internal(detail)
+        | ApiError::Unavailable(detail)
+        | ApiError::DatabaseUnavailable(detail) = &self
+        {
             tracing::error!(%status, error = %detail, "request failed");
         }
         let mut resp = (status, Json(self.problem())).into_response();
@@ -204,9 +215,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             StoreError::Conflict { detail: what, .. } => ApiError::Conflict(what),
-            StoreError::Unavailable(why) => {
-                ApiError::Unavailable(format!("database unavailable: {why}"))
-            }
+            StoreError::Unavailable(why) => ApiError::DatabaseUnavailable(why),
             other => ApiError::Internal(other.to_string()),
         }
     }

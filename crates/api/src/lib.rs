@@ -68,6 +68,36 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Open streams by principal: disabling a user or revoking a key ends them.
     pub streams: streams::PrincipalStreams,
+    /// Bearer token `GET /metrics` requires (`None`: open).
+    pub metrics_token: Option<MetricsToken>,
+}
+
+/// The bearer token `GET /metrics` requires (`http.metrics_token`). `Debug` never shows it;
+/// [`MetricsToken::matches`] compares in constant time.
+#[derive(Clone)]
+pub struct MetricsToken(Arc<[u8; 32]>);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(***)")
+    }
+}
+
+impl MetricsToken {
+    /// The token (only its SHA-256 digest is kept).
+    pub fn new(token: &str) -> Self {
+        use sha2::Digest as _;
+        Self(Arc::new(sha2::Sha256::digest(token.as_bytes()).into()))
+    }
+
+    /// Whether `presented` is the token: the digests are compared in constant time, so
+    /// neither the token's content nor its length shows in the timing.
+    pub fn matches(&self, presented: &str) -> bool {
+        use sha2::Digest as _;
+        use subtle::ConstantTimeEq as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        bool::from(digest.ct_eq(&*self.0))
+    }
 }
 
 /// The whole HTTP application: API routes, OpenAPI document, Swagger UI at `/docs`.

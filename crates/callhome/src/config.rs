@@ -186,6 +186,19 @@ pub struct FileSettings {
     /// Configuration drift checks and bulk jobs.
     #[serde(default)]
     pub fleet: FleetSection,
+    /// Start-up checks of secret files.
+    #[serde(default)]
+    pub security: SecuritySection,
+}
+
+/// `[security]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    /// Refuse to start when the data directory is not 0700 or a secret file (`jwt.key`,
+    /// `master.key`, the CA and server keys, the SQLite files) is readable by group or others;
+    /// `false` (the default): warn and tighten the files to 0600.
+    pub strict_permissions: Option<bool>,
 }
 
 /// `[fleet]`: drift checks and jobs.
@@ -203,12 +216,14 @@ pub struct FleetSection {
     pub restart_wait_s: Option<u64>,
 }
 
-/// `[http]`, `[mqtt]`, `[tunnel]`.
+/// `[http]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenSection {
     /// Address to bind.
     pub listen: Option<SocketAddr>,
+    /// Bearer token `GET /metrics` requires (a secret: never shown); unset, it is open.
+    pub metrics_token: Option<SecretString>,
 }
 
 /// `[mqtt]`: the modem gateway.
@@ -417,7 +432,20 @@ pub struct Settings {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    // --- Secrets (issue 16, item 6) ---
+    /// Master key for secret Config.txt values at rest, from `CALLHOME_MASTER_KEY` (base64 of
+    /// 32 bytes; an environment variable only, never a flag). `None`: `master.key` in the data
+    /// directory, created on first start.
+    pub master_key: Option<SecretString>,
+    /// Bearer token `GET /metrics` requires (`http.metrics_token` or
+    /// `CALLHOME_METRICS_TOKEN`); `None`: open.
+    pub metrics_token: Option<SecretString>,
+    /// `security.strict_permissions`: refuse to start on loose permissions instead of warning.
+    pub strict_permissions: bool,
 }
+
+/// Shortest `http.metrics_token` accepted, in characters.
+pub const MIN_METRICS_TOKEN_LEN: usize = 16;
 
 impl Settings {
     /// Resolves settings from the optional file named in `o` (or `CALLHOME_CONFIG`), then
@@ -521,6 +549,28 @@ impl Settings {
             .filter(|p| !p.is_empty())
             .map(SecretString::from)
             .or(file.auth.admin_password);
+        // --- Secrets (issue 16, item 6) ---
+        let master_key = std::env::var("CALLHOME_MASTER_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .map(SecretString::from);
+        let metrics_token = std::env::var("CALLHOME_METRICS_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(SecretString::from)
+            .or(file.http.metrics_token);
+        if let Some(t) = &metrics_token {
+            use secrecy::ExposeSecret as _;
+            let t = t.expose_secret();
+            if t.chars().count() < MIN_METRICS_TOKEN_LEN
+                || t.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                bail!(
+                    "http.metrics_token must be at least {MIN_METRICS_TOKEN_LEN} characters, without spaces"
+                );
+            }
+        }
+        let strict_permissions = file.security.strict_permissions.unwrap_or(false);
         Ok(Self {
             data_dir,
             database_url,
@@ -552,6 +602,9 @@ impl Settings {
                 .or(file.log.level)
                 .unwrap_or_else(|| "info".to_owned()),
             log_format: o.log_format.or(file.log.format).unwrap_or_default(),
+            master_key,
+            metrics_token,
+            strict_permissions,
         })
     }
 }
@@ -624,6 +677,42 @@ mod tests {
         assert!(
             !format!("{o:?}").contains("hunter2"),
             "the flags' Debug too"
+        );
+    }
+
+    #[test]
+    fn metrics_token_and_strict_permissions_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[http]\nmetrics_token = \"scrape-token-0123456789\"\n[security]\nstrict_permissions = true\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&o).unwrap();
+        assert!(s.strict_permissions);
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("scrape-token-0123456789"), "{debug}");
+        if std::env::var("CALLHOME_METRICS_TOKEN").is_err() {
+            assert_eq!(
+                s.metrics_token.unwrap().expose_secret(),
+                "scrape-token-0123456789"
+            );
+        }
+        std::fs::write(&path, "[http]\nmetrics_token = \"short\"\n").unwrap();
+        let err = Settings::resolve(&o).unwrap_err().to_string();
+        assert!(
+            err.contains("http.metrics_token") && !err.contains("short"),
+            "{err}"
+        );
+        assert!(
+            !Settings::resolve(&Overrides::default())
+                .unwrap()
+                .strict_permissions
         );
     }
 

@@ -11,5 +11,6 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod permissions;
 pub mod server;
 mod supervisor;

@@ -12,7 +12,7 @@ use callhome_ca::Authority;
 use callhome_core::Role;
 use callhome_gateway::{EventBus, Gateway};
 use callhome_pki::CertificateService;
-use callhome_store::{NewUser, OpenOptions, Store, StoreError};
+use callhome_store::{MasterKey, NewUser, OpenOptions, Store, StoreError};
 use callhome_tunnel::{Tunnel, TunnelConfig};
 use rand::RngCore as _;
 use secrecy::ExposeSecret as _;
@@ -26,6 +26,9 @@ use crate::supervisor::Supervisor;
 pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
 /// File in the data directory holding the access-token signing key (0600).
 pub const JWT_KEY_FILE: &str = "jwt.key";
+/// File in the data directory holding the master key secret Config.txt values are encrypted
+/// with at rest (0600; unused when `CALLHOME_MASTER_KEY` is set).
+pub const MASTER_KEY_FILE: &str = "master.key";
 /// Subdirectory holding the CA and server key material.
 pub const CA_DIR: &str = "ca";
 
@@ -89,15 +92,27 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data_dir = settings.data_dir.clone();
     create_private_dir(&data_dir)?;
+    crate::permissions::enforce(
+        &data_dir,
+        &settings.database_url,
+        settings.strict_permissions,
+    )?;
 
-    let store = callhome_store::open(&settings.database_url, &OpenOptions::default())
-        .await
-        .with_context(|| {
-            format!(
-                "opening database {}",
-                callhome_store::redact_url(&settings.database_url)
-            )
-        })?;
+    let master_key = load_master_key(settings, &data_dir)?;
+    let store = callhome_store::open(
+        &settings.database_url,
+        &OpenOptions {
+            master_key: Some(master_key),
+            ..OpenOptions::default()
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "opening database {}",
+            callhome_store::redact_url(&settings.database_url)
+        )
+    })?;
 
     let ca_dir = data_dir.join(CA_DIR);
     let authority = Authority::load_or_init(&ca_dir, &settings.ca)
@@ -218,6 +233,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         jobs,
         shutdown: shutdown.clone(),
         streams: callhome_api::streams::PrincipalStreams::default(),
+        metrics_token: settings
+            .metrics_token
+            .as_ref()
+            .map(|t| callhome_api::MetricsToken::new(t.expose_secret())),
     };
 
     let http = TcpListener::bind(settings.http)
@@ -256,17 +275,36 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    use std::os::unix::fs::DirBuilderExt as _;
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
-    } else if dir.metadata()?.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(dir = %dir.display(), "data directory is readable by others; consider chmod 700");
     }
     Ok(())
+}
+
+/// The master key for secret values at rest: `CALLHOME_MASTER_KEY` when set (base64 of 32
+/// bytes), else `master.key` in the data directory, created (0600) on first start. Errors
+/// never quote the key.
+fn load_master_key(settings: &Settings, data_dir: &Path) -> anyhow::Result<MasterKey> {
+    if let Some(k) = &settings.master_key {
+        return MasterKey::from_base64(k.expose_secret())
+            .map_err(|e| anyhow::anyhow!("CALLHOME_MASTER_KEY: {e}"));
+    }
+    let path = data_dir.join(MASTER_KEY_FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return MasterKey::from_base64(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    let key = MasterKey::generate();
+    callhome_ca::write_secret_file(&path, format!("{}\n", key.to_base64()).as_bytes())?;
+    tracing::info!(path = %path.display(), "master key for secrets at rest created; back it up with the database");
+    Ok(key)
 }
 
 /// Reads a 32-byte secret (base64) from `path`, creating it (0600) on first start.

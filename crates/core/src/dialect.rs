@@ -528,7 +528,7 @@ impl FinalResult {
     }
 
     /// The final result a single (trimmed) line stands for, if it is one.
-    fn from_line(line: &str) -> Option<Self> {
+    pub(crate) fn from_line(line: &str) -> Option<Self> {
         if line.eq_ignore_ascii_case("OK") {
             return Some(Self::Ok);
         }

@@ -39,6 +39,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The master key for secret values is malformed, or is not the key this database's
+    /// secret values were encrypted with.
+    #[error("master key: {0}")]
+    MasterKey(String),
     /// Migrations failed at start-up.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

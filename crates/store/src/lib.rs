@@ -20,6 +20,7 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 pub use error::StoreError;
 pub use model::*;
+pub use vault::{MASTER_KEY_LEN, MasterKey};
 
 /// Result of a store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -391,6 +393,11 @@ pub struct OpenOptions {
     pub max_connections: u32,
     /// How long to wait for a connection from the pool.
     pub acquire_timeout: std::time::Duration,
+    /// Key that secret Config.txt values are encrypted with at rest (see [`vault`]). `None`:
+    /// they are written as plaintext and read as stored. With a key, opening checks it
+    /// against the one the database was first used with and refuses another
+    /// ([`StoreError::MasterKey`]).
+    pub master_key: Option<MasterKey>,
 }
 
 impl Default for OpenOptions {
@@ -398,6 +405,7 @@ impl Default for OpenOptions {
         Self {
             max_connections: 16,
             acquire_timeout: std::time::Duration::from_secs(10),
+            master_key: None,
         }
     }
 }
@@ -417,47 +425,58 @@ pub async fn open(url: &str, options: &OpenOptions) -> Result<Arc<dyn Store>> {
     }
 }
 
-/// A database URL with any password replaced by `***`, for logs and errors.
+/// A database URL with any password replaced by `***`, for logs and errors: the password of
+/// the user-info (`postgres://user:secret@host/db`, even when the password holds `/`, `?`,
+/// `#` or `@`) and every query parameter whose name ends in `password`, in any case
+/// (`?password=`, `sslpassword=`). When in doubt it hides more, never less.
 pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_query(url);
     };
-    let mut out = redact_userinfo(base);
-    if let Some(q) = query {
-        // `?password=` (and `sslpassword=`) carry secrets as well as user-info does.
-        let params: Vec<String> = q
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.to_ascii_lowercase().ends_with("password") => format!("{k}=***"),
-                _ => kv.to_owned(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
+    // The user-info ends at the last `@`: a password may hold characters that end an
+    // authority (`/`, `?`, `#`) or an `@` of its own.
+    // But an `@` after a `?` with no `:` before it is in the query (`?password=a@b`).
+    let in_query = |at: usize| {
+        rest.find('?')
+            .is_some_and(|q| q < at && !rest[..q].contains(':'))
+    };
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(i) if !in_query(i) => (Some(&rest[..i]), &rest[i + 1..]),
+        _ => (None, rest),
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(ui) = userinfo {
+        match ui.split_once(':') {
+            Some((user, _)) if !user.contains(['/', '?', '#']) => {
+                out.push_str(user);
+                out.push_str(":***@");
+            }
+            // A `:` after a `/`, `?` or `#`: no telling what is what; hide it all.
+            Some(_) => out.push_str("***@"),
+            // No `:`: a user name only.
+            None => {
+                out.push_str(ui);
+                out.push('@');
+            }
+        }
     }
+    out.push_str(&redact_query(after));
     out
 }
 
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// `text` with the value of every `?`/`&` parameter named `*password` replaced by `***`.
+fn redact_query(text: &str) -> String {
+    let Some((base, query)) = text.split_once('?') else {
+        return text.to_owned();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else {
-                url.to_owned()
-            }
-        }
-        None => url.to_owned(),
-    }
+    let params: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.to_ascii_lowercase().ends_with("password") => format!("{k}=***"),
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
 }
 
 #[cfg(test)]
@@ -479,5 +498,43 @@ mod tests {
             super::redact_url("sqlite://data/x.db"),
             "sqlite://data/x.db"
         );
+        // `?password=` and its relatives, in any case and position.
+        for (url, want) in [
+            (
+                "postgres://db/x?password=s3cret",
+                "postgres://db/x?password=***",
+            ),
+            (
+                "postgresql://u@db:5432/x?sslmode=require&Password=s3cret&application_name=ch",
+                "postgresql://u@db:5432/x?sslmode=require&Password=***&application_name=ch",
+            ),
+            (
+                "postgres://db/x?user=u&sslpassword=k3y&password=",
+                "postgres://db/x?user=u&sslpassword=***&password=***",
+            ),
+            // Passwords holding characters that end an authority, or an `@`.
+            ("postgres://u:pa/ss@db/x", "postgres://u:***@db/x"),
+            ("postgres://u:pa?ss@db/x", "postgres://u:***@db/x"),
+            ("postgres://u:p@ss#w@db/x", "postgres://u:***@db/x"),
+            (
+                "postgres://u:pw@db/x?password=also",
+                "postgres://u:***@db/x?password=***",
+            ),
+            (
+                "postgres://db/x?password=s3@cret",
+                "postgres://db/x?password=***",
+            ),
+            // An `@` in a query value: nothing secret, nothing hidden.
+            (
+                "postgres://db/x?application_name=a@b",
+                "postgres://db/x?application_name=a@b",
+            ),
+        ] {
+            let got = super::redact_url(url);
+            assert_eq!(got, want, "{url}");
+            for secret in ["s3cret", "cret", "k3y", "pa/ss", "pa?ss", "p@ss", "also"] {
+                assert!(!got.contains(secret), "{url} -> {got}");
+            }
+        }
     }
 }

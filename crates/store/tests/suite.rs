@@ -1170,3 +1170,189 @@ async fn session_targets_ownership_and_queue_count() {
     })
     .await;
 }
+
+/// Secret Config.txt values are stored encrypted (a store opened without the key reads the
+/// ciphertext), read back as written with the key, and a store opened with another key is
+/// refused: on SQLite, and on PostgreSQL when configured.
+#[tokio::test]
+async fn secret_values_are_encrypted_and_the_master_key_is_checked() {
+    let mut dbs = vec![TestDatabase::sqlite().unwrap()];
+    if let Some(pg) = TestDatabase::postgres_from_env().await.unwrap() {
+        dbs.push(pg);
+    }
+    for db in dbs {
+        let key = MasterKey::generate();
+        let with = |k: Option<MasterKey>| OpenOptions {
+            master_key: k,
+            ..OpenOptions::default()
+        };
+        let s = open(&db.url, &with(Some(key.clone()))).await.unwrap();
+        let backend = s.backend();
+        let dev = registered(&s, 31).await;
+        let config = "GPRS_apn: x.apn\nGPRS_password: Suite-Gprs-1a2b\n";
+        s.put_profile(&NewProfileVersion {
+            name: "p".into(),
+            tag: Some("t".into()),
+            priority: 0,
+            config: config.into(),
+            by: "test".into(),
+        })
+        .await
+        .unwrap();
+        // As the fleet writes them (serde_json of a map: keys sorted, compact).
+        let overrides = r#"{"DNS_period":"300","MTX_PIN":"9731"}"#;
+        s.set_overrides(&dev, overrides, Some("MTX_PIN: 9731\n"), "test")
+            .await
+            .unwrap();
+        s.set_reported(&dev, config, OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let cmd = "AT^MTXTUNNEL=SETPARAM,MQTT_password,Suite-Mqtt-3c4d";
+        let queued = s
+            .enqueue_command(&NewCommand {
+                imei: dev.clone(),
+                command: cmd.into(),
+                created_by: "test".into(),
+                timeout_ms: 1000,
+                expires_at: OffsetDateTime::now_utc() + Duration::hours(1),
+                max_attempts: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(queued.command, cmd, "read back as written");
+        let get = s
+            .enqueue_command(&NewCommand {
+                imei: dev.clone(),
+                command: "AT^MTXTUNNEL=GETPARAM,MQTT_password".into(),
+                created_by: "test".into(),
+                timeout_ms: 1000,
+                expires_at: OffsetDateTime::now_utc() + Duration::hours(1),
+                max_attempts: 1,
+            })
+            .await
+            .unwrap();
+        for c in [&queued, &get] {
+            s.mark_command_sent(c.id, OffsetDateTime::now_utc())
+                .await
+                .unwrap();
+        }
+        let reply = "Suite-Mqtt-3c4d\r\n\r\nOK";
+        let done = s
+            .complete_command(
+                get.id,
+                &CommandOutcome {
+                    state: CommandState::Succeeded,
+                    reply: Some(reply.into()),
+                    result: Some("OK".into()),
+                    error: None,
+                    at: OffsetDateTime::now_utc(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.reply.as_deref(), Some(reply));
+        s.close().await;
+
+        // Without the key: what is stored.
+        let raw = open(&db.url, &with(None)).await.unwrap();
+        let p = raw.get_profile("p", None).await.unwrap();
+        assert!(
+            p.config
+                .starts_with("GPRS_apn: x.apn\nGPRS_password: enc:v1:")
+                && !p.config.contains("Suite-Gprs"),
+            "{}",
+            p.config
+        );
+        let dc = raw.get_device_config(&dev).await.unwrap();
+        for text in [
+            dc.overrides.as_str(),
+            dc.document.as_deref().unwrap(),
+            dc.reported.as_deref().unwrap(),
+        ] {
+            assert!(
+                text.contains("enc:v1:") && !text.contains("9731") && !text.contains("Suite-"),
+                "{text}"
+            );
+        }
+        assert!(dc.overrides.contains(r#""DNS_period":"300""#));
+        let c = raw.get_command(queued.id).await.unwrap();
+        assert!(
+            c.command
+                .starts_with("AT^MTXTUNNEL=SETPARAM,MQTT_password,enc:v1:")
+        );
+        let g = raw.get_command(get.id).await.unwrap();
+        let stored = g.reply.unwrap();
+        assert!(
+            stored.starts_with("enc:v1:") && stored.ends_with("\r\n\r\nOK"),
+            "{stored}"
+        );
+        raw.close().await;
+
+        // Another key: refused.
+        let err = open(&db.url, &with(Some(MasterKey::generate())))
+            .await
+            .err()
+            .expect("another key is refused");
+        assert!(matches!(err, StoreError::MasterKey(_)), "{err:?}");
+
+        // The key: everything as written.
+        let s = open(&db.url, &with(Some(key))).await.unwrap();
+        assert_eq!(s.get_profile("p", None).await.unwrap().config, config);
+        let dc = s.get_device_config(&dev).await.unwrap();
+        assert_eq!(dc.overrides, overrides);
+        assert_eq!(dc.document.as_deref(), Some("MTX_PIN: 9731\n"));
+        assert_eq!(dc.reported.as_deref(), Some(config));
+        assert_eq!(s.get_command(queued.id).await.unwrap().command, cmd);
+        assert_eq!(
+            s.get_command(get.id).await.unwrap().reply.as_deref(),
+            Some(reply)
+        );
+        s.close().await;
+        db.cleanup().await.unwrap();
+        println!("store suite: secrets at rest passed on {backend:?}");
+    }
+}
+
+/// PostgreSQL TLS settings in the URL are honoured: `sslmode=verify-full` with an
+/// `sslrootcert` that did not issue the server's certificate refuses to connect (where
+/// `sslmode=require`, which does not verify, connects), so a verify-full URL never falls back
+/// to an unverified or plaintext connection.
+#[tokio::test]
+async fn postgres_verify_full_is_honoured() {
+    use std::str::FromStr as _;
+    let opts = sqlx::postgres::PgConnectOptions::from_str(
+        "postgres://u@db.example/x?sslmode=verify-full&sslrootcert=/etc/callhome/pg-ca.pem",
+    )
+    .unwrap();
+    assert!(matches!(
+        opts.get_ssl_mode(),
+        sqlx::postgres::PgSslMode::VerifyFull
+    ));
+    let Ok(server) = std::env::var(testing::TEST_DATABASE_URL) else {
+        println!("store suite: verify-full against a server skipped (no TEST_DATABASE_URL)");
+        return;
+    };
+    let sep = if server.contains('?') { '&' } else { '?' };
+    // A CA that issued nothing the server has.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("other-ca.pem");
+    let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+    let verify = format!(
+        "{server}{sep}sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    );
+    let err = open(&verify, &OpenOptions::default())
+        .await
+        .err()
+        .expect("verify-full with a CA that did not issue the server's certificate fails");
+    println!("store suite: verify-full refused: {err}");
+    let require = format!("{server}{sep}sslmode=require");
+    match open(&require, &OpenOptions::default()).await {
+        Ok(s) => s.close().await,
+        // A server without TLS: verify-full was refused for that reason instead; still no
+        // fallback.
+        Err(e) => println!("store suite: the server has no TLS ({e})"),
+    }
+}

@@ -82,12 +82,12 @@ impl From<CommandRecord> for CommandView {
             completed_at: rfc3339_opt(c.completed_at),
             reply: c
                 .reply
-                .map(|r| callhome_core::secrets::redact_reply(&r).into_owned()),
+                .map(|r| callhome_core::secrets::redact_reply_for(&c.command, &r).into_owned()),
             result: c.result,
             error: c.error,
             late_reply: c
                 .late_reply
-                .map(|r| callhome_core::secrets::redact_reply(&r).into_owned()),
+                .map(|r| callhome_core::secrets::redact_reply_for(&c.command, &r).into_owned()),
             late_reply_at: rfc3339_opt(c.late_reply_at),
         }
     }

@@ -26,7 +26,8 @@ pub async fn healthz() -> axum::Json<Health> {
     })
 }
 
-/// Readiness: the database answers.
+/// Readiness: the database answers. A 503's detail is generic; the database's own error is
+/// logged, never shown.
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses(
         (status = 200, description = "Ready", body = Health),
@@ -37,22 +38,44 @@ pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>,
         .store
         .ping()
         .await
-        .map_err(|e| ApiError::Unavailable(format!("database not reachable: {e}")))?;
+        .map_err(|e| ApiError::DatabaseUnavailable(e.to_string()))?;
     Ok(axum::Json(Health {
         status: "ok".to_owned(),
     }))
 }
 
-/// Prometheus metrics in the text exposition format.
+/// Prometheus metrics in the text exposition format. When `http.metrics_token` is set, the
+/// request needs `Authorization: Bearer <that token>` (API credentials do not count).
 #[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "A metrics token is configured and the request does not carry it", body = Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = [])))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        if !presented.is_some_and(|t| token.matches(t)) {
+            metrics::counter!("callhome_metrics_unauthorized_total").increment(1);
+            return Err(ApiError::Unauthorized(
+                "GET /metrics needs \"Authorization: Bearer <metrics token>\"".to_owned(),
+            ));
+        }
+    }
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    resp
+    Ok(resp)
 }
 
 /// Any path that is not a route: a 404 problem.

@@ -98,6 +98,11 @@ impl TestApp {
         }
     }
 
+    /// The running server's store (to break it on purpose, or to read what it wrote).
+    pub fn store(&self) -> std::sync::Arc<dyn callhome_store::Store> {
+        self.server.as_ref().expect("server running").store.clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::conv::{from_ms, like_pattern, ms, opt_from_ms, page, parse_col};
+use crate::vault::{self, Vault};
 use crate::{
     ApiKey, ApiKeys, Audit, AuditEntry, AuditFilter, Backend, CertificateRecord, Certificates,
     Device, DeviceFilter, DevicePatch, Devices, NewApiKey, NewAuditEntry, NewDevice, NewUser,
@@ -28,14 +29,49 @@ pub(super) type DbRow = <Db as sqlx::Database>::Row;
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pub(super) pool: Pool<Db>,
+    /// Encrypts secret Config.txt values on the way in, decrypts them on the way out.
+    pub(super) vault: Vault,
 }
 
 impl SqlStore {
-    /// Connects to `url` and runs the migrations.
+    /// Connects to `url`, runs the migrations and, with a master key, checks it against the
+    /// database's (recording it on first use).
     pub async fn open(url: &str, options: &OpenOptions) -> Result<Self> {
         let pool = connect(url, options).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let store = Self {
+            pool,
+            vault: Vault::new(options.master_key.as_ref()),
+        };
+        if options.master_key.is_some() {
+            store.check_master_key().await?;
+        }
+        Ok(store)
+    }
+
+    /// Records the key check on first use; afterwards refuses a key that does not decrypt it.
+    async fn check_master_key(&self) -> Result<()> {
+        if let Some(sealed) = self
+            .vault
+            .encrypt(vault::KEY_CHECK_NAME, vault::KEY_CHECK_PLAINTEXT)
+        {
+            sqlx::query(
+                "INSERT INTO master_key_check (id, sealed, created_at) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(sealed)
+            .bind(ms(OffsetDateTime::now_utc()))
+            .execute(&self.pool)
+            .await?;
+        }
+        let stored: String = sqlx::query_scalar("SELECT sealed FROM master_key_check WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        match self.vault.try_decrypt(vault::KEY_CHECK_NAME, &stored) {
+            Some(p) if p == vault::KEY_CHECK_PLAINTEXT => Ok(()),
+            _ => Err(StoreError::MasterKey(
+                "this is not the key the database's secret values were encrypted with (master.key or CALLHOME_MASTER_KEY changed?); restore the original key".to_owned(),
+            )),
+        }
     }
 
     /// The underlying pool (for tests and maintenance tasks).

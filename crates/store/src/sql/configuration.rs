@@ -10,6 +10,7 @@ use crate::{Devices, Result, StoreError};
 
 use super::common::*;
 use super::{BEGIN_WRITE, Db};
+use crate::vault::Vault;
 
 use crate::{Configuration, DeviceConfigRecord, NewProfileVersion, ProfileRecord};
 
@@ -20,14 +21,14 @@ macro_rules! profile_select {
     };
 }
 
-pub(super) fn profile_from_row(r: &DbRow) -> Result<ProfileRecord> {
+pub(super) fn profile_from_row(v: &Vault, r: &DbRow) -> Result<ProfileRecord> {
     Ok(ProfileRecord {
         name: r.try_get("name")?,
         tag: r.try_get("tag")?,
         priority: r.try_get("priority")?,
         version: r.try_get("version")?,
         current_version: r.try_get("current_version")?,
-        config: r.try_get("config")?,
+        config: v.open_lines(r.try_get("config")?),
         created_at: from_ms(r.try_get("created_at")?),
         created_by: r.try_get("created_by")?,
     })
@@ -39,11 +40,15 @@ macro_rules! device_config_cols {
     };
 }
 
-pub(super) fn device_config_from_row(r: &DbRow) -> Result<DeviceConfigRecord> {
+pub(super) fn device_config_from_row(v: &Vault, r: &DbRow) -> Result<DeviceConfigRecord> {
     Ok(DeviceConfigRecord {
-        overrides: r.try_get("overrides")?,
-        document: r.try_get("document")?,
-        reported: r.try_get("reported")?,
+        overrides: v.open_json(r.try_get("overrides")?),
+        document: r
+            .try_get::<Option<String>, _>("document")?
+            .map(|d| v.open_lines(d)),
+        reported: r
+            .try_get::<Option<String>, _>("reported")?
+            .map(|d| v.open_lines(d)),
         reported_at: opt_from_ms(r.try_get("reported_at")?),
         drift: parse_col(
             "device_config.drift",
@@ -112,7 +117,7 @@ impl Configuration for SqlStore {
         sqlx::query("INSERT INTO profile_versions (name, version, config, created_at, created_by) VALUES ($1, $2, $3, $4, $5)")
             .bind(&p.name)
             .bind(version)
-            .bind(&p.config)
+            .bind(self.vault.seal_lines(&p.config).as_ref())
             .bind(now)
             .bind(&p.by)
             .execute(&mut *tx)
@@ -134,7 +139,7 @@ impl Configuration for SqlStore {
             Some(v) => StoreError::NotFound(format!("profile {name:?} version {v}")),
             None => StoreError::NotFound(format!("profile {name:?}")),
         })?;
-        profile_from_row(&row)
+        profile_from_row(&self.vault, &row)
     }
 
     async fn list_profiles(&self) -> Result<Vec<ProfileRecord>> {
@@ -144,7 +149,9 @@ impl Configuration for SqlStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(profile_from_row).collect()
+        rows.iter()
+            .map(|r| profile_from_row(&self.vault, r))
+            .collect()
     }
 
     async fn delete_profile(&self, name: &str) -> Result<()> {
@@ -178,7 +185,9 @@ impl Configuration for SqlStore {
         }
         q.push(") ORDER BY p.priority DESC, p.name LIMIT 1");
         let row = q.build().fetch_optional(&self.pool).await?;
-        row.as_ref().map(profile_from_row).transpose()
+        row.as_ref()
+            .map(|r| profile_from_row(&self.vault, r))
+            .transpose()
     }
 
     async fn get_device_config(&self, imei: &Imei) -> Result<DeviceConfigRecord> {
@@ -191,7 +200,7 @@ impl Configuration for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(r) => device_config_from_row(&r),
+            Some(r) => device_config_from_row(&self.vault, &r),
             None => {
                 self.get_device(imei).await?;
                 Ok(DeviceConfigRecord {
@@ -213,8 +222,8 @@ impl Configuration for SqlStore {
         self.ensure_device_config(imei, by).await?;
         sqlx::query("UPDATE device_config SET overrides = $2, document = $3, updated_at = $4, updated_by = $5 WHERE imei = $1")
             .bind(imei.as_str())
-            .bind(overrides)
-            .bind(document)
+            .bind(self.vault.seal_json(overrides).as_ref())
+            .bind(document.map(|d| self.vault.seal_lines(d)).as_deref())
             .bind(ms(OffsetDateTime::now_utc()))
             .bind(by)
             .execute(&self.pool)
@@ -226,7 +235,7 @@ impl Configuration for SqlStore {
         self.ensure_device_config(imei, "gateway").await?;
         sqlx::query("UPDATE device_config SET reported = $2, reported_at = $3 WHERE imei = $1")
             .bind(imei.as_str())
-            .bind(config)
+            .bind(self.vault.seal_lines(config).as_ref())
             .bind(ms(at))
             .execute(&self.pool)
             .await?;

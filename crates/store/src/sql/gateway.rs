@@ -237,6 +237,30 @@ pub(super) fn command_from_row(r: &DbRow) -> Result<CommandRecord> {
 }
 
 impl SqlStore {
+    /// A command row with its secret values decrypted.
+    fn read_command(&self, r: &DbRow) -> Result<CommandRecord> {
+        let mut c = command_from_row(r)?;
+        c.command = self.vault.open_command(std::mem::take(&mut c.command));
+        c.reply = self.vault.open_reply(&c.command, c.reply.take());
+        c.error = self.vault.open_reply(&c.command, c.error.take());
+        c.late_reply = self.vault.open_reply(&c.command, c.late_reply.take());
+        Ok(c)
+    }
+
+    /// The stored text of command `id` (for sealing its reply: only `GETPARAM`s, which
+    /// carry no secret, matter), when encryption is on.
+    async fn command_text(&self, id: Uuid) -> Result<Option<String>> {
+        if !self.vault.is_enabled() {
+            return Ok(None);
+        }
+        Ok(
+            sqlx::query_scalar("SELECT command FROM commands WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Runs a conditional state change; on no match tells "not found" from "wrong state".
     async fn command_transition(
         &self,
@@ -245,7 +269,7 @@ impl SqlStore {
         what: &str,
     ) -> Result<CommandRecord> {
         match row {
-            Some(row) => command_from_row(&row),
+            Some(row) => self.read_command(&row),
             None => {
                 let current = self.get_command(id).await?;
                 Err(StoreError::conflict(format!(
@@ -267,7 +291,7 @@ impl Commands for SqlStore {
         ))
         .bind(Uuid::now_v7().to_string())
         .bind(c.imei.as_str())
-        .bind(&c.command)
+        .bind(self.vault.seal_command(&c.command).as_ref())
         .bind(ms(OffsetDateTime::now_utc()))
         .bind(&c.created_by)
         .bind(c.timeout_ms)
@@ -275,7 +299,7 @@ impl Commands for SqlStore {
         .bind(c.max_attempts)
         .fetch_one(&self.pool)
         .await?;
-        command_from_row(&row)
+        self.read_command(&row)
     }
 
     async fn get_command(&self, id: Uuid) -> Result<CommandRecord> {
@@ -288,7 +312,7 @@ impl Commands for SqlStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("command {id}")))?;
-        command_from_row(&row)
+        self.read_command(&row)
     }
 
     async fn list_commands(&self, f: &CommandFilter) -> Result<Page<CommandRecord>> {
@@ -320,7 +344,7 @@ impl Commands for SqlStore {
         let rows = q.build().fetch_all(&self.pool).await?;
         let items = rows
             .iter()
-            .map(command_from_row)
+            .map(|r| self.read_command(r))
             .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |c| c.id.to_string()))
     }
@@ -338,7 +362,7 @@ impl Commands for SqlStore {
         .bind(ms(now))
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(command_from_row).transpose()
+        row.as_ref().map(|r| self.read_command(r)).transpose()
     }
 
     async fn in_flight_command(&self, imei: &Imei) -> Result<Option<CommandRecord>> {
@@ -350,7 +374,7 @@ impl Commands for SqlStore {
         .bind(imei.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(command_from_row).transpose()
+        row.as_ref().map(|r| self.read_command(r)).transpose()
     }
 
     async fn mark_command_sent(&self, id: Uuid, at: OffsetDateTime) -> Result<CommandRecord> {
@@ -367,6 +391,19 @@ impl Commands for SqlStore {
     }
 
     async fn complete_command(&self, id: Uuid, o: &CommandOutcome) -> Result<CommandRecord> {
+        let command = if o.reply.is_some() || o.error.is_some() {
+            self.command_text(id).await?.unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let reply = o
+            .reply
+            .as_deref()
+            .map(|r| self.vault.seal_reply(&command, r));
+        let error = o
+            .error
+            .as_deref()
+            .map(|e| self.vault.seal_reply(&command, e));
         let row = sqlx::query(concat!(
             "UPDATE commands SET state = $2, reply = $3, result = $4, error = $5, completed_at = $6 \
              WHERE id = $1 AND state = 'sent' RETURNING ",
@@ -374,9 +411,9 @@ impl Commands for SqlStore {
         ))
         .bind(id.to_string())
         .bind(o.state.as_str())
-        .bind(o.reply.as_deref())
+        .bind(reply.as_deref())
         .bind(o.result.as_deref())
-        .bind(o.error.as_deref())
+        .bind(error.as_deref())
         .bind(ms(o.at))
         .fetch_optional(&self.pool)
         .await?;
@@ -384,12 +421,14 @@ impl Commands for SqlStore {
     }
 
     async fn requeue_command(&self, id: Uuid, error: &str) -> Result<CommandRecord> {
+        let command = self.command_text(id).await?.unwrap_or_default();
+        let error = self.vault.seal_reply(&command, error);
         let row = sqlx::query(concat!(
             "UPDATE commands SET state = 'queued', error = $2 WHERE id = $1 AND state = 'sent' RETURNING ",
             command_cols!()
         ))
         .bind(id.to_string())
-        .bind(error)
+        .bind(error.as_ref())
         .fetch_optional(&self.pool)
         .await?;
         self.command_transition(id, row, "re-queue it").await
@@ -409,9 +448,11 @@ impl Commands for SqlStore {
     }
 
     async fn record_late_reply(&self, id: Uuid, reply: &str, at: OffsetDateTime) -> Result<()> {
+        let command = self.command_text(id).await?.unwrap_or_default();
+        let reply = self.vault.seal_reply(&command, reply);
         sqlx::query("UPDATE commands SET late_reply = $2, late_reply_at = $3 WHERE id = $1")
             .bind(id.to_string())
-            .bind(reply)
+            .bind(reply.as_ref())
             .bind(ms(at))
             .execute(&self.pool)
             .await?;
@@ -428,7 +469,7 @@ impl Commands for SqlStore {
         .bind(ms(now))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(command_from_row).collect()
+        rows.iter().map(|r| self.read_command(r)).collect()
     }
 
     async fn sent_commands(&self) -> Result<Vec<CommandRecord>> {
@@ -439,7 +480,7 @@ impl Commands for SqlStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(command_from_row).collect()
+        rows.iter().map(|r| self.read_command(r)).collect()
     }
 
     async fn devices_with_queued_commands(&self) -> Result<Vec<Imei>> {

@@ -13,6 +13,7 @@ use crate::{Page, Result, StoreError};
 
 use super::common::*;
 use super::{BEGIN_WRITE, Db};
+use crate::vault::Vault;
 
 use callhome_core::jobs::{ExecState, JobState};
 
@@ -34,11 +35,11 @@ macro_rules! job_device_cols {
 /// Rows per INSERT when a job's executions are created.
 const JOB_DEVICE_CHUNK: usize = 500;
 
-pub(super) fn job_from_row(r: &DbRow) -> Result<JobRecord> {
+pub(super) fn job_from_row(v: &Vault, r: &DbRow) -> Result<JobRecord> {
     Ok(JobRecord {
         id: parse_col("jobs.id", &r.try_get::<String, _>("id")?, Uuid::from_str)?,
         name: r.try_get("name")?,
-        operation: r.try_get("operation")?,
+        operation: v.open_json(r.try_get("operation")?),
         target: r.try_get("target")?,
         rollout: r.try_get("rollout")?,
         restart: r.try_get("restart")?,
@@ -58,7 +59,7 @@ pub(super) fn job_from_row(r: &DbRow) -> Result<JobRecord> {
     })
 }
 
-pub(super) fn job_device_from_row(r: &DbRow) -> Result<JobDeviceRecord> {
+pub(super) fn job_device_from_row(v: &Vault, r: &DbRow) -> Result<JobDeviceRecord> {
     Ok(JobDeviceRecord {
         job_id: parse_col(
             "job_devices.job_id",
@@ -80,7 +81,9 @@ pub(super) fn job_device_from_row(r: &DbRow) -> Result<JobDeviceRecord> {
         attempts: r.try_get("attempts")?,
         started_at: opt_from_ms(r.try_get("started_at")?),
         finished_at: opt_from_ms(r.try_get("finished_at")?),
-        error: r.try_get("error")?,
+        error: r
+            .try_get::<Option<String>, _>("error")?
+            .map(|e| v.open_lines(e)),
         result: r.try_get("result")?,
     })
 }
@@ -96,7 +99,7 @@ impl Jobs for SqlStore {
         )
         .bind(job.id.to_string())
         .bind(job.name.as_deref())
-        .bind(&job.operation)
+        .bind(self.vault.seal_json(&job.operation).as_ref())
         .bind(&job.target)
         .bind(&job.rollout)
         .bind(&job.restart)
@@ -139,7 +142,7 @@ impl Jobs for SqlStore {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
-        job_from_row(&row)
+        job_from_row(&self.vault, &row)
     }
 
     async fn list_jobs(&self, f: &JobFilter) -> Result<Page<JobRecord>> {
@@ -160,7 +163,10 @@ impl Jobs for SqlStore {
         q.push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
         let rows = q.build().fetch_all(&self.pool).await?;
-        let items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        let items = rows
+            .iter()
+            .map(|r| job_from_row(&self.vault, r))
+            .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |j| j.id.to_string()))
     }
 
@@ -172,7 +178,7 @@ impl Jobs for SqlStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(job_from_row).collect()
+        rows.iter().map(|r| job_from_row(&self.vault, r)).collect()
     }
 
     async fn set_job_state(
@@ -330,7 +336,7 @@ impl Jobs for SqlStore {
             q.push(concat!(") RETURNING ", job_device_cols!()));
             let rows = q.build().fetch_all(&self.pool).await?;
             for r in &rows {
-                out.push(job_device_from_row(r)?);
+                out.push(job_device_from_row(&self.vault, r)?);
             }
         }
         out.sort_by_key(|d| d.seq);
@@ -353,7 +359,7 @@ impl Jobs for SqlStore {
         .bind(id.to_string())
         .bind(imei.as_str())
         .bind(state.as_str())
-        .bind(error)
+        .bind(error.map(|e| self.vault.seal_lines(e)).as_deref())
         .bind(result)
         .bind(ms(at))
         .execute(&self.pool)
@@ -377,7 +383,9 @@ impl Jobs for SqlStore {
         .bind(id.to_string())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(job_device_from_row).collect()
+        rows.iter()
+            .map(|r| job_device_from_row(&self.vault, r))
+            .collect()
     }
 
     async fn close_pending_job_devices(
@@ -416,7 +424,7 @@ impl Jobs for SqlStore {
         let rows = q.build().fetch_all(&self.pool).await?;
         let items = rows
             .iter()
-            .map(job_device_from_row)
+            .map(|r| job_device_from_row(&self.vault, r))
             .collect::<Result<Vec<_>>>()?;
         Ok(page(items, limit, |d| d.seq.to_string()))
     }
@@ -432,6 +440,6 @@ impl Jobs for SqlStore {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("device {imei} in job {id}")))?;
-        job_device_from_row(&row)
+        job_device_from_row(&self.vault, &row)
     }
 }
