@@ -57,6 +57,10 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Most TLS handshakes in progress at once.
     pub max_handshakes: usize,
+    /// Most connections at once from one address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+    /// Most TLS handshakes in progress at once from one address (IPv6: one /64).
+    pub max_handshakes_per_address: usize,
     /// Largest MQTT packet accepted, bytes.
     pub max_packet_bytes: usize,
     /// Idle limit for clients with keepalive 0 (and cap on 1.5 x keepalive).
@@ -79,6 +83,8 @@ impl Default for GatewayConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 200_000,
             max_handshakes: 2048,
+            max_connections_per_address: 4096,
+            max_handshakes_per_address: 128,
             max_packet_bytes: 64 * 1024,
             max_idle: Duration::from_secs(1800),
             write_timeout: Duration::from_secs(30),
