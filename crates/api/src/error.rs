@@ -82,6 +82,9 @@ pub enum ApiError {
     /// The body has the wrong media type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A limit on what one client may hold or do was reached (429); the detail names it.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// A dependency (the database) is not available (503).
     #[error("{0}")]
     Unavailable(String),
@@ -129,6 +132,11 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "Unsupported media type",
+            ),
+            ApiError::TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

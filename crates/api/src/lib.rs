@@ -17,20 +17,19 @@ pub mod auth;
 pub mod context;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod serve;
 mod time_format;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::http::HeaderName;
 use callhome_pki::CertificateService;
 use callhome_store::Store;
-use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -40,6 +39,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::TokenKeys;
 pub use error::ApiError;
+pub use serve::{ServeLimits, serve};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -65,6 +65,8 @@ pub struct AppState {
     pub jobs: callhome_fleet::JobEngine,
     /// Cancelled at shutdown: long-lived streams end so that the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Bounds of long-lived streams (event streams per principal, WebSocket frames).
+    pub stream_limits: limits::StreamLimits,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document, Swagger UI at `/docs`.
@@ -90,17 +92,3 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on an already-bound listener until `shutdown` completes, then lets
-/// in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}

@@ -74,6 +74,16 @@ pub struct GatewayConfig {
     pub late_reply_grace: Duration,
     /// How long status messages are kept.
     pub status_retention: time::Duration,
+    /// Largest reply accumulated for one command, bytes: a reply growing past it fails the
+    /// command with the reason.
+    pub max_reply_bytes: usize,
+    /// Status messages stored per device per minute, on average (a token bucket); more are
+    /// dropped and counted in `callhome_mqtt_status_dropped_total`.
+    pub status_per_minute: u32,
+    /// Status messages a device may send at once before the rate applies.
+    pub status_burst: u32,
+    /// Denied SUBSCRIBE filters (each audited) a connection may send; one more ends it.
+    pub max_denied_filters: usize,
 }
 
 impl Default for GatewayConfig {
@@ -91,6 +101,10 @@ impl Default for GatewayConfig {
             allow_password_auth: false,
             late_reply_grace: Duration::from_secs(5),
             status_retention: time::Duration::days(30),
+            max_reply_bytes: 256 * 1024,
+            status_per_minute: 60,
+            status_burst: 20,
+            max_denied_filters: 3,
         }
     }
 }
@@ -137,6 +151,16 @@ pub(crate) struct Shared {
     events: Arc<EventBus>,
     hub: hub::Hub,
     shutdown: CancellationToken,
+    /// Each device's status-message allowance.
+    status_limit: status::RateLimiter,
+}
+
+/// The status-message rate of `cfg`: per second, and the burst.
+fn cfg_rate(cfg: &GatewayConfig) -> (f64, f64) {
+    (
+        f64::from(cfg.status_per_minute) / 60.0,
+        f64::from(cfg.status_burst.max(1)),
+    )
 }
 
 /// A command to queue for a device.
@@ -181,6 +205,7 @@ impl Gateway {
         events: Arc<EventBus>,
         shutdown: CancellationToken,
     ) -> Result<Self, GatewayError> {
+        let cfg_copy = cfg.clone();
         let shared = Arc::new(Shared {
             cfg,
             store,
@@ -189,6 +214,7 @@ impl Gateway {
             events,
             hub: hub::Hub::default(),
             shutdown,
+            status_limit: status::RateLimiter::new(cfg_rate(&cfg_copy)),
         });
         let tls = Arc::new(SharedServerConfig::new(server::build_tls(&shared)?));
         Ok(Self { shared, tls })

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use callhome_core::{Imei, Role};
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
@@ -55,6 +55,7 @@ fn type_matches(filters: &[String], kind: &str) -> bool {
     responses(
         (status = 200, description = "Event stream", content_type = "text/event-stream", body = String),
         (status = 422, description = "Invalid device", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The principal already holds as many event streams as `http.max_event_streams_per_principal` allows (default 8); the detail names the limit", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn stream(
@@ -73,6 +74,8 @@ pub async fn stream(
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
+    // Held by the stream: given back when the client goes away.
+    let guard = state.stream_limits.open_event_stream(p.id, &p.name)?;
     let mut rx = state.gateway.events().subscribe();
     let shutdown = state.shutdown.clone();
     let stream = async_stream(move |tx| async move {
@@ -108,6 +111,10 @@ pub async fn stream(
                 Err(RecvError::Closed) => return,
             }
         }
+    });
+    let stream = stream.map(move |item| {
+        let _held = &guard;
+        item
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

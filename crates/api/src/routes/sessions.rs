@@ -395,22 +395,32 @@ pub async fn stream(
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let addr = remote.to_string();
     state.tunnel.attach_reader(id, Box::new(ours), addr).await?;
+    // Frames and messages share one limit: a frame over it is refused from its header,
+    // before its payload is buffered, and the socket closed with 1009.
+    let max = state.stream_limits.ws_max_message_bytes;
     Ok(ws
-        .max_message_size(1 << 20)
-        .on_upgrade(move |socket| pump(socket, theirs))
+        .max_frame_size(max)
+        .max_message_size(max)
+        .on_upgrade(move |socket| pump(socket, theirs, max))
         .into_response())
 }
 
-/// Moves bytes between the WebSocket and the tunnel's end of the duplex pipe.
-async fn pump(socket: WebSocket, pipe: tokio::io::DuplexStream) {
+/// Moves bytes between the WebSocket and the tunnel's end of the duplex pipe. A frame or
+/// message over `max` bytes ends the socket with close code 1009 (message too big).
+async fn pump(socket: WebSocket, pipe: tokio::io::DuplexStream, max: usize) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut rd, mut wr) = tokio::io::split(pipe);
     let to_tunnel = async {
+        let mut too_big = None;
         while let Some(msg) = ws_rx.next().await {
             let data = match msg {
                 Ok(Message::Binary(b)) => b,
                 Ok(Message::Text(t)) => t.as_bytes().to_vec().into(),
-                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(Message::Close(_)) => break,
+                Err(e) => {
+                    too_big = message_too_long(e, max);
+                    break;
+                }
                 Ok(_) => continue,
             };
             if wr.write_all(&data).await.is_err() {
@@ -418,6 +428,7 @@ async fn pump(socket: WebSocket, pipe: tokio::io::DuplexStream) {
             }
         }
         let _ = wr.shutdown().await;
+        too_big
     };
     let from_tunnel = async {
         let mut buf = vec![0u8; 16 * 1024];
@@ -437,8 +448,30 @@ async fn pump(socket: WebSocket, pipe: tokio::io::DuplexStream) {
         }
         let _ = ws_tx.send(Message::Close(None)).await;
     };
-    tokio::select! {
-        () = to_tunnel => {}
-        () = from_tunnel => {}
+    let too_big = tokio::select! {
+        too_big = to_tunnel => too_big,
+        () = from_tunnel => None,
+    };
+    if let Some(reason) = too_big {
+        let _ = ws_tx
+            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                code: axum::extract::ws::close_code::SIZE,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+}
+
+/// The close reason for a frame or message over the limit, if `e` is that.
+fn message_too_long(e: axum::Error, max: usize) -> Option<String> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    match e.into_inner().downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { size, .. })) => {
+            metrics::counter!("callhome_http_rejected_total", "reason" => "ws_message_too_big")
+                .increment(1);
+            tracing::info!(size, limit = max, "WebSocket frame over the limit; closing");
+            Some(format!("frame of {size} bytes over the {max}-byte limit"))
+        }
+        _ => None,
     }
 }
