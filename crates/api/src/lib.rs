@@ -91,4 +91,3 @@ pub fn app(state: AppState) -> Router {
         ]))
         .with_state(state)
 }
-

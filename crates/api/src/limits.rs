@@ -100,10 +100,18 @@ mod tests {
         let _g2 = limits.open_event_stream(a, "alice").unwrap();
         let err = limits.open_event_stream(a, "alice").unwrap_err();
         assert!(matches!(err, ApiError::TooManyRequests(_)));
-        assert!(err.to_string().contains("http.max_event_streams_per_principal"), "{err}");
-        let _h = limits.open_event_stream(b, "bob").expect("another principal");
+        assert!(
+            err.to_string()
+                .contains("http.max_event_streams_per_principal"),
+            "{err}"
+        );
+        let _h = limits
+            .open_event_stream(b, "bob")
+            .expect("another principal");
         drop(g1);
         assert_eq!(limits.event_streams(a), 1);
-        let _g3 = limits.open_event_stream(a, "alice").expect("a share came back");
+        let _g3 = limits
+            .open_event_stream(a, "alice")
+            .expect("a share came back");
     }
 }

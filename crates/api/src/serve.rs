@@ -125,7 +125,11 @@ pub async fn serve(
     }
     drop(listener);
     signal.abort();
-    info!(listener = "http", open = tracker.len(), "stopped accepting; draining");
+    info!(
+        listener = "http",
+        open = tracker.len(),
+        "stopped accepting; draining"
+    );
     tracker.close();
     tracker.wait().await;
     Ok(())

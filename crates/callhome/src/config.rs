@@ -631,8 +631,7 @@ impl Settings {
         )?)?;
         gateway.status_burst =
             u32::try_from(bounded("mqtt.status_burst", file.mqtt.status_burst)?)?;
-        gateway.max_denied_filters =
-            size("mqtt.max_denied_filters", file.mqtt.max_denied_filters)?;
+        gateway.max_denied_filters = size("mqtt.max_denied_filters", file.mqtt.max_denied_filters)?;
         let tunnel_max_connections_per_address = size(
             "tunnel.max_connections_per_address",
             file.tunnel.max_connections_per_address,

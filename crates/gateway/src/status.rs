@@ -42,9 +42,8 @@ pub(crate) struct RateLimiter {
     /// Bucket size: the burst.
     burst: f64,
     /// Each device's bucket: tokens left and when they were counted.
-    buckets: std::sync::Mutex<
-        std::collections::HashMap<callhome_core::Imei, (f64, std::time::Instant)>,
-    >,
+    buckets:
+        std::sync::Mutex<std::collections::HashMap<callhome_core::Imei, (f64, std::time::Instant)>>,
 }
 
 impl RateLimiter {
@@ -75,11 +74,9 @@ impl RateLimiter {
                 *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
             });
         }
-        let (tokens, at) = buckets
-            .entry(imei.clone())
-            .or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second)
-            .min(self.burst);
+        let (tokens, at) = buckets.entry(imei.clone()).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -89,7 +86,6 @@ impl RateLimiter {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -101,7 +97,10 @@ mod tests {
         let t0 = std::time::Instant::now();
         assert!((0..3).all(|_| limiter.allow_at(&a, t0)), "the burst");
         assert!(!limiter.allow_at(&a, t0), "over the burst");
-        assert!(limiter.allow_at(&b, t0), "another device has its own bucket");
+        assert!(
+            limiter.allow_at(&b, t0),
+            "another device has its own bucket"
+        );
         let t1 = t0 + std::time::Duration::from_millis(1100);
         assert!(limiter.allow_at(&a, t1), "one token a second");
         assert!(!limiter.allow_at(&a, t1));

@@ -230,8 +230,7 @@ impl TlsListener {
             };
             // Per-address caps first, so that a flooding address never holds global slots
             // beyond its share.
-            let Some(addr_conn_permit) = self.connections_per_address.try_acquire(addr.ip())
-            else {
+            let Some(addr_conn_permit) = self.connections_per_address.try_acquire(addr.ip()) else {
                 debug!(listener = name, peer = %addr, "connection limit per address reached; closing");
                 handler.refused(Some(addr), &Refusal::MaxConnectionsPerAddress);
                 drop(tcp);

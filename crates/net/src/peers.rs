@@ -125,8 +125,13 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let p1 = limit.try_acquire(a).unwrap();
         let p2 = limit.try_acquire(a).unwrap();
-        assert!(limit.try_acquire(a).is_none(), "a third for the same address");
-        let q = limit.try_acquire(b).expect("another address is not affected");
+        assert!(
+            limit.try_acquire(a).is_none(),
+            "a third for the same address"
+        );
+        let q = limit
+            .try_acquire(b)
+            .expect("another address is not affected");
         assert_eq!(limit.held(a), 2);
         drop(p1);
         assert_eq!(limit.held(a), 1);
@@ -141,10 +146,12 @@ mod tests {
     #[test]
     fn one_ipv6_64_shares_one_count() {
         let limit = PerAddressLimit::new(1);
-        let _p = limit
-            .try_acquire("2001:db8::1".parse().unwrap())
-            .unwrap();
+        let _p = limit.try_acquire("2001:db8::1".parse().unwrap()).unwrap();
         assert!(limit.try_acquire("2001:db8::2".parse().unwrap()).is_none());
-        assert!(limit.try_acquire("2001:db8:0:1::1".parse().unwrap()).is_some());
+        assert!(
+            limit
+                .try_acquire("2001:db8:0:1::1".parse().unwrap())
+                .is_some()
+        );
     }
 }

@@ -408,7 +408,10 @@ async fn the_per_address_handshake_cap_refuses_only_that_address() {
     .await
     .expect("another address is served in time")
     .unwrap();
-    assert_eq!(next(&mut srv.peers).await.addr.ip().to_string(), "127.0.0.2");
+    assert_eq!(
+        next(&mut srv.peers).await.addr.ip().to_string(),
+        "127.0.0.2"
+    );
     // When a silent peer gives up, its address's share comes back.
     drop(silent1);
     assert_eq!(next(&mut srv.refusals).await, "handshake");
@@ -502,6 +505,9 @@ async fn idle_sockets_from_one_address_do_not_starve_another_address() {
         refused += 1;
     }
     assert_eq!(refused, 2100 - 128, "all but 128 refused at once");
-    assert_eq!(next(&mut srv.peers).await.addr.ip().to_string(), "127.0.0.2");
+    assert_eq!(
+        next(&mut srv.peers).await.addr.ip().to_string(),
+        "127.0.0.2"
+    );
     drop(idle);
 }

@@ -139,7 +139,10 @@ async fn slowloris_connections_stop_neither_the_api_nor_the_modem_listener() {
             .write_all(b"GET /api/v1/devices HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             .await;
     }
-    println!("2,000 slowloris connections opened in {:?}", started.elapsed());
+    println!(
+        "2,000 slowloris connections opened in {:?}",
+        started.elapsed()
+    );
 
     // The API answers another address promptly.
     let other = reqwest::Client::builder()
@@ -208,7 +211,9 @@ async fn a_modem_flooding_non_final_reply_lines_is_bounded_and_failed_with_the_r
         while let Ok(ev) = eventloop.poll().await {
             match ev {
                 Event::Incoming(Packet::ConnAck(_)) => {
-                    sub.subscribe(topic.clone(), QoS::AtLeastOnce).await.unwrap();
+                    sub.subscribe(topic.clone(), QoS::AtLeastOnce)
+                        .await
+                        .unwrap();
                 }
                 Event::Incoming(Packet::Publish(p)) if p.topic == topic => {
                     let _ = cmd_tx
@@ -303,7 +308,12 @@ async fn a_modem_flooding_non_final_reply_lines_is_bounded_and_failed_with_the_r
         .unwrap();
     assert_eq!(cmd, "AT");
     client
-        .publish(format!("{}/ATR", e.imei), QoS::AtLeastOnce, false, "\r\nOK\r\n")
+        .publish(
+            format!("{}/ATR", e.imei),
+            QoS::AtLeastOnce,
+            false,
+            "\r\nOK\r\n",
+        )
         .await
         .unwrap();
     let next_id = next["id"].as_str().unwrap();
@@ -344,16 +354,21 @@ async fn a_subscribe_with_many_denied_filters_disconnects_after_the_first_few() 
         .map(|i| rumqttc::mqttbytes::v4::SubscribeFilter::new(format!("x/{i}/AT"), QoS::AtMostOnce))
         .collect();
     let subscribe = rumqttc::mqttbytes::v4::Subscribe::new_many(filters);
-    s.write_all(&encode(rumqttc::mqttbytes::v4::Packet::Subscribe(subscribe)))
-        .await
-        .unwrap();
+    s.write_all(&encode(rumqttc::mqttbytes::v4::Packet::Subscribe(
+        subscribe,
+    )))
+    .await
+    .unwrap();
     // Closed without a SUBACK.
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the connection is closed");
     assert!(rest.is_empty() || rest[0] != 0x90, "no SUBACK: {rest:?}");
     let (status, audit) = app
-        .get(&format!("/api/v1/audit?target={}&limit=100", e.imei), &admin)
+        .get(
+            &format!("/api/v1/audit?target={}&limit=100", e.imei),
+            &admin,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{audit}");
     let rows = audit["items"]
@@ -388,10 +403,7 @@ async fn event_streams_per_principal_are_capped_with_429() {
     assert_eq!(second.status(), StatusCode::OK);
     let third = open(&reader).await.unwrap();
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(
-        third.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(third.headers()["content-type"], "application/problem+json");
     let body: Value = third.json().await.unwrap();
     assert!(
         body["detail"]
@@ -429,6 +441,7 @@ struct ChildServer {
 
 impl ChildServer {
     async fn start() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callhome"))
             .args(["serve", "--data-dir"])
@@ -616,7 +629,11 @@ async fn a_16_mib_websocket_frame_is_refused_without_being_buffered() {
     );
     assert!(grew < 4 * 1024, "the server's RSS grew by {grew} KiB");
     let frame = close.expect("a close frame, not a dropped connection");
-    assert_eq!(u16::from(frame.code), 1009, "close code 1009 (message too big)");
+    assert_eq!(
+        u16::from(frame.code),
+        1009,
+        "close code 1009 (message too big)"
+    );
     assert!(frame.reason.contains("limit"), "{}", frame.reason);
     drop(srv);
 }
