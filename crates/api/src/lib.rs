@@ -17,21 +17,20 @@ pub mod auth;
 pub mod context;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod serve;
 pub mod streams;
 mod time_format;
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::http::HeaderName;
 use callhome_pki::CertificateService;
 use callhome_store::Store;
-use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -41,6 +40,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use auth::TokenKeys;
 pub use error::ApiError;
+pub use serve::{ServeLimits, serve};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -70,6 +70,8 @@ pub struct AppState {
     pub streams: streams::PrincipalStreams,
     /// Bearer token `GET /metrics` requires (`None`: open).
     pub metrics_token: Option<MetricsToken>,
+    /// Bounds of long-lived streams (event streams per principal, WebSocket frames).
+    pub stream_limits: limits::StreamLimits,
 }
 
 /// The bearer token `GET /metrics` requires (`http.metrics_token`). `Debug` never shows it;
@@ -121,19 +123,4 @@ pub fn app(state: AppState) -> Router {
             axum::http::header::AUTHORIZATION,
         ]))
         .with_state(state)
-}
-
-/// Serves `app` on an already-bound listener until `shutdown` completes, then lets
-/// in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }

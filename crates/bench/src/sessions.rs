@@ -1607,6 +1607,13 @@ async fn one_run(args: &BenchSessionsArgs, run: usize) -> anyhow::Result<RunResu
         ..Default::default()
     })?;
     settings.admin_password = Some(SecretString::from(admin_password.clone()));
+    // Every simulated modem and reader is on 127.0.0.1: lift the per-address caps (meant
+    // for real fleets, one address per modem) to the global ones.
+    settings.gateway.max_connections_per_address = settings.gateway.max_connections;
+    settings.gateway.max_handshakes_per_address = settings.gateway.max_handshakes;
+    settings.tunnel_max_connections_per_address = 10_000_000;
+    settings.tunnel_max_handshakes_per_address = 100_000;
+    settings.http_limits.max_connections_per_address = settings.http_limits.max_connections;
     let server_rt = ServerRuntime::new(args.server_threads)?;
     let handle = server_rt.handle();
     let srv: RunningServer = handle

@@ -55,8 +55,20 @@ impl ServerProcess {
         let exe = server_binary()?;
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("creating the server log {}", log.display()))?;
+        // Every simulated modem dials from 127.0.0.1: lift the per-address caps (meant for
+        // real fleets, one address per modem) to the global ones.
+        let settings = log.with_extension("toml");
+        std::fs::write(
+            &settings,
+            "[mqtt]\nmax_connections_per_address = 10000000\nmax_handshakes_per_address = 100000\n\
+             [tunnel]\nmax_connections_per_address = 10000000\nmax_handshakes_per_address = 100000\n\
+             [http]\nmax_connections_per_address = 1000000\n",
+        )
+        .with_context(|| format!("writing the server settings {}", settings.display()))?;
         let mut cmd = Command::new(exe);
         cmd.arg("serve")
+            .arg("--config")
+            .arg(&settings)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])

@@ -136,6 +136,92 @@ pub const BOUNDS: &[Bounds] = &[
         min: 1,
         max: 86_400,
     },
+    // --- Listener bounds per peer (issue 16, item 5) ---
+    Bounds {
+        key: "http.header_read_timeout_s",
+        default: 10,
+        min: 1,
+        max: 300,
+    },
+    Bounds {
+        key: "http.idle_timeout_s",
+        default: 120,
+        min: 61,
+        max: 86_400,
+    },
+    Bounds {
+        key: "http.max_connections",
+        default: 10_000,
+        min: 1,
+        max: 1_000_000,
+    },
+    Bounds {
+        key: "http.max_connections_per_address",
+        default: 512,
+        min: 1,
+        max: 1_000_000,
+    },
+    Bounds {
+        key: "http.max_event_streams_per_principal",
+        default: 8,
+        min: 1,
+        max: 10_000,
+    },
+    Bounds {
+        key: "http.ws_max_message_bytes",
+        default: 1024 * 1024,
+        min: 1024,
+        max: 64 * 1024 * 1024,
+    },
+    Bounds {
+        key: "mqtt.max_connections_per_address",
+        default: 4096,
+        min: 1,
+        max: 10_000_000,
+    },
+    Bounds {
+        key: "mqtt.max_handshakes_per_address",
+        default: 128,
+        min: 1,
+        max: 100_000,
+    },
+    Bounds {
+        key: "mqtt.max_reply_bytes",
+        default: 256 * 1024,
+        min: 1024,
+        max: 16 * 1024 * 1024,
+    },
+    Bounds {
+        key: "mqtt.status_per_minute",
+        default: 60,
+        min: 1,
+        max: 60_000,
+    },
+    Bounds {
+        key: "mqtt.status_burst",
+        default: 20,
+        min: 1,
+        max: 10_000,
+    },
+    Bounds {
+        key: "mqtt.max_denied_filters",
+        default: 3,
+        min: 0,
+        max: 1000,
+    },
+    Bounds {
+        key: "tunnel.max_connections_per_address",
+        default: 4096,
+        min: 1,
+        max: 10_000_000,
+    },
+    Bounds {
+        key: "tunnel.max_handshakes_per_address",
+        default: 128,
+        min: 1,
+        max: 100_000,
+    },
+    // --- end of listener bounds per peer ---
 ];
 
 /// The value of the numeric setting `key`: `value` if given and within its range (else an
@@ -167,7 +253,7 @@ pub struct FileSettings {
     pub public_host: Option<Vec<String>>,
     /// HTTP API.
     #[serde(default)]
-    pub http: ListenSection,
+    pub http: HttpSection,
     /// Modem MQTT/TLS listener.
     #[serde(default)]
     pub mqtt: MqttSection,
@@ -216,14 +302,27 @@ pub struct FleetSection {
     pub restart_wait_s: Option<u64>,
 }
 
-/// `[http]`.
+/// `[http]`: the API listener.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenSection {
+pub struct HttpSection {
     /// Address to bind.
     pub listen: Option<SocketAddr>,
     /// Bearer token `GET /metrics` requires (a secret: never shown); unset, it is open.
     pub metrics_token: Option<SecretString>,
+    /// A request head must be complete within this many seconds of the connection opening
+    /// or of the previous response.
+    pub header_read_timeout_s: Option<u64>,
+    /// A connection with no byte read or written for this many seconds is closed.
+    pub idle_timeout_s: Option<u64>,
+    /// Most HTTP connections at once.
+    pub max_connections: Option<u64>,
+    /// Most HTTP connections at once from one address (IPv6: one /64).
+    pub max_connections_per_address: Option<u64>,
+    /// Most event streams (`GET /api/v1/events`) one user or API key may hold open.
+    pub max_event_streams_per_principal: Option<u64>,
+    /// Largest WebSocket frame and message on a session stream, bytes.
+    pub ws_max_message_bytes: Option<u64>,
 }
 
 /// `[mqtt]`: the modem gateway.
@@ -246,6 +345,18 @@ pub struct MqttSection {
     pub node_id: Option<String>,
     /// Most queued commands per device; one more is refused with 429.
     pub max_queued_commands: Option<usize>,
+    /// Most modem connections at once from one address (IPv6: one /64).
+    pub max_connections_per_address: Option<u64>,
+    /// Most TLS handshakes in progress at once from one address (IPv6: one /64).
+    pub max_handshakes_per_address: Option<u64>,
+    /// Largest reply accumulated for one command, bytes; over it the command fails.
+    pub max_reply_bytes: Option<u64>,
+    /// Status messages stored per device per minute (on average); more are dropped.
+    pub status_per_minute: Option<u64>,
+    /// Status messages a device may send at once before the rate applies.
+    pub status_burst: Option<u64>,
+    /// Denied SUBSCRIBE filters a connection may send (each audited); one more ends it.
+    pub max_denied_filters: Option<u64>,
 }
 
 /// `[tunnel]`: the meter-reading rendezvous.
@@ -260,6 +371,10 @@ pub struct TunnelSection {
     pub id_timeout_s: Option<u64>,
     /// Largest `timeout_s` a meter-reading session may ask for, seconds.
     pub max_session_timeout_s: Option<u32>,
+    /// Most modem connections at once from one address (IPv6: one /64).
+    pub max_connections_per_address: Option<u64>,
+    /// Most TLS handshakes in progress at once from one address (IPv6: one /64).
+    pub max_handshakes_per_address: Option<u64>,
 }
 
 /// `[ca]`.
@@ -416,6 +531,14 @@ pub struct Settings {
     pub tunnel_id_timeout: std::time::Duration,
     /// Largest session `timeout_s`.
     pub tunnel_max_session_timeout_s: u32,
+    /// Tunnel connections at once from one address.
+    pub tunnel_max_connections_per_address: usize,
+    /// Tunnel handshakes in progress at once from one address.
+    pub tunnel_max_handshakes_per_address: usize,
+    /// Bounds of the HTTP listener.
+    pub http_limits: callhome_api::ServeLimits,
+    /// Bounds of long-lived HTTP streams (event streams per principal, WebSocket frames).
+    pub stream_limits: callhome_api::limits::StreamLimits,
     /// Modem gateway settings (its listen address is `mqtt`).
     pub gateway: callhome_gateway::GatewayConfig,
     /// CA parameters.
@@ -544,6 +667,54 @@ impl Settings {
             "tunnel.max_session_timeout_s",
             file.tunnel.max_session_timeout_s.map(u64::from),
         )?)?;
+        // --- Listener bounds per peer ---
+        let size = |key: &str, v: Option<u64>| -> anyhow::Result<usize> {
+            Ok(usize::try_from(bounded(key, v)?)?)
+        };
+        gateway.max_connections_per_address = size(
+            "mqtt.max_connections_per_address",
+            file.mqtt.max_connections_per_address,
+        )?;
+        gateway.max_handshakes_per_address = size(
+            "mqtt.max_handshakes_per_address",
+            file.mqtt.max_handshakes_per_address,
+        )?;
+        gateway.max_reply_bytes = size("mqtt.max_reply_bytes", file.mqtt.max_reply_bytes)?;
+        gateway.status_per_minute = u32::try_from(bounded(
+            "mqtt.status_per_minute",
+            file.mqtt.status_per_minute,
+        )?)?;
+        gateway.status_burst =
+            u32::try_from(bounded("mqtt.status_burst", file.mqtt.status_burst)?)?;
+        gateway.max_denied_filters = size("mqtt.max_denied_filters", file.mqtt.max_denied_filters)?;
+        let tunnel_max_connections_per_address = size(
+            "tunnel.max_connections_per_address",
+            file.tunnel.max_connections_per_address,
+        )?;
+        let tunnel_max_handshakes_per_address = size(
+            "tunnel.max_handshakes_per_address",
+            file.tunnel.max_handshakes_per_address,
+        )?;
+        let http_limits = callhome_api::ServeLimits {
+            header_read_timeout: seconds(
+                "http.header_read_timeout_s",
+                file.http.header_read_timeout_s,
+            )?,
+            idle_timeout: seconds("http.idle_timeout_s", file.http.idle_timeout_s)?,
+            max_connections: size("http.max_connections", file.http.max_connections)?,
+            max_connections_per_address: size(
+                "http.max_connections_per_address",
+                file.http.max_connections_per_address,
+            )?,
+        };
+        let stream_limits = callhome_api::limits::StreamLimits::new(
+            size(
+                "http.max_event_streams_per_principal",
+                file.http.max_event_streams_per_principal,
+            )?,
+            size("http.ws_max_message_bytes", file.http.ws_max_message_bytes)?,
+        );
+        // --- end of listener bounds per peer ---
         let admin_password = std::env::var("CALLHOME_ADMIN_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty())
@@ -591,6 +762,10 @@ impl Settings {
             tunnel_public_port: file.tunnel.public_port,
             tunnel_id_timeout,
             tunnel_max_session_timeout_s,
+            tunnel_max_connections_per_address,
+            tunnel_max_handshakes_per_address,
+            http_limits,
+            stream_limits,
             ca,
             token_ttl: time::Duration::seconds(i64::try_from(token_ttl_s)?),
             admin_password,
@@ -759,6 +934,29 @@ mod tests {
             ("[fleet]\njob_queue_wait_s = 1\n", "fleet.job_queue_wait_s"),
             ("[fleet]\nrestart_wait_s = 100000\n", "fleet.restart_wait_s"),
             ("[auth]\ntoken_ttl_s = 10\n", "auth.token_ttl_s"),
+            (
+                "[http]\nheader_read_timeout_s = 0\n",
+                "http.header_read_timeout_s",
+            ),
+            ("[http]\nidle_timeout_s = 60\n", "http.idle_timeout_s"),
+            (
+                "[http]\nmax_connections_per_address = 0\n",
+                "http.max_connections_per_address",
+            ),
+            (
+                "[http]\nws_max_message_bytes = 100000000\n",
+                "http.ws_max_message_bytes",
+            ),
+            (
+                "[mqtt]\nmax_handshakes_per_address = 0\n",
+                "mqtt.max_handshakes_per_address",
+            ),
+            ("[mqtt]\nmax_reply_bytes = 10\n", "mqtt.max_reply_bytes"),
+            ("[mqtt]\nstatus_per_minute = 0\n", "mqtt.status_per_minute"),
+            (
+                "[tunnel]\nmax_connections_per_address = 0\n",
+                "tunnel.max_connections_per_address",
+            ),
         ] {
             let path = dir.path().join("c.toml");
             std::fs::write(&path, toml).unwrap();

@@ -90,6 +90,7 @@ impl RunningServer {
 /// addresses (port 0 picks a free port; the bound address is in the result).
 pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_open_file_limit();
     let data_dir = settings.data_dir.clone();
     create_private_dir(&data_dir)?;
     crate::permissions::enforce(
@@ -169,6 +170,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
             public_port: settings.tunnel_public_port.unwrap_or(tunnel_addr.port()),
             id_timeout: settings.tunnel_id_timeout,
             max_timeout_s: settings.tunnel_max_session_timeout_s,
+            max_connections_per_address: settings.tunnel_max_connections_per_address,
+            max_handshakes_per_address: settings.tunnel_max_handshakes_per_address,
             ..TunnelConfig::default()
         },
         store.clone(),
@@ -237,6 +240,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
             .metrics_token
             .as_ref()
             .map(|t| callhome_api::MetricsToken::new(t.expose_secret())),
+        stream_limits: settings.stream_limits.clone(),
     };
 
     let http = TcpListener::bind(settings.http)
@@ -246,8 +250,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let app = callhome_api::app(state);
     let token = shutdown.clone();
     let drain = token.clone();
+    let limits = settings.http_limits.clone();
     tasks.spawn("HTTP API server", async move {
-        let server = callhome_api::serve(http, app, async move { token.cancelled().await });
+        let server =
+            callhome_api::serve(http, app, limits, async move { token.cancelled().await });
         tokio::pin!(server);
         // Graceful: in-flight requests finish; but a client that never lets go does not
         // hold the process for more than a few seconds after shutdown begins.
@@ -272,6 +278,20 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         ca_fingerprint,
         tasks,
     })
+}
+
+/// Raises the soft open-file limit to the hard limit where the system allows it (every
+/// modem, tunnel and HTTP connection holds a descriptor), and logs the limit in force.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            metrics::gauge!("callhome_open_files_limit").set(limit as f64);
+            tracing::info!(limit, "open-file limit (RLIMIT_NOFILE) in force");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read or raise the open-file limit (RLIMIT_NOFILE)")
+        }
+    }
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -155,6 +155,8 @@ struct Connection<S> {
     sub_qos: Option<QoS>,
     /// Packet ids of QoS 2 publishes taken and not yet released (PUBREL).
     pending_qos2: HashSet<u16>,
+    /// Subscription filters refused so far on this connection.
+    denied_filters: usize,
 }
 
 impl<S> Connection<S>
@@ -269,6 +271,7 @@ where
             next_pkid: 1,
             sub_qos: None,
             pending_qos2: HashSet::new(),
+            denied_filters: 0,
         })
     }
 
@@ -383,7 +386,7 @@ where
                 warn!("second CONNECT on one connection");
                 return Ok(Some(End::Violation("second_connect")));
             }
-            Packet::Subscribe(sub) => self.on_subscribe(sub).await?,
+            Packet::Subscribe(sub) => return self.on_subscribe(sub).await,
             Packet::Unsubscribe(u) => self.on_unsubscribe(u).await?,
             Packet::Publish(p) => return self.on_publish(p).await,
             Packet::PubRel(rel) => {
@@ -412,8 +415,10 @@ where
     }
 
     /// SUBSCRIBE: only the device's command topic is granted (QoS 0, or 1 for 1 and 2);
-    /// any other filter is refused and audited.
-    async fn on_subscribe(&mut self, sub: Subscribe) -> Result<(), FrameError> {
+    /// any other filter is refused and audited, up to
+    /// [`crate::GatewayConfig::max_denied_filters`] per connection; one more ends the
+    /// connection (`acl_subscribe`) without a further audit row.
+    async fn on_subscribe(&mut self, sub: Subscribe) -> Result<Option<End>, FrameError> {
         let mut codes = Vec::with_capacity(sub.filters.len());
         for f in &sub.filters {
             if f.path == self.topics.command {
@@ -424,6 +429,16 @@ where
                 self.sub_qos = Some(qos);
                 codes.push(SubscribeReasonCode::Success(qos));
             } else {
+                self.denied_filters += 1;
+                if self.denied_filters > self.shared.cfg.max_denied_filters {
+                    warn!(
+                        denied = self.denied_filters,
+                        "too many denied subscription filters; disconnecting"
+                    );
+                    metrics::counter!("callhome_mqtt_acl_violations_total", "action" => "mqtt.subscribe.too_many_denied")
+                        .increment(1);
+                    return Ok(Some(End::Violation("acl_subscribe")));
+                }
                 warn!(filter = %f.path, allowed = %self.topics.command, "subscription refused by ACL");
                 self.audit_violation(
                     "mqtt.subscribe.denied",
@@ -439,7 +454,7 @@ where
         if let Some(q) = self.sub_qos {
             self.subscribed.send_replace(Some(q));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// UNSUBSCRIBE: leaving the command topic stops the dispatcher's sending.
@@ -505,6 +520,11 @@ where
     /// Stores a status message and publishes it.
     async fn store_status(&self, p: &Publish) {
         let (shared, imei) = (&self.shared, &self.imei);
+        if !shared.status_limit.allow(imei) {
+            metrics::counter!("callhome_mqtt_status_dropped_total").increment(1);
+            debug!("status message over the device's rate; dropped");
+            return;
+        }
         let now = OffsetDateTime::now_utc();
         let parsed = crate::status::parse(&p.payload);
         metrics::counter!("callhome_status_messages_total").increment(1);

@@ -198,9 +198,12 @@ impl Dispatcher {
                 biased;
                 reply = self.replies.recv() => {
                     let Some(chunk) = reply else { return Wait::ConnectionGone };
-                    if !text.is_empty() && !text.ends_with('\n') {
-                        text.push_str("\r\n");
+                    let sep = if !text.is_empty() && !text.ends_with('\n') { "\r\n" } else { "" };
+                    let max = self.shared.cfg.max_reply_bytes;
+                    if text.len() + sep.len() + chunk.len() > max {
+                        return self.reply_too_large(cmd, text, &chunk, deadline).await;
                     }
+                    text.push_str(sep);
                     text.push_str(&chunk);
                     let result = FinalResult::classify(&text);
                     if !result.is_final() {
@@ -219,6 +222,62 @@ impl Dispatcher {
                 }
                 () = self.kill.cancelled() => return Wait::ConnectionGone,
                 () = tokio::time::sleep_until(deadline) => return self.timed_out(cmd, text).await,
+            }
+        }
+    }
+
+    /// The reply to `cmd` grew over [`crate::GatewayConfig::max_reply_bytes`] (`text` is
+    /// what came before `chunk`): the command fails with the reason and keeps the reply's
+    /// first bytes, up to the limit. The rest of that reply is discarded without being
+    /// kept, until its final result line or the command's deadline, so that it is not taken
+    /// as the next command's reply.
+    async fn reply_too_large(
+        &mut self,
+        cmd: &CommandRecord,
+        mut text: String,
+        chunk: &str,
+        deadline: Instant,
+    ) -> Wait {
+        let max = self.shared.cfg.max_reply_bytes;
+        if !text.is_empty() && !text.ends_with('\n') && text.len() + 2 <= max {
+            text.push_str("\r\n");
+        }
+        let mut room = max.saturating_sub(text.len()).min(chunk.len());
+        while !chunk.is_char_boundary(room) {
+            room -= 1;
+        }
+        text.push_str(&chunk[..room]);
+        metrics::counter!("callhome_commands_reply_too_large_total").increment(1);
+        warn!(id = %cmd.id, limit = max, "reply over the size limit; the command fails");
+        let outcome = CommandOutcome {
+            state: CommandState::Failed,
+            result: None,
+            error: Some(format!(
+                "the reply exceeded the limit of {max} bytes per command (mqtt.max_reply_bytes); its first {} bytes are kept",
+                text.len()
+            )),
+            reply: Some(text),
+            at: OffsetDateTime::now_utc(),
+        };
+        self.finish(cmd, &outcome).await;
+        if FinalResult::classify(chunk).is_final() {
+            return Wait::Done;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                reply = self.replies.recv() => match reply {
+                    None => return Wait::ConnectionGone,
+                    Some(rest) => {
+                        metrics::counter!("callhome_commands_reply_bytes_discarded_total")
+                            .increment(rest.len() as u64);
+                        if FinalResult::classify(&rest).is_final() {
+                            return Wait::Done;
+                        }
+                    }
+                },
+                () = self.kill.cancelled() => return Wait::ConnectionGone,
+                () = tokio::time::sleep_until(deadline) => return Wait::Done,
             }
         }
     }

@@ -57,6 +57,10 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Most TLS handshakes in progress at once.
     pub max_handshakes: usize,
+    /// Most connections at once from one address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+    /// Most TLS handshakes in progress at once from one address (IPv6: one /64).
+    pub max_handshakes_per_address: usize,
     /// Largest MQTT packet accepted, bytes.
     pub max_packet_bytes: usize,
     /// Idle limit for clients with keepalive 0 (and cap on 1.5 x keepalive).
@@ -72,6 +76,16 @@ pub struct GatewayConfig {
     pub status_retention: time::Duration,
     /// Most `queued` commands per device; one more is refused ([`GatewayError::QueueFull`]).
     pub max_queued_commands: usize,
+    /// Largest reply accumulated for one command, bytes: a reply growing past it fails the
+    /// command with the reason.
+    pub max_reply_bytes: usize,
+    /// Status messages stored per device per minute, on average (a token bucket); more are
+    /// dropped and counted in `callhome_mqtt_status_dropped_total`.
+    pub status_per_minute: u32,
+    /// Status messages a device may send at once before the rate applies.
+    pub status_burst: u32,
+    /// Denied SUBSCRIBE filters (each audited) a connection may send; one more ends it.
+    pub max_denied_filters: usize,
 }
 
 impl Default for GatewayConfig {
@@ -81,6 +95,8 @@ impl Default for GatewayConfig {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 200_000,
             max_handshakes: 2048,
+            max_connections_per_address: 4096,
+            max_handshakes_per_address: 128,
             max_packet_bytes: 64 * 1024,
             max_idle: Duration::from_secs(1800),
             write_timeout: Duration::from_secs(30),
@@ -88,6 +104,10 @@ impl Default for GatewayConfig {
             late_reply_grace: Duration::from_secs(5),
             status_retention: time::Duration::days(30),
             max_queued_commands: 100,
+            max_reply_bytes: 256 * 1024,
+            status_per_minute: 60,
+            status_burst: 20,
+            max_denied_filters: 3,
         }
     }
 }
@@ -148,6 +168,16 @@ pub(crate) struct Shared {
     /// Enqueues of one device are serialised (striped by IMEI) so that the queue cap holds
     /// on this node.
     enqueue_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Each device's status-message allowance.
+    status_limit: status::RateLimiter,
+}
+
+/// The status-message rate of `cfg`: per second, and the burst.
+fn cfg_rate(cfg: &GatewayConfig) -> (f64, f64) {
+    (
+        f64::from(cfg.status_per_minute) / 60.0,
+        f64::from(cfg.status_burst.max(1)),
+    )
 }
 
 /// Stripes of [`Shared::enqueue_locks`].
@@ -195,6 +225,7 @@ impl Gateway {
         events: Arc<EventBus>,
         shutdown: CancellationToken,
     ) -> Result<Self, GatewayError> {
+        let cfg_copy = cfg.clone();
         let shared = Arc::new(Shared {
             cfg,
             store,
@@ -206,6 +237,7 @@ impl Gateway {
             enqueue_locks: (0..ENQUEUE_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            status_limit: status::RateLimiter::new(cfg_rate(&cfg_copy)),
         });
         let tls = Arc::new(SharedServerConfig::new(server::build_tls(&shared)?));
         Ok(Self { shared, tls })

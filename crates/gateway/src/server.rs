@@ -77,7 +77,10 @@ impl Handler for Modems {
             Refusal::AcceptFailed(_) => {
                 metrics::counter!("callhome_mqtt_accept_errors_total").increment(1);
             }
-            Refusal::MaxConnections | Refusal::MaxHandshakes => {
+            Refusal::MaxConnections
+            | Refusal::MaxHandshakes
+            | Refusal::MaxConnectionsPerAddress
+            | Refusal::MaxHandshakesPerAddress => {
                 metrics::counter!("callhome_mqtt_rejected_total", "reason" => why.label())
                     .increment(1);
             }
@@ -101,6 +104,8 @@ pub(crate) fn listener_config(cfg: &GatewayConfig) -> TlsListenerConfig {
         handshake_timeout: cfg.handshake_timeout,
         max_connections: cfg.max_connections,
         max_handshakes: cfg.max_handshakes,
+        max_connections_per_address: cfg.max_connections_per_address,
+        max_handshakes_per_address: cfg.max_handshakes_per_address,
     }
 }
 

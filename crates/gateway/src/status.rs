@@ -35,8 +35,77 @@ pub fn parse(payload: &[u8]) -> Option<serde_json::Value> {
     (!map.is_empty()).then_some(serde_json::Value::Object(map))
 }
 
+/// A token bucket per device: how many status messages each device may store.
+pub(crate) struct RateLimiter {
+    /// Tokens added per second.
+    per_second: f64,
+    /// Bucket size: the burst.
+    burst: f64,
+    /// Each device's bucket: tokens left and when they were counted.
+    buckets:
+        std::sync::Mutex<std::collections::HashMap<callhome_core::Imei, (f64, std::time::Instant)>>,
+}
+
+impl RateLimiter {
+    /// `per_second` tokens a second, at most `burst` at once.
+    pub(crate) fn new((per_second, burst): (f64, f64)) -> Self {
+        Self {
+            per_second,
+            burst,
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Whether `imei` may store one more status message now (takes a token if so).
+    pub(crate) fn allow(&self, imei: &callhome_core::Imei) -> bool {
+        self.allow_at(imei, std::time::Instant::now())
+    }
+
+    fn allow_at(&self, imei: &callhome_core::Imei, now: std::time::Instant) -> bool {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Full buckets carry no state: forget them when the map grows, so that it holds
+        // only devices that sent recently.
+        if buckets.len() >= 4096 && !buckets.contains_key(imei) {
+            let (rate, burst) = (self.per_second, self.burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(imei.clone()).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_rate_limiter_allows_a_burst_then_the_rate() {
+        let limiter = super::RateLimiter::new((1.0, 3.0));
+        let a = callhome_core::Imei::parse("356938035643809").unwrap();
+        let b = callhome_core::Imei::from_body("35693803564381").unwrap();
+        let t0 = std::time::Instant::now();
+        assert!((0..3).all(|_| limiter.allow_at(&a, t0)), "the burst");
+        assert!(!limiter.allow_at(&a, t0), "over the burst");
+        assert!(
+            limiter.allow_at(&b, t0),
+            "another device has its own bucket"
+        );
+        let t1 = t0 + std::time::Duration::from_millis(1100);
+        assert!(limiter.allow_at(&a, t1), "one token a second");
+        assert!(!limiter.allow_at(&a, t1));
+    }
+
     use super::parse;
     use serde_json::json;
 

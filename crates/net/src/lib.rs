@@ -3,7 +3,9 @@
 //!
 //! Owns: the accept loop ([`TlsListener::run`]: capped back-off on accept errors, cancel-safe
 //! stop on shutdown); the per-listener caps (connections at once, handshakes in progress at
-//! once: a connection over either cap is closed at once); the TLS handshake, run in the
+//! once: a connection over either cap is closed at once) and the same two caps per peer
+//! address ([`peers`]: IPv4 by address, IPv6 by /64), so that one address cannot take every
+//! slot; the TLS handshake, run in the
 //! connection's own task under a timeout, with the configuration current at accept time
 //! ([`SharedServerConfig`] is swapped when the CRL changes); the peer's identity from its
 //! certificate ([`PeerIdentity`]); and tracking every connection task on a
@@ -27,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub mod peers;
+
+pub use peers::{AddressPermit, PerAddressLimit, peer_key};
 pub use tokio_rustls::server::TlsStream;
 
 /// First pause after a failed accept; doubled on each further failure.
@@ -45,6 +50,12 @@ pub struct TlsListenerConfig {
     pub max_connections: usize,
     /// Most TLS handshakes in progress at once; one more is closed at once.
     pub max_handshakes: usize,
+    /// Most connections at once from one peer address ([`peer_key`]); one more is closed at
+    /// once.
+    pub max_connections_per_address: usize,
+    /// Most TLS handshakes in progress at once from one peer address; one more is closed
+    /// at once.
+    pub max_handshakes_per_address: usize,
 }
 
 /// What the TLS layer established about the peer.
@@ -88,6 +99,12 @@ pub enum Refusal<'a> {
     MaxConnections,
     /// [`TlsListenerConfig::max_handshakes`] handshakes were in progress.
     MaxHandshakes,
+    /// The peer's address held [`TlsListenerConfig::max_connections_per_address`]
+    /// connections.
+    MaxConnectionsPerAddress,
+    /// The peer's address had [`TlsListenerConfig::max_handshakes_per_address`] handshakes
+    /// in progress.
+    MaxHandshakesPerAddress,
     /// The TLS handshake failed (not TLS, no or a bad certificate, revoked, ...).
     HandshakeFailed(&'a io::Error),
     /// The TLS handshake did not complete within [`TlsListenerConfig::handshake_timeout`].
@@ -95,13 +112,16 @@ pub enum Refusal<'a> {
 }
 
 impl Refusal<'_> {
-    /// A short label: `accept_error`, `max_connections`, `max_handshakes`, `handshake`,
+    /// A short label: `accept_error`, `max_connections`, `max_handshakes`,
+    /// `max_connections_per_address`, `max_handshakes_per_address`, `handshake`,
     /// `handshake_timeout`.
     pub fn label(&self) -> &'static str {
         match self {
             Refusal::AcceptFailed(_) => "accept_error",
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxHandshakes => "max_handshakes",
+            Refusal::MaxConnectionsPerAddress => "max_connections_per_address",
+            Refusal::MaxHandshakesPerAddress => "max_handshakes_per_address",
             Refusal::HandshakeFailed(_) => "handshake",
             Refusal::HandshakeTimeout => "handshake_timeout",
         }
@@ -139,6 +159,10 @@ pub struct TlsListener {
     connections: Arc<Semaphore>,
     /// Handshakes in progress; a permit is released when its handshake ends.
     handshakes: Arc<Semaphore>,
+    /// Open connections per peer address.
+    connections_per_address: PerAddressLimit,
+    /// Handshakes in progress per peer address.
+    handshakes_per_address: PerAddressLimit,
     /// Where connection tasks are spawned; shutdown waits on it.
     tracker: TaskTracker,
 }
@@ -149,6 +173,8 @@ impl TlsListener {
         Self {
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
             handshakes: Arc::new(Semaphore::new(cfg.max_handshakes)),
+            connections_per_address: PerAddressLimit::new(cfg.max_connections_per_address),
+            handshakes_per_address: PerAddressLimit::new(cfg.max_handshakes_per_address),
             cfg,
             tls,
             tracker: TaskTracker::new(),
@@ -202,6 +228,20 @@ impl TlsListener {
                     continue;
                 }
             };
+            // Per-address caps first, so that a flooding address never holds global slots
+            // beyond its share.
+            let Some(addr_conn_permit) = self.connections_per_address.try_acquire(addr.ip()) else {
+                debug!(listener = name, peer = %addr, "connection limit per address reached; closing");
+                handler.refused(Some(addr), &Refusal::MaxConnectionsPerAddress);
+                drop(tcp);
+                continue;
+            };
+            let Some(addr_hs_permit) = self.handshakes_per_address.try_acquire(addr.ip()) else {
+                debug!(listener = name, peer = %addr, "too many handshakes in progress from this address; closing");
+                handler.refused(Some(addr), &Refusal::MaxHandshakesPerAddress);
+                drop(tcp);
+                continue;
+            };
             let Ok(conn_permit) = self.connections.clone().try_acquire_owned() else {
                 debug!(listener = name, peer = %addr, "connection limit reached; closing");
                 handler.refused(Some(addr), &Refusal::MaxConnections);
@@ -219,13 +259,13 @@ impl TlsListener {
             let timeout = self.cfg.handshake_timeout;
             let shutdown = shutdown.clone();
             self.tracker.spawn(async move {
-                let _conn_permit = conn_permit;
+                let _conn_permits = (conn_permit, addr_conn_permit);
                 let _ = tcp.set_nodelay(true);
                 let handshake = tokio::select! {
                     () = shutdown.cancelled() => return,
                     r = tokio::time::timeout(timeout, acceptor.accept(tcp)) => r,
                 };
-                drop(hs_permit);
+                drop((hs_permit, addr_hs_permit));
                 let stream = match handshake {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {

@@ -126,7 +126,35 @@ fn cfg() -> TlsListenerConfig {
         handshake_timeout: LIMIT,
         max_connections: 100,
         max_handshakes: 100,
+        max_connections_per_address: 100,
+        max_handshakes_per_address: 100,
     }
+}
+
+/// Another loopback address (Linux routes all of 127.0.0.0/8 to `lo`).
+const OTHER: [u8; 4] = [127, 0, 0, 2];
+
+/// A TCP connection to `addr` from the local address `from` (any port).
+async fn tcp_from(from: [u8; 4], addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(addr).await
+}
+
+/// Handshake from the local address `from`, then one echo round trip.
+async fn echo_from(
+    from: [u8; 4],
+    addr: SocketAddr,
+    client: Arc<ClientConfig>,
+) -> std::io::Result<()> {
+    let tcp = tcp_from(from, addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = TlsConnector::from(client).connect(name, tcp).await?;
+    tls.write_all(b"hello").await?;
+    let mut buf = [0u8; 5];
+    tls.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"hello");
+    Ok(())
 }
 
 async fn connect_tls(
@@ -351,4 +379,135 @@ async fn shutdown_drops_handshakes_in_progress() {
         .await
         .expect("a stalled handshake does not hold shutdown for its timeout");
     closed_by_server(silent).await;
+}
+
+#[tokio::test]
+async fn the_per_address_handshake_cap_refuses_only_that_address() {
+    let pki = pki();
+    let mut srv = start(
+        &pki,
+        TlsListenerConfig {
+            max_handshakes_per_address: 2,
+            ..cfg()
+        },
+    )
+    .await;
+    let silent1 = TcpStream::connect(srv.addr).await.unwrap();
+    let silent2 = TcpStream::connect(srv.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A third handshake from the same address is closed at once...
+    let extra = TcpStream::connect(srv.addr).await.unwrap();
+    let after = closed_by_server(extra).await;
+    assert!(after < Duration::from_secs(2), "closed after {after:?}");
+    assert_eq!(next(&mut srv.refusals).await, "max_handshakes_per_address");
+    // ... while another address is served.
+    timeout(
+        Duration::from_secs(5),
+        echo_from(OTHER, srv.addr, pki.device_client.clone()),
+    )
+    .await
+    .expect("another address is served in time")
+    .unwrap();
+    assert_eq!(
+        next(&mut srv.peers).await.addr.ip().to_string(),
+        "127.0.0.2"
+    );
+    // When a silent peer gives up, its address's share comes back.
+    drop(silent1);
+    assert_eq!(next(&mut srv.refusals).await, "handshake");
+    timeout(LIMIT, echo(srv.addr, pki.device_client.clone()))
+        .await
+        .expect("served in time")
+        .unwrap();
+    drop(silent2);
+}
+
+#[tokio::test]
+async fn the_per_address_connection_cap_refuses_only_that_address() {
+    let pki = pki();
+    let mut srv = start(
+        &pki,
+        TlsListenerConfig {
+            max_connections_per_address: 1,
+            ..cfg()
+        },
+    )
+    .await;
+    let mut held = connect_tls(srv.addr, pki.device_client.clone())
+        .await
+        .unwrap();
+    held.write_all(b"hello").await.unwrap();
+    held.read_exact(&mut [0u8; 5]).await.unwrap();
+    // A second connection from the same address is closed without a handshake.
+    let second = TcpStream::connect(srv.addr).await.unwrap();
+    closed_by_server(second).await;
+    assert_eq!(next(&mut srv.refusals).await, "max_connections_per_address");
+    // Another address is served.
+    let tcp = tcp_from(OTHER, srv.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = TlsConnector::from(pki.device_client.clone())
+        .connect(name, tcp)
+        .await
+        .expect("another address completes its handshake");
+    tls.write_all(b"hello").await.unwrap();
+    tls.read_exact(&mut [0u8; 5]).await.unwrap();
+    // The held connection's end gives its share back.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    timeout(LIMIT, echo(srv.addr, pki.device_client.clone()))
+        .await
+        .expect("served in time")
+        .unwrap();
+}
+
+/// The report of issue 16: 2,100 idle TCP connections from one address filled all 2,048
+/// handshake slots. With the per-address cap (128, the modem gateway's default) a client
+/// from another address completes its handshake at once, and the flood beyond the cap is
+/// closed at once instead of holding a slot for the handshake timeout.
+#[tokio::test]
+async fn idle_sockets_from_one_address_do_not_starve_another_address() {
+    let pki = pki();
+    let mut srv = start(
+        &pki,
+        TlsListenerConfig {
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 200_000,
+            max_handshakes: 2048,
+            max_handshakes_per_address: 128,
+            max_connections_per_address: 4096,
+            ..cfg()
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let mut idle = Vec::with_capacity(2100);
+    for _ in 0..2100 {
+        idle.push(TcpStream::connect(srv.addr).await.unwrap());
+    }
+    // Let the listener accept them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = Instant::now();
+    timeout(
+        Duration::from_secs(2),
+        echo_from(OTHER, srv.addr, pki.device_client.clone()),
+    )
+    .await
+    .expect("the client from another address is served within 2 s")
+    .unwrap();
+    println!(
+        "2,100 idle sockets opened in {:?}; the other address's handshake and echo took {:?}",
+        before - started,
+        before.elapsed()
+    );
+    let mut refused = 0;
+    while let Ok(label) = srv.refusals.try_recv() {
+        assert_eq!(label, "max_handshakes_per_address");
+        refused += 1;
+    }
+    assert_eq!(refused, 2100 - 128, "all but 128 refused at once");
+    assert_eq!(
+        next(&mut srv.peers).await.addr.ip().to_string(),
+        "127.0.0.2"
+    );
+    drop(idle);
 }

@@ -71,6 +71,10 @@ pub struct TunnelConfig {
     pub max_connections: usize,
     /// Most TLS handshakes in progress at once.
     pub max_handshakes: usize,
+    /// Most modem connections at once from one address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+    /// Most TLS handshakes in progress at once from one address (IPv6: one /64).
+    pub max_handshakes_per_address: usize,
     /// Reply timeout of the TEMPORALCLIENT command.
     pub command_timeout: Duration,
     /// Largest `timeout_s` a session may ask for (the modem keeps the socket open that long
@@ -89,6 +93,8 @@ impl Default for TunnelConfig {
             id_timeout: Duration::from_secs(5),
             max_connections: 10_000,
             max_handshakes: 1024,
+            max_connections_per_address: 4096,
+            max_handshakes_per_address: 128,
             command_timeout: Duration::from_secs(30),
             max_timeout_s: 600,
             resolve_timeout: Duration::from_secs(5),

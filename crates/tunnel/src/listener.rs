@@ -40,6 +40,8 @@ pub(crate) fn listener_config(cfg: &crate::TunnelConfig) -> TlsListenerConfig {
         handshake_timeout: cfg.handshake_timeout,
         max_connections: cfg.max_connections,
         max_handshakes: cfg.max_handshakes,
+        max_connections_per_address: cfg.max_connections_per_address,
+        max_handshakes_per_address: cfg.max_handshakes_per_address,
     }
 }
 
@@ -61,6 +63,8 @@ impl Handler for Modems {
             Refusal::AcceptFailed(_) => {}
             Refusal::MaxConnections
             | Refusal::MaxHandshakes
+            | Refusal::MaxConnectionsPerAddress
+            | Refusal::MaxHandshakesPerAddress
             | Refusal::HandshakeFailed(_)
             | Refusal::HandshakeTimeout => {
                 metrics::counter!("callhome_tunnel_refused_total", "reason" => why.label())

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use callhome_core::{Imei, Role};
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
@@ -55,6 +55,7 @@ fn type_matches(filters: &[String], kind: &str) -> bool {
     responses(
         (status = 200, description = "Event stream", content_type = "text/event-stream", body = String),
         (status = 422, description = "Invalid device", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The principal already holds as many event streams as `http.max_event_streams_per_principal` allows (default 8); the detail names the limit", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn stream(
@@ -73,7 +74,9 @@ pub async fn stream(
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
-    let guard = state.streams.open(p.id);
+    // Held by the stream: given back when the client goes away.
+    let slot = state.stream_limits.open_event_stream(p.id, &p.name)?;
+    let revocation = state.streams.open(p.id);
     crate::auth::ensure_active(&state.store, &p).await?;
     let mut rx = state.gateway.events().subscribe();
     let shutdown = state.shutdown.clone();
@@ -82,7 +85,7 @@ pub async fn stream(
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
                 // The user was disabled or the key revoked: the stream ends.
-                () = guard.cancelled() => return,
+                () = revocation.cancelled() => return,
                 r = rx.recv() => r,
             };
             match received {
@@ -112,6 +115,10 @@ pub async fn stream(
                 Err(RecvError::Closed) => return,
             }
         }
+    });
+    let stream = stream.map(move |item| {
+        let _held = &slot;
+        item
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -498,9 +498,13 @@ pub async fn stream(
     if let Some(p) = privileged {
         audit_privileged_attach(&state, &p, &session, &headers, remote.ip().to_string()).await;
     }
+    // Frames and messages share one limit: a frame over it is refused from its header,
+    // before its payload is buffered, and the socket closed with 1009.
+    let max = state.stream_limits.ws_max_message_bytes;
     Ok(ws
-        .max_message_size(1 << 20)
-        .on_upgrade(move |socket| pump(socket, theirs, guard))
+        .max_frame_size(max)
+        .max_message_size(max)
+        .on_upgrade(move |socket| pump(socket, theirs, guard, max))
         .into_response())
 }
 
@@ -541,21 +545,28 @@ async fn audit_privileged_attach(
 }
 
 /// Moves bytes between the WebSocket and the tunnel's end of the duplex pipe, until either
-/// ends or `guard` (the owner's credentials) is cancelled.
+/// ends or `guard` (the owner's credentials) is cancelled. A frame or message over `max`
+/// bytes ends the socket with close code 1009 (message too big).
 async fn pump(
     socket: WebSocket,
     pipe: tokio::io::DuplexStream,
     guard: Option<crate::streams::StreamGuard>,
+    max: usize,
 ) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut rd, mut wr) = tokio::io::split(pipe);
-    let revoked = {
+    let end = {
         let to_tunnel = async {
+            let mut too_big = None;
             while let Some(msg) = ws_rx.next().await {
                 let data = match msg {
                     Ok(Message::Binary(b)) => b,
                     Ok(Message::Text(t)) => t.as_bytes().to_vec().into(),
-                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(Message::Close(_)) => break,
+                    Err(e) => {
+                        too_big = message_too_long(e, max);
+                        break;
+                    }
                     Ok(_) => continue,
                 };
                 if wr.write_all(&data).await.is_err() {
@@ -563,6 +574,7 @@ async fn pump(
                 }
             }
             let _ = wr.shutdown().await;
+            too_big
         };
         let from_tunnel = async {
             let mut buf = vec![0u8; 16 * 1024];
@@ -589,19 +601,36 @@ async fn pump(
             }
         };
         tokio::select! {
-            () = to_tunnel => false,
-            () = from_tunnel => false,
-            () = revoked => true,
+            too_big = to_tunnel => too_big.map(|r| (axum::extract::ws::close_code::SIZE, r)),
+            () = from_tunnel => None,
+            () = revoked => Some((
+                axum::extract::ws::close_code::POLICY,
+                "credentials disabled or revoked".to_owned(),
+            )),
         }
     };
-    if revoked {
-        // The owner was disabled or its key revoked: say why, and close. Dropping the pipe
-        // ends the session (`reader_closed`).
+    // A frame over the limit (1009), or the owner disabled or its key revoked (1008): say
+    // why, and close. Dropping the pipe ends the session (`reader_closed`).
+    if let Some((code, reason)) = end {
         let _ = ws_tx
             .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-                code: 1008,
-                reason: "credentials disabled or revoked".into(),
+                code,
+                reason: reason.into(),
             })))
             .await;
+    }
+}
+
+/// The close reason for a frame or message over the limit, if `e` is that.
+fn message_too_long(e: axum::Error, max: usize) -> Option<String> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    match e.into_inner().downcast_ref::<Error>() {
+        Some(Error::Capacity(CapacityError::MessageTooLong { size, .. })) => {
+            metrics::counter!("callhome_http_rejected_total", "reason" => "ws_message_too_big")
+                .increment(1);
+            tracing::info!(size, limit = max, "WebSocket frame over the limit; closing");
+            Some(format!("frame of {size} bytes over the {max}-byte limit"))
+        }
+        _ => None,
     }
 }
