@@ -85,6 +85,23 @@ pub enum ApiError {
     /// A dependency (the database) is not available (503).
     #[error("{0}")]
     Unavailable(String),
+    /// Too many attempts: login throttling or lockout (429 with `Retry-After`).
+    #[error("{detail}")]
+    TooManyRequests {
+        /// What was refused and until when.
+        detail: String,
+        /// Seconds until the caller may try again (the `Retry-After` header).
+        retry_after_s: u64,
+    },
+    /// The server is saturated for this kind of work, e.g. every password-hashing slot is
+    /// busy (503 with `Retry-After`).
+    #[error("{detail}")]
+    Overloaded {
+        /// What is saturated.
+        detail: String,
+        /// Seconds after which a retry is worth it (the `Retry-After` header).
+        retry_after_s: u64,
+    },
     /// A bug or an unexpected failure (500); the detail is logged, not shown.
     #[error("{0}")]
     Internal(String),
@@ -134,6 +151,16 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
+            ApiError::Overloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Server busy",
             ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -187,6 +214,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let ApiError::TooManyRequests { retry_after_s, .. }
+        | ApiError::Overloaded { retry_after_s, .. } = &self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        }
         resp
     }
 }
@@ -200,6 +233,19 @@ impl From<StoreError> for ApiError {
                 ApiError::Unavailable(format!("database unavailable: {why}"))
             }
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<callhome_gateway::PasswordError> for ApiError {
+    fn from(e: callhome_gateway::PasswordError) -> Self {
+        use callhome_gateway::PasswordError as P;
+        match e {
+            e @ P::Busy { .. } => ApiError::Overloaded {
+                detail: e.to_string(),
+                retry_after_s: 1,
+            },
+            P::Failed(why) => ApiError::Internal(why),
         }
     }
 }

@@ -303,7 +303,10 @@ async fn bootstrap_admin(
     };
     callhome_api::auth::check_password_policy(&password)
         .map_err(|e| anyhow::anyhow!("CALLHOME_ADMIN_PASSWORD: {e}"))?;
-    let password_hash = callhome_api::auth::hash_password(password.clone())
+    let password_hash = callhome_api::auth::hash_password(
+        &callhome_gateway::PasswordPool::new(1, std::time::Duration::from_secs(60)),
+        password.clone(),
+    )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     match store

@@ -23,7 +23,7 @@ mod connection;
 pub mod dispatch;
 pub mod events;
 mod hub;
-mod password;
+pub mod password;
 mod server;
 pub mod status;
 mod sweeper;
@@ -45,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use events::{Event, EventBus};
+pub use password::{PasswordError, PasswordPool};
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -70,6 +71,11 @@ pub struct GatewayConfig {
     pub late_reply_grace: Duration,
     /// How long status messages are kept.
     pub status_retention: time::Duration,
+    /// Most password hashes (argon2, 19 MiB each) computed at once in the process, for
+    /// modem and API logins together ([`PasswordPool`]).
+    pub password_concurrency: usize,
+    /// How long a login waits for a password-hashing slot before it is refused as busy.
+    pub password_wait: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -85,6 +91,8 @@ impl Default for GatewayConfig {
             allow_password_auth: false,
             late_reply_grace: Duration::from_secs(5),
             status_retention: time::Duration::days(30),
+            password_concurrency: 2,
+            password_wait: Duration::from_secs(2),
         }
     }
 }
@@ -131,6 +139,7 @@ pub(crate) struct Shared {
     events: Arc<EventBus>,
     hub: hub::Hub,
     shutdown: CancellationToken,
+    passwords: PasswordPool,
 }
 
 /// A command to queue for a device.
@@ -175,6 +184,7 @@ impl Gateway {
         events: Arc<EventBus>,
         shutdown: CancellationToken,
     ) -> Result<Self, GatewayError> {
+        let passwords = PasswordPool::new(cfg.password_concurrency, cfg.password_wait);
         let shared = Arc::new(Shared {
             cfg,
             store,
@@ -183,6 +193,7 @@ impl Gateway {
             events,
             hub: hub::Hub::default(),
             shutdown,
+            passwords,
         });
         let tls = Arc::new(SharedServerConfig::new(server::build_tls(&shared)?));
         Ok(Self { shared, tls })
@@ -232,6 +243,11 @@ impl Gateway {
     /// The event bus.
     pub fn events(&self) -> &Arc<EventBus> {
         &self.shared.events
+    }
+
+    /// The process-wide bound on password hashing, shared with the HTTP API's logins.
+    pub fn passwords(&self) -> &PasswordPool {
+        &self.shared.passwords
     }
 
     /// Whether a device is connected to this node.

@@ -115,7 +115,7 @@ pub async fn create_user(
     let username = Username::parse(&req.username)?;
     let role: Role = req.role.parse()?;
     check_password_policy(&req.password)?;
-    let password_hash = hash_password(req.password).await?;
+    let password_hash = hash_password(state.gateway.passwords(), req.password).await?;
     let user = state
         .store
         .create_user(&NewUser {
@@ -161,7 +161,7 @@ pub async fn update_user(
     let password_hash = match req.password {
         Some(pw) => {
             check_password_policy(&pw)?;
-            Some(hash_password(pw).await?)
+            Some(hash_password(state.gateway.passwords(), pw).await?)
         }
         None => None,
     };
