@@ -20,6 +20,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod throttle;
 mod time_format;
 
 use std::future::Future;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub jobs: callhome_fleet::JobEngine,
     /// Cancelled at shutdown: long-lived streams end so that the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Failed-login throttling per user name and client address.
+    pub login_throttle: Arc<throttle::LoginThrottle>,
 }
 
 /// The whole HTTP application: API routes, OpenAPI document, Swagger UI at `/docs`.
@@ -87,6 +90,9 @@ pub fn app(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             axum::http::header::AUTHORIZATION,
         ]))
+        // Outermost: an unacceptable client request id is dropped before the layers above
+        // generate, log, echo or audit it.
+        .layer(axum::middleware::map_request(context::sanitize_request_id))
         .with_state(state)
 }
 

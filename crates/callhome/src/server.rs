@@ -198,6 +198,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
             Ok(())
         });
     }
+    let pruner = crate::retention::Pruner::new(store.clone(), settings.retention.clone());
+    let token = shutdown.clone();
+    tasks.spawn("retention pruner", pruner.run(token));
     let engine = jobs.clone();
     let token = shutdown.clone();
     tasks.spawn("job engine", async move {
@@ -216,6 +219,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         config,
         jobs,
         shutdown: shutdown.clone(),
+        login_throttle: Arc::new(callhome_api::throttle::LoginThrottle::new(
+            settings.login_throttle.clone(),
+        )),
     };
 
     let http = TcpListener::bind(settings.http)

@@ -1,4 +1,5 @@
-//! User accounts: `GET/POST /api/v1/users`, `PATCH /api/v1/users/{username}`. Admins only.
+//! User accounts: `GET/POST /api/v1/users`, `PATCH /api/v1/users/{username}`,
+//! `POST /api/v1/users/{username}/revoke-tokens`. Admins only.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -131,7 +132,8 @@ pub async fn create_user(
     ))
 }
 
-/// Changes a user's role, disables or enables it, or sets a new password.
+/// Changes a user's role, disables or enables it, or sets a new password. A new password or
+/// disabling also revokes every access token issued to the user before.
 #[utoipa::path(
     patch, path = "/api/v1/users/{username}", tag = "users", security(("bearer" = [])),
     params(("username" = String, Path, description = "Login name")),
@@ -177,4 +179,31 @@ pub async fn update_user(
         )
         .await?;
     Ok(axum::Json(updated.into()))
+}
+
+/// Revokes every access token issued to a user so far (its token version is raised): they
+/// are refused with 401 from the next request on. The user can log in again.
+#[utoipa::path(
+    post, path = "/api/v1/users/{username}/revoke-tokens", tag = "users", security(("bearer" = [])),
+    params(("username" = String, Path, description = "Login name")),
+    responses(
+        (status = 204, description = "Every token issued before is revoked"),
+        (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke_tokens(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(username): ApiPath<String>,
+) -> Result<(StatusCode, axum::extract::Extension<AuditTarget>), ApiError> {
+    p.require(Role::Admin)?;
+    let user = state.store.get_user_by_name(&username).await?;
+    let user = state.store.revoke_user_tokens(user.id).await?;
+    tracing::info!(user = %user.username, by = %p.name, "access tokens revoked");
+    Ok((
+        StatusCode::NO_CONTENT,
+        axum::extract::Extension(AuditTarget(user.username)),
+    ))
 }
