@@ -157,11 +157,9 @@ impl ApiError {
                 "too-many-requests",
                 "Too many requests",
             ),
-            ApiError::Overloaded { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "Server busy",
-            ),
+            ApiError::Overloaded { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Server busy")
+            }
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

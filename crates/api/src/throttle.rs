@@ -117,8 +117,15 @@ pub struct Lockout {
 struct Entry {
     failures: u32,
     last_failure: Instant,
-    blocked_until: Instant,
+    /// Backing off or locked until then (`None`: never blocked).
+    blocked_until: Option<Instant>,
     locked: bool,
+}
+
+impl Entry {
+    fn blocked_at(&self, now: Instant) -> bool {
+        self.blocked_until.is_some_and(|u| u > now)
+    }
 }
 
 /// The per-node login throttle.
@@ -158,8 +165,8 @@ impl LoginThrottle {
             let Some(e) = entries.get(&subject) else {
                 continue;
             };
-            if e.blocked_until > now {
-                let retry_after = e.blocked_until - now;
+            if let Some(until) = e.blocked_until.filter(|u| *u > now) {
+                let retry_after = until - now;
                 if refused.as_ref().is_none_or(|r| r.retry_after < retry_after) {
                     refused = Some(Refused {
                         subject,
@@ -191,11 +198,10 @@ impl LoginThrottle {
             let e = entries.entry(subject.clone()).or_insert(Entry {
                 failures: 0,
                 last_failure: now,
-                blocked_until: now,
+                blocked_until: None,
                 locked: false,
             });
-            if now.saturating_duration_since(e.last_failure) > s.lockout && e.blocked_until <= now
-            {
+            if now.saturating_duration_since(e.last_failure) > s.lockout && !e.blocked_at(now) {
                 // Quiet for a whole lockout period: start over.
                 e.failures = 0;
                 e.locked = false;
@@ -203,7 +209,7 @@ impl LoginThrottle {
             e.failures = e.failures.saturating_add(1);
             e.last_failure = now;
             if e.failures >= lock_at {
-                if !(e.locked && e.blocked_until > now) {
+                if !(e.locked && e.blocked_at(now)) {
                     started.push(Lockout {
                         subject: subject.clone(),
                         failures: e.failures,
@@ -211,14 +217,14 @@ impl LoginThrottle {
                     });
                 }
                 e.locked = true;
-                e.blocked_until = now + s.lockout;
+                e.blocked_until = Some(now + s.lockout);
             } else if e.failures > free {
                 let doublings = (e.failures - free - 1).min(30);
                 let delay = s
                     .base_delay
                     .saturating_mul(1u32 << doublings)
                     .min(s.max_delay);
-                e.blocked_until = e.blocked_until.max(now + delay);
+                e.blocked_until = e.blocked_until.max(Some(now + delay));
             }
         }
         started
@@ -254,12 +260,12 @@ fn make_room(entries: &mut HashMap<Subject, Entry>, now: Instant, s: &ThrottleSe
         return true;
     }
     entries.retain(|_, e| {
-        e.blocked_until > now || now.saturating_duration_since(e.last_failure) <= s.lockout
+        e.blocked_at(now) || now.saturating_duration_since(e.last_failure) <= s.lockout
     });
     if entries.len() < MAX_ENTRIES {
         return true;
     }
-    entries.retain(|_, e| e.blocked_until > now);
+    entries.retain(|_, e| e.blocked_at(now));
     metrics::counter!("callhome_login_throttle_evictions_total").increment(1);
     entries.len() < MAX_ENTRIES
 }
@@ -298,10 +304,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert!(t.check("alice", Some(addr), t1).is_ok());
         t.failed("alice", Some(addr), t1);
-        assert_eq!(
-            t.check("alice", None, t1).unwrap_err().retry_after_s(),
-            2
-        );
+        assert_eq!(t.check("alice", None, t1).unwrap_err().retry_after_s(), 2);
         let t2 = t1 + Duration::from_secs(2);
         let lockouts = t.failed("alice", Some(addr), t2);
         assert_eq!(
@@ -312,11 +315,16 @@ mod tests {
                 duration: Duration::from_secs(60),
             }]
         );
-        let r = t.check("alice", None, t2 + Duration::from_secs(59)).unwrap_err();
+        let r = t
+            .check("alice", None, t2 + Duration::from_secs(59))
+            .unwrap_err();
         assert!(r.locked);
         assert_eq!(r.subject, Subject::User("alice".into()));
         // Another user from another address is not affected.
-        assert!(t.check("bob", Some("192.0.2.2".parse().unwrap()), t2).is_ok());
+        assert!(
+            t.check("bob", Some("192.0.2.2".parse().unwrap()), t2)
+                .is_ok()
+        );
         // The lockout passes; a success clears the user's failures.
         let t3 = t2 + Duration::from_secs(61);
         assert!(t.check("alice", None, t3).is_ok());
@@ -345,7 +353,24 @@ mod tests {
         assert_eq!(lockouts[0].subject, Subject::Address(addr));
         assert!(t.check("user99", Some(addr), now).unwrap_err().locked);
         // Another address is free.
-        assert!(t.check("user99", Some("192.0.2.10".parse().unwrap()), now).is_ok());
+        assert!(
+            t.check("user99", Some("192.0.2.10".parse().unwrap()), now)
+                .is_ok()
+        );
+    }
+
+    /// A check that took its time before a concurrent first failure was recorded is not
+    /// refused by it (the failure's entry is not "blocked until now").
+    #[test]
+    fn a_first_failure_does_not_block_a_check_taken_just_before_it() {
+        let t = LoginThrottle::new(settings());
+        let earlier = Instant::now();
+        let later = earlier + Duration::from_millis(5);
+        t.failed("dave", Some("192.0.2.3".parse().unwrap()), later);
+        assert!(
+            t.check("dave", Some("192.0.2.3".parse().unwrap()), earlier)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -358,6 +383,9 @@ mod tests {
         let later = now + Duration::from_secs(120);
         assert!(t.check("carol", None, later).is_ok());
         t.failed("carol", None, later);
-        assert!(t.check("carol", None, later).is_ok(), "counting from 1 again");
+        assert!(
+            t.check("carol", None, later).is_ok(),
+            "counting from 1 again"
+        );
     }
 }

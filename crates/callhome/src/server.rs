@@ -313,8 +313,8 @@ async fn bootstrap_admin(
         &callhome_gateway::PasswordPool::new(1, std::time::Duration::from_secs(60)),
         password.clone(),
     )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     match store
         .create_user(&NewUser {
             username: "admin".to_owned(),

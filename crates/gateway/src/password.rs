@@ -1,14 +1,19 @@
 //! Password checks (argon2id, 19 MiB and tens of milliseconds each) behind one bound for the
-//! whole process: [`PasswordPool`] runs at most `concurrency` hashes at once on the blocking
-//! pool, and a caller waits at most `max_wait` for a turn before it is told the server is
-//! busy. Both the modem listener (legacy MQTT passwords) and the HTTP API (user logins,
+//! whole process: [`PasswordPool`] runs at most `concurrency` hashes at once, on as many
+//! threads of its own (not tokio's blocking pool, whose many threads would each keep an
+//! allocator arena holding a 19 MiB block), and a caller waits at most `max_wait` for a turn
+//! before it is told the server is busy. Both the modem listener (legacy MQTT passwords) and the HTTP API (user logins,
 //! new passwords) use the gateway's pool ([`crate::Gateway::passwords`]), so a flood of
 //! logins on either side cannot exhaust memory or CPU.
 
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+/// Work for a pool thread, given the thread's argon2 working memory.
+type Job = Box<dyn FnOnce(&mut callhome_core::password::Scratch) + Send>;
 
 /// Why a password could not be checked or hashed.
 #[derive(Debug, thiserror::Error)]
@@ -24,20 +29,58 @@ pub enum PasswordError {
     Failed(String),
 }
 
-/// The bounded pool of password hashing (cheap to clone: all clones share the bound).
+/// The bounded pool of password hashing (cheap to clone: all clones share the bound and
+/// the threads; the threads end when the last clone is dropped).
 #[derive(Debug, Clone)]
 pub struct PasswordPool {
     permits: Arc<Semaphore>,
     max_wait: Duration,
+    jobs: Arc<Mutex<Sender<Job>>>,
 }
 
 impl PasswordPool {
-    /// At most `concurrency` (at least 1) hashes at once; a caller waits at most `max_wait`.
+    /// At most `concurrency` (at least 1) hashes at once, on `concurrency` threads; a caller
+    /// waits at most `max_wait` for a turn.
     pub fn new(concurrency: usize, max_wait: Duration) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            max_wait,
+        let concurrency = concurrency.max(1);
+        let (tx, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..concurrency {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-{i}"))
+                .spawn(move || worker(&rx));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password-hashing thread");
+            }
         }
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency)),
+            max_wait,
+            jobs: Arc::new(Mutex::new(tx)),
+        }
+    }
+
+    /// Runs `f` on one of the pool's threads, holding `permit` until it is done (so a caller
+    /// that gives up, e.g. a client that disconnects, does not free its slot early).
+    async fn run<T: Send + 'static>(
+        &self,
+        permit: OwnedSemaphorePermit,
+        f: impl FnOnce(&mut callhome_core::password::Scratch) -> T + Send + 'static,
+    ) -> Result<T, PasswordError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |scratch| {
+            let out = f(scratch);
+            drop(permit);
+            let _ = tx.send(out);
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(job)
+            .map_err(|_| PasswordError::Failed("no password-hashing thread".to_owned()))?;
+        rx.await
+            .map_err(|_| PasswordError::Failed("password-hashing thread died".to_owned()))
     }
 
     async fn turn(&self, kind: &'static str) -> Result<OwnedSemaphorePermit, PasswordError> {
@@ -66,28 +109,31 @@ impl PasswordPool {
         hash: Option<String>,
     ) -> Result<bool, PasswordError> {
         let permit = self.turn("verify").await?;
-        // The permit moves into the blocking task: a caller that gives up (a client that
-        // disconnects) does not free the slot while its hash still runs.
-        tokio::task::spawn_blocking(move || {
-            let ok = callhome_core::password::verify(&password, hash.as_deref());
-            drop(permit);
-            ok
+        self.run(permit, move |scratch| {
+            callhome_core::password::verify_with(&password, hash.as_deref(), scratch)
         })
         .await
-        .map_err(|e| PasswordError::Failed(format!("password task: {e}")))
     }
 
     /// An argon2id PHC string for `password`.
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         let permit = self.turn("hash").await?;
-        tokio::task::spawn_blocking(move || {
-            let hashed = callhome_core::password::hash(&password);
-            drop(permit);
-            hashed
-        })
-        .await
-        .map_err(|e| PasswordError::Failed(format!("password task: {e}")))?
-        .map_err(PasswordError::Failed)
+        self.run(permit, move |_| callhome_core::password::hash(&password))
+            .await?
+            .map_err(PasswordError::Failed)
+    }
+}
+
+/// A pool thread: runs jobs until every sender is gone, with one argon2 working memory
+/// (allocated once: the pool's memory is `concurrency` times 19 MiB, whatever the load).
+fn worker(jobs: &Mutex<Receiver<Job>>) {
+    let mut scratch = callhome_core::password::Scratch::new();
+    loop {
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        match job {
+            Ok(job) => job(&mut scratch),
+            Err(_) => return,
+        }
     }
 }
 

@@ -255,9 +255,7 @@ impl TlsListener {
                     }
                 };
                 let peer = PeerIdentity::of(addr, &stream);
-                let handshake = HandshakePermit {
-                    _permit: hs_permit,
-                };
+                let handshake = HandshakePermit { _permit: hs_permit };
                 handler.handle(stream, peer, handshake).await;
             });
         }

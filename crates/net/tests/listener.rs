@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use callhome_ca::tls::{ClientAuth, SharedServerConfig, client_config, server_config};
 use callhome_ca::{Authority, CaParams, IssuedCertificate, generate_key_and_csr};
-use callhome_net::{Handler, HandshakePermit, PeerIdentity, Refusal, TlsListener, TlsListenerConfig, TlsStream};
+use callhome_net::{
+    Handler, HandshakePermit, PeerIdentity, Refusal, TlsListener, TlsListenerConfig, TlsStream,
+};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -1114,7 +1114,10 @@ async fn token_version_rises_on_password_change_disable_and_revoke() {
             disabled: Some(true),
             ..Default::default()
         };
-        assert_eq!(s.update_user(u.id, &disable).await.unwrap().token_version, 2);
+        assert_eq!(
+            s.update_user(u.id, &disable).await.unwrap().token_version,
+            2
+        );
         let revoked = s.revoke_user_tokens(u.id).await.unwrap();
         assert_eq!(revoked.token_version, 3);
         assert_eq!(s.get_user(u.id).await.unwrap().token_version, 3);
@@ -1272,11 +1275,21 @@ async fn retention_prunes_old_rows_in_batches_and_keeps_rows_in_use() {
             devices: devices.clone(),
         };
         let done = s.create_job(&job(Uuid::now_v7())).await.unwrap();
-        s.set_job_state(done.id, &[JobState::Running], JobState::Cancelled, None, old)
-            .await
-            .unwrap();
+        s.set_job_state(
+            done.id,
+            &[JobState::Running],
+            JobState::Cancelled,
+            None,
+            old,
+        )
+        .await
+        .unwrap();
         let running = s.create_job(&job(Uuid::now_v7())).await.unwrap();
-        assert_eq!(s.prune_jobs(cutoff, 3).await.unwrap(), 3, "executions first");
+        assert_eq!(
+            s.prune_jobs(cutoff, 3).await.unwrap(),
+            3,
+            "executions first"
+        );
         assert_eq!(s.prune_jobs(cutoff, 3).await.unwrap(), 2);
         assert_eq!(s.prune_jobs(cutoff, 3).await.unwrap(), 1, "then the job");
         assert_eq!(s.prune_jobs(cutoff, 3).await.unwrap(), 0);

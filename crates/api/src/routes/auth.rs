@@ -7,16 +7,16 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use callhome_core::{ActorKind, AuditOutcome};
 use callhome_store::NewAuditEntry;
-use time::OffsetDateTime;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::{Principal, PrincipalKind, authenticate_api_key, issue_token, verify_password};
 use crate::context::{AuditActor, SkipAudit, clip};
-use crate::throttle::{Lockout, Subject};
 use crate::error::{ApiError, Problem};
 use crate::extract::ApiJson;
+use crate::throttle::{Lockout, Subject};
 
 /// Credentials to exchange for an access token: a user name and password, or an API key.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -164,7 +164,9 @@ pub async fn token(
     if throttled {
         // Refused before any check: counted in `callhome_login_throttled_total`, not one
         // audit row each (the lockout itself was audited when it began).
-        response.extensions_mut().insert(SkipAudit("login_throttled"));
+        response
+            .extensions_mut()
+            .insert(SkipAudit("login_throttled"));
     }
     response
 }

@@ -21,8 +21,8 @@ async fn hash(pw: &str) -> anyhow::Result<String> {
         &callhome_gateway::PasswordPool::new(1, std::time::Duration::from_secs(60)),
         pw.to_owned(),
     )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub(super) async fn run(settings: &Settings, action: UserAction) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ mod gateway;
 mod helpers;
 mod jobs;
 mod modem;
+mod security_auth;
 mod sessions;
 mod sim_sessions;
 mod system;
