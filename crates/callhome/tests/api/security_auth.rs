@@ -14,6 +14,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::helpers::{ADMIN_PASSWORD, TestApp, imei};
 use crate::modem::TestModem;
 
+/// The two floods below measure the server's RSS and latency: they take turns rather than
+/// run at the same time in this process (on a 2-core machine they would measure each other).
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The process's resident set size (the server runs in this process), in KiB.
 fn vm_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -63,6 +67,7 @@ async fn parallel_wrong_password_logins_keep_rss_bounded_and_a_modem_responsive(
     /// MiB, is allocated at start; without the bound each login cost 19 MiB: 11 GiB here).
     const RSS_GROWTH_BOUND_MIB: u64 = 100;
     const LOGINS: usize = 600;
+    let _turn = HEAVY.lock().await;
     let app = TestApp::spawn_with(|s| {
         // Throttling would refuse most of the flood before any hash: switch it off so that
         // the hashing bound alone is what is measured.
@@ -195,6 +200,7 @@ async fn parallel_wrong_password_logins_keep_rss_bounded_and_a_modem_responsive(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn anonymous_posts_to_random_long_paths_add_no_audit_rows() {
     const POSTS: usize = 10_000;
+    let _turn = HEAVY.lock().await;
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;
     let before = audit_rows(&app, &admin).await.len();
