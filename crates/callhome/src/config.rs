@@ -127,8 +127,8 @@ pub const BOUNDS: &[Bounds] = &[
     // retention.
     Bounds {
         key: "auth.password_hash_concurrency",
-        default: 2,
-        min: 1,
+        default: 0,
+        min: 0,
         max: 64,
     },
     Bounds {
@@ -232,6 +232,14 @@ pub fn bounded(key: &str, value: Option<u64>) -> anyhow::Result<u64> {
 
 fn seconds(key: &str, value: Option<u64>) -> anyhow::Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(bounded(key, value)?))
+}
+
+/// `auth.password_hash_concurrency = 0`: half the cores (at least 1, at most 8), so that
+/// hashing during a login flood leaves the other half to modems and the API.
+pub fn auto_hash_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| (n.get() / 2).clamp(1, 8))
+        .unwrap_or(1)
 }
 
 fn millis(key: &str, value: Option<u64>) -> anyhow::Result<std::time::Duration> {
@@ -371,7 +379,8 @@ pub struct AuthSection {
     pub token_ttl_s: Option<u32>,
     /// Password of the `admin` user created on first start.
     pub admin_password: Option<SecretString>,
-    /// Most password hashes (argon2, 19 MiB each) at once, API and modem logins together.
+    /// Most password hashes (argon2, 19 MiB each) at once, API and modem logins together
+    /// (0: half the cores, at least 1, at most 8).
     pub password_hash_concurrency: Option<u64>,
     /// How long a login waits for a hashing slot before 503 (API) or CONNACK "server
     /// unavailable" (MQTT), milliseconds.
@@ -630,10 +639,13 @@ impl Settings {
         };
         let tunnel_id_timeout = seconds("tunnel.id_timeout_s", file.tunnel.id_timeout_s)?;
         let a = &file.auth;
-        gateway.password_concurrency = usize::try_from(bounded(
+        gateway.password_concurrency = match bounded(
             "auth.password_hash_concurrency",
             a.password_hash_concurrency,
-        )?)?;
+        )? {
+            0 => auto_hash_concurrency(),
+            n => usize::try_from(n)?,
+        };
         gateway.password_wait = millis("auth.password_hash_wait_ms", a.password_hash_wait_ms)?;
         let count = |key: &str, v: Option<u64>| -> anyhow::Result<u32> {
             Ok(u32::try_from(bounded(key, v)?)?)
@@ -802,7 +814,7 @@ mod tests {
             callhome_api::throttle::ThrottleSettings::default()
         );
         assert_eq!(s.retention, crate::retention::RetentionSettings::default());
-        assert_eq!(s.gateway.password_concurrency, 2);
+        assert_eq!(s.gateway.password_concurrency, auto_hash_concurrency());
         assert_eq!(
             s.gateway.password_wait,
             std::time::Duration::from_millis(2000)
@@ -824,7 +836,7 @@ mod tests {
             ("[fleet]\nrestart_wait_s = 100000\n", "fleet.restart_wait_s"),
             ("[auth]\ntoken_ttl_s = 10\n", "auth.token_ttl_s"),
             (
-                "[auth]\npassword_hash_concurrency = 0\n",
+                "[auth]\npassword_hash_concurrency = 65\n",
                 "auth.password_hash_concurrency",
             ),
             ("[auth]\nlogin_lockout_s = 0\n", "auth.login_lockout_s"),

@@ -91,7 +91,7 @@ impl Default for GatewayConfig {
             allow_password_auth: false,
             late_reply_grace: Duration::from_secs(5),
             status_retention: time::Duration::days(30),
-            password_concurrency: 2,
+            password_concurrency: 1,
             password_wait: Duration::from_secs(2),
         }
     }

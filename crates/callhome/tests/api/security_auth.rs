@@ -14,8 +14,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::helpers::{ADMIN_PASSWORD, TestApp, imei};
 use crate::modem::TestModem;
 
-/// The two floods below measure the server's RSS and latency: they take turns rather than
-/// run at the same time in this process (on a 2-core machine they would measure each other).
+/// The floods below measure the server's RSS and latency in this process: the tests of this
+/// module take turns, so that they do not measure each other (tests of other modules may
+/// still run alongside: the RSS bound leaves room for them).
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The process's resident set size (the server runs in this process), in KiB.
@@ -63,9 +64,10 @@ async fn login(app: &TestApp, username: &str, password: &str) -> reqwest::Respon
 /// trip stays under 1 s throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_wrong_password_logins_keep_rss_bounded_and_a_modem_responsive() {
-    /// Stated bound on the RSS growth during the flood (the hashing pool's memory, 2 x 19
-    /// MiB, is allocated at start; without the bound each login cost 19 MiB: 11 GiB here).
-    const RSS_GROWTH_BOUND_MIB: u64 = 100;
+    /// Stated bound on the process's RSS growth during the flood. Measured alone: under 20
+    /// MiB (the hashing pool's 19 MiB per thread is allocated once); without the bound each
+    /// login cost 19 MiB, 11 GiB here. The margin is for other tests running alongside.
+    const RSS_GROWTH_BOUND_MIB: u64 = 200;
     const LOGINS: usize = 600;
     let _turn = HEAVY.lock().await;
     let app = TestApp::spawn_with(|s| {
@@ -320,6 +322,7 @@ async fn anonymous_posts_to_random_long_paths_add_no_audit_rows() {
 /// password works. A guessing address is locked the same way across user names.
 #[tokio::test]
 async fn throttling_backs_off_then_locks_and_the_lockout_is_audited() {
+    let _turn = HEAVY.lock().await;
     let app = TestApp::spawn_with(|s| {
         s.login_throttle.user_free_failures = 2;
         s.login_throttle.user_lockout_failures = 4;
@@ -435,6 +438,7 @@ async fn throttling_backs_off_then_locks_and_the_lockout_is_audited() {
 /// "revoke tokens" is refused with 401; logging in again gives a working token.
 #[tokio::test]
 async fn tokens_issued_before_a_password_change_or_revoke_are_refused() {
+    let _turn = HEAVY.lock().await;
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;
     let bob = app.user_token("bob", "operator").await;
