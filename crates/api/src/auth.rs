@@ -18,6 +18,8 @@ use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use callhome_gateway::PasswordPool;
+
 use crate::error::ApiError;
 
 /// Prefix of every API key, so that a leaked key is recognisable by secret scanners.
@@ -66,6 +68,11 @@ pub struct Claims {
     pub exp: i64,
     /// Issuer: always `callhome`.
     pub iss: String,
+    /// The user's token version when the token was issued: a password change, disabling the
+    /// user or an admin's "revoke tokens" raises the stored version, and every token with an
+    /// older one is refused (absent in older tokens: 0). Unused for API keys.
+    #[serde(default)]
+    pub ver: i64,
 }
 
 /// What kind of principal a token stands for.
@@ -108,6 +115,8 @@ pub struct Principal {
     pub kind: PrincipalKind,
     /// Current role (read from the store on every request).
     pub role: Role,
+    /// The user's token version (0 for API keys), written into tokens issued for it.
+    pub token_version: i64,
 }
 
 impl Principal {
@@ -163,6 +172,7 @@ pub fn issue_token(keys: &TokenKeys, principal: &Principal) -> Result<(String, i
         iat: now,
         exp,
         iss: "callhome".to_owned(),
+        ver: principal.token_version,
     };
     let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding)
         .map_err(|e| ApiError::Internal(format!("signing token: {e}")))?;
@@ -213,11 +223,18 @@ pub async fn authenticate(
                     user.username
                 )));
             }
+            if data.claims.ver != user.token_version {
+                return Err(ApiError::Unauthorized(
+                    "the access token was revoked (password changed or sessions revoked); log in again"
+                        .to_owned(),
+                ));
+            }
             Ok(Principal {
                 id,
                 name: user.username,
                 kind: PrincipalKind::User,
                 role: user.role,
+                token_version: user.token_version,
             })
         }
         PrincipalKind::ApiKey => {
@@ -267,6 +284,7 @@ fn api_key_principal(key: &callhome_store::ApiKey) -> Principal {
         name: format!("apikey:{}", key.name),
         kind: PrincipalKind::ApiKey,
         role: key.role,
+        token_version: 0,
     }
 }
 
@@ -320,20 +338,20 @@ pub fn generate_api_key() -> (String, String, String) {
     (key, prefix, hash)
 }
 
-/// Hashes a password with argon2id (on a blocking thread: it is deliberately slow).
-pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        callhome_core::password::hash(&password).map_err(ApiError::Internal)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?
+/// Hashes a password with argon2id, within the process-wide bound on password hashing
+/// (503 with `Retry-After` when every slot stays busy for the pool's wait).
+pub async fn hash_password(pool: &PasswordPool, password: String) -> Result<String, ApiError> {
+    pool.hash(password).await.map_err(ApiError::from)
 }
 
-/// Checks a password against a stored hash (`None`: unknown user, same time, `false`).
-pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || callhome_core::password::verify(&password, hash.as_deref()))
-        .await
-        .map_err(|e| ApiError::Internal(format!("password task: {e}")))
+/// Checks a password against a stored hash (`None`: unknown user, same time, `false`),
+/// within the process-wide bound on password hashing.
+pub async fn verify_password(
+    pool: &PasswordPool,
+    password: String,
+    hash: Option<String>,
+) -> Result<bool, ApiError> {
+    pool.verify(password, hash).await.map_err(ApiError::from)
 }
 
 /// Checks a new password's strength: at least 12 characters, at most 1024.

@@ -31,6 +31,55 @@ pub struct AuditActor(pub String);
 #[derive(Debug, Clone)]
 pub struct AuditDetail(pub serde_json::Value);
 
+/// Set by a handler whose refusal is counted in a metric instead of one audit row each
+/// (e.g. a throttled login); the reason is the `reason` label of
+/// `callhome_audit_skipped_total`.
+#[derive(Debug, Clone, Copy)]
+pub struct SkipAudit(pub &'static str);
+
+/// Longest actor kept in an audit row, in characters.
+pub const MAX_ACTOR: usize = 128;
+/// Longest target kept in an audit row, in characters.
+pub const MAX_TARGET: usize = 256;
+/// Longest action (method and route, or path) kept in an audit row, in characters.
+pub const MAX_ACTION: usize = 256;
+/// Longest client `x-request-id` accepted; a longer one is replaced by a generated id.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// `text` cut to at most `max` characters (an ellipsis marks the cut).
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((i, _)) if text.chars().count() > max => format!("{}…", &text[..i]),
+        _ => text.to_owned(),
+    }
+}
+
+/// Whether a client's `x-request-id` is kept: 1 to 64 characters, each a letter, digit or
+/// one of `-_.:`. Anything else is replaced by a generated id (also in the echoed header),
+/// so a client cannot make the audit log, the logs or responses carry arbitrary text.
+pub fn acceptable_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Drops an unacceptable client `x-request-id` (see [`acceptable_request_id`]) so that the
+/// request-id layer generates one instead. Runs before every other layer.
+pub async fn sanitize_request_id(mut req: Request) -> Request {
+    let bad = req
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .enumerate()
+        .any(|(i, v)| i > 0 || !acceptable_request_id(v.as_bytes()));
+    if bad {
+        req.headers_mut().remove("x-request-id");
+        metrics::counter!("callhome_http_request_ids_replaced_total").increment(1);
+    }
+    req
+}
+
 fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
     let value = headers.get(header::AUTHORIZATION)?;
     let malformed =
@@ -142,22 +191,37 @@ pub async fn request_context(
     )
     .record(started.elapsed().as_secs_f64());
 
-    if is_state_changing(&method) {
-        let ext = response.extensions();
+    let ext = response.extensions();
+    // Anonymous calls are audited only when the handler names the actor (the token
+    // endpoint): an unauthenticated request to an unknown route, or one refused for want of
+    // credentials, is counted, not written, so anonymous traffic cannot fill the audit log.
+    let skip = match (ext.get::<SkipAudit>(), &principal, ext.get::<AuditActor>()) {
+        (Some(s), ..) => Some(s.0),
+        (None, None, None) if route.is_none() => Some("unmatched_anonymous"),
+        (None, None, None) => Some("unauthenticated"),
+        _ => None,
+    };
+    if let (true, Some(reason)) = (is_state_changing(&method), skip) {
+        metrics::counter!("callhome_audit_skipped_total", "reason" => reason).increment(1);
+    } else if is_state_changing(&method) {
         let (actor, actor_kind) = match (&principal, ext.get::<AuditActor>()) {
             (Some(p), _) => (p.name.clone(), ActorKind::from(p.kind)),
-            (None, Some(a)) => (a.0.clone(), ActorKind::Anonymous),
+            (None, Some(a)) => (clip(&a.0, MAX_ACTOR), ActorKind::Anonymous),
             (None, None) => ("anonymous".to_owned(), ActorKind::Anonymous),
         };
         let target = ext
             .get::<AuditTarget>()
             .map(|t| t.0.clone())
-            .or_else(|| (route.as_deref() != Some(path.as_str())).then(|| path.clone()));
+            .or_else(|| (route.as_deref() != Some(path.as_str())).then(|| path.clone()))
+            .map(|t| clip(&t, MAX_TARGET));
         let entry = NewAuditEntry {
             at: OffsetDateTime::now_utc(),
-            actor,
+            actor: clip(&actor, MAX_ACTOR),
             actor_kind,
-            action: format!("{method} {}", route.as_deref().unwrap_or(&path)),
+            action: clip(
+                &format!("{method} {}", route.as_deref().unwrap_or(&path)),
+                MAX_ACTION,
+            ),
             target,
             outcome: if status.is_success() || status.is_redirection() {
                 AuditOutcome::Success
@@ -167,7 +231,7 @@ pub async fn request_context(
             status: Some(i64::from(status.as_u16())),
             detail: ext.get::<AuditDetail>().map(|d| d.0.to_string()),
             remote_addr: remote,
-            request_id,
+            request_id: request_id.map(|r| clip(&r, MAX_REQUEST_ID)),
         };
         if let Err(e) = state.store.append_audit(&entry).await {
             metrics::counter!("callhome_audit_write_failures_total").increment(1);

@@ -92,6 +92,23 @@ pub enum ApiError {
     /// hosts, users or files) is logged; the client gets a generic detail.
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(String),
+    /// Too many attempts: login throttling or lockout (429 with `Retry-After`).
+    #[error("{detail}")]
+    Throttled {
+        /// What was refused and until when.
+        detail: String,
+        /// Seconds until the caller may try again (the `Retry-After` header).
+        retry_after_s: u64,
+    },
+    /// The server is saturated for this kind of work, e.g. every password-hashing slot is
+    /// busy (503 with `Retry-After`).
+    #[error("{detail}")]
+    Overloaded {
+        /// What is saturated.
+        detail: String,
+        /// Seconds after which a retry is worth it (the `Retry-After` header).
+        retry_after_s: u64,
+    },
     /// A bug or an unexpected failure (500); the detail is logged, not shown.
     #[error("{0}")]
     Internal(String),
@@ -137,7 +154,7 @@ impl ApiError {
                 "unsupported-media-type",
                 "Unsupported media type",
             ),
-            ApiError::TooManyRequests(_) => (
+            ApiError::TooManyRequests(_) | ApiError::Throttled { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-requests",
                 "Too many requests",
@@ -147,6 +164,9 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            ApiError::Overloaded { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Server busy")
+            }
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -206,6 +226,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let ApiError::Throttled { retry_after_s, .. }
+        | ApiError::Overloaded { retry_after_s, .. } = &self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        }
         resp
     }
 }
@@ -217,6 +243,19 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { detail: what, .. } => ApiError::Conflict(what),
             StoreError::Unavailable(why) => ApiError::DatabaseUnavailable(why),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<callhome_gateway::PasswordError> for ApiError {
+    fn from(e: callhome_gateway::PasswordError) -> Self {
+        use callhome_gateway::PasswordError as P;
+        match e {
+            e @ P::Busy { .. } => ApiError::Overloaded {
+                detail: e.to_string(),
+                retry_after_s: 1,
+            },
+            P::Failed(why) => ApiError::Internal(why),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod routes;
 pub mod serve;
 pub mod streams;
+pub mod throttle;
 mod time_format;
 
 use std::sync::Arc;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub metrics_token: Option<MetricsToken>,
     /// Bounds of long-lived streams (event streams per principal, WebSocket frames).
     pub stream_limits: limits::StreamLimits,
+    /// Failed-login throttling per user name and client address.
+    pub login_throttle: Arc<throttle::LoginThrottle>,
 }
 
 /// The bearer token `GET /metrics` requires (`http.metrics_token`). `Debug` never shows it;
@@ -122,5 +125,8 @@ pub fn app(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             axum::http::header::AUTHORIZATION,
         ]))
+        // Outermost: an unacceptable client request id is dropped before the layers above
+        // generate, log, echo or audit it.
+        .layer(axum::middleware::map_request(context::sanitize_request_id))
         .with_state(state)
 }

@@ -222,6 +222,98 @@ pub const BOUNDS: &[Bounds] = &[
         max: 100_000,
     },
     // --- end of listener bounds per peer ---
+    // Security hardening (issue 16, items 3 and 4): password hashing, login throttling,
+    // retention.
+    Bounds {
+        key: "auth.password_hash_concurrency",
+        default: 0,
+        min: 0,
+        max: 64,
+    },
+    Bounds {
+        key: "auth.password_hash_wait_ms",
+        default: 2000,
+        min: 0,
+        max: 60_000,
+    },
+    Bounds {
+        key: "auth.login_free_failures",
+        default: 3,
+        min: 0,
+        max: 1000,
+    },
+    Bounds {
+        key: "auth.login_lockout_failures",
+        default: 10,
+        min: 1,
+        max: 10_000,
+    },
+    Bounds {
+        key: "auth.login_address_free_failures",
+        default: 20,
+        min: 0,
+        max: 100_000,
+    },
+    Bounds {
+        key: "auth.login_address_lockout_failures",
+        default: 100,
+        min: 1,
+        max: 1_000_000,
+    },
+    Bounds {
+        key: "auth.login_backoff_base_ms",
+        default: 1000,
+        min: 1,
+        max: 600_000,
+    },
+    Bounds {
+        key: "auth.login_backoff_max_ms",
+        default: 60_000,
+        min: 1,
+        max: 3_600_000,
+    },
+    Bounds {
+        key: "auth.login_lockout_s",
+        default: 900,
+        min: 1,
+        max: 86_400,
+    },
+    Bounds {
+        key: "retention.audit_days",
+        default: 365,
+        min: 0,
+        max: 36_500,
+    },
+    Bounds {
+        key: "retention.commands_days",
+        default: 90,
+        min: 0,
+        max: 36_500,
+    },
+    Bounds {
+        key: "retention.sessions_days",
+        default: 90,
+        min: 0,
+        max: 36_500,
+    },
+    Bounds {
+        key: "retention.jobs_days",
+        default: 180,
+        min: 0,
+        max: 36_500,
+    },
+    Bounds {
+        key: "retention.prune_interval_s",
+        default: 3600,
+        min: 60,
+        max: 86_400,
+    },
+    Bounds {
+        key: "retention.prune_batch",
+        default: 1000,
+        min: 10,
+        max: 100_000,
+    },
 ];
 
 /// The value of the numeric setting `key`: `value` if given and within its range (else an
@@ -239,6 +331,18 @@ pub fn bounded(key: &str, value: Option<u64>) -> anyhow::Result<u64> {
 
 fn seconds(key: &str, value: Option<u64>) -> anyhow::Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(bounded(key, value)?))
+}
+
+/// `auth.password_hash_concurrency = 0`: half the cores (at least 1, at most 8), so that
+/// hashing during a login flood leaves the other half to modems and the API.
+pub fn auto_hash_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| (n.get() / 2).clamp(1, 8))
+        .unwrap_or(1)
+}
+
+fn millis(key: &str, value: Option<u64>) -> anyhow::Result<std::time::Duration> {
+    Ok(std::time::Duration::from_millis(bounded(key, value)?))
 }
 
 /// The settings file, as written by an operator. Every member is optional.
@@ -275,6 +379,9 @@ pub struct FileSettings {
     /// Start-up checks of secret files.
     #[serde(default)]
     pub security: SecuritySection,
+    /// How long audit rows, commands, sessions and jobs are kept.
+    #[serde(default)]
+    pub retention: RetentionSection,
 }
 
 /// `[security]`.
@@ -285,6 +392,24 @@ pub struct SecuritySection {
     /// `master.key`, the CA and server keys, the SQLite files) is readable by group or others;
     /// `false` (the default): warn and tighten the files to 0600.
     pub strict_permissions: Option<bool>,
+}
+
+/// `[retention]`: how long rows are kept (days; 0 keeps them forever) and how pruning runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Audit rows (default 365).
+    pub audit_days: Option<u64>,
+    /// Finished commands (default 90).
+    pub commands_days: Option<u64>,
+    /// Closed sessions (default 90).
+    pub sessions_days: Option<u64>,
+    /// Finished jobs and their per-device results (default 180).
+    pub jobs_days: Option<u64>,
+    /// Seconds between two prune passes (default 3600).
+    pub prune_interval_s: Option<u64>,
+    /// Rows deleted per statement (default 1000).
+    pub prune_batch: Option<u64>,
 }
 
 /// `[fleet]`: drift checks and jobs.
@@ -401,6 +526,26 @@ pub struct AuthSection {
     pub token_ttl_s: Option<u32>,
     /// Password of the `admin` user created on first start.
     pub admin_password: Option<SecretString>,
+    /// Most password hashes (argon2, 19 MiB each) at once, API and modem logins together
+    /// (0: half the cores, at least 1, at most 8).
+    pub password_hash_concurrency: Option<u64>,
+    /// How long a login waits for a hashing slot before 503 (API) or CONNACK "server
+    /// unavailable" (MQTT), milliseconds.
+    pub password_hash_wait_ms: Option<u64>,
+    /// Failed logins for one user name before back-off starts.
+    pub login_free_failures: Option<u64>,
+    /// Failed logins that lock a user name.
+    pub login_lockout_failures: Option<u64>,
+    /// Failed logins from one address before back-off starts.
+    pub login_address_free_failures: Option<u64>,
+    /// Failed logins that lock an address.
+    pub login_address_lockout_failures: Option<u64>,
+    /// First back-off, milliseconds (doubled per further failure).
+    pub login_backoff_base_ms: Option<u64>,
+    /// Longest back-off, milliseconds.
+    pub login_backoff_max_ms: Option<u64>,
+    /// How long a lockout lasts (and failures are remembered), seconds.
+    pub login_lockout_s: Option<u64>,
 }
 
 /// `[log]`.
@@ -551,6 +696,10 @@ pub struct Settings {
     pub drift: Option<callhome_fleet::drift::DriftSettings>,
     /// Job engine.
     pub jobs: callhome_fleet::EngineSettings,
+    /// Failed-login throttling.
+    pub login_throttle: callhome_api::throttle::ThrottleSettings,
+    /// Retention of audit rows, commands, sessions and jobs.
+    pub retention: crate::retention::RetentionSettings,
     /// Log filter.
     pub log_level: String,
     /// Log format.
@@ -715,6 +864,46 @@ impl Settings {
             size("http.ws_max_message_bytes", file.http.ws_max_message_bytes)?,
         );
         // --- end of listener bounds per peer ---
+        let a = &file.auth;
+        gateway.password_concurrency = match bounded(
+            "auth.password_hash_concurrency",
+            a.password_hash_concurrency,
+        )? {
+            0 => auto_hash_concurrency(),
+            n => usize::try_from(n)?,
+        };
+        gateway.password_wait = millis("auth.password_hash_wait_ms", a.password_hash_wait_ms)?;
+        let count = |key: &str, v: Option<u64>| -> anyhow::Result<u32> {
+            Ok(u32::try_from(bounded(key, v)?)?)
+        };
+        let login_throttle = callhome_api::throttle::ThrottleSettings {
+            user_free_failures: count("auth.login_free_failures", a.login_free_failures)?,
+            user_lockout_failures: count("auth.login_lockout_failures", a.login_lockout_failures)?,
+            address_free_failures: count(
+                "auth.login_address_free_failures",
+                a.login_address_free_failures,
+            )?,
+            address_lockout_failures: count(
+                "auth.login_address_lockout_failures",
+                a.login_address_lockout_failures,
+            )?,
+            base_delay: millis("auth.login_backoff_base_ms", a.login_backoff_base_ms)?,
+            max_delay: millis("auth.login_backoff_max_ms", a.login_backoff_max_ms)?,
+            lockout: seconds("auth.login_lockout_s", a.login_lockout_s)?,
+        };
+        let r = &file.retention;
+        let days = |key: &str, v: Option<u64>| -> anyhow::Result<Option<time::Duration>> {
+            let d = bounded(key, v)?;
+            Ok((d > 0).then(|| time::Duration::days(i64::try_from(d).unwrap_or(i64::MAX))))
+        };
+        let retention = crate::retention::RetentionSettings {
+            audit: days("retention.audit_days", r.audit_days)?,
+            commands: days("retention.commands_days", r.commands_days)?,
+            sessions: days("retention.sessions_days", r.sessions_days)?,
+            jobs: days("retention.jobs_days", r.jobs_days)?,
+            interval: seconds("retention.prune_interval_s", r.prune_interval_s)?,
+            batch: u32::try_from(bounded("retention.prune_batch", r.prune_batch)?)?,
+        };
         let admin_password = std::env::var("CALLHOME_ADMIN_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty())
@@ -771,6 +960,8 @@ impl Settings {
             admin_password,
             drift,
             jobs,
+            login_throttle,
+            retention,
             log_level: o
                 .log_level
                 .clone()
@@ -910,6 +1101,16 @@ mod tests {
         assert_eq!(s.tunnel_id_timeout, std::time::Duration::from_secs(5));
         assert_eq!(s.jobs.restart_wait, std::time::Duration::from_secs(600));
         assert_eq!(s.token_ttl, time::Duration::seconds(3600));
+        assert_eq!(
+            s.login_throttle,
+            callhome_api::throttle::ThrottleSettings::default()
+        );
+        assert_eq!(s.retention, crate::retention::RetentionSettings::default());
+        assert_eq!(s.gateway.password_concurrency, auto_hash_concurrency());
+        assert_eq!(
+            s.gateway.password_wait,
+            std::time::Duration::from_millis(2000)
+        );
 
         let dir = tempfile::tempdir().unwrap();
         for (toml, key) in [
@@ -957,6 +1158,13 @@ mod tests {
                 "[tunnel]\nmax_connections_per_address = 0\n",
                 "tunnel.max_connections_per_address",
             ),
+            (
+                "[auth]\npassword_hash_concurrency = 65\n",
+                "auth.password_hash_concurrency",
+            ),
+            ("[auth]\nlogin_lockout_s = 0\n", "auth.login_lockout_s"),
+            ("[retention]\naudit_days = 40000\n", "retention.audit_days"),
+            ("[retention]\nprune_batch = 1\n", "retention.prune_batch"),
         ] {
             let path = dir.path().join("c.toml");
             std::fs::write(&path, toml).unwrap();

@@ -217,6 +217,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
             Ok(())
         });
     }
+    let pruner = crate::retention::Pruner::new(store.clone(), settings.retention.clone());
+    let token = shutdown.clone();
+    tasks.spawn("retention pruner", pruner.run(token));
     let engine = jobs.clone();
     let token = shutdown.clone();
     tasks.spawn("job engine", async move {
@@ -241,6 +244,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
             .as_ref()
             .map(|t| callhome_api::MetricsToken::new(t.expose_secret())),
         stream_limits: settings.stream_limits.clone(),
+        login_throttle: Arc::new(callhome_api::throttle::LoginThrottle::new(
+            settings.login_throttle.clone(),
+        )),
     };
 
     let http = TcpListener::bind(settings.http)
@@ -363,9 +369,12 @@ async fn bootstrap_admin(
     };
     callhome_api::auth::check_password_policy(&password)
         .map_err(|e| anyhow::anyhow!("CALLHOME_ADMIN_PASSWORD: {e}"))?;
-    let password_hash = callhome_api::auth::hash_password(password.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let password_hash = callhome_api::auth::hash_password(
+        &callhome_gateway::PasswordPool::new(1, std::time::Duration::from_secs(60)),
+        password.clone(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     match store
         .create_user(&NewUser {
             username: "admin".to_owned(),

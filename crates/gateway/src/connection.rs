@@ -54,9 +54,16 @@ impl End {
     }
 }
 
-/// Runs one connection to its end. `stream` has completed its TLS handshake.
-pub(crate) async fn run<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, identity: PeerIdentity)
-where
+/// Runs one connection to its end. `stream` has completed its TLS handshake; `handshake`
+/// (the listener's slot for logins in progress) is held through CONNECT and its credential
+/// check, and released once the connection is accepted or refused.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    identity: PeerIdentity,
+    handshake: callhome_net::HandshakePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
@@ -84,7 +91,9 @@ where
         }
     };
 
-    let device = match authenticate(&shared, &connect, &identity, peer).await {
+    let authenticated = authenticate(&shared, &connect, &identity, peer).await;
+    handshake.release();
+    let device = match authenticated {
         Ok(d) => d,
         Err(code) => {
             let _ = writer
@@ -656,11 +665,21 @@ async fn authenticate(
             Err(_) => return Err(refuse("store_error", ConnectReturnCode::ServiceUnavailable)),
         };
         let hash = device.as_ref().and_then(|d| d.mqtt.password_hash.clone());
-        if !crate::password::verify(login.password.clone(), hash).await {
-            return Err(refuse(
-                "bad_password",
-                ConnectReturnCode::BadUserNamePassword,
-            ));
+        match shared.passwords.verify(login.password.clone(), hash).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(refuse(
+                    "bad_password",
+                    ConnectReturnCode::BadUserNamePassword,
+                ));
+            }
+            // Every password-hashing slot stayed busy: try again later.
+            Err(_) => {
+                return Err(refuse(
+                    "password_busy",
+                    ConnectReturnCode::ServiceUnavailable,
+                ));
+            }
         }
         let Some(device) = device else {
             return Err(refuse(

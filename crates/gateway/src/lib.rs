@@ -23,7 +23,7 @@ mod connection;
 pub mod dispatch;
 pub mod events;
 mod hub;
-mod password;
+pub mod password;
 mod server;
 pub mod status;
 mod sweeper;
@@ -45,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use events::{Event, EventBus};
+pub use password::{PasswordError, PasswordPool};
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -86,6 +87,11 @@ pub struct GatewayConfig {
     pub status_burst: u32,
     /// Denied SUBSCRIBE filters (each audited) a connection may send; one more ends it.
     pub max_denied_filters: usize,
+    /// Most password hashes (argon2, 19 MiB each) computed at once in the process, for
+    /// modem and API logins together ([`PasswordPool`]).
+    pub password_concurrency: usize,
+    /// How long a login waits for a password-hashing slot before it is refused as busy.
+    pub password_wait: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -108,6 +114,8 @@ impl Default for GatewayConfig {
             status_per_minute: 60,
             status_burst: 20,
             max_denied_filters: 3,
+            password_concurrency: 1,
+            password_wait: Duration::from_secs(2),
         }
     }
 }
@@ -170,6 +178,7 @@ pub(crate) struct Shared {
     enqueue_locks: Vec<tokio::sync::Mutex<()>>,
     /// Each device's status-message allowance.
     status_limit: status::RateLimiter,
+    passwords: PasswordPool,
 }
 
 /// The status-message rate of `cfg`: per second, and the burst.
@@ -226,6 +235,7 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Result<Self, GatewayError> {
         let cfg_copy = cfg.clone();
+        let passwords = PasswordPool::new(cfg.password_concurrency, cfg.password_wait);
         let shared = Arc::new(Shared {
             cfg,
             store,
@@ -238,6 +248,7 @@ impl Gateway {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             status_limit: status::RateLimiter::new(cfg_rate(&cfg_copy)),
+            passwords,
         });
         let tls = Arc::new(SharedServerConfig::new(server::build_tls(&shared)?));
         Ok(Self { shared, tls })
@@ -287,6 +298,11 @@ impl Gateway {
     /// The event bus.
     pub fn events(&self) -> &Arc<EventBus> {
         &self.shared.events
+    }
+
+    /// The process-wide bound on password hashing, shared with the HTTP API's logins.
+    pub fn passwords(&self) -> &PasswordPool {
+        &self.shared.passwords
     }
 
     /// Whether a device is connected to this node.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use callhome_ca::tls::{ClientAuth, SharedServerConfig};
-use callhome_net::{Handler, Refusal, TlsListenerConfig, TlsStream};
+use callhome_net::{Handler, HandshakePermit, Refusal, TlsListenerConfig, TlsStream};
 use time::OffsetDateTime;
 use tokio::net::TcpStream;
 use tracing::{debug, error, warn};
@@ -68,8 +68,13 @@ pub(crate) struct Modems {
 }
 
 impl Handler for Modems {
-    async fn handle(&self, stream: TlsStream<TcpStream>, peer: PeerIdentity) {
-        connection::run(self.shared.clone(), stream, peer.addr, peer).await;
+    async fn handle(
+        &self,
+        stream: TlsStream<TcpStream>,
+        peer: PeerIdentity,
+        handshake: HandshakePermit,
+    ) {
+        connection::run(self.shared.clone(), stream, peer.addr, peer, handshake).await;
     }
 
     fn refused(&self, _peer: Option<SocketAddr>, why: &Refusal<'_>) {

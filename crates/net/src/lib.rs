@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use callhome_ca::tls::SharedServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -128,17 +128,36 @@ impl Refusal<'_> {
     }
 }
 
+/// A slot among the listener's handshakes in progress
+/// ([`TlsListenerConfig::max_handshakes`], and the peer address's share of
+/// [`TlsListenerConfig::max_handshakes_per_address`]), handed to [`Handler::handle`] still held: the
+/// handler releases it once the peer has finished logging in (for the modem gateway: after
+/// CONNECT and its credential check), so a flood of peers that complete TLS but then stall
+/// or send costly logins stays within the cap. Dropping it releases it too.
+#[derive(Debug)]
+pub struct HandshakePermit {
+    _permit: OwnedSemaphorePermit,
+    /// The peer address's share of [`TlsListenerConfig::max_handshakes_per_address`].
+    _address: AddressPermit,
+}
+
+impl HandshakePermit {
+    /// Gives the slot back: the connection's login is over.
+    pub fn release(self) {}
+}
+
 /// What a listener does with its connections.
 ///
 /// Cloned once per connection; `handle` runs in the connection's own task, tracked by the
 /// listener's [`TaskTracker`].
 pub trait Handler: Clone + Send + Sync + 'static {
     /// Serves one connection whose TLS handshake succeeded. The connection cap's permit is
-    /// held until this returns.
+    /// held until this returns; the handshake slot until `handshake` is released or dropped.
     fn handle(
         &self,
         stream: TlsStream<TcpStream>,
         peer: PeerIdentity,
+        handshake: HandshakePermit,
     ) -> impl Future<Output = ()> + Send;
 
     /// Called when the listener refuses a connection or fails to accept one, for the
@@ -265,7 +284,6 @@ impl TlsListener {
                     () = shutdown.cancelled() => return,
                     r = tokio::time::timeout(timeout, acceptor.accept(tcp)) => r,
                 };
-                drop((hs_permit, addr_hs_permit));
                 let stream = match handshake {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -280,7 +298,11 @@ impl TlsListener {
                     }
                 };
                 let peer = PeerIdentity::of(addr, &stream);
-                handler.handle(stream, peer).await;
+                let handshake = HandshakePermit {
+                    _permit: hs_permit,
+                    _address: addr_hs_permit,
+                };
+                handler.handle(stream, peer, handshake).await;
             });
         }
         info!(listener = name, "stopped accepting");

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use callhome_ca::tls::{ClientAuth, SharedServerConfig, client_config, server_config};
 use callhome_ca::{Authority, CaParams, IssuedCertificate, generate_key_and_csr};
-use callhome_net::{Handler, PeerIdentity, Refusal, TlsListener, TlsListenerConfig, TlsStream};
+use callhome_net::{
+    Handler, HandshakePermit, PeerIdentity, Refusal, TlsListener, TlsListenerConfig, TlsStream,
+};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -67,10 +69,31 @@ fn pki() -> Pki {
 struct Echo {
     peers: mpsc::UnboundedSender<PeerIdentity>,
     refusals: mpsc::UnboundedSender<&'static str>,
+    /// Hold the handshake slot until the peer's first 5 bytes (its "login").
+    hold_handshake: bool,
 }
 
 impl Handler for Echo {
-    async fn handle(&self, mut stream: TlsStream<TcpStream>, peer: PeerIdentity) {
+    async fn handle(
+        &self,
+        mut stream: TlsStream<TcpStream>,
+        peer: PeerIdentity,
+        handshake: HandshakePermit,
+    ) {
+        if self.hold_handshake {
+            // Logs in with the first 5 bytes: the handshake slot is held until then.
+            let _ = self.peers.send(peer);
+            let mut buf = [0u8; 5];
+            if stream.read_exact(&mut buf).await.is_err() {
+                return;
+            }
+            handshake.release();
+            let _ = stream.write_all(&buf).await;
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+            return;
+        }
+        handshake.release();
         let _ = self.peers.send(peer);
         let mut buf = [0u8; 5];
         if stream.read_exact(&mut buf).await.is_err() {
@@ -98,6 +121,10 @@ struct Running {
 }
 
 async fn start(pki: &Pki, cfg: TlsListenerConfig) -> Running {
+    start_with(pki, cfg, false).await
+}
+
+async fn start_with(pki: &Pki, cfg: TlsListenerConfig, hold_handshake: bool) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (peers_tx, peers) = mpsc::unbounded_channel();
@@ -105,6 +132,7 @@ async fn start(pki: &Pki, cfg: TlsListenerConfig) -> Running {
     let handler = Echo {
         peers: peers_tx,
         refusals: refusals_tx,
+        hold_handshake,
     };
     let tls = TlsListener::new(cfg, pki.server.clone());
     let tracker = tls.tracker();
@@ -329,6 +357,36 @@ async fn the_handshake_cap_closes_the_extra_connection_and_frees_on_completion()
         .unwrap();
     held.write_all(b"hello").await.unwrap();
     held.read_exact(&mut [0u8; 5]).await.unwrap();
+    timeout(LIMIT, echo(srv.addr, pki.device_client.clone()))
+        .await
+        .expect("served in time")
+        .unwrap();
+}
+
+/// A handler that keeps the handshake slot through its login: a peer that completed TLS but
+/// has not logged in still counts against the cap; once it logs in, the slot is free.
+#[tokio::test]
+async fn a_handler_holds_the_handshake_slot_until_it_releases_it() {
+    let pki = pki();
+    let mut srv = start_with(
+        &pki,
+        TlsListenerConfig {
+            max_handshakes: 1,
+            ..cfg()
+        },
+        true,
+    )
+    .await;
+    let mut stalled = connect_tls(srv.addr, pki.device_client.clone())
+        .await
+        .unwrap();
+    timeout(LIMIT, srv.peers.recv()).await.unwrap().unwrap();
+    let extra = TcpStream::connect(srv.addr).await.unwrap();
+    closed_by_server(extra).await;
+    assert_eq!(next(&mut srv.refusals).await, "max_handshakes");
+    // The stalled peer logs in: its slot is released, and the next peer is served.
+    stalled.write_all(b"hello").await.unwrap();
+    stalled.read_exact(&mut [0u8; 5]).await.unwrap();
     timeout(LIMIT, echo(srv.addr, pki.device_client.clone()))
         .await
         .expect("served in time")

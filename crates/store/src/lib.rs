@@ -57,8 +57,11 @@ pub trait Users: Send + Sync {
     async fn get_user_by_name(&self, username: &str) -> Result<User>;
     /// All users, by name.
     async fn list_users(&self) -> Result<Vec<User>>;
-    /// Changes role, disabled flag or password hash.
+    /// Changes role, disabled flag or password hash; a new password hash or disabling raises
+    /// the token version.
     async fn update_user(&self, id: Uuid, patch: &UserPatch) -> Result<User>;
+    /// Raises the user's token version, so that every token issued before stops working.
+    async fn revoke_user_tokens(&self, id: Uuid) -> Result<User>;
 }
 
 /// API keys for machine clients (the key itself is never stored, only its hash).
@@ -359,6 +362,22 @@ pub trait Jobs: Send + Sync {
     async fn get_job_device(&self, id: Uuid, imei: &Imei) -> Result<JobDeviceRecord>;
 }
 
+/// Retention: old rows deleted a batch at a time. Each call deletes at most `limit` rows
+/// older than `before` in one short statement and returns how many; callers repeat until a
+/// call returns 0. Rows in use are never deleted.
+#[async_trait]
+pub trait Retention: Send + Sync {
+    /// Audit rows written before `before`, oldest first.
+    async fn prune_audit(&self, before: OffsetDateTime, limit: u32) -> Result<u64>;
+    /// Finished commands (neither `queued` nor `sent`) created before `before`.
+    async fn prune_commands(&self, before: OffsetDateTime, limit: u32) -> Result<u64>;
+    /// Closed sessions closed before `before`.
+    async fn prune_sessions(&self, before: OffsetDateTime, limit: u32) -> Result<u64>;
+    /// Jobs in a final state that finished before `before`: up to `limit` of their
+    /// executions, or, once they have none left, up to `limit` of the jobs themselves.
+    async fn prune_jobs(&self, before: OffsetDateTime, limit: u32) -> Result<u64>;
+}
+
 /// Everything Callhome stores, behind one handle.
 #[async_trait]
 pub trait Store:
@@ -374,6 +393,7 @@ pub trait Store:
     + SessionTargets
     + Configuration
     + Jobs
+    + Retention
     + Send
     + Sync
     + 'static

@@ -19,6 +19,9 @@ pub struct User {
     pub role: Role,
     /// A disabled user cannot log in, and its tokens stop working.
     pub disabled: bool,
+    /// Raised by a password change, by disabling the user and by
+    /// [`crate::Users::revoke_user_tokens`]; tokens issued with an older version are refused.
+    pub token_version: i64,
     /// When created.
     pub created_at: OffsetDateTime,
     /// When last changed.
@@ -36,7 +39,8 @@ pub struct NewUser {
     pub role: Role,
 }
 
-/// Changes to a user; `None` leaves a field as it is.
+/// Changes to a user; `None` leaves a field as it is. A new password hash or `disabled:
+/// true` also raises the user's token version (its existing tokens stop working).
 #[derive(Debug, Clone, Default)]
 pub struct UserPatch {
     /// New role.

@@ -40,6 +40,9 @@ mod gateway;
 #[path = "sql/jobs.rs"]
 #[allow(clippy::duplicate_mod)]
 mod jobs;
+#[path = "sql/retention.rs"]
+#[allow(clippy::duplicate_mod)]
+mod retention;
 #[path = "sql/sessions.rs"]
 #[allow(clippy::duplicate_mod)]
 mod sessions;

@@ -1356,3 +1356,237 @@ async fn postgres_verify_full_is_honoured() {
         Err(e) => println!("store suite: the server has no TLS ({e})"),
     }
 }
+
+/// A password change, disabling and "revoke tokens" each raise the token version; a role
+/// change alone does not.
+#[tokio::test]
+async fn token_version_rises_on_password_change_disable_and_revoke() {
+    on_each_backend("token_version", |s| async move {
+        let u = s
+            .create_user(&NewUser {
+                username: "carol".into(),
+                password_hash: "$argon2id$a".into(),
+                role: Role::Operator,
+            })
+            .await
+            .unwrap();
+        assert_eq!(u.token_version, 0);
+        let role_only = UserPatch {
+            role: Some(Role::Reader),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.update_user(u.id, &role_only).await.unwrap().token_version,
+            0
+        );
+        let enable = UserPatch {
+            disabled: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(s.update_user(u.id, &enable).await.unwrap().token_version, 0);
+        let password = UserPatch {
+            password_hash: Some("$argon2id$b".into()),
+            ..Default::default()
+        };
+        let changed = s.update_user(u.id, &password).await.unwrap();
+        assert_eq!(
+            (changed.token_version, changed.password_hash.as_str()),
+            (1, "$argon2id$b")
+        );
+        let disable = UserPatch {
+            disabled: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.update_user(u.id, &disable).await.unwrap().token_version,
+            2
+        );
+        let revoked = s.revoke_user_tokens(u.id).await.unwrap();
+        assert_eq!(revoked.token_version, 3);
+        assert_eq!(s.get_user(u.id).await.unwrap().token_version, 3);
+        assert!(matches!(
+            s.revoke_user_tokens(Uuid::new_v4()).await,
+            Err(StoreError::NotFound(_))
+        ));
+    })
+    .await;
+}
+
+/// Retention: each prune call deletes at most its batch of rows older than the cutoff, and
+/// never rows still in use (queued or sent commands, open sessions, running jobs).
+#[tokio::test]
+async fn retention_prunes_old_rows_in_batches_and_keeps_rows_in_use() {
+    use callhome_core::jobs::JobState;
+    on_each_backend("retention", |s| async move {
+        let now = OffsetDateTime::now_utc();
+        let old = now - Duration::days(400);
+        // Audit: 25 old rows, 3 recent ones.
+        for i in 0..28 {
+            s.append_audit(&NewAuditEntry {
+                at: if i < 25 { old } else { now },
+                actor: "admin".into(),
+                actor_kind: callhome_core::ActorKind::User,
+                action: "POST /api/v1/devices".into(),
+                target: Some(format!("t{i}")),
+                outcome: callhome_core::AuditOutcome::Success,
+                status: Some(201),
+                detail: None,
+                remote_addr: None,
+                request_id: None,
+            })
+            .await
+            .unwrap();
+        }
+        let cutoff = now - Duration::days(365);
+        assert_eq!(s.prune_audit(cutoff, 10).await.unwrap(), 10);
+        assert_eq!(s.prune_audit(cutoff, 10).await.unwrap(), 10);
+        assert_eq!(s.prune_audit(cutoff, 10).await.unwrap(), 5);
+        assert_eq!(s.prune_audit(cutoff, 10).await.unwrap(), 0);
+        let left = s
+            .list_audit(&AuditFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.items.len(), 3, "the recent rows stay");
+
+        // Commands: finished ones go, queued and sent ones stay (whatever their age).
+        let d = registered(&s, 9500).await;
+        let new = |cmd: &str| NewCommand {
+            imei: d.clone(),
+            command: cmd.into(),
+            created_by: "ops".into(),
+            timeout_ms: 5000,
+            expires_at: now + Duration::hours(1),
+            max_attempts: 1,
+        };
+        let mut finished = Vec::new();
+        for _ in 0..3 {
+            let c = s.enqueue_command(&new("AT")).await.unwrap();
+            s.mark_command_sent(c.id, now).await.unwrap();
+            s.complete_command(
+                c.id,
+                &CommandOutcome {
+                    state: CommandState::Succeeded,
+                    reply: Some("OK".into()),
+                    result: Some("OK".into()),
+                    error: None,
+                    at: now,
+                },
+            )
+            .await
+            .unwrap();
+            finished.push(c.id);
+        }
+        let queued = s.enqueue_command(&new("ATI")).await.unwrap();
+        let sent = s.enqueue_command(&new("AT+CSQ")).await.unwrap();
+        s.mark_command_sent(sent.id, now).await.unwrap();
+        // A cutoff before their creation keeps everything.
+        assert_eq!(s.prune_commands(old, 10).await.unwrap(), 0);
+        let later = now + Duration::hours(1);
+        assert_eq!(s.prune_commands(later, 2).await.unwrap(), 2);
+        assert_eq!(s.prune_commands(later, 2).await.unwrap(), 1);
+        assert_eq!(s.prune_commands(later, 2).await.unwrap(), 0);
+        for id in finished {
+            assert!(matches!(
+                s.get_command(id).await,
+                Err(StoreError::NotFound(_))
+            ));
+        }
+        assert_eq!(
+            s.get_command(queued.id).await.unwrap().state,
+            CommandState::Queued
+        );
+        assert_eq!(
+            s.get_command(sent.id).await.unwrap().state,
+            CommandState::Sent
+        );
+
+        // Sessions: closed long ago goes; the open one stays.
+        let open_session = |imei: Imei| NewSession {
+            imei,
+            mode: callhome_core::SessionMode::Direct,
+            host: "10.0.0.1".into(),
+            port: 5000,
+            timeout_s: 60,
+            pairing_timeout_s: 60,
+            forward_id: false,
+            token_hash: None,
+            created_by: "t".into(),
+            created_by_id: None,
+            requested_host: None,
+        };
+        let closed = s.create_session(&open_session(d.clone())).await.unwrap();
+        s.update_session(
+            closed.id,
+            &SessionUpdate {
+                state: Some(SessionState::Closed),
+                close_reason: Some(callhome_core::CloseReason::ReaderClosed),
+                closed_at: Some(old),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let still_open = s.create_session(&open_session(d.clone())).await.unwrap();
+        assert_eq!(s.prune_sessions(cutoff, 10).await.unwrap(), 1);
+        assert_eq!(s.prune_sessions(later, 10).await.unwrap(), 0);
+        assert!(matches!(
+            s.get_session(closed.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            s.get_session(still_open.id).await.unwrap().state,
+            SessionState::Requested
+        );
+
+        // Jobs: a finished one goes, its executions first, a batch at a time; a running one
+        // stays.
+        let mut devices = Vec::new();
+        for n in 0..5 {
+            devices.push((registered(&s, 9600 + n).await, 1));
+        }
+        let job = |id: Uuid| NewJob {
+            id,
+            name: None,
+            operation: r#"{"type":"reboot"}"#.into(),
+            target: r#"{"tag_expr":"a"}"#.into(),
+            rollout: "{}".into(),
+            restart: "auto".into(),
+            created_by: "ops".into(),
+            created_at: old,
+            expires_at: old + Duration::hours(1),
+            devices: devices.clone(),
+        };
+        let done = s.create_job(&job(Uuid::now_v7())).await.unwrap();
+        s.set_job_state(
+            done.id,
+            &[JobState::Running],
+            JobState::Cancelled,
+            None,
+            old,
+        )
+        .await
+        .unwrap();
+        let running = s.create_job(&job(Uuid::now_v7())).await.unwrap();
+        assert_eq!(
+            s.prune_jobs(cutoff, 3).await.unwrap(),
+            3,
+            "executions first"
+        );
+        assert_eq!(s.prune_jobs(cutoff, 3).await.unwrap(), 2);
+        assert_eq!(s.prune_jobs(cutoff, 3).await.unwrap(), 1, "then the job");
+        assert_eq!(s.prune_jobs(cutoff, 3).await.unwrap(), 0);
+        assert!(matches!(
+            s.get_job(done.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            s.get_job(running.id).await.unwrap().state,
+            JobState::Running
+        );
+        assert_eq!(s.job_progress(running.id).await.unwrap().total, 5);
+    })
+    .await;
+}

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use callhome_core::{ActorKind, AuditOutcome, CloseReason, Imei};
-use callhome_net::{Handler, PeerIdentity, Refusal, TlsListenerConfig, TlsStream};
+use callhome_net::{Handler, HandshakePermit, PeerIdentity, Refusal, TlsListenerConfig, TlsStream};
 use callhome_store::NewAuditEntry;
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt as _;
@@ -53,7 +53,13 @@ pub(crate) struct Modems {
 }
 
 impl Handler for Modems {
-    async fn handle(&self, stream: TlsStream<TcpStream>, peer: PeerIdentity) {
+    async fn handle(
+        &self,
+        stream: TlsStream<TcpStream>,
+        peer: PeerIdentity,
+        handshake: HandshakePermit,
+    ) {
+        handshake.release();
         modem_connected(self.tunnel.clone(), stream, peer).await;
     }
 

@@ -1,15 +1,22 @@
 //! `POST /api/v1/auth/token` and `GET /api/v1/auth/whoami`.
 
-use axum::extract::State;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use callhome_core::{ActorKind, AuditOutcome};
+use callhome_store::NewAuditEntry;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::{Principal, PrincipalKind, authenticate_api_key, issue_token, verify_password};
-use crate::context::AuditActor;
+use crate::context::{AuditActor, SkipAudit, clip};
 use crate::error::{ApiError, Problem};
 use crate::extract::ApiJson;
+use crate::throttle::{Lockout, Subject};
 
 /// Credentials to exchange for an access token: a user name and password, or an API key.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -48,6 +55,12 @@ pub struct WhoAmI {
 }
 
 /// Exchange a user name and password, or an API key, for a bearer access token.
+///
+/// Failed password logins are throttled per user name and per client address: past a few
+/// failures each further attempt must wait (exponential back-off), and at the lockout
+/// threshold the name or address is locked for a while (audited as `auth.lockout`). A
+/// throttled attempt is refused with 429 and `Retry-After` before its password is checked,
+/// even when the password is right.
 #[utoipa::path(
     post, path = "/api/v1/auth/token", tag = "auth",
     request_body = TokenRequest,
@@ -55,17 +68,73 @@ pub struct WhoAmI {
         (status = 200, description = "Token issued", body = TokenResponse),
         (status = 401, description = "Wrong credentials or disabled account", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Neither user name and password nor API key given", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed logins for this user name or from this address: backing off or locked; retry after the `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until a login may be tried again"))),
+        (status = 503, description = "Every password-hashing slot stayed busy; retry after the `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds after which a retry is worth it"))),
     )
 )]
 pub async fn token(
     State(state): State<AppState>,
+    connect_info: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     body: Result<ApiJson<TokenRequest>, ApiError>,
 ) -> Response {
+    let addr = connect_info.map(|c| c.0.0.ip());
+    let mut throttled = false;
     let (actor, result) = match body {
         Err(e) => ("anonymous".to_owned(), Err(e)),
         Ok(ApiJson(req)) => match (req.username, req.password, req.api_key) {
             (Some(username), Some(password), None) => {
-                let r = login(&state, &username, password).await;
+                let now = std::time::Instant::now();
+                let r = match state.login_throttle.check(&username, addr, now) {
+                    Err(refused) => {
+                        throttled = true;
+                        metrics::counter!(
+                            "callhome_login_throttled_total",
+                            "kind" => match refused.subject {
+                                Subject::User(_) => "user",
+                                Subject::Address(_) => "address",
+                            },
+                            "locked" => refused.locked.to_string()
+                        )
+                        .increment(1);
+                        Err(ApiError::Throttled {
+                            detail: format!(
+                                "too many failed logins for this {}: {}; try again in {} s",
+                                match refused.subject {
+                                    Subject::User(_) => "user name",
+                                    Subject::Address(_) => "address",
+                                },
+                                if refused.locked {
+                                    "temporarily locked"
+                                } else {
+                                    "backing off"
+                                },
+                                refused.retry_after_s()
+                            ),
+                            retry_after_s: refused.retry_after_s(),
+                        })
+                    }
+                    Ok(()) => {
+                        let r = login(&state, &username, password).await;
+                        match &r {
+                            Ok(_) => state.login_throttle.succeeded(&username),
+                            Err(ApiError::Unauthorized(_)) if !is_disabled(&r) => {
+                                let lockouts = state.login_throttle.failed(
+                                    &username,
+                                    addr,
+                                    std::time::Instant::now(),
+                                );
+                                for l in lockouts {
+                                    audit_lockout(&state, &username, addr, &headers, &l).await;
+                                }
+                            }
+                            Err(_) => {}
+                        }
+                        r
+                    }
+                };
                 (username, r)
             }
             (None, None, Some(key)) => match authenticate_api_key(&state.store, &key).await {
@@ -92,7 +161,61 @@ pub async fn token(
         Err(e) => e.into_response(),
     };
     response.extensions_mut().insert(AuditActor(actor));
+    if throttled {
+        // Refused before any check: counted in `callhome_login_throttled_total`, not one
+        // audit row each (the lockout itself was audited when it began).
+        response
+            .extensions_mut()
+            .insert(SkipAudit("login_throttled"));
+    }
     response
+}
+
+const DISABLED: &str = " is disabled";
+
+fn is_disabled(r: &Result<Principal, ApiError>) -> bool {
+    matches!(r, Err(ApiError::Unauthorized(m)) if m.ends_with(DISABLED))
+}
+
+/// Writes the `auth.lockout` audit row for a lockout that just began.
+async fn audit_lockout(
+    state: &AppState,
+    username: &str,
+    addr: Option<IpAddr>,
+    headers: &HeaderMap,
+    lockout: &Lockout,
+) {
+    let target = match &lockout.subject {
+        Subject::User(u) => format!("user:{u}"),
+        Subject::Address(a) => format!("address:{a}"),
+    };
+    tracing::warn!(%target, failures = lockout.failures, "login locked after failed attempts");
+    metrics::counter!("callhome_login_lockouts_total").increment(1);
+    let entry = NewAuditEntry {
+        at: OffsetDateTime::now_utc(),
+        actor: clip(username, crate::context::MAX_ACTOR),
+        actor_kind: ActorKind::Anonymous,
+        action: "auth.lockout".to_owned(),
+        target: Some(clip(&target, crate::context::MAX_TARGET)),
+        outcome: AuditOutcome::Failure,
+        status: Some(429),
+        detail: Some(
+            serde_json::json!({
+                "failures": lockout.failures,
+                "locked_for_s": lockout.duration.as_secs(),
+            })
+            .to_string(),
+        ),
+        remote_addr: addr.map(|a| a.to_string()),
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    if let Err(e) = state.store.append_audit(&entry).await {
+        metrics::counter!("callhome_audit_write_failures_total").increment(1);
+        tracing::error!(error = %e, "could not write the lockout audit row");
+    }
 }
 
 async fn login(state: &AppState, username: &str, password: String) -> Result<Principal, ApiError> {
@@ -101,16 +224,22 @@ async fn login(state: &AppState, username: &str, password: String) -> Result<Pri
         Err(callhome_store::StoreError::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
     };
-    let ok = verify_password(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
+    let ok = verify_password(
+        state.gateway.passwords(),
+        password,
+        user.as_ref().map(|u| u.password_hash.clone()),
+    )
+    .await?;
     match user {
         Some(u) if ok && !u.disabled => Ok(Principal {
             id: u.id,
             name: u.username,
             kind: PrincipalKind::User,
             role: u.role,
+            token_version: u.token_version,
         }),
         Some(u) if ok => Err(ApiError::Unauthorized(format!(
-            "user {} is disabled",
+            "user {}{DISABLED}",
             u.username
         ))),
         _ => Err(ApiError::Unauthorized(

@@ -442,7 +442,7 @@ pub async fn set_mqtt_credentials(
     if !(8..=256).contains(&pw) {
         return Err(ValidationError::new("password", "must be 8-256 characters").into());
     }
-    let hash = crate::auth::hash_password(req.password).await?;
+    let hash = crate::auth::hash_password(state.gateway.passwords(), req.password).await?;
     let device = state
         .store
         .update_device(

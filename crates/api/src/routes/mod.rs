@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::whoami))
         .routes(routes!(users::list_users, users::create_user))
         .routes(routes!(users::update_user))
+        .routes(routes!(users::revoke_tokens))
         .routes(routes!(api_keys::list_api_keys, api_keys::create_api_key))
         .routes(routes!(api_keys::revoke_api_key))
         .routes(routes!(devices::list_devices, devices::create_device))

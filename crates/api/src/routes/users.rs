@@ -1,4 +1,5 @@
-//! User accounts: `GET/POST /api/v1/users`, `PATCH /api/v1/users/{username}`. Admins only.
+//! User accounts: `GET/POST /api/v1/users`, `PATCH /api/v1/users/{username}`,
+//! `POST /api/v1/users/{username}/revoke-tokens`. Admins only.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -115,7 +116,7 @@ pub async fn create_user(
     let username = Username::parse(&req.username)?;
     let role: Role = req.role.parse()?;
     check_password_policy(&req.password)?;
-    let password_hash = hash_password(req.password).await?;
+    let password_hash = hash_password(state.gateway.passwords(), req.password).await?;
     let user = state
         .store
         .create_user(&NewUser {
@@ -131,8 +132,9 @@ pub async fn create_user(
     ))
 }
 
-/// Changes a user's role, disables or enables it, or sets a new password. Disabling a user
-/// ends its open streams (the SSE event stream, session WebSockets) at once.
+/// Changes a user's role, disables or enables it, or sets a new password. A new password or
+/// disabling also revokes every access token issued to the user before; disabling ends its
+/// open streams (the SSE event stream, session WebSockets) at once.
 #[utoipa::path(
     patch, path = "/api/v1/users/{username}", tag = "users", security(("bearer" = [])),
     params(("username" = String, Path, description = "Login name")),
@@ -162,7 +164,7 @@ pub async fn update_user(
     let password_hash = match req.password {
         Some(pw) => {
             check_password_policy(&pw)?;
-            Some(hash_password(pw).await?)
+            Some(hash_password(state.gateway.passwords(), pw).await?)
         }
         None => None,
     };
@@ -182,4 +184,31 @@ pub async fn update_user(
         state.streams.end_all(updated.id);
     }
     Ok(axum::Json(updated.into()))
+}
+
+/// Revokes every access token issued to a user so far (its token version is raised): they
+/// are refused with 401 from the next request on. The user can log in again.
+#[utoipa::path(
+    post, path = "/api/v1/users/{username}/revoke-tokens", tag = "users", security(("bearer" = [])),
+    params(("username" = String, Path, description = "Login name")),
+    responses(
+        (status = 204, description = "Every token issued before is revoked"),
+        (status = 401, description = "No or bad credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke_tokens(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath(username): ApiPath<String>,
+) -> Result<(StatusCode, axum::extract::Extension<AuditTarget>), ApiError> {
+    p.require(Role::Admin)?;
+    let user = state.store.get_user_by_name(&username).await?;
+    let user = state.store.revoke_user_tokens(user.id).await?;
+    tracing::info!(user = %user.username, by = %p.name, "access tokens revoked");
+    Ok((
+        StatusCode::NO_CONTENT,
+        axum::extract::Extension(AuditTarget(user.username)),
+    ))
 }

@@ -17,9 +17,12 @@ fn read_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
 
 async fn hash(pw: &str) -> anyhow::Result<String> {
     callhome_api::auth::check_password_policy(pw).map_err(|e| anyhow::anyhow!("{e}"))?;
-    callhome_api::auth::hash_password(pw.to_owned())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    callhome_api::auth::hash_password(
+        &callhome_gateway::PasswordPool::new(1, std::time::Duration::from_secs(60)),
+        pw.to_owned(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub(super) async fn run(settings: &Settings, action: UserAction) -> anyhow::Result<()> {

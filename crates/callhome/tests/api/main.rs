@@ -10,6 +10,7 @@ mod gateway;
 mod helpers;
 mod jobs;
 mod modem;
+mod security_auth;
 mod security_limits;
 mod security_secrets;
 mod security_sessions;

@@ -82,7 +82,7 @@ impl SqlStore {
 
 macro_rules! user_cols {
     () => {
-        "id, username, password_hash, role, disabled, created_at, updated_at"
+        "id, username, password_hash, role, disabled, token_version, created_at, updated_at"
     };
 }
 
@@ -97,6 +97,7 @@ pub(super) fn user_from_row(r: &DbRow) -> Result<User> {
             Role::from_str,
         )?,
         disabled: r.try_get("disabled")?,
+        token_version: r.try_get("token_version")?,
         created_at: from_ms(r.try_get("created_at")?),
         updated_at: from_ms(r.try_get("updated_at")?),
     })
@@ -164,7 +165,8 @@ impl Users for SqlStore {
     async fn update_user(&self, id: Uuid, patch: &UserPatch) -> Result<User> {
         let row = sqlx::query(concat!(
             "UPDATE users SET role = COALESCE($2, role), disabled = COALESCE($3, disabled), \
-             password_hash = COALESCE($4, password_hash), updated_at = $5 \
+             password_hash = COALESCE($4, password_hash), updated_at = $5, \
+             token_version = token_version + CASE WHEN $4 IS NOT NULL OR $3 = TRUE THEN 1 ELSE 0 END \
              WHERE id = $1 RETURNING ",
             user_cols!()
         ))
@@ -172,6 +174,20 @@ impl Users for SqlStore {
         .bind(patch.role.map(Role::as_str))
         .bind(patch.disabled)
         .bind(patch.password_hash.as_deref())
+        .bind(ms(OffsetDateTime::now_utc()))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("user {id}")))?;
+        user_from_row(&row)
+    }
+
+    async fn revoke_user_tokens(&self, id: Uuid) -> Result<User> {
+        let row = sqlx::query(concat!(
+            "UPDATE users SET token_version = token_version + 1, updated_at = $2 \
+             WHERE id = $1 RETURNING ",
+            user_cols!()
+        ))
+        .bind(id.to_string())
         .bind(ms(OffsetDateTime::now_utc()))
         .fetch_optional(&self.pool)
         .await?
