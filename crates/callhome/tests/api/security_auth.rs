@@ -77,6 +77,9 @@ async fn parallel_wrong_password_logins_keep_rss_bounded_and_a_modem_responsive(
         s.login_throttle.user_lockout_failures = 1_000_000;
         s.login_throttle.address_free_failures = 1_000_000;
         s.login_throttle.address_lockout_failures = 1_000_000;
+        // The flood comes from one address: lift the HTTP per-address connection cap (512 by
+        // default, tested in security_limits) for the same reason.
+        s.http_limits.max_connections_per_address = 10_000;
     })
     .await;
     let ops = app.user_token("ops", "operator").await;
