@@ -170,7 +170,15 @@ async fn scenario(pg_url: Option<&str>, first_imei: &str) {
             let url = url.to_owned();
             TestApp::spawn_with(move |s| s.database_url = url.into()).await
         }
-        None => TestApp::spawn().await,
+        // The SQLite file is what this run searches: SQLite even when the API suite runs
+        // on PostgreSQL (`CALLHOME_TEST_API_BACKEND=postgres`).
+        None => {
+            TestApp::spawn_with(|s| {
+                s.database_url =
+                    format!("sqlite://{}", s.data_dir.join("callhome.db").display()).into();
+            })
+            .await
+        }
     };
     let admin = app.admin_token().await;
     let ops = app.user_token("ops", "operator").await;
