@@ -491,6 +491,15 @@ def test_meter_read_over_direct_session_to_python_tls_server(server: Server, tmp
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(READ_S)
         port = listener.getsockname()[1]
+        # Direct sessions go only to listed targets, and loopback only when an entry inside
+        # 127.0.0.0/8 says so (docs/security.md): list this reading platform first.
+        r = requests.post(
+            server.url("/api/v1/session-targets"),
+            json={"network": "127.0.0.1/32", "ports": str(port), "note": "interop reading platform"},
+            headers=server.admin_headers(),
+            timeout=10,
+        )
+        assert r.status_code == 201, f"session target: HTTP {r.status_code}: {r.text}"
         r = requests.post(
             server.url(f"/api/v1/devices/{imei}/sessions"),
             json={"mode": "direct", "host": "127.0.0.1", "port": port, "timeout_s": 60},
