@@ -82,9 +82,15 @@ pub enum ApiError {
     /// The body has the wrong media type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// A limit was reached (429): the detail names it.
-    #[error("{0}")]
-    TooManyRequests(String),
+    /// A limit was reached, or too many attempts were made (429): the detail names the limit;
+    /// `retry_after_s`, when known (login throttling), becomes the `Retry-After` header.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// What was refused, naming the limit.
+        detail: String,
+        /// Seconds until the caller may try again.
+        retry_after_s: Option<u64>,
+    },
     /// A dependency is not available, or the request took too long (503).
     #[error("{0}")]
     Unavailable(String),
@@ -92,14 +98,6 @@ pub enum ApiError {
     /// hosts, users or files) is logged; the client gets a generic detail.
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(String),
-    /// Too many attempts: login throttling or lockout (429 with `Retry-After`).
-    #[error("{detail}")]
-    Throttled {
-        /// What was refused and until when.
-        detail: String,
-        /// Seconds until the caller may try again (the `Retry-After` header).
-        retry_after_s: u64,
-    },
     /// The server is saturated for this kind of work, e.g. every password-hashing slot is
     /// busy (503 with `Retry-After`).
     #[error("{detail}")]
@@ -154,7 +152,7 @@ impl ApiError {
                 "unsupported-media-type",
                 "Unsupported media type",
             ),
-            ApiError::TooManyRequests(_) | ApiError::Throttled { .. } => (
+            ApiError::TooManyRequests { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-requests",
                 "Too many requests",
@@ -226,11 +224,14 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::Throttled { retry_after_s, .. }
-        | ApiError::Overloaded { retry_after_s, .. } = &self
-        {
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after_s, .. } => *retry_after_s,
+            ApiError::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        };
+        if let Some(s) = retry_after {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }
@@ -294,7 +295,10 @@ impl From<callhome_gateway::GatewayError> for ApiError {
             G::Store(s) => s.into(),
             G::Ca(c) => c.into(),
             G::Io(io) => ApiError::Internal(io.to_string()),
-            e @ G::QueueFull { .. } => ApiError::TooManyRequests(e.to_string()),
+            e @ G::QueueFull { .. } => ApiError::TooManyRequests {
+                detail: e.to_string(),
+                retry_after_s: None,
+            },
         }
     }
 }

@@ -43,11 +43,14 @@ impl StreamLimits {
             }
             metrics::counter!("callhome_http_rejected_total", "reason" => "max_event_streams_per_principal")
                 .increment(1);
-            return Err(ApiError::TooManyRequests(format!(
-                "{name} already has {held} event streams open; the limit is {} \
-                 (http.max_event_streams_per_principal)",
-                self.max_event_streams_per_principal
-            )));
+            return Err(ApiError::TooManyRequests {
+                detail: format!(
+                    "{name} already has {held} event streams open; the limit is {} \
+                     (http.max_event_streams_per_principal)",
+                    self.max_event_streams_per_principal
+                ),
+                retry_after_s: None,
+            });
         }
         *n += 1;
         Ok(StreamGuard {
@@ -99,7 +102,7 @@ mod tests {
         let g1 = limits.open_event_stream(a, "alice").unwrap();
         let _g2 = limits.open_event_stream(a, "alice").unwrap();
         let err = limits.open_event_stream(a, "alice").unwrap_err();
-        assert!(matches!(err, ApiError::TooManyRequests(_)));
+        assert!(matches!(err, ApiError::TooManyRequests { .. }));
         assert!(
             err.to_string()
                 .contains("http.max_event_streams_per_principal"),

@@ -99,7 +99,7 @@ pub async fn token(
                             "locked" => refused.locked.to_string()
                         )
                         .increment(1);
-                        Err(ApiError::Throttled {
+                        Err(ApiError::TooManyRequests {
                             detail: format!(
                                 "too many failed logins for this {}: {}; try again in {} s",
                                 match refused.subject {
@@ -113,7 +113,7 @@ pub async fn token(
                                 },
                                 refused.retry_after_s()
                             ),
-                            retry_after_s: refused.retry_after_s(),
+                            retry_after_s: Some(refused.retry_after_s()),
                         })
                     }
                     Ok(()) => {
