@@ -71,9 +71,17 @@ pub struct Dialect {
     pub temporal_client: String,
     /// Restarts the modem. No placeholders. No public syntax is known: configure it.
     pub reboot: String,
-    /// Starts a firmware update. Placeholders: `{url}`, `{version}`. No public syntax
-    /// is known: configure it.
+    /// Starts a firmware image update. Placeholders: `{url}` (the image's download URL on
+    /// the device-facing HTTPS listener), `{version}` (the version expected after it),
+    /// `{sha256}` (64 lowercase hex) and `{size}` (bytes). No public MTX-Tunnel syntax is
+    /// known: configure the real one (see docs/firmware.md).
     pub firmware_update: String,
+    /// Starts a Java ME OTAP install of a MIDlet (Cinterion `AT^SJOTAP`). Placeholders:
+    /// `{jad_url}` (the descriptor's URL), `{notify_url}` (where the modem posts its
+    /// JSR-118 install status; the JAD names it too) and `{version}`. The parameters after
+    /// the JAD URL (application directory, bearer, APN user...) depend on the
+    /// installation: configure the full command.
+    pub firmware_otap: String,
 }
 
 impl Default for Dialect {
@@ -90,7 +98,8 @@ const PLACEHOLDERS: &[(&str, &[&str])] = &[
     ("get_config", &[]),
     ("temporal_client", &["host", "port", "timeout"]),
     ("reboot", &[]),
-    ("firmware_update", &["url", "version"]),
+    ("firmware_update", &["url", "version", "sha256", "size"]),
+    ("firmware_otap", &["jad_url", "notify_url", "version"]),
 ];
 
 impl Dialect {
@@ -104,11 +113,12 @@ impl Dialect {
             get_config: "AT^MTXTUNNEL=GETCONFIG".into(),
             temporal_client: "AT^MTXTUNNEL=TEMPORALCLIENT,{host},{port},{timeout}".into(),
             reboot: "AT^MTXTUNNEL=REBOOT".into(),
-            firmware_update: "AT^MTXTUNNEL=FWUPDATE,{url}".into(),
+            firmware_update: "AT^MTXTUNNEL=FWUPDATE,{url},{version},{sha256},{size}".into(),
+            firmware_otap: "AT^SJOTAP=,{jad_url},a:/,,,gprs,,,,,{notify_url}".into(),
         }
     }
 
-    fn templates(&self) -> [(&'static str, &str); 7] {
+    fn templates(&self) -> [(&'static str, &str); 8] {
         [
             ("version", &self.version),
             ("get_param", &self.get_param),
@@ -117,6 +127,7 @@ impl Dialect {
             ("temporal_client", &self.temporal_client),
             ("reboot", &self.reboot),
             ("firmware_update", &self.firmware_update),
+            ("firmware_otap", &self.firmware_otap),
         ]
     }
 
@@ -189,16 +200,50 @@ impl Dialect {
         render("reboot", &self.reboot, &[])
     }
 
-    /// The firmware update command: `url` where the modem fetches the image (printable
-    /// ASCII, no spaces or commas), `version` the version expected after the update
-    /// (same rules; may be empty if the template does not use it).
-    pub fn firmware_update(&self, url: &str, version: &str) -> Result<AtCommand, ValidationError> {
+    /// The firmware image update command: `url` where the modem fetches the image
+    /// (printable ASCII, no spaces or commas), `version` the version expected after the
+    /// update (same rules), the image's `sha256` (64 hex) and `size` in bytes.
+    pub fn firmware_update(
+        &self,
+        url: &str,
+        version: &str,
+        sha256: &str,
+        size: u64,
+    ) -> Result<AtCommand, ValidationError> {
         check_token("url", url, false)?;
-        check_token("version", version, true)?;
+        check_token("version", version, false)?;
+        check_sha256(sha256)?;
         render(
             "firmware_update",
             &self.firmware_update,
-            &[("url", url), ("version", version)],
+            &[
+                ("url", url),
+                ("version", version),
+                ("sha256", sha256),
+                ("size", &size.to_string()),
+            ],
+        )
+    }
+
+    /// The OTAP command of a MIDlet update: the JAD at `jad_url`, install status posted to
+    /// `notify_url`, `version` the MIDlet version expected after it.
+    pub fn firmware_otap(
+        &self,
+        jad_url: &str,
+        notify_url: &str,
+        version: &str,
+    ) -> Result<AtCommand, ValidationError> {
+        check_token("jad_url", jad_url, false)?;
+        check_token("notify_url", notify_url, false)?;
+        check_token("version", version, false)?;
+        render(
+            "firmware_otap",
+            &self.firmware_otap,
+            &[
+                ("jad_url", jad_url),
+                ("notify_url", notify_url),
+                ("version", version),
+            ],
         )
     }
 }
@@ -298,6 +343,18 @@ fn check_token(field: &str, s: &str, may_be_empty: bool) -> Result<(), Validatio
         ));
     }
     Ok(())
+}
+
+/// Checks a SHA-256 in hex (64 characters).
+fn check_sha256(s: &str) -> Result<(), ValidationError> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "sha256",
+            "must be 64 hexadecimal characters",
+        ))
+    }
 }
 
 /// An IPv4/IPv6 address or a DNS host name (letters, digits, `-`, dots; labels of 1-63).
@@ -765,11 +822,25 @@ mod tests {
         );
         assert_eq!(d.reboot().unwrap().as_str(), "AT^MTXTUNNEL=REBOOT");
         assert_eq!(
-            d.firmware_update("https://fw.example/v12.bin", "12.0")
+            d.firmware_update("https://fw.example/v12.bin", "12.0", &"ab".repeat(32), 1024)
                 .unwrap()
                 .as_str(),
-            "AT^MTXTUNNEL=FWUPDATE,https://fw.example/v12.bin"
+            format!(
+                "AT^MTXTUNNEL=FWUPDATE,https://fw.example/v12.bin,12.0,{},1024",
+                "ab".repeat(32)
+            )
         );
+        assert_eq!(
+            d.firmware_otap(
+                "https://h:8443/fw/t/jad",
+                "https://h:8443/fw/t/notify",
+                "2.0"
+            )
+            .unwrap()
+            .as_str(),
+            "AT^SJOTAP=,https://h:8443/fw/t/jad,a:/,,,gprs,,,,,https://h:8443/fw/t/notify"
+        );
+        assert!(d.firmware_update("https://x/y", "1", "zz", 1).is_err());
         d.validate().unwrap();
     }
 
@@ -783,7 +854,9 @@ mod tests {
         d.validate().unwrap();
         assert_eq!(d.reboot().unwrap().as_str(), "AT+CFUN=1,1");
         assert_eq!(
-            d.firmware_update("http://x/y", "7.2").unwrap().as_str(),
+            d.firmware_update("http://x/y", "7.2", &"0".repeat(64), 9)
+                .unwrap()
+                .as_str(),
             "AT^FWUP=http://x/y;7.2"
         );
         // Serde: a partial dialect fills the rest from the MTX defaults.
@@ -835,8 +908,21 @@ mod tests {
         assert_eq!(field(d.temporal_client("1.2.3.4", 1, 0)), "timeout");
         assert_eq!(field(d.temporal_client("1.2.3.4", 1, 86_401)), "timeout");
         assert!(d.temporal_client("::1", 1, 1).is_ok());
-        assert_eq!(field(d.firmware_update("", "")), "url");
-        assert_eq!(field(d.firmware_update("http://a b", "")), "url");
+        let sha = "0".repeat(64);
+        assert_eq!(field(d.firmware_update("", "1", &sha, 1)), "url");
+        assert_eq!(field(d.firmware_update("http://a b", "1", &sha, 1)), "url");
+        assert_eq!(
+            field(d.firmware_update("https://x", "", &sha, 1)),
+            "version"
+        );
+        assert_eq!(
+            field(d.firmware_update("https://x", "1", "00", 1)),
+            "sha256"
+        );
+        assert_eq!(
+            field(d.firmware_otap("https://x", "a,b", "1")),
+            "notify_url"
+        );
         // Values may hold commas (the modem splits only twice) but the command stays
         // within the AT length limit.
         assert!(d.set_param("X", "a,b").is_ok());

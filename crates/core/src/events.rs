@@ -116,6 +116,14 @@ payloads! {
     "job.device.succeeded" => JobDeviceSucceeded(JobDeviceFinished),
     /// A device's execution of a job failed.
     "job.device.failed" => JobDeviceFailed(JobDeviceFinished),
+    /// A device's execution of a job was skipped (it did not qualify).
+    "job.device.skipped" => JobDeviceSkipped(JobDeviceFinished),
+    /// A device reported another firmware version or model than before.
+    "device.firmware" => DeviceFirmware(DeviceFirmware),
+    /// A firmware was added to the repository.
+    "firmware.uploaded" => FirmwareUploaded(FirmwareRef),
+    /// A firmware was removed from the repository.
+    "firmware.deleted" => FirmwareDeleted(FirmwareRef),
 }
 
 impl EventPayload {
@@ -150,6 +158,7 @@ impl EventPayload {
         match state {
             ExecState::Succeeded => Some(Self::JobDeviceSucceeded(data)),
             ExecState::Failed => Some(Self::JobDeviceFailed(data)),
+            ExecState::Skipped => Some(Self::JobDeviceSkipped(data)),
             ExecState::Pending
             | ExecState::InProgress
             | ExecState::Cancelled
@@ -345,13 +354,36 @@ pub struct JobDeviceStarted {
     pub attempt: i64,
 }
 
-/// `job.device.succeeded|failed`.
+/// `job.device.succeeded|failed|skipped`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobDeviceFinished {
     /// The job.
     pub id: Uuid,
-    /// Why it failed, if it did.
+    /// Why it failed or was skipped, if it was.
     pub error: Option<String>,
+    /// How a firmware update ended (firmware campaigns only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<crate::firmware::UpdateOutcome>,
+}
+
+/// `device.firmware`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFirmware {
+    /// The version now reported.
+    pub version: Option<String>,
+    /// The model now reported.
+    pub model: Option<String>,
+    /// The version reported before, if any.
+    pub previous_version: Option<String>,
+}
+
+/// `firmware.uploaded|deleted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareRef {
+    /// The firmware.
+    pub id: Uuid,
+    /// Its version.
+    pub version: String,
 }
 
 #[cfg(test)]
@@ -430,10 +462,14 @@ mod tests {
             let d = JobDeviceFinished {
                 id: Uuid::nil(),
                 error: None,
+                outcome: None,
             };
             match EventPayload::job_device_finished(s, d) {
                 Some(p) => assert_eq!(p.kind(), format!("job.device.{}", s.as_str())),
-                None => assert!(!matches!(s, ExecState::Succeeded | ExecState::Failed)),
+                None => assert!(!matches!(
+                    s,
+                    ExecState::Succeeded | ExecState::Failed | ExecState::Skipped
+                )),
             }
         }
     }

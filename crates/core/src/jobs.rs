@@ -499,17 +499,22 @@ pub enum ExecState {
     Cancelled,
     /// Never started: the job expired first.
     Expired,
+    /// Not run: the device did not qualify (a firmware for another model, already at the
+    /// target version...); the reason is in its outcome and error. Neither a success nor a
+    /// failure for the abort rule.
+    Skipped,
 }
 
 impl ExecState {
     /// All states.
-    pub const ALL: [ExecState; 6] = [
+    pub const ALL: [ExecState; 7] = [
         ExecState::Pending,
         ExecState::InProgress,
         ExecState::Succeeded,
         ExecState::Failed,
         ExecState::Cancelled,
         ExecState::Expired,
+        ExecState::Skipped,
     ];
 
     /// The stored and JSON name.
@@ -521,6 +526,7 @@ impl ExecState {
             ExecState::Failed => "failed",
             ExecState::Cancelled => "cancelled",
             ExecState::Expired => "expired",
+            ExecState::Skipped => "skipped",
         }
     }
 
@@ -532,7 +538,7 @@ impl ExecState {
             .ok_or_else(|| {
                 ValidationError::new(
                     "state",
-                    "must be pending, in_progress, succeeded, failed, cancelled or expired",
+                    "must be pending, in_progress, succeeded, failed, cancelled, expired or skipped",
                 )
             })
     }

@@ -35,6 +35,7 @@ pub mod command;
 pub mod configtxt;
 pub mod dialect;
 pub mod events;
+pub mod firmware;
 pub mod identity;
 pub mod imei;
 pub mod jobs;
