@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use callhome_core::Imei;
+use callhome_core::firmware::{ExecEventKind, UpdateOutcome};
 use callhome_core::jobs::{ExecState, JobState};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -345,6 +346,7 @@ pub trait Jobs: Send + Sync {
         state: ExecState,
         error: Option<&str>,
         result: Option<&str>,
+        outcome: Option<UpdateOutcome>,
         at: OffsetDateTime,
     ) -> Result<JobDeviceRecord>;
     /// Executions in progress (to take over after a restart).
@@ -378,6 +380,83 @@ pub trait Retention: Send + Sync {
     async fn prune_jobs(&self, before: OffsetDateTime, limit: u32) -> Result<u64>;
 }
 
+/// The firmware repository's records, the firmware each device reports, and the download
+/// tokens and event logs of firmware campaigns.
+#[async_trait]
+pub trait Firmware: Send + Sync {
+    /// Adds a firmware; a conflict names the firmware that already has this SHA-256.
+    async fn create_firmware(&self, fw: &FirmwareRecord) -> Result<FirmwareRecord>;
+    /// One firmware.
+    async fn get_firmware(&self, id: Uuid) -> Result<FirmwareRecord>;
+    /// The firmware whose file has this SHA-256, if any.
+    async fn firmware_by_sha256(&self, sha256: &str) -> Result<Option<FirmwareRecord>>;
+    /// Firmware, newest first; `before` is the page cursor (an id).
+    async fn list_firmware(&self, before: Option<Uuid>, limit: u32)
+    -> Result<Page<FirmwareRecord>>;
+    /// Removes a firmware's record; a conflict while a running or paused campaign uses it.
+    async fn delete_firmware(&self, id: Uuid) -> Result<FirmwareRecord>;
+    /// Devices per reported model and version, most devices first.
+    async fn firmware_distribution(&self) -> Result<Vec<DistributionRow>>;
+    /// Records what a device reported of its firmware (`None`: not in this report). When
+    /// the version or model differs from the stored one, updates the device and appends
+    /// to its history; returns the previous version and model when something changed.
+    async fn report_device_firmware(
+        &self,
+        imei: &Imei,
+        model: Option<&str>,
+        version: Option<&str>,
+        source: &str,
+        at: OffsetDateTime,
+    ) -> Result<Option<(Option<String>, Option<String>)>>;
+    /// What a device reported over time, newest first.
+    async fn device_firmware_history(
+        &self,
+        imei: &Imei,
+        limit: u32,
+    ) -> Result<Vec<FirmwareHistoryEntry>>;
+    /// Creates the download token of an execution attempt, or returns the one it already
+    /// has (a resumed execution sends the same command again).
+    async fn create_download(&self, d: &NewDownload) -> Result<DownloadRecord>;
+    /// A download token by the SHA-256 of the token.
+    async fn get_download(&self, token_hash: &str) -> Result<DownloadRecord>;
+    /// The download token of an execution attempt, if it has one.
+    async fn download_of(
+        &self,
+        job_id: Uuid,
+        imei: &Imei,
+        attempt: i64,
+    ) -> Result<Option<DownloadRecord>>;
+    /// Counts one answered download request.
+    async fn record_download(
+        &self,
+        token_hash: &str,
+        p: &DownloadProgress,
+    ) -> Result<DownloadRecord>;
+    /// Records a refused request (why; the token stays as it was otherwise).
+    async fn record_download_refusal(&self, token_hash: &str, why: &str) -> Result<()>;
+    /// Records the install status the modem posted.
+    async fn record_install_notify(
+        &self,
+        token_hash: &str,
+        code: i64,
+        message: &str,
+        at: OffsetDateTime,
+    ) -> Result<DownloadRecord>;
+    /// Closes an execution's download tokens (refused from then on).
+    async fn close_downloads(&self, job_id: Uuid, imei: &Imei, at: OffsetDateTime) -> Result<()>;
+    /// Appends to an execution's event log (`detail`: JSON).
+    async fn append_job_event(
+        &self,
+        job_id: Uuid,
+        imei: &Imei,
+        kind: ExecEventKind,
+        detail: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<()>;
+    /// An execution's event log, oldest first (at most the last 1000 entries).
+    async fn list_job_events(&self, job_id: Uuid, imei: &Imei) -> Result<Vec<ExecEventRecord>>;
+}
+
 /// Everything Callhome stores, behind one handle.
 #[async_trait]
 pub trait Store:
@@ -394,6 +473,7 @@ pub trait Store:
     + Configuration
     + Jobs
     + Retention
+    + Firmware
     + Send
     + Sync
     + 'static

@@ -1,5 +1,6 @@
 //! The records Callhome stores, and the filters used to list them.
 
+use callhome_core::firmware::{ExecEventKind, FirmwareKind, UpdateOutcome};
 use callhome_core::jobs::{ExecState, JobState};
 use callhome_core::{ActorKind, AuditOutcome, CloseReason, DriftState, Imei, Role, SessionMode};
 pub use callhome_core::{CommandState, SessionState};
@@ -114,6 +115,10 @@ pub struct Device {
     pub presence: PresenceInfo,
     /// MQTT topics and optional legacy credentials.
     pub mqtt: MqttIdentity,
+    /// The firmware version the device last reported (`VERSION` reply or status message).
+    pub firmware_version: Option<String>,
+    /// When it reported its firmware version or model last changed.
+    pub firmware_reported_at: Option<OffsetDateTime>,
 }
 
 /// Where a device is on the command channel.
@@ -200,6 +205,10 @@ pub struct DeviceFilter {
     pub online: Option<bool>,
     /// Only devices in this drift state.
     pub drift: Option<DriftState>,
+    /// Only devices that reported this firmware version.
+    pub firmware: Option<String>,
+    /// Only devices of this model (case-insensitive).
+    pub model: Option<String>,
     /// Only devices with IMEI greater than this (the page cursor).
     pub after: Option<String>,
     /// Page size.
@@ -687,6 +696,8 @@ pub struct NewJob {
     pub expires_at: OffsetDateTime,
     /// The targets in rollout order, each with its wave (1-based).
     pub devices: Vec<(Imei, u32)>,
+    /// The firmware a firmware campaign installs.
+    pub firmware_id: Option<Uuid>,
 }
 
 /// A stored job.
@@ -741,6 +752,8 @@ pub struct JobProgress {
     pub cancelled: i64,
     /// Not started: expired.
     pub expired: i64,
+    /// Not run: the device did not qualify.
+    pub skipped: i64,
     /// Per wave (1-based index 0 = wave 1): (devices, finished devices).
     pub waves: Vec<(i64, i64)>,
 }
@@ -768,6 +781,8 @@ pub struct JobDeviceRecord {
     pub error: Option<String>,
     /// Result detail, JSON.
     pub result: Option<String>,
+    /// How a firmware update ended (firmware campaigns only).
+    pub outcome: Option<UpdateOutcome>,
 }
 
 /// Which jobs to list.
@@ -792,4 +807,143 @@ pub struct JobDeviceFilter {
     pub after_seq: Option<i64>,
     /// Page size.
     pub limit: u32,
+}
+
+/// A firmware in the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareRecord {
+    /// Id (UUID v7).
+    pub id: Uuid,
+    /// The version it installs.
+    pub version: String,
+    /// The models it is for.
+    pub models: Vec<String>,
+    /// Image or MIDlet.
+    pub kind: FirmwareKind,
+    /// Release notes.
+    pub notes: Option<String>,
+    /// Devices below this version may not take it.
+    pub min_version: Option<String>,
+    /// SHA-256 of the file (64 lowercase hex): its blob's address and its `ETag`.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// The signing key whose signature verified, if it was signed.
+    pub signed_by: Option<String>,
+    /// The JAD uploaded with a MIDlet (its `MIDlet-Jar-URL` is replaced when served).
+    pub jad: Option<String>,
+    /// When it was uploaded.
+    pub created_at: OffsetDateTime,
+    /// Who uploaded it.
+    pub created_by: String,
+}
+
+/// One change in what a device reported of its firmware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirmwareHistoryEntry {
+    /// When.
+    pub at: OffsetDateTime,
+    /// Model reported.
+    pub model: Option<String>,
+    /// Version reported.
+    pub version: Option<String>,
+    /// Where it was seen: `version` (a `VERSION` reply) or `status` (a status message).
+    pub source: String,
+}
+
+/// How many devices report one model and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistributionRow {
+    /// Model (`None`: not reported).
+    pub model: Option<String>,
+    /// Version (`None`: not reported).
+    pub version: Option<String>,
+    /// Devices.
+    pub devices: i64,
+}
+
+/// A download token to create for an execution attempt.
+#[derive(Debug, Clone)]
+pub struct NewDownload {
+    /// SHA-256 (hex) of the token: the lookup key.
+    pub token_hash: String,
+    /// The token itself (sealed at rest when there is a master key).
+    pub token: String,
+    /// The campaign.
+    pub job_id: Uuid,
+    /// The device.
+    pub imei: Imei,
+    /// The execution attempt.
+    pub attempt: i64,
+    /// The firmware served.
+    pub firmware_id: Uuid,
+    /// Created at.
+    pub at: OffsetDateTime,
+    /// Refused after this.
+    pub expires_at: OffsetDateTime,
+}
+
+/// A download token and what was served under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadRecord {
+    /// SHA-256 (hex) of the token.
+    pub token_hash: String,
+    /// The token.
+    pub token: String,
+    /// The campaign.
+    pub job_id: Uuid,
+    /// The device.
+    pub imei: Imei,
+    /// The execution attempt.
+    pub attempt: i64,
+    /// The firmware served.
+    pub firmware_id: Uuid,
+    /// Created at.
+    pub created_at: OffsetDateTime,
+    /// Refused after this.
+    pub expires_at: OffsetDateTime,
+    /// Download requests answered (JAD requests not counted).
+    pub requests: i64,
+    /// Requests that resumed a partial download (`Range` from a non-zero offset).
+    pub resumptions: i64,
+    /// Bytes of the file sent, over every request.
+    pub bytes_served: i64,
+    /// When the last byte of the file was first sent.
+    pub completed_at: Option<OffsetDateTime>,
+    /// Why the last refused request was refused.
+    pub refused: Option<String>,
+    /// The JSR-118 status the modem posted, if it did.
+    pub notify_code: Option<i64>,
+    /// Its message.
+    pub notify_message: Option<String>,
+    /// When it was posted.
+    pub notified_at: Option<OffsetDateTime>,
+    /// When the execution ended (the token is refused from then on).
+    pub closed_at: Option<OffsetDateTime>,
+}
+
+/// What one download request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownloadProgress {
+    /// Bytes of the file sent.
+    pub bytes: i64,
+    /// It resumed a partial download.
+    pub resumed: bool,
+    /// It sent the file's last byte.
+    pub completed: bool,
+    /// When it ended.
+    pub at: OffsetDateTime,
+}
+
+/// One entry of an execution's event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecEventRecord {
+    /// Order.
+    pub id: i64,
+    /// When.
+    pub at: OffsetDateTime,
+    /// What.
+    pub kind: ExecEventKind,
+    /// Detail, JSON.
+    pub detail: Option<String>,
 }

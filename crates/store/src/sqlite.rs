@@ -95,6 +95,9 @@ mod common;
 #[path = "sql/configuration.rs"]
 #[allow(clippy::duplicate_mod)]
 mod configuration;
+#[path = "sql/firmware.rs"]
+#[allow(clippy::duplicate_mod)]
+mod firmware;
 #[path = "sql/gateway.rs"]
 #[allow(clippy::duplicate_mod)]
 mod gateway;

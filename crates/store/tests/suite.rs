@@ -853,6 +853,7 @@ async fn jobs_executions_and_conditional_moves() {
                 created_at: t0,
                 expires_at: t0 + Duration::hours(1),
                 devices: devices.clone(),
+                firmware_id: None,
             })
             .await
             .unwrap();
@@ -923,7 +924,7 @@ async fn jobs_executions_and_conditional_moves() {
                 .is_empty()
         );
         for i in [1, 2] {
-            s.finish_job_device(id, &online(i), ExecState::Succeeded, None, None, t0)
+            s.finish_job_device(id, &online(i), ExecState::Succeeded, None, None, None, t0)
                 .await
                 .unwrap();
         }
@@ -934,6 +935,7 @@ async fn jobs_executions_and_conditional_moves() {
                 ExecState::Failed,
                 Some("ERROR"),
                 Some(r#"{"x":1}"#),
+                None,
                 t0,
             )
             .await
@@ -943,7 +945,7 @@ async fn jobs_executions_and_conditional_moves() {
             (ExecState::Failed, Some("ERROR"), Some(r#"{"x":1}"#))
         );
         assert!(matches!(
-            s.finish_job_device(id, &online(0), ExecState::Succeeded, None, None, t0)
+            s.finish_job_device(id, &online(0), ExecState::Succeeded, None, None, None, t0)
                 .await,
             Err(StoreError::Conflict { .. })
         ));
@@ -1022,6 +1024,7 @@ async fn jobs_executions_and_conditional_moves() {
         s.create_job(&NewJob {
             id: id2,
             devices: vec![(online(1), 1)],
+            firmware_id: None,
             ..NewJob::clone(&NewJob {
                 id: id2,
                 name: None,
@@ -1033,6 +1036,7 @@ async fn jobs_executions_and_conditional_moves() {
                 created_at: t0,
                 expires_at: t0,
                 devices: vec![],
+                firmware_id: None,
             })
         })
         .await
@@ -1065,6 +1069,7 @@ async fn jobs_executions_and_conditional_moves() {
                 created_at: t0,
                 expires_at: t0,
                 devices: vec![(online(1), 1), (online(1), 1)],
+                firmware_id: None,
             })
             .await;
         assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
@@ -1558,6 +1563,7 @@ async fn retention_prunes_old_rows_in_batches_and_keeps_rows_in_use() {
             created_at: old,
             expires_at: old + Duration::hours(1),
             devices: devices.clone(),
+            firmware_id: None,
         };
         let done = s.create_job(&job(Uuid::now_v7())).await.unwrap();
         s.set_job_state(
@@ -1587,6 +1593,285 @@ async fn retention_prunes_old_rows_in_batches_and_keeps_rows_in_use() {
             JobState::Running
         );
         assert_eq!(s.job_progress(running.id).await.unwrap().total, 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn firmware_repository_inventory_downloads_and_event_log() {
+    use callhome_core::firmware::{ExecEventKind, FirmwareKind, UpdateOutcome};
+    use callhome_core::jobs::ExecState;
+    on_each_backend("firmware", |s| async move {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let fw = FirmwareRecord {
+            id: Uuid::now_v7(),
+            version: "2.0.0".into(),
+            models: vec!["EHS6".into(), "TC65i".into()],
+            kind: FirmwareKind::Image,
+            notes: Some("fixes".into()),
+            min_version: Some("1.0".into()),
+            sha256: "ab".repeat(32),
+            size: 1_048_576,
+            signed_by: Some("release-2026".into()),
+            jad: None,
+            created_at: t0,
+            created_by: "ops".into(),
+        };
+        assert_eq!(s.create_firmware(&fw).await.unwrap(), fw);
+        assert_eq!(s.get_firmware(fw.id).await.unwrap(), fw);
+        // The same file again is a conflict naming the firmware that has it.
+        let dup = s
+            .create_firmware(&FirmwareRecord {
+                id: Uuid::now_v7(),
+                version: "2.0.1".into(),
+                ..fw.clone()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&dup, StoreError::Conflict { .. })
+                && dup.to_string().contains(&fw.id.to_string()),
+            "{dup}"
+        );
+        let other = FirmwareRecord {
+            id: Uuid::now_v7(),
+            sha256: "cd".repeat(32),
+            kind: FirmwareKind::Midlet,
+            jad: Some("MIDlet-Name: MTX\n".into()),
+            ..fw.clone()
+        };
+        s.create_firmware(&other).await.unwrap();
+        let page = s.list_firmware(None, 1).await.unwrap();
+        assert_eq!(page.items[0].id, other.id, "newest first");
+        let next = page.next.unwrap().parse().unwrap();
+        assert_eq!(
+            s.list_firmware(Some(next), 10).await.unwrap().items[0].id,
+            fw.id
+        );
+        assert_eq!(
+            s.firmware_by_sha256(&fw.sha256).await.unwrap().unwrap().id,
+            fw.id
+        );
+        assert!(
+            s.firmware_by_sha256(&"ef".repeat(32))
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // Inventory: a report that changes something is kept in the history, one that does not is not.
+        let a = registered(&s, 1).await;
+        let b = registered(&s, 2).await;
+        assert_eq!(
+            s.report_device_firmware(&a, Some("EHS6"), Some("1.9"), "status", t0)
+                .await
+                .unwrap(),
+            Some((None, None))
+        );
+        assert_eq!(
+            s.report_device_firmware(&a, Some("EHS6"), Some("1.9"), "status", t0)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            s.report_device_firmware(
+                &a,
+                None,
+                Some("2.0.0"),
+                "version",
+                t0 + Duration::minutes(1)
+            )
+            .await
+            .unwrap(),
+            Some((Some("1.9".into()), Some("EHS6".into())))
+        );
+        s.report_device_firmware(&b, Some("BGS2"), Some("1.9"), "status", t0)
+            .await
+            .unwrap();
+        let d = s.get_device(&a).await.unwrap();
+        assert_eq!(
+            (d.model.as_deref(), d.firmware_version.as_deref()),
+            (Some("EHS6"), Some("2.0.0"))
+        );
+        let history = s.device_firmware_history(&a, 10).await.unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(
+            (history[0].version.as_deref(), history[0].source.as_str()),
+            (Some("2.0.0"), "version")
+        );
+        let dist = s.firmware_distribution().await.unwrap();
+        assert!(dist.iter().any(|r| r.model.as_deref() == Some("EHS6")
+            && r.version.as_deref() == Some("2.0.0")
+            && r.devices == 1));
+        assert!(
+            dist.iter()
+                .any(|r| r.model.as_deref() == Some("BGS2") && r.devices == 1)
+        );
+        let by_fw = s
+            .list_devices(&DeviceFilter {
+                firmware: Some("1.9".into()),
+                model: Some("bgs2".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_fw.items.len(), 1);
+        assert_eq!(by_fw.items[0].imei, b);
+
+        // A campaign uses the firmware: it cannot be deleted while the campaign runs.
+        let job = Uuid::now_v7();
+        s.create_job(&NewJob {
+            id: job,
+            name: None,
+            operation: format!(
+                r#"{{"type":"firmware_update","firmware_id":"{}","force":false}}"#,
+                fw.id
+            ),
+            target: r#"{"imeis":[]}"#.into(),
+            rollout: "{}".into(),
+            restart: "auto".into(),
+            created_by: "ops".into(),
+            created_at: t0,
+            expires_at: t0 + Duration::hours(1),
+            devices: vec![(a.clone(), 1), (b.clone(), 1)],
+            firmware_id: Some(fw.id),
+        })
+        .await
+        .unwrap();
+        let busy = s.delete_firmware(fw.id).await.unwrap_err();
+        assert!(busy.to_string().contains(&job.to_string()), "{busy}");
+        assert_eq!(s.delete_firmware(other.id).await.unwrap().id, other.id);
+        assert!(matches!(
+            s.get_firmware(other.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        // Download tokens: one per execution attempt; creating it again returns the same one.
+        let new = NewDownload {
+            token_hash: "11".repeat(32),
+            token: "secret-token".into(),
+            job_id: job,
+            imei: a.clone(),
+            attempt: 1,
+            firmware_id: fw.id,
+            at: t0,
+            expires_at: t0 + Duration::hours(1),
+        };
+        let d1 = s.create_download(&new).await.unwrap();
+        assert_eq!(d1.token, "secret-token");
+        let again = s
+            .create_download(&NewDownload {
+                token_hash: "22".repeat(32),
+                token: "another".into(),
+                ..new.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(again.token_hash, d1.token_hash);
+        assert_eq!(
+            s.download_of(job, &a, 1).await.unwrap().unwrap().token,
+            "secret-token"
+        );
+        let half = DownloadProgress {
+            bytes: 500_000,
+            resumed: false,
+            completed: false,
+            at: t0,
+        };
+        s.record_download(&d1.token_hash, &half).await.unwrap();
+        let rest = DownloadProgress {
+            bytes: 548_576,
+            resumed: true,
+            completed: true,
+            at: t0 + Duration::seconds(5),
+        };
+        let d = s.record_download(&d1.token_hash, &rest).await.unwrap();
+        assert_eq!(
+            (d.requests, d.resumptions, d.bytes_served),
+            (2, 1, 1_048_576)
+        );
+        assert_eq!(d.completed_at, Some(t0 + Duration::seconds(5)));
+        s.record_download_refusal(&d1.token_hash, "403 another device")
+            .await
+            .unwrap();
+        let d = s
+            .record_install_notify(&d1.token_hash, 900, "Success", t0)
+            .await
+            .unwrap();
+        assert_eq!(
+            (d.notify_code, d.refused.as_deref()),
+            (Some(900), Some("403 another device"))
+        );
+        s.close_downloads(job, &a, t0).await.unwrap();
+        assert_eq!(
+            s.get_download(&d1.token_hash).await.unwrap().closed_at,
+            Some(t0)
+        );
+        assert!(matches!(
+            s.get_download(&"33".repeat(32)).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        // The event log, oldest first.
+        s.append_job_event(job, &a, ExecEventKind::DownloadStarted, None, t0)
+            .await
+            .unwrap();
+        s.append_job_event(
+            job,
+            &a,
+            ExecEventKind::InstallNotified,
+            Some(r#"{"code":900}"#),
+            t0,
+        )
+        .await
+        .unwrap();
+        let events = s.list_job_events(job, &a).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [
+                ExecEventKind::DownloadStarted,
+                ExecEventKind::InstallNotified
+            ]
+        );
+        assert_eq!(events[1].detail.as_deref(), Some(r#"{"code":900}"#));
+        assert!(s.list_job_events(job, &b).await.unwrap().is_empty());
+
+        // Skipped executions carry their outcome and count apart.
+        s.start_job_devices(job, &[a.clone(), b.clone()], t0)
+            .await
+            .unwrap();
+        s.finish_job_device(
+            job,
+            &b,
+            ExecState::Skipped,
+            Some("model BGS2"),
+            None,
+            Some(UpdateOutcome::Incompatible),
+            t0,
+        )
+        .await
+        .unwrap();
+        let rec = s
+            .finish_job_device(
+                job,
+                &a,
+                ExecState::Succeeded,
+                None,
+                None,
+                Some(UpdateOutcome::Updated),
+                t0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rec.outcome, Some(UpdateOutcome::Updated));
+        assert_eq!(
+            s.get_job_device(job, &b).await.unwrap().outcome,
+            Some(UpdateOutcome::Incompatible)
+        );
+        let p = s.job_progress(job).await.unwrap();
+        assert_eq!((p.succeeded, p.skipped, p.waves[0]), (1, 1, (2, 2)));
     })
     .await;
 }

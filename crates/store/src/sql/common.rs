@@ -304,7 +304,7 @@ impl ApiKeys for SqlStore {
 
 macro_rules! device_cols {
     () => {
-        "imei, name, model, tags, disabled, created_at, updated_at, online, session_id, connected_at, disconnected_at, last_seen, remote_addr, cert_serial, command_topic, reply_topic, status_topic, mqtt_username, mqtt_password_hash, id_client"
+        "imei, name, model, tags, disabled, created_at, updated_at, online, session_id, connected_at, disconnected_at, last_seen, remote_addr, cert_serial, command_topic, reply_topic, status_topic, mqtt_username, mqtt_password_hash, id_client, firmware_version, firmware_reported_at"
     };
 }
 
@@ -342,6 +342,8 @@ pub(super) fn device_from_row(r: &DbRow) -> Result<Device> {
             password_hash: r.try_get("mqtt_password_hash")?,
             id_client: r.try_get("id_client")?,
         },
+        firmware_version: r.try_get("firmware_version")?,
+        firmware_reported_at: opt_from_ms(r.try_get("firmware_reported_at")?),
     })
 }
 
@@ -425,6 +427,14 @@ impl Devices for SqlStore {
         if let Some(drift) = &filter.drift {
             q.push(" AND COALESCE((SELECT c.drift FROM device_config c WHERE c.imei = d.imei), 'unknown') = ")
                 .push_bind(drift.as_str());
+        }
+        if let Some(version) = &filter.firmware {
+            q.push(" AND d.firmware_version = ")
+                .push_bind(version.clone());
+        }
+        if let Some(model) = &filter.model {
+            q.push(" AND LOWER(d.model) = ")
+                .push_bind(model.to_lowercase());
         }
         if let Some(tag) = &filter.tag {
             q.push(" AND EXISTS (SELECT 1 FROM device_tags t WHERE t.imei = d.imei AND t.tag = ")

@@ -15,6 +15,7 @@ use super::common::*;
 use super::{BEGIN_WRITE, Db};
 use crate::vault::Vault;
 
+use callhome_core::firmware::UpdateOutcome;
 use callhome_core::jobs::{ExecState, JobState};
 
 use crate::{JobDeviceFilter, JobDeviceRecord, JobFilter, JobProgress, JobRecord, Jobs, NewJob};
@@ -28,7 +29,7 @@ macro_rules! job_cols {
 
 macro_rules! job_device_cols {
     () => {
-        "job_id, imei, seq, wave, state, attempts, started_at, finished_at, error, result"
+        "job_id, imei, seq, wave, state, attempts, started_at, finished_at, error, result, outcome"
     };
 }
 
@@ -85,6 +86,10 @@ pub(super) fn job_device_from_row(v: &Vault, r: &DbRow) -> Result<JobDeviceRecor
             .try_get::<Option<String>, _>("error")?
             .map(|e| v.open_lines(e)),
         result: r.try_get("result")?,
+        outcome: r
+            .try_get::<Option<String>, _>("outcome")?
+            .map(|o| parse_col("job_devices.outcome", &o, UpdateOutcome::parse))
+            .transpose()?,
     })
 }
 
@@ -94,8 +99,8 @@ impl Jobs for SqlStore {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let at = ms(job.created_at);
         sqlx::query(
-            "INSERT INTO jobs (id, name, operation, target, rollout, restart, state, total, current_wave, created_at, created_by, updated_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 1, $8, $9, $8, $10)",
+            "INSERT INTO jobs (id, name, operation, target, rollout, restart, state, total, current_wave, created_at, created_by, updated_at, expires_at, firmware_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, 1, $8, $9, $8, $10, $11)",
         )
         .bind(job.id.to_string())
         .bind(job.name.as_deref())
@@ -107,6 +112,7 @@ impl Jobs for SqlStore {
         .bind(at)
         .bind(&job.created_by)
         .bind(ms(job.expires_at))
+        .bind(job.firmware_id.map(|f| f.to_string()))
         .execute(&mut *tx)
         .await?;
         let id = job.id.to_string();
@@ -283,6 +289,7 @@ impl Jobs for SqlStore {
                 ExecState::Failed => p.failed += n,
                 ExecState::Cancelled => p.cancelled += n,
                 ExecState::Expired => p.expired += n,
+                ExecState::Skipped => p.skipped += n,
             }
             let w = usize::try_from(wave.max(1) - 1).unwrap_or(0);
             if p.waves.len() <= w {
@@ -350,10 +357,11 @@ impl Jobs for SqlStore {
         state: ExecState,
         error: Option<&str>,
         result: Option<&str>,
+        outcome: Option<UpdateOutcome>,
         at: OffsetDateTime,
     ) -> Result<JobDeviceRecord> {
         let done = sqlx::query(
-            "UPDATE job_devices SET state = $3, error = $4, result = $5, finished_at = $6 \
+            "UPDATE job_devices SET state = $3, error = $4, result = $5, finished_at = $6, outcome = $7 \
              WHERE job_id = $1 AND imei = $2 AND state = 'in_progress'",
         )
         .bind(id.to_string())
@@ -362,6 +370,7 @@ impl Jobs for SqlStore {
         .bind(error.map(|e| self.vault.seal_lines(e)).as_deref())
         .bind(result)
         .bind(ms(at))
+        .bind(outcome.map(UpdateOutcome::as_str))
         .execute(&self.pool)
         .await?;
         let rec = self.get_job_device(id, imei).await?;
