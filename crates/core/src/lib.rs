@@ -39,6 +39,7 @@ pub mod firmware;
 pub mod identity;
 pub mod imei;
 pub mod jobs;
+pub mod otap;
 pub mod password;
 pub mod secrets;
 pub mod session;
