@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::config::ConfigService;
 use crate::exec::{self, Outcome, Timing};
+use crate::firmware::{Execution, FirmwareCampaignSettings};
 use crate::journal::Journal;
 use crate::ops::{CheckedTarget, NewJobRequest, Operation};
 use crate::pacing::{self, Counts, StartWindow};
@@ -53,6 +54,8 @@ pub struct EngineSettings {
     pub queue_wait: Duration,
     /// How long a modem has to come back after a restart.
     pub restart_wait: Duration,
+    /// Firmware campaigns' settings.
+    pub firmware: FirmwareCampaignSettings,
 }
 
 impl Default for EngineSettings {
@@ -64,6 +67,7 @@ impl Default for EngineSettings {
             tick: Duration::from_secs(1),
             queue_wait: Duration::from_secs(120),
             restart_wait: Duration::from_secs(600),
+            firmware: FirmwareCampaignSettings::default(),
         }
     }
 }
@@ -242,6 +246,23 @@ impl JobEngine {
     /// Validates a job, resolves its targets and starts it.
     pub async fn create(&self, req: NewJobRequest, by: &str) -> Result<Job> {
         let target = req.check().map_err(FleetError::Invalid)?;
+        if let Some(id) = req.operation.firmware_id() {
+            match self.inner.store().get_firmware(id).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound(_)) => {
+                    return Err(FleetError::Validation(callhome_core::ValidationError::new(
+                        "operation.firmware_id",
+                        format!("no firmware {id} in the repository"),
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if self.inner.settings.firmware.base_url.is_none() {
+                return Err(FleetError::Conflict(
+                    "firmware campaigns need the device-facing HTTPS listener (device_http) with a public address".to_owned(),
+                ));
+            }
+        }
         let imeis = self.resolve(&target).await?;
         if imeis.is_empty() {
             return Err(FleetError::Validation(callhome_core::ValidationError::new(
@@ -270,6 +291,7 @@ impl JobEngine {
                     i64::try_from(req.rollout.expires_in_s).unwrap_or(i64::MAX / 2_000),
                 ),
             devices,
+            firmware_id: req.operation.firmware_id(),
         };
         let rec = self.inner.store().create_job(&new).await?;
         metrics::counter!("callhome_jobs_created_total").increment(1);
@@ -780,8 +802,13 @@ impl Driver {
                         Ok(mut journal) => {
                             exec::execute(
                                 &inner.config,
+                                &inner.settings.firmware,
                                 &mut journal,
-                                &imei,
+                                Execution {
+                                    job_id: id,
+                                    imei: &imei,
+                                    attempt,
+                                },
                                 &op,
                                 restart,
                                 timing,
@@ -793,6 +820,9 @@ impl Driver {
                             state: ExecState::Failed,
                             error: Some(format!("could not read the command journal: {e}")),
                             result: serde_json::Value::Null,
+                            outcome: op
+                                .firmware_id()
+                                .map(|_| callhome_core::firmware::UpdateOutcome::Interrupted),
                         },
                     };
                 metrics::histogram!("callhome_job_execution_seconds")
@@ -807,6 +837,7 @@ impl Driver {
                         outcome.state,
                         outcome.error.as_deref(),
                         result.as_deref(),
+                        outcome.outcome,
                         OffsetDateTime::now_utc(),
                     )
                     .await
@@ -854,6 +885,7 @@ impl Driver {
                         outcome.state,
                         outcome.error.as_deref(),
                         result.as_deref(),
+                        outcome.outcome,
                         OffsetDateTime::now_utc(),
                     )
                     .await
@@ -870,6 +902,7 @@ impl Driver {
         let finished = JobDeviceFinished {
             id,
             error: outcome.error.clone(),
+            outcome: outcome.outcome,
         };
         if let Some(payload) = EventPayload::job_device_finished(outcome.state, finished) {
             self.inner.events.publish(Some(&imei), payload);

@@ -4,12 +4,14 @@ use std::time::Duration;
 
 use callhome_core::configtxt::apply::{self, KeyResult, KeyStatus};
 use callhome_core::configtxt::{ConfigFile, Whitelists};
+use callhome_core::firmware::UpdateOutcome;
 use callhome_core::jobs::{ExecState, RestartPolicy};
 use callhome_core::{AtCommand, Imei, dialect};
 use callhome_store::{CommandRecord, CommandState};
 use serde::Serialize;
 
 use crate::config::ConfigService;
+use crate::firmware::{Execution, FirmwareCampaignSettings};
 use crate::journal::Journal;
 use crate::ops::Operation;
 use crate::{FleetError, Result};
@@ -35,6 +37,8 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Detail (JSON).
     pub result: serde_json::Value,
+    /// How a firmware update ended (firmware campaigns only).
+    pub outcome: Option<UpdateOutcome>,
 }
 
 impl Outcome {
@@ -43,6 +47,16 @@ impl Outcome {
             state: ExecState::Failed,
             error: Some(error.into()),
             result,
+            outcome: None,
+        }
+    }
+
+    fn succeeded(result: serde_json::Value) -> Self {
+        Self {
+            state: ExecState::Succeeded,
+            error: None,
+            result,
+            outcome: None,
         }
     }
 }
@@ -69,7 +83,7 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-fn command_error(c: &CommandRecord) -> String {
+pub(crate) fn command_error(c: &CommandRecord) -> String {
     let detail = c
         .error
         .clone()
@@ -82,17 +96,32 @@ fn command_error(c: &CommandRecord) -> String {
     }
 }
 
-/// Runs `op` on `imei`.
+/// Runs `op` on the execution's device.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     config: &ConfigService,
+    firmware: &FirmwareCampaignSettings,
     journal: &mut Journal,
-    imei: &Imei,
+    exec: Execution<'_>,
     op: &Operation,
     restart: RestartPolicy,
     timing: Timing,
     by: &str,
 ) -> Outcome {
-    match run(config, journal, imei, op, restart, timing, by).await {
+    if let Operation::FirmwareUpdate {
+        firmware_id,
+        force,
+        install_timeout_s,
+    } = op
+    {
+        let update = crate::firmware::Update {
+            firmware_id: *firmware_id,
+            force: *force,
+            install_timeout: Duration::from_secs(u64::from(*install_timeout_s)),
+        };
+        return crate::firmware::run(config, firmware, journal, exec, update, timing).await;
+    }
+    match run(config, journal, exec.imei, op, restart, timing, by).await {
         Ok(o) => o,
         Err(e) => Outcome::failed(e.to_string(), serde_json::Value::Null),
     }
@@ -151,11 +180,7 @@ async fn run(
                 "reply": done.reply.as_deref().map(callhome_core::secrets::redact_reply),
             });
             Ok(if done.state == CommandState::Succeeded {
-                Outcome {
-                    state: ExecState::Succeeded,
-                    error: None,
-                    result,
-                }
+                Outcome::succeeded(result)
             } else {
                 Outcome::failed(command_error(&done), result)
             })
@@ -197,12 +222,13 @@ async fn run(
                 .reply
                 .as_deref()
                 .and_then(|r| dialect::parse_version_reply(r).ok());
-            Ok(Outcome {
-                state: ExecState::Succeeded,
-                error: None,
-                result: serde_json::json!({"restarted": true, "version": version}),
-            })
+            Ok(Outcome::succeeded(
+                serde_json::json!({"restarted": true, "version": version}),
+            ))
         }
+        Operation::FirmwareUpdate { .. } => Err(FleetError::Conflict(
+            "a firmware update runs through the firmware module".to_owned(),
+        )),
     }
 }
 
@@ -277,11 +303,7 @@ async fn apply_desired(
     let (report, error) = apply(config, journal, imei, &desired, &before, restart, timing).await?;
     let result = serde_json::to_value(&report).unwrap_or_default();
     Ok(match error {
-        None => Outcome {
-            state: ExecState::Succeeded,
-            error: None,
-            result,
-        },
+        None => Outcome::succeeded(result),
         Some(e) => Outcome::failed(e, result),
     })
 }

@@ -13,12 +13,13 @@
 //! queues commands with `callhome-gateway`).
 //!
 //! Modules: [`ops`] (job operations and targets as the API accepts them), [`config`],
-//! [`journal`] (command journal), [`pacing`] (the driver's decisions), [`exec`] (one device's execution), [`engine`], [`drift`].
+//! [`journal`] (command journal), [`pacing`] (the driver's decisions), [`exec`] (one device's execution), [`firmware`] (one device's firmware update), [`engine`], [`drift`].
 
 pub mod config;
 pub mod drift;
 pub mod engine;
 pub mod exec;
+pub mod firmware;
 pub mod journal;
 pub mod ops;
 pub mod pacing;
@@ -29,6 +30,7 @@ use callhome_store::StoreError;
 
 pub use config::ConfigService;
 pub use engine::{EngineSettings, JobEngine};
+pub use firmware::FirmwareCampaignSettings;
 pub use ops::{DeviceFilterSpec, NewJobRequest, Operation, Target};
 
 /// Why a fleet operation failed.

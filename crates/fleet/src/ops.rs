@@ -34,6 +34,26 @@ pub enum Operation {
     },
     /// Restart the modem and wait until it is back (its firmware version is recorded).
     Reboot,
+    /// Install a firmware from the repository: compatibility check (incompatible devices
+    /// and devices already at the target are `skipped`), `VERSION` before, the dialect's
+    /// update command (OTAP for a MIDlet) with a download URL of its own, the restart
+    /// awaited, and success only when `VERSION` after the reconnection reports the target.
+    FirmwareUpdate {
+        /// The firmware.
+        firmware_id: uuid::Uuid,
+        /// Install even on devices that already run the target version.
+        #[serde(default)]
+        force: bool,
+        /// How long a modem has, from acknowledging the update command, to download,
+        /// install, restart and come back (default 900 s, 60-86400); past it the
+        /// execution ends `timed_out`.
+        #[serde(default = "default_install_timeout")]
+        install_timeout_s: u32,
+    },
+}
+
+fn default_install_timeout() -> u32 {
+    900
 }
 
 impl Operation {
@@ -41,6 +61,18 @@ impl Operation {
     pub fn validate(&self) -> Result<(), Vec<ValidationError>> {
         match self {
             Operation::ApplyConfig | Operation::Reboot => Ok(()),
+            Operation::FirmwareUpdate {
+                install_timeout_s, ..
+            } => {
+                if (60..=86_400).contains(install_timeout_s) {
+                    Ok(())
+                } else {
+                    Err(vec![ValidationError::new(
+                        "operation.install_timeout_s",
+                        "must be between 60 and 86400",
+                    )])
+                }
+            }
             Operation::SetKeys { keys } => {
                 if keys.is_empty() {
                     return Err(vec![ValidationError::new(
@@ -96,6 +128,14 @@ impl Operation {
             self,
             Operation::ApplyConfig | Operation::SetKeys { .. } | Operation::SetWhitelists { .. }
         )
+    }
+
+    /// The firmware a firmware campaign installs.
+    pub fn firmware_id(&self) -> Option<uuid::Uuid> {
+        match self {
+            Operation::FirmwareUpdate { firmware_id, .. } => Some(*firmware_id),
+            _ => None,
+        }
     }
 }
 
