@@ -173,7 +173,7 @@ impl Run<'_> {
         }
     }
 
-    /// Sends `VERSION` and records what it reports.
+    /// Sends `VERSION` and reads the version it reports.
     async fn version(
         &self,
         journal: &mut Journal,
@@ -197,20 +197,7 @@ impl Run<'_> {
             Ok(v) => v,
             Err(e) => return Ok(Err(format!("unreadable VERSION reply: {e}"))),
         };
-        if let Err(e) = self
-            .config
-            .store()
-            .report_device_firmware(
-                self.exec.imei,
-                None,
-                Some(version.as_str()),
-                "version",
-                done.completed_at.unwrap_or_else(OffsetDateTime::now_utc),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "could not record the reported version");
-        }
+        // The gateway records it in the inventory (for every VERSION reply).
         Ok(Ok(version))
     }
 

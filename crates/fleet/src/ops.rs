@@ -156,6 +156,12 @@ pub struct DeviceFilterSpec {
     /// Case-insensitive text in the IMEI or name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub q: Option<String>,
+    /// Devices of this model (case-insensitive), as reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Devices reporting this firmware version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
 }
 
 /// Which devices a job runs on: exactly one of the three. Resolved once, when the job is
@@ -256,6 +262,8 @@ impl Target {
             text: f.q,
             online: f.online,
             drift,
+            model: f.model,
+            firmware: f.firmware,
             ..Default::default()
         }))
     }

@@ -537,6 +537,12 @@ where
         let now = OffsetDateTime::now_utc();
         let parsed = crate::status::parse(&p.payload);
         metrics::counter!("callhome_status_messages_total").increment(1);
+        if let Some(v) = &parsed {
+            let (model, version) = crate::status::firmware_fields(v);
+            shared
+                .report_firmware(imei, model.as_deref(), version.as_deref(), "status")
+                .await;
+        }
         match shared
             .store
             .append_status(&NewStatus {

@@ -344,6 +344,22 @@ impl Dispatcher {
                 if done.state != CommandState::TimedOut {
                     metrics::histogram!("callhome_command_round_trip_seconds").record(rtt);
                 }
+                // A VERSION reply is what the modem runs: the inventory keeps it.
+                if done.state == CommandState::Succeeded
+                    && matches!(
+                        callhome_core::dialect::parse_mtx_command(&done.command),
+                        Some(callhome_core::dialect::MtxCommand::Version)
+                    )
+                    && let Some(v) = outcome
+                        .reply
+                        .as_deref()
+                        .and_then(|r| callhome_core::dialect::parse_version_reply(r).ok())
+                        .and_then(|l| callhome_core::firmware::Version::from_reported(&l).ok())
+                {
+                    self.shared
+                        .report_firmware(&self.imei, None, Some(v.as_str()), "version")
+                        .await;
+                }
                 self.shared.events.command_finished(&done);
             }
             Err(e) => warn!(id = %cmd.id, error = %e, "could not record the command's outcome"),

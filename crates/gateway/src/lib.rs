@@ -181,6 +181,49 @@ pub(crate) struct Shared {
     passwords: PasswordPool,
 }
 
+impl Shared {
+    /// Records the model and firmware version a device reported (a status message or a
+    /// `VERSION` reply) and publishes `device.firmware` when they changed.
+    pub(crate) async fn report_firmware(
+        &self,
+        imei: &Imei,
+        model: Option<&str>,
+        version: Option<&str>,
+        source: &str,
+    ) {
+        if model.is_none() && version.is_none() {
+            return;
+        }
+        match self
+            .store
+            .report_device_firmware(imei, model, version, source, OffsetDateTime::now_utc())
+            .await
+        {
+            Ok(Some((previous_version, _))) => {
+                tracing::info!(
+                    model,
+                    version,
+                    previous = previous_version.as_deref(),
+                    source,
+                    "reported firmware changed"
+                );
+                self.events.publish(
+                    Some(imei),
+                    callhome_core::events::EventPayload::DeviceFirmware(
+                        callhome_core::events::DeviceFirmware {
+                            version: version.map(str::to_owned),
+                            model: model.map(str::to_owned),
+                            previous_version,
+                        },
+                    ),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not record the reported firmware"),
+        }
+    }
+}
+
 /// The status-message rate of `cfg`: per second, and the burst.
 fn cfg_rate(cfg: &GatewayConfig) -> (f64, f64) {
     (

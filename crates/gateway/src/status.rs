@@ -36,6 +36,25 @@ pub fn parse(payload: &[u8]) -> Option<serde_json::Value> {
 }
 
 /// A token bucket per device: how many status messages each device may store.
+/// The model and firmware version a parsed status message reports, if any: `model` (or
+/// `mod`), and `fw` (or `firmware`, `version`, `ver`); strings or numbers. Values that are
+/// not a plausible model or version are left out.
+pub fn firmware_fields(parsed: &serde_json::Value) -> (Option<String>, Option<String>) {
+    let field = |names: &[&str]| {
+        names.iter().find_map(|n| match parsed.get(*n) {
+            Some(serde_json::Value::String(s)) => Some(s.trim().to_owned()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let model =
+        field(&["model", "mod"]).filter(|m| callhome_core::firmware::check_model(m).is_ok());
+    let version = field(&["fw", "firmware", "version", "ver"])
+        .and_then(|v| callhome_core::firmware::Version::from_reported(&v).ok())
+        .map(String::from);
+    (model, version)
+}
+
 pub(crate) struct RateLimiter {
     /// Tokens added per second.
     per_second: f64,
@@ -107,6 +126,22 @@ mod tests {
     }
 
     use super::parse;
+
+    #[test]
+    fn firmware_fields_are_read_from_status() {
+        let v = parse(br#"{"model":"199801422","fw":"11.0.3-sim","csq":20}"#).unwrap();
+        assert_eq!(
+            super::firmware_fields(&v),
+            (Some("199801422".into()), Some("11.0.3-sim".into()))
+        );
+        let v = parse(b"model=EHS6;version=MTX-Tunnel v2.1").unwrap();
+        assert_eq!(
+            super::firmware_fields(&v),
+            (Some("EHS6".into()), Some("2.1".into()))
+        );
+        let v = parse(br#"{"model":"","fw":{"x":1}}"#).unwrap();
+        assert_eq!(super::firmware_fields(&v), (None, None));
+    }
     use serde_json::json;
 
     #[test]

@@ -27,8 +27,12 @@ pub struct DeviceView {
     pub imei: String,
     /// Operator-given name.
     pub name: Option<String>,
-    /// Modem model.
+    /// Modem model, as the modem reported it (status messages), or as an operator set it.
     pub model: Option<String>,
+    /// Firmware version, as the modem last reported it (`VERSION` reply or status message).
+    pub firmware_version: Option<String>,
+    /// RFC 3339: when the reported firmware version or model last changed.
+    pub firmware_reported_at: Option<String>,
     /// Tags for grouping and targeting.
     pub tags: Vec<String>,
     /// A disabled device may not connect.
@@ -79,6 +83,8 @@ impl From<Device> for DeviceView {
             imei: d.imei.to_string(),
             name: d.name,
             model: d.model,
+            firmware_version: d.firmware_version,
+            firmware_reported_at: rfc3339_opt(d.firmware_reported_at),
             tags: d.tags,
             disabled: d.disabled,
             created_at: rfc3339(d.created_at),
@@ -171,6 +177,10 @@ pub struct DeviceQuery {
     /// Only devices in this configuration drift state: `in_sync`, `drifted` or `unknown`
     /// (never read).
     pub drift: Option<String>,
+    /// Only devices reporting this firmware version.
+    pub firmware: Option<String>,
+    /// Only devices of this model (case-insensitive).
+    pub model: Option<String>,
     /// Page size, 1-1000 (default 100).
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
@@ -275,6 +285,8 @@ pub async fn list_devices(
             text: q.q.filter(|t| !t.is_empty()),
             online: q.online,
             drift,
+            firmware: q.firmware.filter(|t| !t.is_empty()),
+            model: q.model.filter(|t| !t.is_empty()),
             after,
             limit,
         })

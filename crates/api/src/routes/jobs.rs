@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use callhome_core::Role;
+use callhome_core::firmware::{ExecEventKind, UpdateOutcome};
 use callhome_core::jobs::{ExecState, JobState, RestartPolicy, Rollout};
 use callhome_fleet::engine::Job;
 use callhome_fleet::{NewJobRequest, Operation, Target};
@@ -38,6 +39,9 @@ pub struct ProgressView {
     pub cancelled: i64,
     /// Never started: the job expired first.
     pub expired: i64,
+    /// Not run: the device did not qualify (firmware for another model, already at the
+    /// target version).
+    pub skipped: i64,
 }
 
 impl From<JobProgress> for ProgressView {
@@ -50,6 +54,7 @@ impl From<JobProgress> for ProgressView {
             failed: p.failed,
             cancelled: p.cancelled,
             expired: p.expired,
+            skipped: p.skipped,
         }
     }
 }
@@ -143,7 +148,7 @@ async fn view(state: &AppState, job: Job, p: &Principal) -> Result<JobView, ApiE
 pub struct JobDeviceView {
     /// The device.
     pub imei: String,
-    /// `pending`, `in_progress`, `succeeded`, `failed`, `cancelled` or `expired`.
+    /// `pending`, `in_progress`, `succeeded`, `failed`, `cancelled`, `expired` or `skipped`.
     pub state: ExecState,
     /// Wave (1-based).
     pub wave: i64,
@@ -153,12 +158,17 @@ pub struct JobDeviceView {
     pub started_at: Option<String>,
     /// RFC 3339.
     pub finished_at: Option<String>,
-    /// Why it failed.
+    /// Why it failed or was skipped.
     pub error: Option<String>,
+    /// How a firmware update ended (firmware campaigns only): `updated`, `already_current`,
+    /// `incompatible`, `rolled_back`, `timed_out`, `download_failed`, `install_failed` or
+    /// `interrupted`.
+    pub outcome: Option<UpdateOutcome>,
     /// Detail: for configuration operations `{"keys": [{"key", "desired", "before", "after",
     /// "status": "applied|unchanged|failed|mismatch"}], "unchanged": N, "writes": N,
     /// "restarted": bool}`; for an AT command `{"command_id", "reply"}`; for a reboot
-    /// `{"restarted", "version"}`.
+    /// `{"restarted", "version"}`; for a firmware update `{"version_before", "target",
+    /// "version_after", "download": {"requests", "resumptions", "bytes_served"}}`.
     /// Secrets as `***`.
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
@@ -174,9 +184,34 @@ impl From<JobDeviceRecord> for JobDeviceView {
             started_at: rfc3339_opt(d.started_at),
             finished_at: rfc3339_opt(d.finished_at),
             error: d.error,
+            outcome: d.outcome,
             result: d.result.and_then(|r| serde_json::from_str(&r).ok()),
         }
     }
+}
+
+/// One entry of an execution's event log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecEventView {
+    /// RFC 3339.
+    pub at: String,
+    /// What happened: `version_before`, `skipped`, `command_acknowledged`,
+    /// `download_started`, `download_resumed`, `download_completed`, `download_refused`,
+    /// `descriptor_served`, `install_notified`, `reconnected` or `version_seen`.
+    pub kind: ExecEventKind,
+    /// Detail (range served, status code, version...).
+    #[schema(value_type = Option<Object>)]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// One device's execution of a job, with its event log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDeviceDetail {
+    /// The execution.
+    #[serde(flatten)]
+    pub execution: JobDeviceView,
+    /// What happened, oldest first (firmware campaigns record their steps here).
+    pub events: Vec<ExecEventView>,
 }
 
 /// One page of jobs.
@@ -345,6 +380,40 @@ pub async fn list_job_devices(
     Ok(axum::Json(JobDevicePage {
         items: page.items.into_iter().map(Into::into).collect(),
         next_cursor: page.next,
+    }))
+}
+
+/// One device's execution of a job, with its outcome and event log.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/devices/{imei}", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id"), ("imei" = String, Path, description = "Device IMEI")),
+    responses(
+        (status = 200, description = "The execution", body = JobDeviceDetail),
+        (status = 404, description = "No such job, or the device is not one of its targets", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad job id or IMEI", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_job_device(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiPath((id, imei)): ApiPath<(String, String)>,
+) -> Result<axum::Json<JobDeviceDetail>, ApiError> {
+    p.require(Role::Operator)?;
+    let id = job_id(&id)?;
+    let imei = path_imei(&imei)?;
+    let execution = state.store.get_job_device(id, &imei).await?;
+    let events = state
+        .store
+        .list_job_events(id, &imei)
+        .await?
+        .into_iter()
+        .map(|e| ExecEventView {
+            at: rfc3339(e.at),
+            kind: e.kind,
+            detail: e.detail.and_then(|d| serde_json::from_str(&d).ok()),
+        })
+        .collect();
+    Ok(axum::Json(JobDeviceDetail {
+        execution: execution.into(),
+        events,
     }))
 }
 
