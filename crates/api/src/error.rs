@@ -76,6 +76,14 @@ pub enum ApiError {
     /// The request conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
+    /// The resource existed but is no longer available: an expired or used download token
+    /// (410).
+    #[error("{0}")]
+    Gone(String),
+    /// The requested byte range is outside the file (416); the response carries
+    /// `Content-Range: bytes */<size>`.
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
     /// The body is larger than allowed (413).
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -142,6 +150,12 @@ impl ApiError {
                 "Method not allowed",
             ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::Gone(_) => (StatusCode::GONE, "gone", "Gone"),
+            ApiError::RangeNotSatisfiable(_) => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range-not-satisfiable",
+                "Range not satisfiable",
+            ),
             ApiError::PayloadTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",

@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod context;
+pub mod device;
 pub mod error;
 pub mod extract;
 pub mod limits;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub stream_limits: limits::StreamLimits,
     /// Failed-login throttling per user name and client address.
     pub login_throttle: Arc<throttle::LoginThrottle>,
+    /// The firmware repository.
+    pub firmware: routes::firmware::FirmwareRepo,
 }
 
 /// The bearer token `GET /metrics` requires (`http.metrics_token`). `Debug` never shows it;
@@ -107,7 +110,22 @@ impl MetricsToken {
 
 /// The whole HTTP application: API routes, OpenAPI document, Swagger UI at `/docs`.
 pub fn app(state: AppState) -> Router {
-    let (api, openapi) = routes::router().split_for_parts();
+    let (api, _) = routes::router().split_for_parts();
+    let openapi = openapi::document();
+    // The firmware upload streams up to the firmware size limit (plus room for its other
+    // parts); every other route keeps the 1 MiB limit.
+    let upload_limit = usize::try_from(state.firmware.max_upload_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(MAX_BODY_BYTES);
+    let (upload, _) = routes::upload_router().split_for_parts();
+    let api = api
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(
+            upload
+                .layer(RequestBodyLimitLayer::new(upload_limit))
+                .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        );
     let request_id = HeaderName::from_static("x-request-id");
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
         .fallback(routes::system::not_found)
@@ -116,8 +134,6 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             context::request_context,
         ))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(context::panic_response))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

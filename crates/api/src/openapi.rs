@@ -33,6 +33,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "jobs", description = "Bulk jobs: one operation over many devices with rollout controls (rate, ramp-up, waves, abort rule), pause/resume/cancel, per-device results"),
         (name = "sessions", description = "Meter-reading sessions (TEMPORALCLIENT), direct or through the rendezvous"),
         (name = "session-targets", description = "Where direct sessions may send modems: the allow-list of reading-platform endpoints (admin)"),
+        (name = "firmware", description = "The firmware repository (streamed uploads, signatures), the fleet's reported firmware, and devices' firmware history; campaigns are jobs with the firmware_update operation"),
         (name = "audit", description = "Who changed what (admin)"),
         (name = "system", description = "Health, readiness, metrics"),
     )
@@ -61,5 +62,7 @@ impl Modify for BearerScheme {
 
 /// The OpenAPI document as the running server serves it.
 pub fn document() -> utoipa::openapi::OpenApi {
-    crate::routes::router().split_for_parts().1
+    let mut doc = crate::routes::router().split_for_parts().1;
+    doc.merge(crate::routes::upload_router().split_for_parts().1);
+    doc
 }

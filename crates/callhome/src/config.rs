@@ -314,6 +314,61 @@ pub const BOUNDS: &[Bounds] = &[
         min: 10,
         max: 100_000,
     },
+    // Firmware (issue 10): the device-facing HTTPS listener and the repository.
+    Bounds {
+        key: "device_http.handshake_timeout_s",
+        default: 10,
+        min: 1,
+        max: 120,
+    },
+    Bounds {
+        key: "device_http.header_read_timeout_s",
+        default: 30,
+        min: 1,
+        max: 300,
+    },
+    Bounds {
+        key: "device_http.idle_timeout_s",
+        default: 120,
+        min: 5,
+        max: 3600,
+    },
+    Bounds {
+        key: "device_http.max_connections",
+        default: 20_000,
+        min: 1,
+        max: 1_000_000,
+    },
+    Bounds {
+        key: "device_http.max_connections_per_address",
+        default: 4096,
+        min: 1,
+        max: 10_000_000,
+    },
+    Bounds {
+        key: "device_http.max_handshakes_per_address",
+        default: 128,
+        min: 1,
+        max: 100_000,
+    },
+    Bounds {
+        key: "device_http.max_concurrent_downloads",
+        default: 256,
+        min: 1,
+        max: 100_000,
+    },
+    Bounds {
+        key: "firmware.max_upload_bytes",
+        default: 64 * 1024 * 1024,
+        min: 1024,
+        max: 4 * 1024 * 1024 * 1024,
+    },
+    Bounds {
+        key: "firmware.token_ttl_s",
+        default: 6 * 3600,
+        min: 60,
+        max: 30 * 86_400,
+    },
 ];
 
 /// The value of the numeric setting `key`: `value` if given and within its range (else an
@@ -382,6 +437,102 @@ pub struct FileSettings {
     /// How long audit rows, commands, sessions and jobs are kept.
     #[serde(default)]
     pub retention: RetentionSection,
+    /// `[device_http]`: the device-facing HTTPS listener (firmware downloads).
+    #[serde(default)]
+    pub device_http: DeviceHttpSection,
+    /// `[firmware]`: the firmware repository and campaigns.
+    #[serde(default)]
+    pub firmware: FirmwareSection,
+    /// `[dialect]`: the modem command templates (every one defaults to MTX-Tunnel's).
+    pub dialect: Option<callhome_core::dialect::Dialect>,
+}
+
+/// `[device_http]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceHttpSection {
+    /// Listen address (default `0.0.0.0:8443`).
+    pub listen: Option<SocketAddr>,
+    /// Port modems dial, when it differs from the bound one (NAT, load balancer).
+    pub public_port: Option<u16>,
+    /// TLS handshake deadline, seconds.
+    pub handshake_timeout_s: Option<u64>,
+    /// Deadline for each request head, seconds.
+    pub header_read_timeout_s: Option<u64>,
+    /// A connection where no byte moved for this long is closed, seconds (a slow download
+    /// that keeps moving is never cut).
+    pub idle_timeout_s: Option<u64>,
+    /// Connections at once.
+    pub max_connections: Option<u64>,
+    /// Connections at once from one address.
+    pub max_connections_per_address: Option<u64>,
+    /// Handshakes in progress at once from one address.
+    pub max_handshakes_per_address: Option<u64>,
+    /// Firmware downloads served at once; more wait their turn.
+    pub max_concurrent_downloads: Option<u64>,
+}
+
+/// `[firmware]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareSection {
+    /// Largest firmware file accepted, bytes.
+    pub max_upload_bytes: Option<u64>,
+    /// Refuse uploads without a signature one of `signing_keys` verifies.
+    pub require_signature: Option<bool>,
+    /// Keys that may sign firmware.
+    pub signing_keys: Option<Vec<SigningKeyEntry>>,
+    /// Models firmware may name besides the ones devices report.
+    pub models: Option<Vec<String>>,
+    /// Lifetime of a download token, seconds.
+    pub token_ttl_s: Option<u64>,
+}
+
+/// One firmware signing key: a public key in PEM (`-----BEGIN PUBLIC KEY-----`, Ed25519 or
+/// ECDSA P-256), inline or in a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyEntry {
+    /// Name recorded as `signed_by`.
+    pub name: String,
+    /// The PEM text.
+    pub public_key: Option<String>,
+    /// A file holding the PEM text.
+    pub public_key_file: Option<PathBuf>,
+}
+
+/// Bounds of the device-facing HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct DeviceHttpLimits {
+    /// TLS handshake deadline.
+    pub handshake_timeout: std::time::Duration,
+    /// Deadline for each request head.
+    pub header_read_timeout: std::time::Duration,
+    /// No byte moved for this long: the connection is closed.
+    pub idle_timeout: std::time::Duration,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once from one address.
+    pub max_connections_per_address: usize,
+    /// Handshakes in progress at once from one address.
+    pub max_handshakes_per_address: usize,
+    /// Downloads served at once.
+    pub max_concurrent_downloads: usize,
+}
+
+/// The firmware repository's settings.
+#[derive(Debug, Clone)]
+pub struct FirmwareSettings {
+    /// Largest file accepted, bytes.
+    pub max_upload_bytes: u64,
+    /// Refuse unsigned uploads.
+    pub require_signature: bool,
+    /// Keys that may sign firmware (parsed).
+    pub signing_keys: callhome_firmware::SigningKeys,
+    /// Models accepted besides the reported ones.
+    pub models: Vec<String>,
+    /// Download token lifetime.
+    pub token_ttl: std::time::Duration,
 }
 
 /// `[security]`.
@@ -603,6 +754,14 @@ pub struct Overrides {
         global = true
     )]
     pub mqtt: Option<SocketAddr>,
+    /// Device-facing HTTPS listen address (firmware downloads), default `0.0.0.0:8443`.
+    #[arg(
+        long = "device-http",
+        env = "CALLHOME_DEVICE_HTTP",
+        value_name = "ADDR",
+        global = true
+    )]
+    pub device_http: Option<SocketAddr>,
     /// Tunnel listen address.
     #[arg(
         long = "tunnel",
@@ -714,6 +873,16 @@ pub struct Settings {
     pub metrics_token: Option<SecretString>,
     /// `security.strict_permissions`: refuse to start on loose permissions instead of warning.
     pub strict_permissions: bool,
+    /// Device-facing HTTPS listen address.
+    pub device_http: SocketAddr,
+    /// Port modems dial for downloads (`None`: the bound port).
+    pub device_http_public_port: Option<u16>,
+    /// Bounds of the device-facing listener.
+    pub device_http_limits: DeviceHttpLimits,
+    /// The firmware repository.
+    pub firmware: FirmwareSettings,
+    /// The modem command dialect.
+    pub dialect: callhome_core::dialect::Dialect,
 }
 
 /// Shortest `http.metrics_token` accepted, in characters.
@@ -809,6 +978,11 @@ impl Settings {
         let jobs = callhome_fleet::EngineSettings {
             queue_wait: seconds("fleet.job_queue_wait_s", file.fleet.job_queue_wait_s)?,
             restart_wait: seconds("fleet.restart_wait_s", file.fleet.restart_wait_s)?,
+            // The listener's address is known once it is bound (see `server::start`).
+            firmware: callhome_fleet::FirmwareCampaignSettings {
+                base_url: None,
+                token_ttl: seconds("firmware.token_ttl_s", file.firmware.token_ttl_s)?,
+            },
             ..Default::default()
         };
         let tunnel_id_timeout = seconds("tunnel.id_timeout_s", file.tunnel.id_timeout_s)?;
@@ -931,6 +1105,78 @@ impl Settings {
             }
         }
         let strict_permissions = file.security.strict_permissions.unwrap_or(false);
+        let d = &file.device_http;
+        let device_http_limits = DeviceHttpLimits {
+            handshake_timeout: seconds("device_http.handshake_timeout_s", d.handshake_timeout_s)?,
+            header_read_timeout: seconds(
+                "device_http.header_read_timeout_s",
+                d.header_read_timeout_s,
+            )?,
+            idle_timeout: seconds("device_http.idle_timeout_s", d.idle_timeout_s)?,
+            max_connections: size("device_http.max_connections", d.max_connections)?,
+            max_connections_per_address: size(
+                "device_http.max_connections_per_address",
+                d.max_connections_per_address,
+            )?,
+            max_handshakes_per_address: size(
+                "device_http.max_handshakes_per_address",
+                d.max_handshakes_per_address,
+            )?,
+            max_concurrent_downloads: size(
+                "device_http.max_concurrent_downloads",
+                d.max_concurrent_downloads,
+            )?,
+        };
+        let f = &file.firmware;
+        let mut signing_keys = callhome_firmware::SigningKeys::default();
+        for (i, k) in f.signing_keys.iter().flatten().enumerate() {
+            let pem = match (&k.public_key, &k.public_key_file) {
+                (Some(text), None) => text.clone(),
+                (None, Some(path)) => std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "firmware.signing_keys[{i}].public_key_file {}",
+                        path.display()
+                    )
+                })?,
+                _ => bail!(
+                    "firmware.signing_keys[{i}] ({}): give exactly one of public_key and public_key_file",
+                    k.name
+                ),
+            };
+            if k.name.is_empty()
+                || k.name.chars().count() > 64
+                || k.name.chars().any(char::is_control)
+            {
+                bail!("firmware.signing_keys[{i}].name must be 1-64 printable characters");
+            }
+            if signing_keys.iter().any(|x| x.name() == k.name) {
+                bail!("firmware.signing_keys: the name {:?} is used twice", k.name);
+            }
+            signing_keys.push(
+                callhome_firmware::SigningKey::from_pem(&k.name, &pem)
+                    .with_context(|| format!("firmware.signing_keys[{i}] ({})", k.name))?,
+            );
+        }
+        let require_signature = f.require_signature.unwrap_or(false);
+        if require_signature && signing_keys.is_empty() {
+            bail!("firmware.require_signature is on but firmware.signing_keys is empty");
+        }
+        let models = f.models.clone().unwrap_or_default();
+        for (i, m) in models.iter().enumerate() {
+            callhome_core::firmware::check_model(m)
+                .map_err(|e| anyhow::anyhow!("firmware.models[{i}]: {}", e.reason))?;
+        }
+        let firmware = FirmwareSettings {
+            max_upload_bytes: bounded("firmware.max_upload_bytes", f.max_upload_bytes)?,
+            require_signature,
+            signing_keys,
+            models,
+            token_ttl: seconds("firmware.token_ttl_s", f.token_ttl_s)?,
+        };
+        let dialect = file.dialect.unwrap_or_default();
+        dialect
+            .validate()
+            .map_err(|e| anyhow::anyhow!("dialect.{}: {}", e.field, e.reason))?;
         Ok(Self {
             data_dir,
             database_url,
@@ -971,6 +1217,14 @@ impl Settings {
             master_key,
             metrics_token,
             strict_permissions,
+            device_http: o
+                .device_http
+                .or(file.device_http.listen)
+                .unwrap_or_else(|| ([0, 0, 0, 0], 8443).into()),
+            device_http_public_port: file.device_http.public_port,
+            device_http_limits,
+            firmware,
+            dialect,
         })
     }
 }

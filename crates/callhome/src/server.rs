@@ -31,6 +31,8 @@ pub const JWT_KEY_FILE: &str = "jwt.key";
 pub const MASTER_KEY_FILE: &str = "master.key";
 /// Subdirectory holding the CA and server key material.
 pub const CA_DIR: &str = "ca";
+/// Firmware files, content-addressed by SHA-256, under the data directory.
+pub const FIRMWARE_DIR: &str = "firmware";
 
 /// What first start did about the admin account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,10 @@ pub struct RunningServer {
     pub mqtt_addr: SocketAddr,
     /// Bound tunnel address.
     pub tunnel_addr: SocketAddr,
+    /// Bound device-facing HTTPS address (firmware downloads).
+    pub device_http_addr: SocketAddr,
+    /// The device-facing listener as modems reach it (`https://host:port`).
+    pub device_http_url: String,
     /// The modem gateway.
     pub gateway: Gateway,
     /// The data directory.
@@ -176,7 +182,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         },
         store.clone(),
         certs.clone(),
-        identity,
+        identity.clone(),
         gateway.clone(),
         shutdown.clone(),
     );
@@ -191,18 +197,95 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         Ok(())
     });
 
+    // The device-facing HTTPS listener: bound before the job engine starts, which tells
+    // modems its address.
+    let device_listener = TcpListener::bind(settings.device_http)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the device HTTPS listener to {}",
+                settings.device_http
+            )
+        })?;
+    let device_http_addr = device_listener.local_addr()?;
+    let device_host = match settings.public_hosts.first() {
+        Some(h) => h.clone(),
+        None if !device_http_addr.ip().is_unspecified() => device_http_addr.ip().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let device_host = if device_host.contains(':') {
+        format!("[{device_host}]")
+    } else {
+        device_host
+    };
+    let device_http_url = format!(
+        "https://{device_host}:{}",
+        settings
+            .device_http_public_port
+            .unwrap_or(device_http_addr.port())
+    );
+    let blobs: Arc<dyn callhome_firmware::BlobStore> = Arc::new(
+        callhome_firmware::FsBlobStore::open(data_dir.join(FIRMWARE_DIR))
+            .await
+            .context("opening the firmware store")?,
+    );
+    let device_tls = Arc::new(callhome_ca::tls::SharedServerConfig::new(
+        certs
+            .server_tls(&identity, callhome_ca::tls::ClientAuth::Optional)
+            .context("building the device listener's TLS configuration")?,
+    ));
+    let keeper = certs.keep_tls_current(
+        identity.clone(),
+        callhome_ca::tls::ClientAuth::Optional,
+        device_tls.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn("device listener TLS refresher", async move {
+        keeper.await?;
+        Ok(())
+    });
+    let limits = &settings.device_http_limits;
+    let device_settings = callhome_devicehttp::DeviceHttpSettings {
+        listener: callhome_net::TlsListenerConfig {
+            name: "device_http",
+            handshake_timeout: limits.handshake_timeout,
+            max_connections: limits.max_connections,
+            max_handshakes: limits.max_connections.clamp(1, 1024),
+            max_connections_per_address: limits.max_connections_per_address,
+            max_handshakes_per_address: limits.max_handshakes_per_address,
+        },
+        header_read_timeout: limits.header_read_timeout,
+        idle_timeout: limits.idle_timeout,
+        ..callhome_devicehttp::DeviceHttpSettings::default()
+    };
+    let device_routes = callhome_api::device::router(callhome_api::device::DeviceState {
+        store: store.clone(),
+        blobs: blobs.clone(),
+        base_url: device_http_url.clone(),
+        downloads: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_downloads)),
+    });
+    let device_http =
+        callhome_devicehttp::DeviceHttp::new(device_settings, device_tls, device_routes);
+    let token = shutdown.clone();
+    tasks.spawn("device HTTPS listener", async move {
+        Ok(device_http.run(device_listener, token).await?)
+    });
+    tracing::info!(%device_http_addr, url = %device_http_url, "device HTTPS listener (firmware downloads)");
+
     let config = callhome_fleet::ConfigService::new(
         store.clone(),
         gateway.clone(),
-        Arc::new(callhome_core::dialect::Dialect::mtx()),
+        Arc::new(settings.dialect.clone()),
     );
+    let mut engine_settings = callhome_fleet::EngineSettings {
+        node_id: settings.gateway.node_id.clone(),
+        ..settings.jobs.clone()
+    };
+    engine_settings.firmware.base_url = Some(device_http_url.clone());
     let jobs = callhome_fleet::JobEngine::new(
         config.clone(),
         gateway.events().clone(),
-        callhome_fleet::EngineSettings {
-            node_id: settings.gateway.node_id.clone(),
-            ..settings.jobs.clone()
-        },
+        engine_settings,
         shutdown.clone(),
     );
     let taken = jobs.start().await.context("resuming jobs")?;
@@ -247,6 +330,13 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         login_throttle: Arc::new(callhome_api::throttle::LoginThrottle::new(
             settings.login_throttle.clone(),
         )),
+        firmware: callhome_api::routes::firmware::FirmwareRepo {
+            blobs,
+            keys: Arc::new(settings.firmware.signing_keys.clone()),
+            require_signature: settings.firmware.require_signature,
+            max_upload_bytes: settings.firmware.max_upload_bytes,
+            models: Arc::new(settings.firmware.models.clone()),
+        },
     };
 
     let http = TcpListener::bind(settings.http)
@@ -277,6 +367,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         http_addr,
         mqtt_addr,
         tunnel_addr,
+        device_http_addr,
+        device_http_url,
         gateway,
         data_dir,
         store,

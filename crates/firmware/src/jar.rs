@@ -42,7 +42,7 @@ impl JarManifest {
         // The raw (name: value) line being assembled from continuation lines.
         let mut current: Option<(usize, String)> = None;
         let finish = |current: Option<(usize, String)>,
-                          attributes: &mut Vec<(String, String)>|
+                      attributes: &mut Vec<(String, String)>|
          -> Result<()> {
             let Some((line_no, line)) = current else {
                 return Ok(());

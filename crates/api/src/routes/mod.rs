@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod devices;
 pub mod events;
+pub mod firmware;
 pub mod jobs;
 pub mod paging;
 pub mod session_targets;
@@ -22,6 +23,12 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::openapi::ApiDoc;
+
+/// The firmware upload: its own router, because its body limit is the firmware size
+/// limit, not the API's 1 MiB.
+pub fn upload_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(firmware::upload_firmware))
+}
 
 /// Every route, with the OpenAPI document they describe.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -89,6 +96,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(certificates::revoke_certificate))
         .routes(routes!(certificates::ca_certificate))
         .routes(routes!(certificates::ca_crl))
+        .routes(routes!(firmware::list_firmware))
+        .routes(routes!(firmware::distribution))
+        .routes(routes!(firmware::get_firmware, firmware::delete_firmware))
+        .routes(routes!(firmware::get_firmware_blob))
+        .routes(routes!(firmware::device_history))
         .routes(routes!(audit::list_audit))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
