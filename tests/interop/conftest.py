@@ -128,7 +128,7 @@ def _start_server(tmp_root: Path) -> Server:
 
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--data-dir", str(data_dir), "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"],
+            [str(binary), "serve", "--data-dir", str(data_dir), "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--tunnel", "127.0.0.1:0", "--device-http", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,

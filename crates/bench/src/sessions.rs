@@ -1604,6 +1604,7 @@ async fn one_run(args: &BenchSessionsArgs, run: usize) -> anyhow::Result<RunResu
         http: Some("127.0.0.1:0".parse()?),
         mqtt: Some("127.0.0.1:0".parse()?),
         tunnel: Some("127.0.0.1:0".parse()?),
+        device_http: Some("127.0.0.1:0".parse()?),
         ..Default::default()
     })?;
     settings.admin_password = Some(SecretString::from(admin_password.clone()));

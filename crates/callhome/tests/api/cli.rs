@@ -663,8 +663,9 @@ fn help(args: &[&str]) -> String {
 
 #[test]
 fn client_commands_show_no_server_flags() {
-    const SERVER_FLAGS: [&str; 11] = [
+    const SERVER_FLAGS: [&str; 12] = [
         "--data-dir",
+        "--device-http",
         "--database-url",
         "--http ",
         "--mqtt",
@@ -714,7 +715,7 @@ fn out_of_range_environment_setting_is_rejected_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhome"))
         .args(["serve", "--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
-        .args(["--tunnel", "127.0.0.1:0"])
+        .args(["--tunnel", "127.0.0.1:0", "--device-http", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path())
         .env("CALLHOME_DRIFT_CHECK_INTERVAL_S", "99999999999")

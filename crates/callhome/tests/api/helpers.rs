@@ -17,6 +17,8 @@ pub struct TestApp {
     pub base: String,
     pub mqtt: std::net::SocketAddr,
     pub tunnel: std::net::SocketAddr,
+    /// The device-facing HTTPS listener (firmware downloads).
+    pub device_http: std::net::SocketAddr,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     server: Option<RunningServer>,
@@ -47,6 +49,7 @@ impl TestApp {
             http: Some("127.0.0.1:0".parse().unwrap()),
             mqtt: Some("127.0.0.1:0".parse().unwrap()),
             tunnel: Some("127.0.0.1:0".parse().unwrap()),
+            device_http: Some("127.0.0.1:0".parse().unwrap()),
             ..Default::default()
         })
         .expect("settings");
@@ -58,6 +61,7 @@ impl TestApp {
             base,
             mqtt: server.mqtt_addr,
             tunnel: server.tunnel_addr,
+            device_http: server.device_http_addr,
             client: reqwest::Client::new(),
             data_dir,
             server: Some(server),
@@ -80,12 +84,14 @@ impl TestApp {
             .expect("bound address");
         self.settings.mqtt = self.mqtt;
         self.settings.tunnel = self.tunnel;
+        self.settings.device_http = self.device_http;
         let server = server::start(&self.settings)
             .await
             .expect("server restarts");
         self.base = format!("http://{}", server.http_addr);
         self.mqtt = server.mqtt_addr;
         self.tunnel = server.tunnel_addr;
+        self.device_http = server.device_http_addr;
         self.server = Some(server);
     }
 

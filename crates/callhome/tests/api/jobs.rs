@@ -71,7 +71,7 @@ async fn put_profile(app: &TestApp, token: &str, tag: &str) {
 }
 
 /// Polls the job until `done(job)` or the deadline.
-async fn wait_job(
+pub(crate) async fn wait_job(
     app: &TestApp,
     token: &str,
     id: &str,
@@ -93,13 +93,13 @@ async fn wait_job(
     }
 }
 
-fn finished(job: &Value) -> bool {
+pub(crate) fn finished(job: &Value) -> bool {
     !matches!(job["state"].as_str(), Some("running" | "paused"))
         && job["progress"]["in_progress"] == 0
 }
 
 /// Every execution of a job, following the cursor.
-async fn executions(app: &TestApp, token: &str, id: &str, state: Option<&str>) -> Vec<Value> {
+pub(crate) async fn executions(app: &TestApp, token: &str, id: &str, state: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor = String::new();
     loop {

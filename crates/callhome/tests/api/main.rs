@@ -6,6 +6,7 @@ mod certificates;
 mod cli;
 mod config;
 mod devices;
+mod firmware;
 mod gateway;
 mod helpers;
 mod jobs;

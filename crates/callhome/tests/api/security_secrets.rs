@@ -356,6 +356,7 @@ async fn master_key_file_is_private_and_another_key_is_refused() {
             http: Some("127.0.0.1:0".parse().unwrap()),
             mqtt: Some("127.0.0.1:0".parse().unwrap()),
             tunnel: Some("127.0.0.1:0".parse().unwrap()),
+            device_http: Some("127.0.0.1:0".parse().unwrap()),
             ..Default::default()
         })
         .unwrap();
@@ -467,6 +468,7 @@ async fn loose_secret_files_are_tightened_or_refused() {
         http: Some("127.0.0.1:0".parse().unwrap()),
         mqtt: Some("127.0.0.1:0".parse().unwrap()),
         tunnel: Some("127.0.0.1:0".parse().unwrap()),
+        device_http: Some("127.0.0.1:0".parse().unwrap()),
         ..Default::default()
     })
     .unwrap();
