@@ -38,6 +38,7 @@ pub mod events;
 pub mod identity;
 pub mod imei;
 pub mod jobs;
+pub mod otap;
 pub mod password;
 pub mod secrets;
 pub mod session;
