@@ -992,7 +992,13 @@ impl Endpoint {
     }
 }
 
-/// A firmware version: 1 to [`MAX_VERSION_LEN`] printable ASCII characters, no spaces.
+/// Checks a firmware version as a simulated modem takes it (`FWUPDATE`'s `<version>`,
+/// `MIDlet-Version`, [`crate::ModemSettings::firmware_version`]): 1 to
+/// [`MAX_VERSION_LEN`] printable ASCII characters, no spaces.
+pub fn validate_version(v: &str) -> Result<(), SimError> {
+    check_version(v).map_err(|e| SimError::Invalid(format!("firmware version: {e}")))
+}
+
 fn check_version(v: &str) -> Result<(), String> {
     if v.is_empty() {
         return Err("empty".into());

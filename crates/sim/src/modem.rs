@@ -920,7 +920,13 @@ impl Modem {
                 Some((id, outcome)) = inbox.firmware.recv() => match self.on_job_done(id, outcome) {
                     None => {}
                     Some(restart) => {
-                        self.drop_connection(eventloop, &s);
+                        // Restarting, connected or not (an abandoned attempt is no
+                        // connection failure).
+                        if s.subscribed {
+                            self.drop_connection(eventloop, &s);
+                        } else {
+                            eventloop.clean();
+                        }
                         return match restart {
                             Restart::Reboot => Outcome::Reboot,
                             Restart::Vanish => Outcome::Gone,
