@@ -4,16 +4,17 @@ use callhome_core::dialect::{self, FinalResult, MtxCommand};
 
 use crate::config::ModemConfig;
 
-/// The firmware version the simulated modems report.
+/// The firmware version a simulated modem reports until it is updated (the default of
+/// [`crate::ModemSettings::firmware_version`]).
 pub const FIRMWARE_VERSION: &str = "11.0.3-sim";
 
 /// The modem's answer to `command`, exactly as it would publish it on its reply topic:
 /// information lines and the final result code, `\r\n` line ends (see
 /// [`callhome_core::dialect`] for the shape).
 ///
-/// - `AT` → `OK`; `ATI` → manufacturer, model, revision + `OK`; `AT+CSQ` →
-///   `+CSQ: <csq>,99` + `OK`; `AT+CGSN` → the IMEI + `OK`.
-/// - `AT^MTXTUNNEL=VERSION` → `MTX-Tunnel v<version>` + `OK`; `GETPARAM,<k>` →
+/// - `AT` → `OK`; `ATI` → manufacturer, model (`MTX_model`), revision (`firmware`) +
+///   `OK`; `AT+CSQ` → `+CSQ: <csq>,99` + `OK`; `AT+CGSN` → the IMEI + `OK`.
+/// - `AT^MTXTUNNEL=VERSION` → `MTX-Tunnel v<firmware>` + `OK`; `GETPARAM,<k>` →
 ///   `<k>: <value>` + `OK` (`ERROR` for an unknown key); `SETPARAM,<k>,<v>` stores it,
 ///   `OK`; `GETCONFIG` → every `KEY: value` line + `OK`.
 /// - `AT^MTXTUNNEL=REBOOT` (the reboot template of [`dialect::Dialect::mtx`], no
@@ -21,9 +22,16 @@ pub const FIRMWARE_VERSION: &str = "11.0.3-sim";
 ///   command with [`is_reboot`], drops its connection once the reply is written and
 ///   comes back after its reboot delay with its configuration re-read (see
 ///   [`crate::SimModem`]). `SETPARAM` changes survive it.
-/// - Anything else → `ERROR`, including `TEMPORALCLIENT`: it opens a socket, so a
-///   running modem handles it itself before calling this (see [`crate::tunnel`]).
-pub fn answer(command: &str, imei: &str, config: &mut ModemConfig, csq: u8) -> String {
+/// - Anything else → `ERROR`, including `TEMPORALCLIENT`, `FWUPDATE` and `AT^SJOTAP`:
+///   they open sockets, so a running modem handles them itself before calling this (see
+///   [`crate::tunnel`] and [`crate::firmware`]).
+pub fn answer(
+    command: &str,
+    imei: &str,
+    config: &mut ModemConfig,
+    csq: u8,
+    firmware: &str,
+) -> String {
     let cmd = command.trim();
     let ok = |lines: &[String]| dialect::format_reply(lines, &FinalResult::Ok);
     let error = || dialect::format_reply::<&str>(&[], &FinalResult::Error);
@@ -35,7 +43,7 @@ pub fn answer(command: &str, imei: &str, config: &mut ModemConfig, csq: u8) -> S
             return ok(&[
                 "Callhome".to_owned(),
                 format!("MTX-Tunnel {model}"),
-                format!("REVISION {FIRMWARE_VERSION}"),
+                format!("REVISION {firmware}"),
             ]);
         }
         "AT+CSQ" => return ok(&[format!("+CSQ: {csq},99")]),
@@ -43,7 +51,7 @@ pub fn answer(command: &str, imei: &str, config: &mut ModemConfig, csq: u8) -> S
         _ => {}
     }
     match dialect::parse_mtx_command(cmd) {
-        Some(MtxCommand::Version) => ok(&[format!("MTX-Tunnel v{FIRMWARE_VERSION}")]),
+        Some(MtxCommand::Version) => ok(&[format!("MTX-Tunnel v{firmware}")]),
         Some(MtxCommand::GetParam { name }) => match config.get(&name, imei) {
             Some(v) if v.is_empty() => ok(&[format!("{name}:")]),
             Some(v) => ok(&[format!("{name}: {v}")]),
@@ -79,7 +87,7 @@ mod tests {
     const IMEI: &str = "490154203237518";
 
     fn run(cmd: &str, c: &mut ModemConfig) -> String {
-        answer(cmd, IMEI, c, 20)
+        answer(cmd, IMEI, c, 20, FIRMWARE_VERSION)
     }
 
     #[test]
@@ -138,6 +146,12 @@ mod tests {
         assert_eq!(run("at^mtxtunnel = reboot", &mut c), "OK");
         assert_eq!(run("AT^MTXTUNNEL=REBOOT,now", &mut c), "ERROR");
         assert_eq!(run("AT^MTXTUNNEL=FWUPDATE", &mut c), "ERROR");
+        assert_eq!(run("AT^SJOTAP=,https://h/jad", &mut c), "ERROR");
+        // The version and revision are the modem's current firmware.
+        let v = answer(d.version().unwrap().as_str(), IMEI, &mut c, 20, "2.0.0");
+        assert_eq!(parse_version_reply(&v).unwrap(), "MTX-Tunnel v2.0.0");
+        let ati = answer("ATI", IMEI, &mut c, 20, "2.0.0");
+        assert!(ati.contains("REVISION 2.0.0\r\n"), "{ati}");
         // SETPARAM changes are kept (the modem's Config.txt).
         let r = run("AT^MTXTUNNEL=GETPARAM,GPRS_apn", &mut c);
         assert_eq!(parse_getparam_reply(&r, "GPRS_apn").unwrap(), "x.apn");

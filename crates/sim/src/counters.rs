@@ -59,6 +59,18 @@ pub struct Counters {
     /// Tunnels ended because the serial side ended (a TCP meter closed, a device
     /// went away: `serial_closed`).
     pub tunnel_closed_serial: AtomicU64,
+    /// Firmware downloads started (an image, or an OTAP JAR), whatever their end.
+    pub downloads_started: AtomicU64,
+    /// Firmware bytes received (images and JARs, every request counted).
+    pub download_bytes: AtomicU64,
+    /// Download requests resumed with `Range` that the server answered `206`.
+    pub download_resumes: AtomicU64,
+    /// Downloads the server refused with HTTP 4xx (given up at once, not reported).
+    pub downloads_refused: AtomicU64,
+    /// Firmware installed: modems that restarted onto a new version.
+    pub installs: AtomicU64,
+    /// Install statuses (JSR-118 notify POSTs) the server accepted with a 2xx.
+    pub notifies_sent: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -110,6 +122,18 @@ pub struct CounterSnapshot {
     pub tunnel_closed_error: u64,
     /// See [`Counters::tunnel_closed_serial`].
     pub tunnel_closed_serial: u64,
+    /// See [`Counters::downloads_started`].
+    pub downloads_started: u64,
+    /// See [`Counters::download_bytes`].
+    pub download_bytes: u64,
+    /// See [`Counters::download_resumes`].
+    pub download_resumes: u64,
+    /// See [`Counters::downloads_refused`].
+    pub downloads_refused: u64,
+    /// See [`Counters::installs`].
+    pub installs: u64,
+    /// See [`Counters::notifies_sent`].
+    pub notifies_sent: u64,
 }
 
 impl CounterSnapshot {
@@ -153,6 +177,12 @@ impl Counters {
             tunnel_closed_stopped: AtomicU64::new(0),
             tunnel_closed_error: AtomicU64::new(0),
             tunnel_closed_serial: AtomicU64::new(0),
+            downloads_started: AtomicU64::new(0),
+            download_bytes: AtomicU64::new(0),
+            download_resumes: AtomicU64::new(0),
+            downloads_refused: AtomicU64::new(0),
+            installs: AtomicU64::new(0),
+            notifies_sent: AtomicU64::new(0),
         }
     }
 
@@ -228,6 +258,12 @@ impl Counters {
             tunnel_closed_stopped: self.tunnel_closed_stopped.load(Relaxed),
             tunnel_closed_error: self.tunnel_closed_error.load(Relaxed),
             tunnel_closed_serial: self.tunnel_closed_serial.load(Relaxed),
+            downloads_started: self.downloads_started.load(Relaxed),
+            download_bytes: self.download_bytes.load(Relaxed),
+            download_resumes: self.download_resumes.load(Relaxed),
+            downloads_refused: self.downloads_refused.load(Relaxed),
+            installs: self.installs.load(Relaxed),
+            notifies_sent: self.notifies_sent.load(Relaxed),
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct FleetConfig {
     /// A fraction (0.0-1.0) of the fleet, spread evenly, that starts with another
     /// behaviour instead.
     pub misbehaviour: Option<(Behaviour, f64)>,
+    /// Models (`MTX_model`) given to the modems in turn: modem `i` gets
+    /// `models[i % models.len()]`. Empty: the master configuration's.
+    pub models: Vec<String>,
 }
 
 impl FleetConfig {
@@ -42,6 +45,7 @@ impl FleetConfig {
             settings: Arc::new(settings),
             behaviour: Behaviour::default(),
             misbehaviour: None,
+            models: Vec::new(),
         }
     }
 }
@@ -93,6 +97,11 @@ pub fn is_picked(i: usize, n: usize, fraction: f64) -> bool {
     picked_before(i + 1) > picked_before(i)
 }
 
+/// The model of modem `i`: the models taken in turn.
+fn model_of(models: &[String], i: usize) -> Option<&str> {
+    (!models.is_empty()).then(|| models[i % models.len()].as_str())
+}
+
 /// Running modems, their handles and shared counters.
 #[derive(Debug)]
 pub struct Fleet {
@@ -139,10 +148,13 @@ impl Fleet {
                 Some((b, f)) if is_picked(i, config.count, f) => b,
                 _ => config.behaviour,
             };
-            let modem = SimModem::new(imei, transport, config.settings.clone())
+            let mut modem = SimModem::new(imei, transport, config.settings.clone())
                 .with_counters(counters.clone())
                 .with_behaviour(behaviour)
                 .with_connect_gate(gate.clone());
+            if let Some(model) = model_of(&config.models, i) {
+                modem = modem.with_model(model);
+            }
             let (handle, task) = modem.spawn(cancel.child_token());
             tasks.push(task);
             handles.push(handle);
@@ -222,6 +234,23 @@ mod tests {
         assert!(fleet_imeis("1234", 1).is_err());
         assert!(fleet_imeis("99999999999999", 2).is_err());
         assert_eq!(fleet_imeis("99999999999999", 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn models_are_given_in_turn() {
+        let models = vec!["MTX-4G".to_owned(), "MTX-3G".to_owned()];
+        let got: Vec<_> = (0..5).map(|i| model_of(&models, i)).collect();
+        assert_eq!(
+            got,
+            [
+                Some("MTX-4G"),
+                Some("MTX-3G"),
+                Some("MTX-4G"),
+                Some("MTX-3G"),
+                Some("MTX-4G")
+            ]
+        );
+        assert_eq!(model_of(&[], 3), None);
     }
 
     #[test]

@@ -30,6 +30,10 @@
 //!   `host:port` (server name `host`), sends its `MTX_IDClient` value and relays bytes
 //!   to and from its serial side until the platform closes, `<timeout>` seconds pass
 //!   without traffic, or the modem stops. See [`tunnel`].
+//! - `AT^MTXTUNNEL=FWUPDATE,<url>,<version>,<sha256>,<size>` and
+//!   `AT^SJOTAP=...` (OTAP) are answered `OK` at once (`ERROR` while an update runs);
+//!   the modem then downloads over HTTPS with its own certificate, verifies, POSTs a
+//!   JSR-118 status and, on success, restarts onto the new version. See [`firmware`].
 //! - `AT^MTXTUNNEL=REBOOT` is answered `OK`; about 100 ms later the modem drops its
 //!   connection without DISCONNECT, stays offline for `ModemSettings::reboot_delay`
 //!   (1 s by default) and connects again without backoff, with its topics, keep-alive
@@ -50,6 +54,7 @@ pub mod config;
 mod counters;
 mod enroll;
 mod error;
+pub mod firmware;
 mod fleet;
 pub mod iec62056;
 mod modem;
@@ -59,6 +64,7 @@ pub mod tunnel;
 pub use counters::{CounterSnapshot, Counters};
 pub use enroll::{CA_FILE, Enroller};
 pub use error::SimError;
+pub use firmware::{DownloadSettings, FirmwareFault};
 pub use fleet::{Fleet, FleetConfig, FleetTransport, fleet_imeis, is_picked};
 pub use modem::{Backoff, Behaviour, ModemHandle, ModemSettings, ReplyMode, SimModem, Transport};
 pub use tls::{Credentials, TlsBase, install_crypto_provider};

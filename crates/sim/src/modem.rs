@@ -15,6 +15,12 @@
 //! [`ModemSettings::reboot_delay`] and connects again (no backoff), re-reading its
 //! Config.txt as a booting modem does: topics and keep-alive as they are after any
 //! `SETPARAM` (which survive the reboot).
+//!
+//! Firmware updates (`AT^MTXTUNNEL=FWUPDATE`, `AT^SJOTAP`, see [`crate::firmware`]) are
+//! handled here too: `OK` and a task of its own (`ERROR` while one runs). When it ends
+//! with an install, the modem restarts as on the reboot command (its connection dropped
+//! at once, back after [`ModemSettings::reboot_delay`]) and reports the new version from
+//! then on; its firmware version survives reboots and reconnections.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -34,9 +40,14 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::SimError;
 use crate::answer::{FIRMWARE_VERSION, answer, is_reboot};
 use crate::config::{MasterConfig, ModemConfig};
 use crate::counters::Counters;
+use crate::firmware::{
+    self, DownloadSettings, FirmwareFault, FirmwareState, ImageUpdate, JobContext, JobOutcome,
+    OtapRequest,
+};
 use crate::tls::{Credentials, TlsBase};
 use crate::tunnel::{self, LineSettings, SerialSide, TunnelRequest};
 
@@ -55,6 +66,10 @@ const TUNNEL_STOP_WAIT: Duration = Duration::from_secs(3);
 /// Time between handing the reply to a reboot command to the MQTT client and dropping
 /// the connection: enough for the reply to be written.
 const REBOOT_FLUSH: Duration = Duration::from_millis(100);
+/// Capacity of each modem's channel of finished firmware jobs.
+const FIRMWARE_CAPACITY: usize = 2;
+/// How long a stopping modem waits for its firmware job to end.
+const FIRMWARE_STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// Jittered exponential backoff between connection attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +133,11 @@ pub struct ModemSettings {
     /// How long a modem stays offline when it reboots (after answering the reboot
     /// command and dropping its connection) before it connects again; 1 s by default.
     pub reboot_delay: Duration,
+    /// The firmware version every modem starts with ([`FIRMWARE_VERSION`] by
+    /// default); an update changes it, per modem.
+    pub firmware_version: String,
+    /// Limits and pacing of firmware downloads.
+    pub download: DownloadSettings,
 }
 
 impl ModemSettings {
@@ -134,6 +154,8 @@ impl ModemSettings {
             serial: SerialSide::default(),
             tcp_nodelay: false,
             reboot_delay: Duration::from_secs(1),
+            firmware_version: FIRMWARE_VERSION.to_owned(),
+            download: DownloadSettings::default(),
         }
     }
 }
@@ -178,6 +200,8 @@ pub struct Behaviour {
     pub reply_delay: Duration,
     /// Drop every connection this long after it is established.
     pub drop_after: Option<Duration>,
+    /// What goes wrong with firmware updates (taken when an update is ordered).
+    pub firmware: FirmwareFault,
 }
 
 impl Behaviour {
@@ -204,6 +228,14 @@ impl Behaviour {
             ..Self::default()
         }
     }
+
+    /// Answers normally but updates firmware with `fault`.
+    pub fn firmware(fault: FirmwareFault) -> Self {
+        Self {
+            firmware: fault,
+            ..Self::default()
+        }
+    }
 }
 
 enum Control {
@@ -219,6 +251,7 @@ enum Control {
 pub struct ModemHandle {
     imei: Imei,
     control: mpsc::Sender<Control>,
+    firmware: Arc<FirmwareState>,
 }
 
 impl ModemHandle {
@@ -246,6 +279,18 @@ impl ModemHandle {
     pub async fn stop(&self) {
         let _ = self.control.send(Control::Stop).await;
     }
+
+    /// The firmware version the modem reports now (`AT^MTXTUNNEL=VERSION`, `ATI`,
+    /// status): [`ModemSettings::firmware_version`] until an update installs another.
+    pub fn firmware_version(&self) -> String {
+        self.firmware.version()
+    }
+
+    /// How many firmware updates the modem has installed (restarts onto a new version;
+    /// a `boot-old` restart is not one).
+    pub fn installs(&self) -> u64 {
+        self.firmware.installs()
+    }
 }
 
 /// One simulated modem, ready to be spawned.
@@ -259,6 +304,7 @@ pub struct SimModem {
     gate: Option<Arc<Semaphore>>,
     tunnel_tls: Option<Arc<ClientConfig>>,
     serial: Option<SerialSide>,
+    model: Option<String>,
 }
 
 impl SimModem {
@@ -273,6 +319,7 @@ impl SimModem {
             gate: None,
             tunnel_tls: None,
             serial: None,
+            model: None,
         }
     }
 
@@ -302,6 +349,9 @@ impl SimModem {
     /// and present this modem's certificate). Without it, tunnels use the MQTT
     /// transport's TLS configuration; a modem on [`Transport::Plain`] without one
     /// answers `OK` but cannot open a tunnel (counted as a tunnel failure).
+    ///
+    /// Firmware downloads use the MQTT transport's TLS configuration, else this one; a
+    /// modem with neither answers `ERROR` to firmware updates.
     #[must_use]
     pub fn with_tunnel_tls(mut self, config: Arc<ClientConfig>) -> Self {
         self.tunnel_tls = Some(config);
@@ -315,6 +365,14 @@ impl SimModem {
         self
     }
 
+    /// Sets the modem's `MTX_model` (reported by `ATI` and in status messages) instead
+    /// of the master configuration's.
+    #[must_use]
+    pub fn with_model(mut self, model: &str) -> Self {
+        self.model = Some(model.to_owned());
+        self
+    }
+
     /// The counters this modem updates.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
@@ -323,11 +381,13 @@ impl SimModem {
     /// Starts the modem's task. It runs until `cancel` fires or [`ModemHandle::stop`].
     pub fn spawn(self, cancel: CancellationToken) -> (ModemHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CONTROL_CAPACITY);
+        let firmware = Arc::new(FirmwareState::new(&self.settings.firmware_version));
         let handle = ModemHandle {
             imei: self.imei.clone(),
             control: tx,
+            firmware: firmware.clone(),
         };
-        let task = tokio::spawn(run(self, rx, cancel));
+        let task = tokio::spawn(run(self, rx, firmware, cancel));
         (handle, task)
     }
 }
@@ -347,7 +407,55 @@ struct Modem {
     tunnel_tls: Option<Arc<ClientConfig>>,
     serial: SerialSide,
     tunnel: Option<Tunnel>,
-    tunnel_cancel: CancellationToken,
+    /// Fires when the modem stops: ends its tunnel and firmware job.
+    stopping: CancellationToken,
+    /// The TLS configuration of firmware downloads.
+    download_tls: Option<Arc<ClientConfig>>,
+    firmware: Arc<FirmwareState>,
+    firmware_job: Option<FirmwareJob>,
+    firmware_done: mpsc::Sender<(u64, JobOutcome)>,
+    next_job: u64,
+    /// The version to boot onto at the next reboot (an install).
+    pending_version: Option<String>,
+}
+
+/// A running firmware update.
+struct FirmwareJob {
+    id: u64,
+    fault: FirmwareFault,
+    task: JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+/// What a modem's task receives: control messages and finished firmware jobs.
+struct Inbox {
+    control: mpsc::Receiver<Control>,
+    firmware: mpsc::Receiver<(u64, JobOutcome)>,
+}
+
+/// What a finished firmware job makes the modem do.
+enum Restart {
+    /// Restart (onto the new version unless `boot-old`).
+    Reboot,
+    /// Drop the connection and never come back (`never-back`).
+    Vanish,
+}
+
+/// A firmware update ordered by a command.
+enum FirmwareOrder {
+    /// `AT^MTXTUNNEL=FWUPDATE`.
+    Image(ImageUpdate),
+    /// `AT^SJOTAP`.
+    Otap(OtapRequest),
+}
+
+impl FirmwareOrder {
+    async fn run(&self, ctx: &JobContext) -> JobOutcome {
+        match self {
+            Self::Image(job) => firmware::run_image_update(ctx, job).await,
+            Self::Otap(req) => firmware::run_otap(ctx, req).await,
+        }
+    }
 }
 
 /// A running TEMPORALCLIENT tunnel.
@@ -430,6 +538,8 @@ enum Outcome {
     Ended,
     /// The modem dropped its connection to reboot.
     Reboot,
+    /// The modem dropped its connection for good (`never-back`).
+    Gone,
 }
 
 /// What to do when a timer fires.
@@ -444,7 +554,12 @@ enum TimerAction {
 
 type Cancelled = Pin<Box<WaitForCancellationFutureOwned>>;
 
-async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: CancellationToken) {
+async fn run(
+    modem: SimModem,
+    control: mpsc::Receiver<Control>,
+    firmware: Arc<FirmwareState>,
+    cancel: CancellationToken,
+) {
     let SimModem {
         imei,
         transport,
@@ -454,6 +569,7 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
         gate,
         tunnel_tls,
         serial,
+        model,
     } = modem;
     let tls = match transport {
         Transport::Plain => None,
@@ -466,9 +582,18 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
             }
         },
     };
-    let config = ModemConfig::new(settings.master.clone());
+    let mut config = ModemConfig::new(settings.master.clone());
+    if let Some(model) = &model {
+        config.set("MTX_model", model);
+    }
+    let download_tls = tls.clone().or_else(|| tunnel_tls.clone());
     let tunnel_tls = tunnel_tls.or_else(|| tls.clone());
     let serial = serial.unwrap_or_else(|| settings.serial.clone());
+    let (firmware_done, firmware_rx) = mpsc::channel(FIRMWARE_CAPACITY);
+    let mut inbox = Inbox {
+        control,
+        firmware: firmware_rx,
+    };
     let mut m = Modem {
         boot: BootConfig::read(&config, &imei, &settings),
         imei,
@@ -483,10 +608,16 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
         tunnel_tls,
         serial,
         tunnel: None,
-        tunnel_cancel: CancellationToken::new(),
+        stopping: CancellationToken::new(),
+        download_tls,
+        firmware,
+        firmware_job: None,
+        firmware_done,
+        next_job: 0,
+        pending_version: None,
     };
-    // However this task ends (even aborted), the tunnel ends with it.
-    let _tunnel_guard = m.tunnel_cancel.clone().drop_guard();
+    // However this task ends (even aborted), the tunnel and firmware job end with it.
+    let _stop_guard = m.stopping.clone().drop_guard();
     let (client, mut eventloop) = AsyncClient::new(m.mqtt_options(tls), REQUEST_CAPACITY);
     eventloop
         .network_options
@@ -497,10 +628,13 @@ async fn run(modem: SimModem, mut control: mpsc::Receiver<Control>, cancel: Canc
     // rumqttc preallocates room for 100 buffered events per client (about 10 KB); a
     // modem sees a handful at a time, and the queue grows if it ever needs to.
     eventloop.state.events = VecDeque::with_capacity(4);
-    drive(&mut m, &client, &mut eventloop, &mut control, cancel).await;
-    m.tunnel_cancel.cancel();
+    drive(&mut m, &client, &mut eventloop, &mut inbox, cancel).await;
+    m.stopping.cancel();
     if let Some(t) = m.tunnel.take() {
         let _ = tokio::time::timeout(TUNNEL_STOP_WAIT, t.task).await;
+    }
+    if let Some(job) = m.firmware_job.take() {
+        let _ = tokio::time::timeout(FIRMWARE_STOP_WAIT, job.task).await;
     }
 }
 
@@ -509,7 +643,7 @@ async fn drive(
     m: &mut Modem,
     client: &AsyncClient,
     eventloop: &mut EventLoop,
-    control: &mut mpsc::Receiver<Control>,
+    inbox: &mut Inbox,
     cancel: CancellationToken,
 ) {
     let mut cancelled: Cancelled = Box::pin(cancel.cancelled_owned());
@@ -522,7 +656,7 @@ async fn drive(
                 tokio::select! {
                     biased;
                     () = &mut cancelled => return,
-                    c = control.recv(), if m.control_open => {
+                    c = inbox.control.recv(), if m.control_open => {
                         if m.on_idle_control(c) { return; }
                     }
                     p = gate.clone().acquire_owned() => break p.ok(),
@@ -530,17 +664,15 @@ async fn drive(
             },
         };
         let outcome = m
-            .session(
-                client,
-                eventloop,
-                control,
-                &mut cancelled,
-                &mut timer,
-                permit,
-            )
+            .session(client, eventloop, inbox, &mut cancelled, &mut timer, permit)
             .await;
         let wake = match outcome {
             Outcome::Stop => return,
+            Outcome::Gone => {
+                m.vanish(eventloop);
+                m.stay_gone(inbox, &mut cancelled).await;
+                return;
+            }
             Outcome::Reboot => {
                 // Offline for the reboot, then a fresh start: no backoff, and the
                 // Config.txt read again (nothing can change it while offline).
@@ -562,9 +694,23 @@ async fn drive(
             tokio::select! {
                 biased;
                 () = &mut cancelled => return,
-                c = control.recv(), if m.control_open => {
+                c = inbox.control.recv(), if m.control_open => {
                     if m.on_idle_control(c) { return; }
                 }
+                Some((id, outcome)) = inbox.firmware.recv() => match m.on_job_done(id, outcome) {
+                    None => {}
+                    // Offline already: the restart is the reboot delay from now.
+                    Some(Restart::Reboot) => {
+                        attempt = 0;
+                        m.reboot(eventloop);
+                        timer.as_mut().reset(Instant::now() + m.settings.reboot_delay);
+                    }
+                    Some(Restart::Vanish) => {
+                        m.vanish(eventloop);
+                        m.stay_gone(inbox, &mut cancelled).await;
+                        return;
+                    }
+                },
                 () = &mut timer => break,
             }
         }
@@ -598,9 +744,122 @@ impl Modem {
         if let Some(t) = self.tunnel.take() {
             t.cancel.cancel();
         }
+        if let Some(job) = self.firmware_job.take() {
+            tracing::info!(imei = %self.imei, "reboot during a firmware update: update abandoned");
+            job.cancel.cancel();
+        }
+        if let Some(version) = self.pending_version.take() {
+            tracing::info!(imei = %self.imei, %version, "booting the new firmware");
+            self.firmware.install(&version);
+            Counters::add(&self.counters.installs);
+        }
         self.boot = BootConfig::read(&self.config, &self.imei, &self.settings);
         eventloop.mqtt_options.set_keep_alive(self.boot.keep_alive);
         tracing::debug!(imei = %self.imei, delay = ?self.settings.reboot_delay, "rebooting");
+    }
+
+    /// Goes offline for good (`never-back`): forgets what was waiting to be sent, closes
+    /// the tunnel.
+    fn vanish(&mut self, eventloop: &mut EventLoop) {
+        eventloop.pending.clear();
+        if let Some(t) = self.tunnel.take() {
+            t.cancel.cancel();
+        }
+        self.pending_version = None;
+        tracing::info!(imei = %self.imei, "never-back: the modem stays offline");
+    }
+
+    /// Stays offline until the modem stops.
+    async fn stay_gone(&mut self, inbox: &mut Inbox, cancelled: &mut Cancelled) {
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut *cancelled => return,
+                c = inbox.control.recv(), if self.control_open => {
+                    if self.on_idle_control(c) { return; }
+                }
+                Some(_) = inbox.firmware.recv() => {}
+            }
+        }
+    }
+
+    /// A firmware job has ended: what the modem does about it (`None`: nothing, it keeps
+    /// its version). Outcomes of jobs abandoned since (by a reboot) are ignored.
+    fn on_job_done(&mut self, id: u64, outcome: JobOutcome) -> Option<Restart> {
+        if self.firmware_job.as_ref().is_none_or(|j| j.id != id) {
+            return None;
+        }
+        let job = self.firmware_job.take()?;
+        match outcome {
+            JobOutcome::Install { version } => match job.fault {
+                FirmwareFault::NeverBack => Some(Restart::Vanish),
+                FirmwareFault::BootOld => {
+                    tracing::info!(imei = %self.imei, %version, "boot-old: restarting on the old firmware");
+                    Some(Restart::Reboot)
+                }
+                _ => {
+                    self.pending_version = Some(version);
+                    Some(Restart::Reboot)
+                }
+            },
+            JobOutcome::Rejected { status, reason, .. } => {
+                tracing::info!(imei = %self.imei, %status, %reason, "firmware update failed, keeping the old firmware");
+                None
+            }
+            JobOutcome::Refused { status } => {
+                tracing::info!(imei = %self.imei, http = status, "firmware download refused, keeping the old firmware");
+                None
+            }
+        }
+    }
+
+    /// Starts a firmware update; the reply: `OK`, or `ERROR` (an update already running,
+    /// arguments it cannot use, no TLS identity).
+    fn start_firmware(&mut self, order: Result<FirmwareOrder, SimError>) -> String {
+        let error = || dialect::format_reply::<&str>(&[], &FinalResult::Error);
+        let order = match order {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(imei = %self.imei, error = %e, "firmware update refused");
+                return error();
+            }
+        };
+        if self.firmware_job.is_some() {
+            tracing::info!(imei = %self.imei, "firmware update refused: one is running");
+            return error();
+        }
+        let Some(tls) = &self.download_tls else {
+            tracing::warn!(imei = %self.imei, "firmware update refused: no TLS identity to download with");
+            return error();
+        };
+        let fault = self.behaviour.firmware;
+        let ctx = JobContext::new(
+            self.imei.as_str(),
+            tls,
+            self.settings.download,
+            fault,
+            self.counters.clone(),
+        );
+        let id = self.next_job;
+        self.next_job += 1;
+        let cancel = self.stopping.child_token();
+        let done = self.firmware_done.clone();
+        let job_cancel = cancel.clone();
+        let task = tokio::spawn(async move {
+            let outcome = tokio::select! {
+                biased;
+                () = job_cancel.cancelled() => return,
+                o = order.run(&ctx) => o,
+            };
+            let _ = done.send((id, outcome)).await;
+        });
+        self.firmware_job = Some(FirmwareJob {
+            id,
+            fault,
+            task,
+            cancel,
+        });
+        dialect::format_reply::<&str>(&[], &FinalResult::Ok)
     }
 
     /// Handles a control message while not connected; `true` to stop.
@@ -624,7 +883,7 @@ impl Modem {
         &mut self,
         client: &AsyncClient,
         eventloop: &mut EventLoop,
-        control: &mut mpsc::Receiver<Control>,
+        inbox: &mut Inbox,
         cancelled: &mut Cancelled,
         timer: &mut Pin<Box<Sleep>>,
         mut permit: Option<OwnedSemaphorePermit>,
@@ -644,7 +903,7 @@ impl Modem {
                     self.leave(client, eventloop, &s).await;
                     return Outcome::Stop;
                 }
-                c = control.recv(), if self.control_open => match c {
+                c = inbox.control.recv(), if self.control_open => match c {
                     Some(Control::Stop) => {
                         self.leave(client, eventloop, &s).await;
                         return Outcome::Stop;
@@ -657,6 +916,22 @@ impl Modem {
                     }
                     Some(Control::DropConnection) => return self.drop_connection(eventloop, &s),
                     None => self.control_open = false,
+                },
+                Some((id, outcome)) = inbox.firmware.recv() => match self.on_job_done(id, outcome) {
+                    None => {}
+                    Some(restart) => {
+                        // Restarting, connected or not (an abandoned attempt is no
+                        // connection failure).
+                        if s.subscribed {
+                            self.drop_connection(eventloop, &s);
+                        } else {
+                            eventloop.clean();
+                        }
+                        return match restart {
+                            Restart::Reboot => Outcome::Reboot,
+                            Restart::Vanish => Outcome::Gone,
+                        };
+                    }
                 },
                 () = timer.as_mut(), if deadline.is_some() => {
                     s.armed = None;
@@ -765,20 +1040,9 @@ impl Modem {
             ReplyMode::Error => "ERROR".to_owned(),
             ReplyMode::Normal => {
                 let text = String::from_utf8_lossy(payload);
-                match dialect::parse_mtx_command(&text) {
-                    Some(MtxCommand::TemporalClient {
-                        host,
-                        port,
-                        timeout_secs,
-                    }) => self.temporal_client(host, port, timeout_secs),
-                    parsed => {
-                        if parsed.as_ref().is_some_and(is_reboot) && s.reboot_at.is_none() {
-                            s.reboot_at =
-                                Some(Instant::now() + self.behaviour.reply_delay + REBOOT_FLUSH);
-                        }
-                        let csq = self.csq();
-                        answer(&text, self.imei.as_str(), &mut self.config, csq)
-                    }
+                match OtapRequest::parse_command(&text) {
+                    Some(order) => self.start_firmware(order.map(FirmwareOrder::Otap)),
+                    None => self.answer(s, &text),
                 }
             }
         };
@@ -791,6 +1055,29 @@ impl Modem {
                 .push_back((Instant::now() + self.behaviour.reply_delay, reply));
         }
         false
+    }
+
+    /// The answer to an MTX or standard AT command; starts what it orders (a tunnel, a
+    /// firmware update, a reboot).
+    fn answer(&mut self, s: &mut Session, text: &str) -> String {
+        match dialect::parse_mtx_command(text) {
+            Some(MtxCommand::TemporalClient {
+                host,
+                port,
+                timeout_secs,
+            }) => self.temporal_client(host, port, timeout_secs),
+            Some(MtxCommand::Other { verb, args }) if verb == "FWUPDATE" => {
+                self.start_firmware(ImageUpdate::from_args(&args).map(FirmwareOrder::Image))
+            }
+            parsed => {
+                if parsed.as_ref().is_some_and(is_reboot) && s.reboot_at.is_none() {
+                    s.reboot_at = Some(Instant::now() + self.behaviour.reply_delay + REBOOT_FLUSH);
+                }
+                let csq = self.csq();
+                let version = self.firmware.version();
+                answer(text, self.imei.as_str(), &mut self.config, csq, &version)
+            }
+        }
     }
 
     /// Starts a TEMPORALCLIENT tunnel; the reply: `OK`, or `ERROR` while another one is
@@ -814,7 +1101,7 @@ impl Modem {
             connect_timeout: self.settings.connect_timeout,
             counters: self.counters.clone(),
         };
-        let cancel = self.tunnel_cancel.child_token();
+        let cancel = self.stopping.child_token();
         self.tunnel = Some(Tunnel {
             task: tokio::spawn(tunnel::run(request, cancel.clone())),
             cancel,
@@ -873,7 +1160,7 @@ impl Modem {
             "csq": csq,
             "rssi": -113 + 2 * i32::from(csq),
             "model": model,
-            "fw": FIRMWARE_VERSION,
+            "fw": self.firmware.version(),
             "uptime": self.started.elapsed().as_secs(),
         });
         match client.try_publish(

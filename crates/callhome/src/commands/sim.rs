@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use callhome_sim::{
-    Behaviour, CounterSnapshot, Counters, Enroller, Fleet, FleetConfig, FleetTransport,
-    ModemSettings, ReplyMode, SerialSide, TlsBase, config::MasterConfig, fleet_imeis,
+    Behaviour, CounterSnapshot, Counters, Enroller, FirmwareFault, Fleet, FleetConfig,
+    FleetTransport, ModemSettings, ReplyMode, SerialSide, TlsBase, answer::FIRMWARE_VERSION,
+    config::MasterConfig, firmware, fleet_imeis,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -19,6 +20,17 @@ pub enum Misbehave {
     Silent,
     /// Drop the connection when a command arrives.
     Drop,
+    /// Cut each firmware download's first request after about half of the bytes (it
+    /// then resumes with Range).
+    DownloadInterrupt,
+    /// Install firmware and restart, but come back on the old version.
+    BootOld,
+    /// After a successful firmware download and its 900 report, go offline for good.
+    NeverBack,
+    /// Compute the firmware image's hash wrong (reports 907 SHA-256 mismatch).
+    Corrupt,
+    /// OTAP: report 904 JAR Size Mismatch whatever the JAR's size.
+    OtapSizeMismatch,
 }
 
 /// `callhome sim ...`.
@@ -87,6 +99,13 @@ pub struct SimArgs {
     /// (AT^MTXTUNNEL=REBOOT) before it connects again, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub reboot_delay_ms: u64,
+    /// Models (Config.txt MTX_model, reported by ATI and in status messages) given to
+    /// the modems in turn, comma-separated (default: the master configuration's).
+    #[arg(long, value_name = "MODEL,...", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// The firmware version every modem starts with; an update changes it, per modem.
+    #[arg(long, value_name = "V", default_value = FIRMWARE_VERSION)]
+    pub firmware_version: String,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "S")]
     pub duration: Option<u64>,
@@ -151,15 +170,35 @@ fn misbehaviour(args: &SimArgs) -> anyhow::Result<Option<(Behaviour, f64)>> {
     }
     let b = Behaviour {
         reply: match args.misbehave {
-            None => ReplyMode::Normal,
             Some(Misbehave::Error) => ReplyMode::Error,
             Some(Misbehave::Silent) => ReplyMode::Silent,
             Some(Misbehave::Drop) => ReplyMode::Drop,
+            _ => ReplyMode::Normal,
         },
         reply_delay: Duration::from_millis(args.reply_delay_ms.unwrap_or(0)),
         drop_after: args.drop_after.map(Duration::from_secs),
+        firmware: match args.misbehave {
+            Some(Misbehave::DownloadInterrupt) => FirmwareFault::DownloadInterrupt,
+            Some(Misbehave::BootOld) => FirmwareFault::BootOld,
+            Some(Misbehave::NeverBack) => FirmwareFault::NeverBack,
+            Some(Misbehave::Corrupt) => FirmwareFault::Corrupt,
+            Some(Misbehave::OtapSizeMismatch) => FirmwareFault::OtapSizeMismatch,
+            _ => FirmwareFault::None,
+        },
     };
     Ok((b != Behaviour::default()).then_some((b, args.misbehave_fraction)))
+}
+
+/// The --models list, each one usable as a Config.txt value.
+fn models(args: &SimArgs) -> anyhow::Result<Vec<String>> {
+    for m in &args.models {
+        if m.is_empty() {
+            bail!("--models: empty model name");
+        }
+        callhome_core::dialect::check_param_value(m)
+            .map_err(|e| anyhow::anyhow!("--models {m:?}: {}", e.reason))?;
+    }
+    Ok(args.models.clone())
 }
 
 fn bar_style(template: &str) -> ProgressStyle {
@@ -185,6 +224,9 @@ pub(super) async fn run(args: SimArgs) -> anyhow::Result<()> {
     let (host, port) = endpoint(&args)?;
     let misbehaviour = misbehaviour(&args)?;
     let serial = serial_side(&args)?;
+    let models = models(&args)?;
+    firmware::validate_version(&args.firmware_version)
+        .map_err(|e| anyhow::anyhow!("--firmware-version: {e}"))?;
     let imeis = fleet_imeis(&args.first_imei, args.modems)?;
     if imeis.is_empty() {
         bail!("--modems must be at least 1");
@@ -245,9 +287,11 @@ pub(super) async fn run(args: SimArgs) -> anyhow::Result<()> {
     ));
     settings.serial = serial.clone();
     settings.reboot_delay = Duration::from_millis(args.reboot_delay_ms);
+    settings.firmware_version = args.firmware_version.clone();
     let mut config = FleetConfig::new(&args.first_imei, imeis.len(), settings);
     config.connect_concurrency = args.connect_concurrency;
     config.misbehaviour = misbehaviour;
+    config.models = models;
     let fleet = Fleet::start(config, transport)?;
     let counters = fleet.counters().clone();
 
@@ -288,9 +332,9 @@ pub(super) async fn run(args: SimArgs) -> anyhow::Result<()> {
                 } else {
                     bar.tick();
                     bar.set_message(format!(
-                        "connected {}  replies {}  status {}  reconnects {}  reboots {}  tunnels {}/{}",
+                        "connected {}  replies {}  status {}  reconnects {}  reboots {}  tunnels {}/{}  downloads {}  installs {}",
                         c.connected, c.replies_sent, c.status_sent, c.reconnects, c.reboots,
-                        c.tunnels_active, c.tunnels_opened
+                        c.tunnels_active, c.tunnels_opened, c.downloads_started, c.installs
                     ));
                 }
             }
@@ -376,6 +420,20 @@ fn print_summary(counters: &Counters, c: &CounterSnapshot, elapsed: Duration) {
             c.tunnel_bytes_up, c.tunnel_bytes_down
         ),
     );
+    line(
+        "firmware downloads:",
+        format!(
+            "{} started, {} bytes, {} resumed requests (206), {} refused (4xx)",
+            c.downloads_started, c.download_bytes, c.download_resumes, c.downloads_refused
+        ),
+    );
+    line(
+        "firmware installs:",
+        format!(
+            "{} ({} install statuses reported)",
+            c.installs, c.notifies_sent
+        ),
+    );
     line("dropped (queues full):", c.dropped.to_string());
 }
 
@@ -434,5 +492,41 @@ mod tests {
         assert!(parse(&["--meter", "iec62056", "--serial-tcp", "h:1"]).is_err());
         assert!(parse(&["--serial-tcp", "h:1", "--serial-device", "/dev/x"]).is_err());
         assert!(serial_side(&parse(&["--serial-tcp", "nohost"]).unwrap()).is_err());
+    }
+
+    #[test]
+    fn firmware_flags() {
+        let a = parse(&[]).unwrap();
+        assert!(models(&a).unwrap().is_empty());
+        assert_eq!(a.firmware_version, FIRMWARE_VERSION);
+        assert_eq!(misbehaviour(&a).unwrap(), None);
+
+        let a = parse(&["--models", "MTX-4G,MTX-3G", "--firmware-version", "1.2.3"]).unwrap();
+        assert_eq!(models(&a).unwrap(), ["MTX-4G", "MTX-3G"]);
+        assert_eq!(a.firmware_version, "1.2.3");
+        assert!(models(&parse(&["--models", "A,,B"]).unwrap()).is_err());
+        assert!(models(&parse(&["--models", "caf\u{e9}"]).unwrap()).is_err());
+
+        for (flag, fault) in [
+            ("download-interrupt", FirmwareFault::DownloadInterrupt),
+            ("boot-old", FirmwareFault::BootOld),
+            ("never-back", FirmwareFault::NeverBack),
+            ("corrupt", FirmwareFault::Corrupt),
+            ("otap-size-mismatch", FirmwareFault::OtapSizeMismatch),
+        ] {
+            let a = parse(&["--misbehave", flag, "--misbehave-fraction", "0.25"]).unwrap();
+            let (b, f) = misbehaviour(&a).unwrap().expect("a misbehaviour");
+            assert_eq!(
+                (b.firmware, b.reply, f),
+                (fault, ReplyMode::Normal, 0.25),
+                "{flag}"
+            );
+        }
+        let a = parse(&["--misbehave", "error"]).unwrap();
+        let (b, _) = misbehaviour(&a).unwrap().unwrap();
+        assert_eq!(
+            (b.reply, b.firmware),
+            (ReplyMode::Error, FirmwareFault::None)
+        );
     }
 }
