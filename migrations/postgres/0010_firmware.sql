@@ -69,6 +69,10 @@ CREATE TABLE firmware_downloads (
     resumptions    BIGINT NOT NULL DEFAULT 0,
     bytes_served   BIGINT NOT NULL DEFAULT 0,
     completed_at   BIGINT,
+    -- The last request's first byte and bytes written: a request that resumes inside it
+    -- shows how much of it the modem really kept (the rest was lost in buffers).
+    last_start     BIGINT,
+    last_sent      BIGINT,
     refused        TEXT,
     notify_code    BIGINT,
     notify_message TEXT,

@@ -85,6 +85,10 @@ CREATE TABLE firmware_downloads (
     resumptions    INTEGER NOT NULL DEFAULT 0,
     bytes_served   INTEGER NOT NULL DEFAULT 0,
     completed_at   INTEGER,
+    -- The last request's first byte and bytes written: a request that resumes inside it
+    -- shows how much of it the modem really kept (the rest was lost in buffers).
+    last_start     INTEGER,
+    last_sent      INTEGER,
     refused        TEXT,
     notify_code    INTEGER,
     notify_message TEXT,

@@ -335,7 +335,12 @@ impl Counted {
         let resumed = matches!(f.answer, RangeAnswer::Partial { start, .. } if start > 0);
         metrics::counter!("callhome_firmware_bytes_served_total").increment(sent);
         metrics::counter!("callhome_firmware_downloads_total", "result" => if complete { "complete" } else { "cut" }).increment(1);
+        let start = match f.answer {
+            RangeAnswer::Partial { start, .. } => start,
+            _ => 0,
+        };
         let progress = DownloadProgress {
+            start: i64::try_from(start).unwrap_or(i64::MAX),
             bytes: i64::try_from(sent).unwrap_or(i64::MAX),
             resumed,
             completed: complete && reaches_end,

@@ -72,7 +72,14 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
-            .args(["--tunnel", "127.0.0.1:0", "--device-http", "127.0.0.1:0", "--log", &args.server_log])
+            .args([
+                "--tunnel",
+                "127.0.0.1:0",
+                "--device-http",
+                "127.0.0.1:0",
+                "--log",
+                &args.server_log,
+            ])
             .env("CALLHOME_ADMIN_PASSWORD", admin_password)
             .env_remove("CALLHOME_CONFIG")
             .stdin(Stdio::null())

@@ -80,6 +80,13 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::commands::jobs::JobsAction,
     },
+    /// The firmware repository: upload, list, show, delete, distribution.
+    Firmware {
+        #[command(flatten)]
+        api: crate::commands::api::ApiArgs,
+        #[command(subcommand)]
+        action: crate::commands::firmware::FirmwareAction,
+    },
 }
 
 /// `callhome user ...`.

@@ -906,9 +906,12 @@ pub struct DownloadRecord {
     pub requests: i64,
     /// Requests that resumed a partial download (`Range` from a non-zero offset).
     pub resumptions: i64,
-    /// Bytes of the file sent, over every request.
+    /// Bytes of the file the modem received, over every request: what was written, less
+    /// what a later request shows the modem did not keep (it resumed before the end of
+    /// an earlier response, whose tail was lost in buffers when the link broke).
     pub bytes_served: i64,
-    /// When the last byte of the file was first sent.
+    /// When the last byte of the file was sent (cleared when a later request shows the
+    /// modem did not get it).
     pub completed_at: Option<OffsetDateTime>,
     /// Why the last refused request was refused.
     pub refused: Option<String>,
@@ -925,7 +928,9 @@ pub struct DownloadRecord {
 /// What one download request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DownloadProgress {
-    /// Bytes of the file sent.
+    /// Offset of its first byte in the file.
+    pub start: i64,
+    /// Bytes of the file written to the connection.
     pub bytes: i64,
     /// It resumed a partial download.
     pub resumed: bool,

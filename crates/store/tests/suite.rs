@@ -1774,23 +1774,41 @@ async fn firmware_repository_inventory_downloads_and_event_log() {
             s.download_of(job, &a, 1).await.unwrap().unwrap().token,
             "secret-token"
         );
-        let half = DownloadProgress {
-            bytes: 500_000,
+        // The first response wrote the whole file, but the modem kept only 500,000 bytes
+        // (it resumes there): the tail counts once, and the completion waits for the end.
+        let all = DownloadProgress {
+            start: 0,
+            bytes: 1_048_576,
             resumed: false,
-            completed: false,
+            completed: true,
             at: t0,
         };
-        s.record_download(&d1.token_hash, &half).await.unwrap();
+        let d = s.record_download(&d1.token_hash, &all).await.unwrap();
+        assert_eq!(d.completed_at, Some(t0));
         let rest = DownloadProgress {
+            start: 500_000,
             bytes: 548_576,
             resumed: true,
-            completed: true,
-            at: t0 + Duration::seconds(5),
+            completed: false,
+            at: t0 + Duration::seconds(3),
         };
         let d = s.record_download(&d1.token_hash, &rest).await.unwrap();
         assert_eq!(
             (d.requests, d.resumptions, d.bytes_served),
             (2, 1, 1_048_576)
+        );
+        assert_eq!(d.completed_at, None, "the modem did not have it all");
+        let tail = DownloadProgress {
+            start: 1_000_000,
+            bytes: 48_576,
+            resumed: true,
+            completed: true,
+            at: t0 + Duration::seconds(5),
+        };
+        let d = s.record_download(&d1.token_hash, &tail).await.unwrap();
+        assert_eq!(
+            (d.requests, d.resumptions, d.bytes_served),
+            (3, 2, 1_048_576)
         );
         assert_eq!(d.completed_at, Some(t0 + Duration::seconds(5)));
         s.record_download_refusal(&d1.token_hash, "403 another device")

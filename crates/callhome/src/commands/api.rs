@@ -257,6 +257,26 @@ impl Api {
         self.json(req).await
     }
 
+    /// `POST path` with a multipart body (an upload: no overall timeout, the body streams).
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+    ) -> anyhow::Result<Value> {
+        self.json(
+            self.request(Method::POST, path)
+                .timeout(std::time::Duration::from_secs(24 * 3600))
+                .multipart(form),
+        )
+        .await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send(self.request(Method::DELETE, path)).await?;
+        Ok(())
+    }
+
     /// `PUT path` with a JSON body.
     pub async fn put(&self, path: &str, body: &impl serde::Serialize) -> anyhow::Result<Value> {
         self.json(self.request(Method::PUT, path).json(body)).await

@@ -88,6 +88,8 @@ pub enum Op {
     At,
     /// Restart the modem and wait until it is back.
     Reboot,
+    /// Install a firmware from the repository (--firmware ID): a firmware campaign.
+    FirmwareUpdate,
 }
 
 /// When a configuration change restarts the modem.
@@ -145,6 +147,22 @@ pub struct CreateArgs {
     /// With at: the AT command to send, e.g. 'AT+CSQ'.
     #[arg(long, value_name = "AT")]
     pub command: Option<String>,
+    /// With firmware-update: the firmware's id (`callhome firmware list`).
+    #[arg(long, value_name = "ID")]
+    pub firmware: Option<String>,
+    /// With firmware-update: install even on devices that already run its version.
+    #[arg(long)]
+    pub force: bool,
+    /// With firmware-update: seconds a modem has to download, install, restart and come
+    /// back (default 900).
+    #[arg(long, value_name = "S")]
+    pub install_timeout: Option<u32>,
+    /// Target (device-list filter): devices of this model.
+    #[arg(long, value_name = "MODEL")]
+    pub filter_model: Option<String>,
+    /// Target (device-list filter): devices reporting this firmware version.
+    #[arg(long, value_name = "VERSION")]
+    pub filter_firmware: Option<String>,
     /// Target: devices matching a tag expression, e.g. 'region:north and not pilot'.
     #[arg(long, value_name = "EXPR")]
     pub tag_expr: Option<String>,
@@ -321,6 +339,13 @@ fn create_body(args: &CreateArgs) -> anyhow::Result<Value> {
     if args.op != Op::At {
         only(args.command.is_some(), "--command", "at")?;
     }
+    if args.op != Op::FirmwareUpdate {
+        only(
+            args.firmware.is_some() || args.force || args.install_timeout.is_some(),
+            "--firmware/--force/--install-timeout",
+            "firmware-update",
+        )?;
+    }
     let operation = match args.op {
         Op::ApplyConfig => json!({"type": "apply_config"}),
         Op::Reboot => json!({"type": "reboot"}),
@@ -349,6 +374,17 @@ fn create_body(args: &CreateArgs) -> anyhow::Result<Value> {
                 .as_deref()
                 .context("--op at needs --command 'AT...'")?;
             json!({"type": "at_command", "command": command})
+        }
+        Op::FirmwareUpdate => {
+            let id = args
+                .firmware
+                .as_deref()
+                .context("--op firmware-update needs --firmware ID (see callhome firmware list)")?;
+            let mut op = json!({"type": "firmware_update", "firmware_id": id, "force": args.force});
+            if let Some(t) = args.install_timeout {
+                op["install_timeout_s"] = json!(t);
+            }
+            op
         }
     };
     let mut body = json!({
@@ -392,6 +428,12 @@ fn target(args: &CreateArgs) -> anyhow::Result<Value> {
     }
     if let Some(q) = &args.filter_q {
         filter.insert("q".into(), json!(q));
+    }
+    if let Some(m) = &args.filter_model {
+        filter.insert("model".into(), json!(m));
+    }
+    if let Some(f) = &args.filter_firmware {
+        filter.insert("firmware".into(), json!(f));
     }
     let mut targets = Vec::new();
     if let Some(e) = &args.tag_expr {
@@ -476,11 +518,12 @@ struct Progress {
     failed: u64,
     cancelled: u64,
     expired: u64,
+    skipped: u64,
 }
 
 impl Progress {
     fn finished(&self) -> u64 {
-        self.succeeded + self.failed + self.cancelled + self.expired
+        self.succeeded + self.failed + self.cancelled + self.expired + self.skipped
     }
 
     fn summary(&self) -> String {
@@ -493,6 +536,9 @@ impl Progress {
         }
         if self.expired > 0 {
             s.push_str(&format!("  expired {}", self.expired));
+        }
+        if self.skipped > 0 {
+            s.push_str(&format!("  skipped {}", self.skipped));
         }
         s
     }
@@ -509,6 +555,7 @@ fn progress(job: &Value) -> Progress {
         failed: n("failed"),
         cancelled: n("cancelled"),
         expired: n("expired"),
+        skipped: n("skipped"),
     }
 }
 
@@ -634,6 +681,15 @@ fn describe_operation(op: &Value) -> String {
             .unwrap_or_default(),
         "set_whitelists" => format!("csd={} sms={}", cell(&op["csd"]), cell(&op["sms"])),
         "at_command" => cell(&op["command"]),
+        "firmware_update" => format!(
+            "{}{}",
+            cell(&op["firmware_id"]),
+            if op["force"] == json!(true) {
+                " (forced)"
+            } else {
+                ""
+            }
+        ),
         _ => String::new(),
     };
     if detail.is_empty() {
@@ -729,6 +785,7 @@ fn print_job_devices(devices: &[Value]) {
             ("STATE", "state"),
             ("WAVE", "wave"),
             ("ATTEMPTS", "attempts"),
+            ("OUTCOME", "outcome"),
             ("FINISHED", "finished_at"),
             ("ERROR", "error"),
         ],
@@ -868,6 +925,23 @@ mod tests {
         );
         assert_eq!(b["target"], json!({"imeis": ["490154203237518"]}));
         assert_eq!(
+            body(&[
+                "--op",
+                "firmware-update",
+                "--firmware",
+                "0190d5c6-0000-7000-8000-000000000001",
+                "--install-timeout",
+                "600",
+                "--filter-model",
+                "EHS6",
+                "--waves",
+                "10,50,100",
+            ])
+            .unwrap()["operation"],
+            json!({"type": "firmware_update", "firmware_id": "0190d5c6-0000-7000-8000-000000000001",
+                   "force": false, "install_timeout_s": 600})
+        );
+        assert_eq!(
             body(&["--op", "reboot", "--imei", "1"]).unwrap()["operation"],
             json!({"type": "reboot"})
         );
@@ -883,6 +957,8 @@ mod tests {
         assert!(err(&["--op", "reboot", "--imei", "1", "--key", "A=1"]).contains("set-keys"));
         assert!(err(&["--op", "set-keys", "--imei", "1"]).contains("at least one"));
         assert!(err(&["--op", "at", "--imei", "1"]).contains("--command"));
+        assert!(err(&["--op", "firmware-update", "--imei", "1"]).contains("--firmware"));
+        assert!(err(&["--op", "reboot", "--imei", "1", "--force"]).contains("firmware-update"));
         assert!(err(&["--op", "apply-config", "--imei", "1", "--ramp-base", "3"]).contains("ramp"));
     }
 

@@ -5,6 +5,7 @@ pub mod connect;
 pub mod credentials;
 pub mod device_config;
 pub mod devices;
+pub mod firmware;
 pub mod jobs;
 pub mod login;
 mod openapi;
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices { api, action } => devices::run(&api, action).await,
         Command::Config { api, action } => device_config::run(&api, action).await,
         Command::Jobs { api, action } => jobs::run(&api, action).await,
+        Command::Firmware { api, action } => firmware::run(&api, action).await,
         Command::User { settings, action } => {
             let settings = Settings::resolve(&settings)?;
             init_tracing(&settings);

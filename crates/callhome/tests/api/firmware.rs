@@ -144,7 +144,11 @@ async fn thousand_modems_campaigns_waves_rollback_abort_and_restart() {
     let execs = executions(&app, &ops, &id, None).await;
     let by_outcome = outcomes(&execs);
     assert_eq!(by_outcome.get("updated"), Some(&(N / 2)), "{by_outcome:?}");
-    assert_eq!(by_outcome.get("incompatible"), Some(&(N / 2)), "{by_outcome:?}");
+    assert_eq!(
+        by_outcome.get("incompatible"),
+        Some(&(N / 2)),
+        "{by_outcome:?}"
+    );
     for (i, h) in fleet.handles().iter().enumerate() {
         if ehs6(i) {
             assert_eq!(h.firmware_version(), "12.0.0", "{}", h.imei());
@@ -181,20 +185,31 @@ async fn thousand_modems_campaigns_waves_rollback_abort_and_restart() {
         .get(&format!("/api/v1/jobs/{id}/devices/{}", imeis[1]), &ops)
         .await;
     assert_eq!(skipped["state"], "skipped", "{skipped}");
-    assert!(skipped["error"].as_str().unwrap().contains("BGS2"), "{skipped}");
+    assert!(
+        skipped["error"].as_str().unwrap().contains("BGS2"),
+        "{skipped}"
+    );
     let (_, page) = app
-        .get("/api/v1/devices?model=ehs6&firmware=12.0.0&limit=1000", &ops)
+        .get(
+            "/api/v1/devices?model=ehs6&firmware=12.0.0&limit=1000",
+            &ops,
+        )
         .await;
     assert_eq!(page["items"].as_array().unwrap().len(), N / 2);
     let (_, dist) = app.get("/api/v1/firmware/distribution", &ops).await;
     assert!(
-        dist["items"].as_array().unwrap().iter().any(|r| r["model"] == "EHS6"
-            && r["version"] == "12.0.0"
-            && r["devices"] == N / 2),
+        dist["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["model"] == "EHS6" && r["version"] == "12.0.0" && r["devices"] == N / 2),
         "{dist}"
     );
     let (_, history) = app
-        .get(&format!("/api/v1/devices/{}/firmware-history", imeis[0]), &ops)
+        .get(
+            &format!("/api/v1/devices/{}/firmware-history", imeis[0]),
+            &ops,
+        )
         .await;
     assert_eq!(history[0]["version"], "12.0.0", "{history}");
     // A firmware a campaign still uses cannot be deleted; it can once the campaign is over.
@@ -255,7 +270,7 @@ async fn thousand_modems_campaigns_waves_rollback_abort_and_restart() {
     assert!(job["progress"]["cancelled"].as_i64().unwrap() > 0, "{job}");
     for (i, h) in fleet.handles().iter().enumerate() {
         if boot_old.contains(imeis[i].as_str()) {
-            assert_eq!(h.firmware_version(), callhome_sim::FIRMWARE_VERSION);
+            assert_eq!(h.firmware_version(), callhome_sim::answer::FIRMWARE_VERSION);
         }
     }
 
@@ -303,7 +318,7 @@ async fn thousand_modems_campaigns_waves_rollback_abort_and_restart() {
             assert_eq!(h.installs(), 2, "one install per campaign: {}", h.imei());
         }
     }
-    fleet.stop().await;
+    fleet.shutdown().await;
     app.stop().await;
 }
 
@@ -387,15 +402,14 @@ async fn interrupted_downloads_resume_and_tokens_are_bound_to_their_device() {
     assert!(
         fleet
             .counters()
-            .download_resumed
+            .download_resumes
             .load(std::sync::atomic::Ordering::Relaxed)
             >= N as u64
     );
 
     // Tokens: another device's certificate is refused, no certificate is refused, an
     // unknown token is not found, and a token whose execution ended is gone.
-    let enroller =
-        callhome_sim::Enroller::new(&app.base, &ops, cache.path(), None).unwrap();
+    let enroller = callhome_sim::Enroller::new(&app.base, &ops, cache.path(), None).unwrap();
     let ca = enroller.ca_certificate().await.unwrap();
     let own = enroller.cached(&imeis[0]).unwrap();
     let other = enroller.cached(&imeis[1]).unwrap();
@@ -407,25 +421,36 @@ async fn interrupted_downloads_resume_and_tokens_are_bound_to_their_device() {
         .unwrap()
         .token;
     let url = format!("https://127.0.0.1:{}/fw/{token}", app.device_http.port());
-    let resp = device_client(&ca, Some(&other)).get(&url).send().await.unwrap();
+    let resp = device_client(&ca, Some(&other))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    assert_eq!(
-        resp.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let body: Value = resp.json().await.unwrap();
-    assert!(body["detail"].as_str().unwrap().contains("another device"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("another device"),
+        "{body}"
+    );
     let resp = device_client(&ca, None).get(&url).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let resp = device_client(&ca, Some(&own))
-        .get(format!("https://127.0.0.1:{}/fw/not-a-token", app.device_http.port()))
+        .get(format!(
+            "https://127.0.0.1:{}/fw/not-a-token",
+            app.device_http.port()
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let resp = device_client(&ca, Some(&own)).get(&url).send().await.unwrap();
+    let resp = device_client(&ca, Some(&own))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::GONE, "the execution ended");
-    fleet.stop().await;
+    fleet.shutdown().await;
     app.stop().await;
 }
 
@@ -471,14 +496,21 @@ async fn ranges_on_the_device_listener_and_a_modem_that_never_comes_back() {
         assert!(tokio::time::Instant::now() < deadline, "no download");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let enroller =
-        callhome_sim::Enroller::new(&app.base, &ops, cache.path(), None).unwrap();
+    let enroller = callhome_sim::Enroller::new(&app.base, &ops, cache.path(), None).unwrap();
     let ca = enroller.ca_certificate().await.unwrap();
     let own = device_client(&ca, enroller.cached(&imeis[0]).as_ref());
     let url = format!("https://127.0.0.1:{}/fw/{token}", app.device_http.port());
-    let resp = own.get(&url).header("Range", "bytes=1000-1999").send().await.unwrap();
+    let resp = own
+        .get(&url)
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(resp.headers()["content-range"], format!("bytes 1000-1999/{SIZE}"));
+    assert_eq!(
+        resp.headers()["content-range"],
+        format!("bytes 1000-1999/{SIZE}")
+    );
     assert_eq!(resp.headers()["accept-ranges"], "bytes");
     let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
     assert_eq!(etag, format!("\"{}\"", fw["sha256"].as_str().unwrap()));
@@ -499,7 +531,11 @@ async fn ranges_on_the_device_listener_and_a_modem_that_never_comes_back() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK, "a stale If-Range gets the whole file");
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "a stale If-Range gets the whole file"
+    );
     assert_eq!(resp.bytes().await.unwrap().len(), SIZE);
     let resp = own
         .get(&url)
@@ -512,7 +548,10 @@ async fn ranges_on_the_device_listener_and_a_modem_that_never_comes_back() {
     // The operator's copy of the file.
     let resp = app
         .client
-        .get(app.url(&format!("/api/v1/firmware/{}/blob", fw["id"].as_str().unwrap())))
+        .get(app.url(&format!(
+            "/api/v1/firmware/{}/blob",
+            fw["id"].as_str().unwrap()
+        )))
         .bearer_auth(&ops)
         .send()
         .await
@@ -524,10 +563,13 @@ async fn ranges_on_the_device_listener_and_a_modem_that_never_comes_back() {
     let execs = executions(&app, &ops, &id, None).await;
     assert_eq!(execs[0]["outcome"], "timed_out", "{job} {execs:?}");
     assert!(
-        execs[0]["error"].as_str().unwrap().contains("not back within 60 s"),
+        execs[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not back within 60 s"),
         "{execs:?}"
     );
-    fleet.stop().await;
+    fleet.shutdown().await;
     app.stop().await;
 }
 
@@ -586,7 +628,10 @@ async fn otap_midlet_campaign_with_a_904() {
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("MIDlet-Jar-Size"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("MIDlet-Jar-Size"),
+        "{body}"
+    );
     let jad = format!(
         "MIDlet-Name: MTX-Tunnel\nMIDlet-Vendor: Matrix\nMIDlet-Version: 2.5.1\nMIDlet-Jar-URL: mtx.jar\nMIDlet-Jar-Size: {}\nMIDlet-1: MTX-Tunnel,,mtx.Main\n",
         file.len()
@@ -616,7 +661,10 @@ async fn otap_midlet_campaign_with_a_904() {
         .await;
     assert_eq!(failed["outcome"], "download_failed", "{failed}");
     assert!(
-        failed["error"].as_str().unwrap().contains("904 JAR Size Mismatch"),
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("904 JAR Size Mismatch"),
         "{failed}"
     );
     let (_, ok) = app
@@ -628,16 +676,25 @@ async fn otap_midlet_campaign_with_a_904() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    let pos = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("{k} in {kinds:?}"));
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("{k} in {kinds:?}"))
+    };
     assert!(pos("descriptor_served") < pos("download_started"));
     assert!(pos("download_started") < pos("install_notified"));
     assert!(pos("install_notified") < pos("version_seen"));
     assert_eq!(ok["outcome"], "updated");
     for (i, h) in fleet.handles().iter().enumerate() {
-        let want = if i == 3 { callhome_sim::FIRMWARE_VERSION } else { "2.5.1" };
+        let want = if i == 3 {
+            callhome_sim::answer::FIRMWARE_VERSION
+        } else {
+            "2.5.1"
+        };
         assert_eq!(h.firmware_version(), want);
     }
-    fleet.stop().await;
+    fleet.shutdown().await;
     app.stop().await;
 }
 
@@ -660,8 +717,15 @@ fn no_blobs_left(app: &TestApp, keep: usize) {
     let root = app.data_dir.join("firmware");
     let mut files = 0;
     for entry in walk(&root) {
-        let rel = entry.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
-        assert!(!rel.starts_with(".partial/"), "half-written upload left: {rel}");
+        let rel = entry
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            !rel.starts_with(".partial/"),
+            "half-written upload left: {rel}"
+        );
         files += 1;
     }
     assert_eq!(files, keep, "files in the repository");
@@ -710,7 +774,8 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
         key.sign(&digest).as_ref(),
     );
     let meta = |extra: Value| {
-        let mut m = json!({"version": "1.2.3", "models": ["EHS6"], "kind": "image", "signature": sig});
+        let mut m =
+            json!({"version": "1.2.3", "models": ["EHS6"], "kind": "image", "signature": sig});
         for (k, v) in extra.as_object().unwrap() {
             m[k] = v.clone();
         }
@@ -724,30 +789,109 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
     // Too large.
     let (status, body) = upload(&app, &ops, meta(json!({})), image(150_000, 1), None).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("100000"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("100000"),
+        "{body}"
+    );
     // No signature, a wrong one, one that is not base64.
-    let (status, body) = upload(&app, &ops, meta(json!({"signature": null})), data.clone(), None).await;
-    assert_eq!((status, field(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "signature".into()), "{body}");
-    let other = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key.sign(b"other").as_ref());
-    let (status, body) = upload(&app, &ops, meta(json!({"signature": other})), data.clone(), None).await;
-    assert_eq!((status, field(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "signature".into()), "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("not made by any configured signing key"), "{body}");
-    let (status, body) = upload(&app, &ops, meta(json!({"signature": "%%%"})), data.clone(), None).await;
+    let (status, body) = upload(
+        &app,
+        &ops,
+        meta(json!({"signature": null})),
+        data.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, field(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "signature".into()),
+        "{body}"
+    );
+    let other = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        key.sign(b"other").as_ref(),
+    );
+    let (status, body) = upload(
+        &app,
+        &ops,
+        meta(json!({"signature": other})),
+        data.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, field(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "signature".into()),
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not made by any configured signing key"),
+        "{body}"
+    );
+    let (status, body) = upload(
+        &app,
+        &ops,
+        meta(json!({"signature": "%%%"})),
+        data.clone(),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     // Unknown model, bad version, bad kind.
-    let (status, body) = upload(&app, &ops, meta(json!({"models": ["EHS7"]})), data.clone(), None).await;
-    assert_eq!((status, field(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "models[0]".into()), "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("unknown model"), "{body}");
-    let (status, body) = upload(&app, &ops, meta(json!({"version": "1 2"})), data.clone(), None).await;
-    assert_eq!((status, field(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "version".into()), "{body}");
+    let (status, body) = upload(
+        &app,
+        &ops,
+        meta(json!({"models": ["EHS7"]})),
+        data.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, field(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "models[0]".into()),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("unknown model"),
+        "{body}"
+    );
+    let (status, body) = upload(
+        &app,
+        &ops,
+        meta(json!({"version": "1 2"})),
+        data.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, field(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "version".into()),
+        "{body}"
+    );
     let (status, body) = upload(&app, &ops, meta(json!({"kind": "rom"})), data.clone(), None).await;
-    assert_eq!((status, field(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "metadata".into()), "{body}");
+    assert_eq!(
+        (status, field(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "metadata".into()),
+        "{body}"
+    );
     // A MIDlet that is not a JAR.
-    let (status, body) = upload(&app, &ops, meta(json!({"kind": "midlet"})), data.clone(), None).await;
+    let (status, body) = upload(
+        &app,
+        &ops,
+        meta(json!({"kind": "midlet"})),
+        data.clone(),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("JAR"), "{body}");
     // Not multipart; a part missing; an unknown part.
-    let (status, body) = app.post("/api/v1/firmware", &ops, json!({"version": "1"})).await;
+    let (status, body) = app
+        .post("/api/v1/firmware", &ops, json!({"version": "1"}))
+        .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
     let resp = app
         .client
@@ -783,14 +927,20 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
         .client
         .post(app.url("/api/v1/firmware"))
         .bearer_auth(&ops)
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .body(body)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let problem: Value = resp.json().await.unwrap();
-    assert!(problem["detail"].as_str().unwrap().contains("multipart"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("multipart"),
+        "{problem}"
+    );
     no_blobs_left(&app, 0);
 
     // The good upload, then the same file again: 409 naming the first.
@@ -799,9 +949,22 @@ async fn bad_uploads_are_refused_and_leave_nothing_behind() {
     assert_eq!(fw["signed_by"], "release-2026");
     assert_eq!(fw["size"], 50_000);
     assert_eq!(fw["sha256"], hex::encode(digest));
-    let (status, body) = upload(&app, &ops, meta(json!({"version": "1.2.4"})), data.clone(), None).await;
+    let (status, body) = upload(
+        &app,
+        &ops,
+        meta(json!({"version": "1.2.4"})),
+        data.clone(),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains(fw["id"].as_str().unwrap()), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(fw["id"].as_str().unwrap()),
+        "{body}"
+    );
     no_blobs_left(&app, 1);
     let (status, list) = app.get("/api/v1/firmware", &ops).await;
     assert_eq!(status, StatusCode::OK);

@@ -99,7 +99,12 @@ pub(crate) fn finished(job: &Value) -> bool {
 }
 
 /// Every execution of a job, following the cursor.
-pub(crate) async fn executions(app: &TestApp, token: &str, id: &str, state: Option<&str>) -> Vec<Value> {
+pub(crate) async fn executions(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    state: Option<&str>,
+) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor = String::new();
     loop {

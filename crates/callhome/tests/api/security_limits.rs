@@ -447,7 +447,14 @@ impl ChildServer {
             .args(["serve", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--http", "127.0.0.1:0", "--mqtt", "127.0.0.1:0"])
-            .args(["--tunnel", "127.0.0.1:0", "--device-http", "127.0.0.1:0", "--log", "warn"])
+            .args([
+                "--tunnel",
+                "127.0.0.1:0",
+                "--device-http",
+                "127.0.0.1:0",
+                "--log",
+                "warn",
+            ])
             .env("CALLHOME_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env_remove("CALLHOME_CONFIG")
             .env_remove("CALLHOME_DATABASE_URL")

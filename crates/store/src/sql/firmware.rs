@@ -385,10 +385,22 @@ impl Firmware for SqlStore {
         token_hash: &str,
         p: &DownloadProgress,
     ) -> Result<DownloadRecord> {
+        let last: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT last_start, last_sent FROM firmware_downloads WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let resumes_inside =
+            matches!(last, Some((Some(s), Some(n))) if p.start > s && p.start < s + n);
+        // `$6`: this request resumes inside the previous response, so the modem kept only
+        // `start - last_start` of what that response wrote.
         let row = sqlx::query(concat!(
             "UPDATE firmware_downloads SET requests = requests + 1, resumptions = resumptions + $2, \
-             bytes_served = bytes_served + $3, \
-             completed_at = CASE WHEN $4 AND completed_at IS NULL THEN $5 ELSE completed_at END \
+             bytes_served = bytes_served + $3 - CASE WHEN $6 THEN last_start + last_sent - $7 ELSE 0 END, \
+             completed_at = CASE WHEN $4 THEN CASE WHEN $6 THEN $5 ELSE COALESCE(completed_at, $5) END \
+                                 WHEN $6 THEN NULL ELSE completed_at END, \
+             last_start = $7, last_sent = $3 \
              WHERE token_hash = $1 RETURNING ",
             download_cols!()
         ))
@@ -397,6 +409,8 @@ impl Firmware for SqlStore {
         .bind(p.bytes)
         .bind(p.completed)
         .bind(ms(p.at))
+        .bind(resumes_inside)
+        .bind(p.start)
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| StoreError::NotFound("download token".to_owned()))?;
