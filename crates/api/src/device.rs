@@ -344,7 +344,11 @@ impl Counted {
             bytes: i64::try_from(sent).unwrap_or(i64::MAX),
             resumed,
             completed: complete && reaches_end,
-            at: OffsetDateTime::now_utc(),
+            // Whole milliseconds, as stored: the completion is recognised by its time below.
+            at: {
+                let now = OffsetDateTime::now_utc();
+                now.replace_millisecond(now.millisecond()).unwrap_or(now)
+            },
         };
         // Drop cannot wait: the record is written by a task of its own.
         tokio::spawn(async move {

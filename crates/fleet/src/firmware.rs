@@ -173,19 +173,29 @@ impl Run<'_> {
         }
     }
 
-    /// Sends `VERSION` and reads the version it reports.
+    /// Sends `VERSION` and reads the version it reports. `VERSION` changes nothing, so a
+    /// request that got no reply (sent on a connection that broke, or before a server
+    /// restart) is asked again, up to three times in all.
     async fn version(
         &self,
         journal: &mut Journal,
         timing: Timing,
     ) -> Result<std::result::Result<Version, String>> {
-        let done = journal
-            .run(
-                self.config.dialect().version()?,
-                timing.command_timeout,
-                timing.queue_wait,
-            )
-            .await?;
+        let mut tries = 0;
+        let done = loop {
+            tries += 1;
+            let done = journal
+                .run(
+                    self.config.dialect().version()?,
+                    timing.command_timeout,
+                    timing.queue_wait,
+                )
+                .await?;
+            if done.state != CommandState::TimedOut || tries >= 3 {
+                break done;
+            }
+            tracing::info!(tries, "VERSION got no reply; asking again");
+        };
         if done.state != CommandState::Succeeded {
             return Ok(Err(command_error(&done)));
         }
@@ -193,12 +203,11 @@ impl Run<'_> {
         let version = dialect::parse_version_reply(reply)
             .map_err(|e| e.to_string())
             .and_then(|line| Version::from_reported(&line).map_err(|e| e.to_string()));
-        let version = match version {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(format!("unreadable VERSION reply: {e}"))),
-        };
         // The gateway records it in the inventory (for every VERSION reply).
-        Ok(Ok(version))
+        match version {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) => Ok(Err(format!("unreadable VERSION reply: {e}"))),
+        }
     }
 
     async fn update(
@@ -283,10 +292,28 @@ impl Run<'_> {
                 target.as_str(),
             )?,
         };
-        let ack = journal
-            .run(command, timing.command_timeout, timing.queue_wait)
+        let mut ack = journal
+            .run(command.clone(), timing.command_timeout, timing.queue_wait)
             .await?;
-        if ack.state != CommandState::Succeeded {
+        if ack.state == CommandState::TimedOut
+            && !self
+                .started_downloading(&download, timing.command_timeout)
+                .await?
+        {
+            // No reply, and no download: the command was most likely lost (a connection
+            // that broke, a server restart). Sent once more; a modem that did get the
+            // first one answers this one with an error (busy) or downloads anyway.
+            tracing::info!(
+                "the update command got no reply and nothing was downloaded; sending it again"
+            );
+            ack = journal
+                .run(command, timing.command_timeout, timing.queue_wait)
+                .await?;
+        }
+        let acknowledged = ack.state == CommandState::Succeeded
+            || (ack.state == CommandState::TimedOut
+                && self.started_downloading(&download, Duration::ZERO).await?);
+        if !acknowledged {
             return Ok(failed(
                 UpdateOutcome::InstallFailed,
                 format!(
@@ -304,7 +331,7 @@ impl Run<'_> {
 
         // 3. The download, the install and the restart.
         if let Some(end) = self
-            .follow(&ack, &download, &fw, update.install_timeout, &result)
+            .follow(&ack, &download, update.install_timeout, &result)
             .await?
         {
             return Ok(end);
@@ -350,6 +377,26 @@ impl Run<'_> {
         }
     }
 
+    /// Whether the modem has requested the file (or posted an install status) within
+    /// `wait`: proof that it got the update command even if its reply was lost.
+    async fn started_downloading(&self, download: &DownloadRecord, wait: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let d = self
+                .config
+                .store()
+                .get_download(&download.token_hash)
+                .await?;
+            if d.requests > 0 || d.notified_at.is_some() || d.refused.is_some() {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// The execution attempt's download token: the one it already has, or a new one.
     async fn download(&self, fw: &FirmwareRecord) -> Result<DownloadRecord> {
         let store = self.config.store();
@@ -379,20 +426,24 @@ impl Run<'_> {
             .await?)
     }
 
-    /// Waits until the modem is back after its restart (`None`), or the update ended
-    /// another way (`Some`): a failed install status, a download refused to the device,
-    /// or the install timeout. Woken by the device's presence events, and reads the store
+    /// Waits until the modem is back after its restart (`None`): connected again after
+    /// the file was served in full (or it posted its install status); or until the update
+    /// ended another way (`Some`): a failed install status, a download refused to the
+    /// device, or the install timeout. Woken by the device's presence events, and reads the store
     /// every second (the download may be served by another node).
     async fn follow(
         &self,
         ack: &CommandRecord,
         download: &DownloadRecord,
-        fw: &FirmwareRecord,
         install_timeout: Duration,
         result: &serde_json::Value,
     ) -> Result<Option<Outcome>> {
         let store = self.config.store();
-        let since = ack.completed_at.unwrap_or(ack.created_at);
+        let since = ack
+            .completed_at
+            .filter(|_| ack.state == CommandState::Succeeded)
+            .or(ack.sent_at)
+            .unwrap_or(ack.created_at);
         let deadline = since
             + time::Duration::try_from(install_timeout).unwrap_or(time::Duration::minutes(15));
         let watch = self.config.gateway().events().watch_device(self.exec.imei);
@@ -428,16 +479,26 @@ impl Run<'_> {
                     result.clone(),
                 )));
             }
+            // The install restart comes after the file was served (or the modem posted
+            // its status): a connection made before that is the link breaking and coming
+            // back mid-download (a server restart, lost coverage), not the install.
+            let installed_from = match (d.completed_at, d.notified_at) {
+                (Some(c), Some(n)) => Some(c.max(n)),
+                (c, n) => c.or(n),
+            };
             let device = store.get_device(self.exec.imei).await?;
-            if device.presence.online && device.presence.connected_at.is_some_and(|c| c > since) {
+            if let Some(from) = installed_from
+                && device.presence.online
+                && device
+                    .presence
+                    .connected_at
+                    .is_some_and(|c| c > since && c > from)
+            {
                 self.event(
                     ExecEventKind::Reconnected,
                     json!({ "connected_at": device.presence.connected_at.map(|t| t.unix_timestamp()) }),
                 )
                 .await;
-                if d.completed_at.is_none() && d.requests == 0 && fw.size > 0 {
-                    tracing::info!("the modem restarted without downloading the file");
-                }
                 return Ok(None);
             }
             if OffsetDateTime::now_utc() >= deadline {

@@ -95,6 +95,10 @@ fn outcomes(execs: &[Value]) -> std::collections::BTreeMap<String, usize> {
 #[tokio::test]
 async fn thousand_modems_campaigns_waves_rollback_abort_and_restart() {
     const N: usize = 1000;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut app = TestApp::spawn_with(|s| s.drift = None).await;
     let ops = app.user_token("ops", "operator").await;
     let (fleet, imeis, _cache) = start_fleet_with(&app, &ops, "35693803600000", N, |cfg| {
@@ -301,13 +305,19 @@ async fn thousand_modems_campaigns_waves_rollback_abort_and_restart() {
         .await;
     assert_eq!(status, StatusCode::OK);
     app.restart().await;
-    let ops = app.token("ops", "ops-password-for-tests").await;
     let (status, job) = app
         .post(&format!("/api/v1/jobs/{id}/resume"), &ops, json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{job}");
     let job = wait_job(&app, &ops, &id, 600, finished).await;
     assert_eq!(job["state"], "completed", "{job}");
+    let failed = executions(&app, &ops, &id, Some("failed")).await;
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
     assert_eq!(job["progress"]["succeeded"], N / 2, "{job}");
     for e in executions(&app, &ops, &id, None).await {
         assert_eq!(e["attempts"], 1, "{e}");
