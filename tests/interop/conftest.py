@@ -21,7 +21,7 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "interop-Admin-pw-0123"
-LISTENING_RE = re.compile(r"^callhome: listening http=(\S+)(?: mqtt=(\S+))?(?: tunnel=(\S+))?\s*$", re.MULTILINE)
+LISTENING_RE = re.compile(r"^callhome: listening http=(\S+)(?: mqtt=(\S+))?(?: tunnel=(\S+))?(?: device_http=(\S+))?\s*$", re.MULTILINE)
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 15
 
@@ -77,6 +77,7 @@ class Server:
     stderr_path: Path
     # The MQTT gateway's listening address, "127.0.0.1:PORT" (None if the server printed none).
     mqtt_addr: str | None = None
+    device_http_addr: str | None = None
     _token: str | None = field(default=None, repr=False)
 
     def url(self, path: str) -> str:
@@ -137,11 +138,11 @@ def _start_server(tmp_root: Path) -> Server:
         )
 
     deadline = time.monotonic() + START_TIMEOUT_S
-    addr = mqtt_addr = None
+    addr = mqtt_addr = device_http_addr = None
     while time.monotonic() < deadline:
         m = LISTENING_RE.search(stdout_path.read_text(errors="replace"))
         if m:
-            addr, mqtt_addr = m.group(1), m.group(2)
+            addr, mqtt_addr, device_http_addr = m.group(1), m.group(2), m.group(4)
             break
         if proc.poll() is not None:
             break
@@ -176,6 +177,7 @@ def _start_server(tmp_root: Path) -> Server:
         stdout_path=stdout_path,
         stderr_path=stderr_path,
         mqtt_addr=mqtt_addr,
+        device_http_addr=device_http_addr,
     )
 
 

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use callhome_core::firmware::{ExecEventKind, FirmwareKind};
 use callhome_core::otap::{InstallStatus, Jad};
-use callhome_devicehttp::DevicePeer;
+use callhome_devicehttp::{Activity, DevicePeer};
 use callhome_firmware::{BlobStore, ByteStream, Digest, RangeAnswer};
 use callhome_fleet::firmware::{file_url, notify_url, token_hash};
 use callhome_store::{DownloadProgress, DownloadRecord, FirmwareRecord, Store, StoreError};
@@ -240,14 +240,27 @@ async fn gone(state: &DeviceState, d: &DownloadRecord, why: &str) -> ApiError {
 async fn download(
     State(state): State<DeviceState>,
     axum::Extension(peer): axum::Extension<DevicePeer>,
+    activity: Option<axum::Extension<Activity>>,
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
     let (d, fw) = authorize(&state, &peer, &token).await?;
-    // Queue for a slot: a download waits rather than fail.
+    // Queue for a slot: a download waits rather than fail, and its connection's idle
+    // clock is kept going meanwhile (waiting is not idling).
     let waiting = metrics::gauge!("callhome_firmware_downloads_waiting");
     waiting.increment(1.0);
-    let permit = state.downloads.clone().acquire_owned().await;
+    let acquire = state.downloads.clone().acquire_owned();
+    tokio::pin!(acquire);
+    let permit = loop {
+        tokio::select! {
+            p = &mut acquire => break p,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                if let Some(axum::Extension(a)) = &activity {
+                    a.touch();
+                }
+            }
+        }
+    };
     waiting.decrement(1.0);
     let permit = permit.map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
     let size = u64::try_from(fw.size).unwrap_or(0);

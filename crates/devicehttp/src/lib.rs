@@ -260,11 +260,16 @@ async fn serve_connection(stream: TlsStream<TcpStream>, peer: DevicePeer, inner:
     let router = inner.router.clone();
     let max_requests = inner.settings.max_requests_per_connection;
     let served = Arc::new(AtomicU32::new(0));
+    let activity = Activity {
+        started,
+        last_activity: last_activity.clone(),
+    };
     let service =
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let router = router.clone();
             req.extensions_mut().insert(peer.clone());
             req.extensions_mut().insert(ConnectInfo(addr));
+            req.extensions_mut().insert(activity.clone());
             let n = served.fetch_add(1, Ordering::Relaxed).saturating_add(1);
             async move {
                 let mut response = match router.oneshot(req).await {
@@ -328,6 +333,23 @@ async fn serve_connection(stream: TlsStream<TcpStream>, peer: DevicePeer, inner:
                 }
             }
         }
+    }
+}
+
+/// The idle clock of one connection, in each request's extensions: a handler that makes
+/// the peer wait on purpose (a download queued for a free slot) [`Activity::touch`]es it,
+/// so the idle timeout does not close a connection that is only waiting its turn.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    started: Instant,
+    last_activity: Arc<AtomicU64>,
+}
+
+impl Activity {
+    /// Counts as progress on the connection now.
+    pub fn touch(&self) {
+        self.last_activity
+            .store(millis_since(self.started), Ordering::Relaxed);
     }
 }
 

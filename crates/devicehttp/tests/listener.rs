@@ -13,7 +13,7 @@ use bytes::Bytes;
 use callhome_ca::tls::{ClientAuth, SharedServerConfig, client_config, server_config};
 use callhome_ca::{Authority, CaParams, RevocationReason, RevokedEntry, generate_key_and_csr};
 use callhome_core::Imei;
-use callhome_devicehttp::{DeviceHttp, DeviceHttpSettings, DevicePeer};
+use callhome_devicehttp::{Activity, DeviceHttp, DeviceHttpSettings, DevicePeer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
@@ -111,6 +111,25 @@ fn router(hits: Hits) -> Router {
     };
     Router::new()
         .route("/whoami", get(whoami))
+        // Waits 3 s before answering (a queue), touching the idle clock as it waits, or
+        // not.
+        .route(
+            "/queued",
+            get(|Extension(activity): Extension<Activity>| async move {
+                for _ in 0..15 {
+                    tokio::time::sleep(TRICKLE_EVERY).await;
+                    activity.touch();
+                }
+                "served"
+            }),
+        )
+        .route(
+            "/stuck",
+            get(|| async {
+                tokio::time::sleep(TRICKLE_EVERY * 15).await;
+                "served"
+            }),
+        )
         .route(
             "/trickle",
             get(|| async {
@@ -343,6 +362,28 @@ async fn a_slow_download_that_keeps_moving_is_not_cut() {
         .unwrap()
         .unwrap();
     assert_eq!(who, format!("imei={IMEI} serial=yes"));
+    srv.shutdown.cancel();
+    timeout(LIMIT, srv.task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_handler_that_makes_the_peer_wait_keeps_the_idle_clock_going() {
+    let pki = pki();
+    let idle = Duration::from_secs(1);
+    let srv = start(&pki, settings(Duration::from_secs(5), idle)).await;
+    let mut tls = connect(srv.addr, pki.device.clone()).await.unwrap();
+    let started = Instant::now();
+    let (head, body) = timeout(LIMIT, get_on(&mut tls, "/queued"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "served");
+    assert!(started.elapsed() >= idle * 2, "{:?}", started.elapsed());
+    // Without the touches, the same wait is idle and the connection is closed.
+    let mut tls = connect(srv.addr, pki.device.clone()).await.unwrap();
+    let r = timeout(LIMIT, get_on(&mut tls, "/stuck")).await.unwrap();
+    assert!(r.is_err(), "{r:?}");
     srv.shutdown.cancel();
     timeout(LIMIT, srv.task).await.unwrap().unwrap().unwrap();
 }

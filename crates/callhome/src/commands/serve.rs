@@ -22,6 +22,10 @@ pub(super) async fn run(settings: &Settings) -> anyhow::Result<()> {
         running.tunnel_addr
     );
     println!(
+        "  Devices:     https://{} (firmware downloads, mutual TLS; modems are told {})",
+        running.device_http_addr, running.device_http_url
+    );
+    println!(
         "  CA cert:     http://{http}/api/v1/ca/certificate (SHA-256 {})",
         running.ca_fingerprint
     );
@@ -50,8 +54,8 @@ pub(super) async fn run(settings: &Settings) -> anyhow::Result<()> {
         AdminBootstrap::Existing => println!("  Admin:       existing users kept"),
     }
     println!(
-        "callhome: listening http={http} mqtt={} tunnel={}",
-        running.mqtt_addr, running.tunnel_addr
+        "callhome: listening http={http} mqtt={} tunnel={} device_http={}",
+        running.mqtt_addr, running.tunnel_addr, running.device_http_addr
     );
 
     let token = running.shutdown_token();
