@@ -834,11 +834,13 @@ impl Driver {
                     .finish_job_device(
                         id,
                         &imei,
-                        outcome.state,
-                        outcome.error.as_deref(),
-                        result.as_deref(),
-                        outcome.outcome,
-                        OffsetDateTime::now_utc(),
+                        &callhome_store::ExecutionEnd {
+                            state: outcome.state,
+                            error: outcome.error.as_deref(),
+                            result: result.as_deref(),
+                            outcome: outcome.outcome,
+                            at: OffsetDateTime::now_utc(),
+                        },
                     )
                     .await
                 {
@@ -882,11 +884,13 @@ impl Driver {
                     .finish_job_device(
                         id,
                         &imei,
-                        outcome.state,
-                        outcome.error.as_deref(),
-                        result.as_deref(),
-                        outcome.outcome,
-                        OffsetDateTime::now_utc(),
+                        &callhome_store::ExecutionEnd {
+                            state: outcome.state,
+                            error: outcome.error.as_deref(),
+                            result: result.as_deref(),
+                            outcome: outcome.outcome,
+                            at: OffsetDateTime::now_utc(),
+                        },
                     )
                     .await
                 {

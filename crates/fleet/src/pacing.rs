@@ -239,6 +239,13 @@ mod tests {
         c.finish(1, ExecState::Failed);
         c.finish(1, ExecState::Cancelled);
         assert_eq!((c.succeeded, c.failed, c.waves[0]), (0, 1, (2, 2)));
+        // A skipped device (a firmware for another model) finishes its wave but is neither
+        // a success nor a failure for the abort rule.
+        let mut c = counts(2, 0, 0, &[(2, 0), (1, 0)]);
+        c.finish(1, ExecState::Skipped);
+        c.finish(1, ExecState::Skipped);
+        assert_eq!((c.succeeded, c.failed, c.waves[0]), (0, 0, (2, 2)));
+        assert_eq!(c.open_wave(1, 2), 2, "skipped devices open the next wave");
     }
 
     #[test]
@@ -428,6 +435,7 @@ mod tests {
             failed: 0,
             cancelled: 0,
             expired: 0,
+            skipped: 0,
             waves: vec![(10, 10 - pending - in_progress)],
         };
         assert!(complete(&progress(0, 0)));

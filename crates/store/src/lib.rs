@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use callhome_core::Imei;
-use callhome_core::firmware::{ExecEventKind, UpdateOutcome};
+use callhome_core::firmware::ExecEventKind;
 use callhome_core::jobs::{ExecState, JobState};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -338,16 +338,13 @@ pub trait Jobs: Send + Sync {
         imeis: &[Imei],
         at: OffsetDateTime,
     ) -> Result<Vec<JobDeviceRecord>>;
-    /// Ends an execution: `in_progress` -> `state` with its error and result (JSON).
+    /// Ends an execution: `in_progress` -> `end.state` with its error, result (JSON) and
+    /// outcome.
     async fn finish_job_device(
         &self,
         id: Uuid,
         imei: &Imei,
-        state: ExecState,
-        error: Option<&str>,
-        result: Option<&str>,
-        outcome: Option<UpdateOutcome>,
-        at: OffsetDateTime,
+        end: &ExecutionEnd<'_>,
     ) -> Result<JobDeviceRecord>;
     /// Executions in progress (to take over after a restart).
     async fn in_progress_job_devices(&self, id: Uuid) -> Result<Vec<JobDeviceRecord>>;

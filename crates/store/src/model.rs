@@ -952,3 +952,18 @@ pub struct ExecEventRecord {
     /// Detail, JSON.
     pub detail: Option<String>,
 }
+
+/// How an execution ended, as [`crate::Jobs::finish_job_device`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecutionEnd<'a> {
+    /// `succeeded`, `failed` or `skipped`.
+    pub state: ExecState,
+    /// Why it failed or was skipped.
+    pub error: Option<&'a str>,
+    /// Result detail, JSON.
+    pub result: Option<&'a str>,
+    /// How a firmware update ended.
+    pub outcome: Option<UpdateOutcome>,
+    /// When.
+    pub at: OffsetDateTime,
+}

@@ -36,6 +36,23 @@ where
     }
 }
 
+/// An execution's end, as `finish_job_device` takes it.
+fn end<'a>(
+    state: callhome_core::jobs::ExecState,
+    error: Option<&'a str>,
+    result: Option<&'a str>,
+    outcome: Option<callhome_core::firmware::UpdateOutcome>,
+    at: OffsetDateTime,
+) -> ExecutionEnd<'a> {
+    ExecutionEnd {
+        state,
+        error,
+        result,
+        outcome,
+        at,
+    }
+}
+
 fn imei(n: u64) -> Imei {
     Imei::from_body(&format!("35000000{n:06}")).unwrap()
 }
@@ -924,19 +941,25 @@ async fn jobs_executions_and_conditional_moves() {
                 .is_empty()
         );
         for i in [1, 2] {
-            s.finish_job_device(id, &online(i), ExecState::Succeeded, None, None, None, t0)
-                .await
-                .unwrap();
+            s.finish_job_device(
+                id,
+                &online(i),
+                &end(ExecState::Succeeded, None, None, None, t0),
+            )
+            .await
+            .unwrap();
         }
         let d = s
             .finish_job_device(
                 id,
                 &online(0),
-                ExecState::Failed,
-                Some("ERROR"),
-                Some(r#"{"x":1}"#),
-                None,
-                t0,
+                &end(
+                    ExecState::Failed,
+                    Some("ERROR"),
+                    Some(r#"{"x":1}"#),
+                    None,
+                    t0,
+                ),
             )
             .await
             .unwrap();
@@ -945,8 +968,12 @@ async fn jobs_executions_and_conditional_moves() {
             (ExecState::Failed, Some("ERROR"), Some(r#"{"x":1}"#))
         );
         assert!(matches!(
-            s.finish_job_device(id, &online(0), ExecState::Succeeded, None, None, None, t0)
-                .await,
+            s.finish_job_device(
+                id,
+                &online(0),
+                &end(ExecState::Succeeded, None, None, None, t0)
+            )
+            .await,
             Err(StoreError::Conflict { .. })
         ));
         // Conditional state moves.
@@ -1863,11 +1890,13 @@ async fn firmware_repository_inventory_downloads_and_event_log() {
         s.finish_job_device(
             job,
             &b,
-            ExecState::Skipped,
-            Some("model BGS2"),
-            None,
-            Some(UpdateOutcome::Incompatible),
-            t0,
+            &end(
+                ExecState::Skipped,
+                Some("model BGS2"),
+                None,
+                Some(UpdateOutcome::Incompatible),
+                t0,
+            ),
         )
         .await
         .unwrap();
@@ -1875,11 +1904,13 @@ async fn firmware_repository_inventory_downloads_and_event_log() {
             .finish_job_device(
                 job,
                 &a,
-                ExecState::Succeeded,
-                None,
-                None,
-                Some(UpdateOutcome::Updated),
-                t0,
+                &end(
+                    ExecState::Succeeded,
+                    None,
+                    None,
+                    Some(UpdateOutcome::Updated),
+                    t0,
+                ),
             )
             .await
             .unwrap();

@@ -109,7 +109,7 @@ async fn thousand_modems_campaigns_waves_rollback_abort_and_restart() {
     })
     .await;
     wait_models(&app, &ops, N as i64).await;
-    let ehs6 = |i: usize| i % 2 == 0;
+    let ehs6 = |i: usize| i.is_multiple_of(2);
 
     // 1. One model, waves 10/50/100 %, 50 in flight: every EHS6 updated, every BGS2 skipped.
     let (status, fw) = upload(

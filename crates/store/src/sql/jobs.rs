@@ -18,7 +18,9 @@ use crate::vault::Vault;
 use callhome_core::firmware::UpdateOutcome;
 use callhome_core::jobs::{ExecState, JobState};
 
-use crate::{JobDeviceFilter, JobDeviceRecord, JobFilter, JobProgress, JobRecord, Jobs, NewJob};
+use crate::{
+    ExecutionEnd, JobDeviceFilter, JobDeviceRecord, JobFilter, JobProgress, JobRecord, Jobs, NewJob,
+};
 
 macro_rules! job_cols {
     () => {
@@ -354,12 +356,15 @@ impl Jobs for SqlStore {
         &self,
         id: Uuid,
         imei: &Imei,
-        state: ExecState,
-        error: Option<&str>,
-        result: Option<&str>,
-        outcome: Option<UpdateOutcome>,
-        at: OffsetDateTime,
+        end: &ExecutionEnd<'_>,
     ) -> Result<JobDeviceRecord> {
+        let ExecutionEnd {
+            state,
+            error,
+            result,
+            outcome,
+            at,
+        } = *end;
         let done = sqlx::query(
             "UPDATE job_devices SET state = $3, error = $4, result = $5, finished_at = $6, outcome = $7 \
              WHERE job_id = $1 AND imei = $2 AND state = 'in_progress'",
