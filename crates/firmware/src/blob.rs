@@ -426,6 +426,8 @@ impl BlobWriter for FsBlobWriter {
             .parent()
             .map_or_else(|| self.store.root.clone(), Path::to_path_buf);
         make_dir(&dir).await?;
+        // As for files: 0755 whatever the umask.
+        set_mode(&dir, 0o755).await?;
         let existed = self.place(&target).await?;
         match tokio::fs::remove_file(&self.temp).await {
             Ok(()) => {}
