@@ -17,6 +17,8 @@ use crate::commands::api::{Api, ApiArgs, cell, print_json_lines, print_table};
 #[derive(Debug, clap::Subcommand)]
 pub enum FirmwareAction {
     /// Upload a firmware image or MIDlet JAR to the repository.
+    // `--version` is the firmware's version here, not the program's.
+    #[command(disable_version_flag = true)]
     Upload(UploadArgs),
     /// List the repository, newest first.
     List {

@@ -47,7 +47,7 @@ pub enum JobsAction {
         /// Job id.
         id: String,
         /// Only devices in this state.
-        #[arg(long, value_parser = ["pending", "in_progress", "succeeded", "failed", "cancelled", "expired"])]
+        #[arg(long, value_parser = ["pending", "in_progress", "succeeded", "failed", "cancelled", "expired", "skipped"])]
         state: Option<String>,
         /// Print each device as a line of JSON (with its per-key result).
         #[arg(long)]

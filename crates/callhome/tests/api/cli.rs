@@ -765,3 +765,66 @@ async fn sim_enrolls_with_the_saved_login() {
     );
     app.stop().await;
 }
+
+/// `callhome firmware upload|list|distribution` and a campaign from the command line.
+#[tokio::test]
+async fn firmware_upload_list_distribution_and_a_campaign() {
+    let w = WithFleet::start("35693803510000", 2).await;
+    let (app, ops, cli, ids) = (&w.app, &w.ops, &w.cli, &w.ids);
+    // The model the simulated modems report.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let model = loop {
+        let (_, d) = app.get("/api/v1/firmware/distribution", ops).await;
+        if let Some(m) = d["items"][0]["model"].as_str()
+            && d["items"][0]["devices"] == 2
+        {
+            break m.to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let r = cli.ok("firmware distribution").await;
+    assert!(r.stdout.contains(&model) && r.stdout.contains("100.0%"), "{r}");
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), vec![42u8; 70_000]).unwrap();
+    let r = cli
+        .ok(&format!(
+            "firmware upload {} --version 99.1.0 --model {model} --notes cli",
+            file.path().display()
+        ))
+        .await;
+    assert!(r.stdout.contains("uploaded firmware"), "{r}");
+    let id = r
+        .stdout
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    let r = cli
+        .fails(&format!(
+            "firmware upload {} --version 99.1.1 --model {model}",
+            file.path().display()
+        ))
+        .await;
+    assert!(r.stderr.contains("already in the repository"), "{r}");
+    let r = cli.ok("firmware list").await;
+    assert!(r.stdout.contains(&id) && r.stdout.contains("99.1.0"), "{r}");
+    let r = cli
+        .ok(&format!(
+            "jobs create --op firmware-update --firmware {id} --imei {} --imei {} --watch",
+            ids[0], ids[1]
+        ))
+        .await;
+    assert!(r.stdout.contains("completed, 2 devices succeeded"), "{r}");
+    let job = job_id(&r);
+    let r = cli.ok(&format!("jobs devices {job}")).await;
+    assert!(r.stdout.contains("OUTCOME") && r.stdout.contains("updated"), "{r}");
+    let r = cli.ok("firmware distribution").await;
+    assert!(r.stdout.contains("99.1.0"), "{r}");
+    for h in w.fleet.handles() {
+        assert_eq!(h.firmware_version(), "99.1.0");
+    }
+    w.stop().await;
+}
