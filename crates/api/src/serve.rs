@@ -11,18 +11,14 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use callhome_net::PerAddressLimit;
+use callhome_net::{IdleClock, PerAddressLimit, Watched};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -144,13 +140,8 @@ async fn serve_connection(
     stop: CancellationToken,
 ) {
     let _ = tcp.set_nodelay(true);
-    let started = Instant::now();
-    let last_activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Watched {
-        inner: tcp,
-        started,
-        last_activity: last_activity.clone(),
-    });
+    let clock = IdleClock::new();
+    let io = TokioIo::new(Watched::new(tcp, clock.clone()));
     let service = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(addr));
         req
@@ -164,7 +155,6 @@ async fn serve_connection(
         .with_upgrades();
     tokio::pin!(conn);
     let check = (limits.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let idle_limit = u64::try_from(limits.idle_timeout.as_millis()).unwrap_or(u64::MAX);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -183,8 +173,7 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
             }
             () = tokio::time::sleep(check) => {
-                let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                if now.saturating_sub(last_activity.load(Ordering::Relaxed)) >= idle_limit {
+                if clock.idle_for() >= limits.idle_timeout {
                     debug!(peer = %addr, "HTTP connection idle; closing");
                     metrics::counter!("callhome_http_timeouts_total", "kind" => "idle")
                         .increment(1);
@@ -192,72 +181,5 @@ async fn serve_connection(
                 }
             }
         }
-    }
-}
-
-/// A TCP stream that notes when a byte last moved (milliseconds since `started`).
-struct Watched {
-    inner: TcpStream,
-    started: Instant,
-    last_activity: Arc<AtomicU64>,
-}
-
-impl Watched {
-    fn touch(&self) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity.store(now, Ordering::Relaxed);
-    }
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
-        }
-        r
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -20,11 +20,9 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -34,7 +32,6 @@ use callhome_net::{
     Handler, HandshakePermit, PeerIdentity, Refusal, TlsListener, TlsListenerConfig, TlsStream,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -242,34 +239,21 @@ impl Handler for Connections {
     }
 }
 
-/// Milliseconds from `started` to now, saturating.
-fn millis_since(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
 /// One connection, to its end.
 async fn serve_connection(stream: TlsStream<TcpStream>, peer: DevicePeer, inner: &Inner) {
     let addr = peer.addr;
-    let started = Instant::now();
-    let last_activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Watched {
-        inner: stream,
-        started,
-        last_activity: last_activity.clone(),
-    });
+    let activity = Activity::new();
+    let io = TokioIo::new(callhome_net::Watched::new(stream, activity.clone()));
     let router = inner.router.clone();
     let max_requests = inner.settings.max_requests_per_connection;
     let served = Arc::new(AtomicU32::new(0));
-    let activity = Activity {
-        started,
-        last_activity: last_activity.clone(),
-    };
+    let for_requests = activity.clone();
     let service =
         hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let router = router.clone();
             req.extensions_mut().insert(peer.clone());
             req.extensions_mut().insert(ConnectInfo(addr));
-            req.extensions_mut().insert(activity.clone());
+            req.extensions_mut().insert(for_requests.clone());
             let n = served.fetch_add(1, Ordering::Relaxed).saturating_add(1);
             async move {
                 let mut response = match router.oneshot(req).await {
@@ -294,7 +278,6 @@ async fn serve_connection(stream: TlsStream<TcpStream>, peer: DevicePeer, inner:
     tokio::pin!(conn);
 
     let idle = inner.settings.idle_timeout;
-    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
     let check = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut grace_deadline: Option<tokio::time::Instant> = None;
     loop {
@@ -324,9 +307,9 @@ async fn serve_connection(stream: TlsStream<TcpStream>, peer: DevicePeer, inner:
                 return;
             }
             () = tokio::time::sleep(check) => {
-                let quiet = millis_since(started).saturating_sub(last_activity.load(Ordering::Relaxed));
-                if quiet >= idle_ms {
-                    debug!(peer = %addr, idle_ms = quiet, "device HTTP connection idle; closing");
+                let quiet = activity.idle_for();
+                if quiet >= idle {
+                    debug!(peer = %addr, idle_ms = quiet.as_millis(), "device HTTP connection idle; closing");
                     metrics::counter!("callhome_devicehttp_timeouts_total", "kind" => "idle")
                         .increment(1);
                     return;
@@ -339,86 +322,7 @@ async fn serve_connection(stream: TlsStream<TcpStream>, peer: DevicePeer, inner:
 /// The idle clock of one connection, in each request's extensions: a handler that makes
 /// the peer wait on purpose (a download queued for a free slot) [`Activity::touch`]es it,
 /// so the idle timeout does not close a connection that is only waiting its turn.
-#[derive(Debug, Clone)]
-pub struct Activity {
-    started: Instant,
-    last_activity: Arc<AtomicU64>,
-}
-
-impl Activity {
-    /// Counts as progress on the connection now.
-    pub fn touch(&self) {
-        self.last_activity
-            .store(millis_since(self.started), Ordering::Relaxed);
-    }
-}
-
-/// A stream that notes when a byte last moved (milliseconds since `started`).
-struct Watched<S> {
-    inner: S,
-    started: Instant,
-    last_activity: Arc<AtomicU64>,
-}
-
-impl<S> Watched<S> {
-    fn touch(&self) {
-        self.last_activity
-            .store(millis_since(self.started), Ordering::Relaxed);
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+pub type Activity = callhome_net::IdleClock;
 
 #[cfg(test)]
 mod tests {

@@ -512,6 +512,29 @@ struct Done {
     recorded: Recorded,
 }
 
+/// Writes how an execution ended.
+async fn write_end(
+    store: &dyn Store,
+    id: Uuid,
+    imei: &Imei,
+    outcome: &Outcome,
+) -> std::result::Result<JobDeviceRecord, StoreError> {
+    let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
+    store
+        .finish_job_device(
+            id,
+            imei,
+            &callhome_store::ExecutionEnd {
+                state: outcome.state,
+                error: outcome.error.as_deref(),
+                result: result.as_deref(),
+                outcome: outcome.outcome,
+                at: OffsetDateTime::now_utc(),
+            },
+        )
+        .await
+}
+
 /// Takes or renews the lease on job `id` for this node; whether this node holds it.
 async fn take_lease(inner: &Inner, id: Uuid) -> Result<bool> {
     let now = OffsetDateTime::now_utc();
@@ -828,22 +851,7 @@ impl Driver {
                 metrics::histogram!("callhome_job_execution_seconds")
                     .record(started.elapsed().as_secs_f64());
                 // Each execution writes its own end, so the driver is not a bottleneck.
-                let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
-                let recorded = match inner
-                    .store()
-                    .finish_job_device(
-                        id,
-                        &imei,
-                        &callhome_store::ExecutionEnd {
-                            state: outcome.state,
-                            error: outcome.error.as_deref(),
-                            result: result.as_deref(),
-                            outcome: outcome.outcome,
-                            at: OffsetDateTime::now_utc(),
-                        },
-                    )
-                    .await
-                {
+                let recorded = match write_end(inner.store().as_ref(), id, &imei, &outcome).await {
                     Ok(_) => Recorded::Yes,
                     Err(StoreError::Conflict { .. }) => Recorded::AlreadyEnded,
                     Err(e) => Recorded::No(e.to_string()),
@@ -877,23 +885,7 @@ impl Driver {
             }
             Recorded::No(why) => {
                 tracing::warn!(%imei, error = %why, "recording the execution's end failed; trying again");
-                let result = (!outcome.result.is_null()).then(|| outcome.result.to_string());
-                match self
-                    .inner
-                    .store()
-                    .finish_job_device(
-                        id,
-                        &imei,
-                        &callhome_store::ExecutionEnd {
-                            state: outcome.state,
-                            error: outcome.error.as_deref(),
-                            result: result.as_deref(),
-                            outcome: outcome.outcome,
-                            at: OffsetDateTime::now_utc(),
-                        },
-                    )
-                    .await
-                {
+                match write_end(self.inner.store().as_ref(), id, &imei, &outcome).await {
                     Ok(_) => {}
                     Err(StoreError::Conflict { .. }) => return Ok(()),
                     Err(e) => return Err(e.into()),

@@ -29,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub mod idle;
 pub mod peers;
 
+pub use idle::{IdleClock, Watched};
 pub use peers::{AddressPermit, PerAddressLimit, peer_key};
 pub use tokio_rustls::server::TlsStream;
 

@@ -784,7 +784,10 @@ async fn firmware_upload_list_distribution_and_a_campaign() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let r = cli.ok("firmware distribution").await;
-    assert!(r.stdout.contains(&model) && r.stdout.contains("100.0%"), "{r}");
+    assert!(
+        r.stdout.contains(&model) && r.stdout.contains("100.0%"),
+        "{r}"
+    );
 
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), vec![42u8; 70_000]).unwrap();
@@ -820,7 +823,10 @@ async fn firmware_upload_list_distribution_and_a_campaign() {
     assert!(r.stdout.contains("completed, 2 devices succeeded"), "{r}");
     let job = job_id(&r);
     let r = cli.ok(&format!("jobs devices {job}")).await;
-    assert!(r.stdout.contains("OUTCOME") && r.stdout.contains("updated"), "{r}");
+    assert!(
+        r.stdout.contains("OUTCOME") && r.stdout.contains("updated"),
+        "{r}"
+    );
     let r = cli.ok("firmware distribution").await;
     assert!(r.stdout.contains("99.1.0"), "{r}");
     for h in w.fleet.handles() {
