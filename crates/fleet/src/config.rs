@@ -218,15 +218,21 @@ impl ConfigService {
         let reported = ConfigFile::parse(&text)
             .map_err(|e| FleetError::Corrupt(format!("reported configuration of {imei}: {e}")))?;
         let desired = self.desired(imei).await?.compose(imei)?.config;
-        Ok(Some(self.record_drift(imei, &desired, &reported).await?))
+        Ok(Some(
+            self.record_drift(imei, &desired, &reported, rec.reported_at)
+                .await?,
+        ))
     }
 
-    /// Compares `desired` with `reported` and records the drift state.
+    /// Compares `desired` with `reported` and records the drift state. With `reported_at`
+    /// (a stored report, read earlier), only if no newer report came in meanwhile: a check
+    /// of a stale report must not overwrite the state a fresh read-back recorded.
     async fn record_drift(
         &self,
         imei: &Imei,
         desired: &ConfigFile,
         reported: &ConfigFile,
+        reported_at: Option<OffsetDateTime>,
     ) -> Result<Vec<KeyDiff>> {
         let diffs = configtxt::diff(desired, reported);
         let keys: Vec<&str> = drifted(&diffs).map(|k| k.key.as_str()).collect();
@@ -238,9 +244,19 @@ impl ConfigService {
                 Some(serde_json::to_string(&keys).unwrap_or_default()),
             )
         };
-        self.store
-            .set_drift(imei, state, keys_json.as_deref(), OffsetDateTime::now_utc())
-            .await?;
+        let now = OffsetDateTime::now_utc();
+        match reported_at {
+            Some(at) => {
+                self.store
+                    .set_drift_if_reported(imei, state, keys_json.as_deref(), now, at)
+                    .await?;
+            }
+            None => {
+                self.store
+                    .set_drift(imei, state, keys_json.as_deref(), now)
+                    .await?;
+            }
+        }
         Ok(diffs)
     }
 
@@ -286,10 +302,10 @@ impl ConfigService {
             .set_reported(imei, &text, OffsetDateTime::now_utc())
             .await?;
         match desired {
-            Some(d) => self.record_drift(imei, d, &config).await?,
+            Some(d) => self.record_drift(imei, d, &config, None).await?,
             None => {
                 let d = self.desired(imei).await?.compose(imei)?.config;
-                self.record_drift(imei, &d, &config).await?
+                self.record_drift(imei, &d, &config, None).await?
             }
         };
         Ok(config)

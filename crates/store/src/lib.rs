@@ -285,6 +285,17 @@ pub trait Configuration: Send + Sync {
         keys: Option<&str>,
         at: OffsetDateTime,
     ) -> Result<()>;
+    /// Records the drift state computed from the configuration reported at `reported_at`,
+    /// unless a newer report came in meanwhile (whose own check then decides); whether it
+    /// was recorded.
+    async fn set_drift_if_reported(
+        &self,
+        imei: &Imei,
+        drift: callhome_core::DriftState,
+        keys: Option<&str>,
+        at: OffsetDateTime,
+        reported_at: OffsetDateTime,
+    ) -> Result<bool>;
 }
 
 /// Bulk jobs and their per-device executions.

@@ -755,6 +755,45 @@ async fn profiles_versions_assignment_and_device_config() {
         let c = s.get_device_config(&d).await.unwrap();
         assert_eq!(c.reported.as_deref(), Some("DNS_period: 300\n"));
         assert_eq!(c.drift, callhome_core::DriftState::Drifted);
+        // A check of a stale report does not overwrite what a newer report decided.
+        let stale = c.reported_at.unwrap();
+        let newer = stale + Duration::seconds(1);
+        s.set_reported(&d, "DNS_period: 120\n", newer)
+            .await
+            .unwrap();
+        s.set_drift(&d, callhome_core::DriftState::InSync, None, newer)
+            .await
+            .unwrap();
+        assert!(
+            !s.set_drift_if_reported(
+                &d,
+                callhome_core::DriftState::Drifted,
+                Some(r#"["DNS_period"]"#),
+                newer,
+                stale
+            )
+            .await
+            .unwrap()
+        );
+        assert_eq!(
+            s.get_device_config(&d).await.unwrap().drift,
+            callhome_core::DriftState::InSync
+        );
+        assert!(
+            s.set_drift_if_reported(&d, callhome_core::DriftState::Drifted, None, newer, newer)
+                .await
+                .unwrap()
+        );
+        s.set_reported(&d, "DNS_period: 300\n", now).await.unwrap();
+        s.set_drift(
+            &d,
+            callhome_core::DriftState::Drifted,
+            Some(r#"["DNS_period"]"#),
+            now,
+        )
+        .await
+        .unwrap();
+        let c = s.get_device_config(&d).await.unwrap();
         assert_eq!(
             c.document.as_deref(),
             Some("MTX_PIN: 1234\n"),

@@ -280,4 +280,25 @@ impl Configuration for SqlStore {
             .await?;
         Ok(())
     }
+
+    async fn set_drift_if_reported(
+        &self,
+        imei: &Imei,
+        drift: DriftState,
+        keys: Option<&str>,
+        at: OffsetDateTime,
+        reported_at: OffsetDateTime,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE device_config SET drift = $2, drift_keys = $3, drift_checked_at = $4 WHERE imei = $1 AND reported_at = $5",
+        )
+        .bind(imei.as_str())
+        .bind(drift.as_str())
+        .bind(keys)
+        .bind(ms(at))
+        .bind(ms(reported_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }
