@@ -363,8 +363,13 @@ impl Counted {
                 now.replace_millisecond(now.millisecond()).unwrap_or(now)
             },
         };
-        // Drop cannot wait: the record is written by a task of its own.
-        tokio::spawn(async move {
+        // Drop cannot wait: the record is written by a task of its own (none when the
+        // runtime is already gone, at the very end of a shutdown).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(sent, "a download ended after the runtime stopped; not recorded");
+            return;
+        };
+        runtime.spawn(async move {
             let Finish {
                 store, download, ..
             } = f;
