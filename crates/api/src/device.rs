@@ -281,6 +281,18 @@ async fn download(
         })
     });
     let served = serve_file(&state.blobs, &fw, &headers, Some(wrap)).await?;
+    tracing::info!(
+        imei = %d.imei,
+        job = %d.job_id,
+        status = served.response.status().as_u16(),
+        range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        content_range = served
+            .response
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok()),
+        "firmware download"
+    );
     match served.answer {
         RangeAnswer::Unsatisfiable => {
             event(
@@ -366,7 +378,10 @@ impl Counted {
         // Drop cannot wait: the record is written by a task of its own (none when the
         // runtime is already gone, at the very end of a shutdown).
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(sent, "a download ended after the runtime stopped; not recorded");
+            tracing::warn!(
+                sent,
+                "a download ended after the runtime stopped; not recorded"
+            );
             return;
         };
         runtime.spawn(async move {
