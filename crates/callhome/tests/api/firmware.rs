@@ -16,6 +16,15 @@ use crate::helpers::TestApp;
 use crate::jobs::{executions, finished, wait_job};
 use crate::sim_sessions::start_fleet_with;
 
+/// Logs as `RUST_LOG` says (none by default), e.g. `RUST_LOG=callhome_api::device=info`
+/// shows each download response with its status and range.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// A firmware image of `size` bytes whose content depends on `seed`.
 fn image(size: usize, seed: u8) -> Vec<u8> {
     (0..size)
@@ -95,10 +104,7 @@ fn outcomes(execs: &[Value]) -> std::collections::BTreeMap<String, usize> {
 #[tokio::test]
 async fn thousand_modems_campaigns_waves_rollback_abort_and_restart() {
     const N: usize = 1000;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_logs();
     let mut app = TestApp::spawn_with(|s| s.drift = None).await;
     let ops = app.user_token("ops", "operator").await;
     let (fleet, imeis, _cache) = start_fleet_with(&app, &ops, "35693803600000", N, |cfg| {
@@ -352,6 +358,7 @@ fn device_client(ca_pem: &str, creds: Option<&callhome_sim::Credentials>) -> req
 async fn interrupted_downloads_resume_and_tokens_are_bound_to_their_device() {
     const N: usize = 12;
     const SIZE: usize = 300_000;
+    init_logs();
     let app = TestApp::spawn_with(|s| s.drift = None).await;
     let ops = app.user_token("ops", "operator").await;
     let (fleet, imeis, cache) = start_fleet_with(&app, &ops, "35693803700000", N, |cfg| {
