@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every benchmark table in docs/benchmarks*.md, in the order they were measured: sessions
 # (sets A, B, C, the unloaded baseline and the parallelism sweep), fleet (1,000, 10,000 and
-# 19,500 modems against a private Mosquitto), jobs (1,000 and 10,000 modems). Builds the
+# 19,500 modems against a private Mosquitto), jobs (1,000 and 10,000 modems), firmware
+# campaigns (1,000 modems at 50 and 200 in flight, 10,000 at 500; needs `curl`). Builds the
 # release binaries first. Everything stays on 127.0.0.0/8; every wait is bounded.
 #
 #   tests/bench/all.sh
@@ -40,4 +41,10 @@ log jobs 1000
 $B jobs --modems 1000 --in-flight 50 --runs 3 --cache-dir "$C"/jobs1k > "$O"/jobs-1k.txt 2>&1
 log jobs 10000
 $B jobs --modems 10000 --in-flight 500 --runs 3 --cache-dir "$C"/jobs10k > "$O"/jobs-10k.txt 2>&1
+log firmware 1000 50
+$B firmware --modems 1000 --in-flight 50 --image-mib 1 --runs 3 --cache-dir "$C"/fw1k > "$O"/firmware-1k.txt 2>&1
+log firmware 1000 200
+$B firmware --modems 1000 --in-flight 200 --image-mib 1 --runs 3 --cache-dir "$C"/fw1k > "$O"/firmware-1k-200.txt 2>&1
+log firmware 10000 500
+$B firmware --modems 10000 --in-flight 500 --image-mib 1 --runs 3 --cache-dir "$C"/fw10k > "$O"/firmware-10k.txt 2>&1
 log done

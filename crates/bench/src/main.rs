@@ -2,18 +2,22 @@
 //!
 //! It owns the measurements and their reports: a simulated fleet against `callhome serve`
 //! started as a child process, compared with a reference broker ([`fleet`]); bulk-job
-//! throughput against a client-script reference ([`jobs`]); meter-reading session set-up
-//! latency and throughput against an in-process server ([`sessions`]). Shared pieces: one
+//! throughput against a client-script reference ([`jobs`]); firmware campaign throughput
+//! against a plain static HTTPS file server and `curl` ([`firmware`], [`staticfile`]);
+//! meter-reading session set-up latency and throughput against an in-process server
+//! ([`sessions`]). Shared pieces: one
 //! statistics module ([`stats`]), what is read from `/proc` ([`procfs`]), and the server under
 //! test ([`sut`]). Benchmarks print figures; they never assert on time.
 //!
 //! No product crate depends on this one; it uses the product only as a client would (the
 //! `callhome` binary, the REST API, MQTT) plus `callhome::server` for the in-process server.
 
+mod firmware;
 mod fleet;
 mod jobs;
 mod procfs;
 mod sessions;
+mod staticfile;
 mod stats;
 mod sut;
 
@@ -29,6 +33,13 @@ enum Cli {
     /// Bulk-job throughput (completion time, per-device latency) on a simulated fleet, with
     /// a client script driving the same change through the command API as reference.
     Jobs(Box<jobs::JobsArgs>),
+    /// Firmware campaign throughput (completion time, per-device latency, server CPU and
+    /// memory) on a simulated fleet, with a plain static HTTPS file server and `curl`
+    /// serving the same image to as many parallel downloads as reference.
+    Firmware(Box<firmware::FirmwareArgs>),
+    /// The reference's static HTTPS file server (started by `firmware`).
+    #[command(hide = true)]
+    ServeStatic(staticfile::StaticArgs),
     /// Meter-reading sessions: set-up latency in rendezvous and direct mode, and bulk
     /// throughput, against an in-process server.
     Sessions(Box<sessions::BenchSessionsArgs>),
@@ -57,6 +68,8 @@ fn main() -> std::process::ExitCode {
         match cli {
             Cli::Fleet(a) => fleet::fleet(*a).await,
             Cli::Jobs(a) => jobs::run(*a).await,
+            Cli::Firmware(a) => firmware::run(*a).await,
+            Cli::ServeStatic(a) => staticfile::run(a).await,
             Cli::Sessions(a) => sessions::run(*a).await,
         }
     });

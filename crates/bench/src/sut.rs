@@ -52,6 +52,19 @@ impl ServerProcess {
         admin_password: &str,
         log: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with(args, data_dir, admin_password, log, "").await
+    }
+
+    /// [`Self::start`] with more settings appended to the settings file (whole TOML
+    /// tables other than the ones written here: `[mqtt]`, `[tunnel]`, `[http]`,
+    /// `[device_http]`).
+    pub async fn start_with(
+        args: &FleetArgs,
+        data_dir: &Path,
+        admin_password: &str,
+        log: &Path,
+        extra_settings: &str,
+    ) -> anyhow::Result<Self> {
         let exe = server_binary()?;
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("creating the server log {}", log.display()))?;
@@ -60,9 +73,13 @@ impl ServerProcess {
         let settings = log.with_extension("toml");
         std::fs::write(
             &settings,
-            "[mqtt]\nmax_connections_per_address = 10000000\nmax_handshakes_per_address = 100000\n\
-             [tunnel]\nmax_connections_per_address = 10000000\nmax_handshakes_per_address = 100000\n\
-             [http]\nmax_connections_per_address = 1000000\n",
+            format!(
+                "[mqtt]\nmax_connections_per_address = 10000000\nmax_handshakes_per_address = 100000\n\
+                 [tunnel]\nmax_connections_per_address = 10000000\nmax_handshakes_per_address = 100000\n\
+                 [http]\nmax_connections_per_address = 1000000\n\
+                 [device_http]\nmax_connections_per_address = 10000000\nmax_handshakes_per_address = 100000\n\
+                 {extra_settings}"
+            ),
         )
         .with_context(|| format!("writing the server settings {}", settings.display()))?;
         let mut cmd = Command::new(exe);
