@@ -332,6 +332,17 @@ impl Authority {
         &self.cert_der
     }
 
+    /// The chain to present with certificates this CA issues, issuing CA first and the
+    /// root last, PEM. Device and server certificates chain to the root through it.
+    pub fn chain_pem(&self) -> String {
+        self.cert_pem.clone()
+    }
+
+    /// [`Authority::chain_pem`] in DER, issuing CA first.
+    pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.cert_der.clone()]
+    }
+
     /// SHA-256 fingerprint of the CA certificate (DER), lowercase hex.
     pub fn fingerprint_sha256(&self) -> String {
         fingerprint_sha256(&self.cert_der)

@@ -65,6 +65,17 @@ impl CertificateService {
         self.authority.ca_certificate_pem()
     }
 
+    /// The CA chain (issuing CA first, root last), PEM: what `ca_chain` fields, EST
+    /// `cacerts` and trust bundles serve.
+    pub fn ca_chain_pem(&self) -> String {
+        self.authority.chain_pem()
+    }
+
+    /// [`CertificateService::ca_chain_pem`] in DER.
+    pub fn ca_chain_der(&self) -> Vec<callhome_ca::CertificateDer<'static>> {
+        self.authority.chain_der()
+    }
+
     /// The current CRL.
     pub fn crl(&self) -> Arc<Crl> {
         self.crl.load_full()
