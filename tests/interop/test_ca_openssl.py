@@ -113,9 +113,16 @@ def check_issued(server: Server, workdir: Path, imei: str, key: Path, body: dict
     """What every issued device certificate must satisfy, checked with openssl."""
     ca = fetch_ca(server, workdir)
 
-    # The chain of trust, as a TLS peer would check it.
-    v = openssl("verify", "-CAfile", ca.name, cert.name, cwd=workdir)
+    # The chain of trust, as a TLS peer would check it: the root served as the trust
+    # anchor, the issuing CA from the chain handed out with the certificate.
+    chain = body["ca_chain"]
+    chain_text = "".join(chain) if isinstance(chain, list) else chain
+    (workdir / "chain.pem").write_text(chain_text)
+    v = openssl("verify", "-CAfile", ca.name, "-untrusted", "chain.pem", cert.name, cwd=workdir)
     assert v.stdout.strip() == "cert.pem: OK", v.stdout + v.stderr
+    # Without the issuing CA the root alone does not vouch for the device.
+    alone = openssl("verify", "-CAfile", ca.name, cert.name, cwd=workdir, check=False)
+    assert alone.returncode != 0, alone.stdout
 
     # Subject CN is the IMEI; EKU is TLS client authentication and nothing else.
     out = openssl("x509", "-in", cert.name, "-noout", "-subject", "-ext", "extendedKeyUsage", cwd=workdir).stdout
@@ -132,17 +139,15 @@ def check_issued(server: Server, workdir: Path, imei: str, key: Path, body: dict
 
     # Cross-check with `cryptography`: serial and not_after as reported, issuer is the CA.
     parsed = x509.load_pem_x509_certificate(cert.read_bytes())
-    ca_parsed = x509.load_pem_x509_certificate(ca.read_bytes())
-    assert parsed.issuer == ca_parsed.subject
+    issuing = x509.load_pem_x509_certificates(chain_text.encode())[0]
+    assert parsed.issuer == issuing.subject
     assert int(body["serial"], 16) == parsed.serial_number, (body["serial"], hex(parsed.serial_number))
     eku = parsed.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     bc = parsed.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert bc.ca is False
-    # The chain the API returns ends in (or is) the CA certificate served separately.
-    chain = body["ca_chain"]
-    chain_text = "".join(chain) if isinstance(chain, list) else chain
-    assert ca.read_text().strip() in chain_text, chain_text[:300]
+    # The chain the API returns ends in the root served separately.
+    assert chain_text.strip().endswith(ca.read_text().strip()), chain_text[:300]
 
 
 def test_openssl_ec_p256_csr_is_signed_and_verifies(server: Server, tmp_path: Path, imei: str):
@@ -249,7 +254,11 @@ def test_revoked_certificate_fails_openssl_crl_check(server: Server, tmp_path: P
     key, csr = openssl_csr(tmp_path, imei)
     body, cert = issue(server, tmp_path, imei, csr)
     ca = fetch_ca(server, tmp_path)
-    verify_crl = ("verify", "-crl_check", "-CAfile", ca.name, "-CRLfile", "crl.pem", cert.name)
+    (tmp_path / "chain.pem").write_text(body["ca_chain"])
+    verify_crl = (
+        "verify", "-crl_check", "-CAfile", ca.name, "-untrusted", "chain.pem",
+        "-CRLfile", "crl.pem", cert.name,
+    )
 
     # Before revocation: the CRL is valid, signed by the CA, and does not list the cert.
     fetch_crl(server, tmp_path)
@@ -266,7 +275,8 @@ def test_revoked_certificate_fails_openssl_crl_check(server: Server, tmp_path: P
 
     # After: the fresh CRL lists the serial with its reason, and verify fails.
     crl = fetch_crl(server, tmp_path)
-    openssl("crl", "-in", crl.name, "-noout", "-CAfile", ca.name, cwd=tmp_path)  # CRL signature checks out
+    # The CRL's signature checks out with the issuing CA (the first of the chain).
+    openssl("crl", "-in", crl.name, "-noout", "-CAfile", "chain.pem", cwd=tmp_path)
     parsed = x509.load_pem_x509_crl(crl.read_bytes())
     entry = parsed.get_revoked_certificate_by_serial_number(int(body["serial"], 16))
     assert entry is not None, f"serial {body['serial']} not in the CRL"
@@ -278,5 +288,5 @@ def test_revoked_certificate_fails_openssl_crl_check(server: Server, tmp_path: P
     assert "certificate revoked" in (after.stdout + after.stderr), after.stdout + after.stderr
 
     # Without -crl_check the chain itself is still fine: the CRL is what rejects it.
-    plain = openssl("verify", "-CAfile", ca.name, cert.name, cwd=tmp_path)
+    plain = openssl("verify", "-CAfile", ca.name, "-untrusted", "chain.pem", cert.name, cwd=tmp_path)
     assert plain.stdout.strip() == "cert.pem: OK"

@@ -9,6 +9,10 @@
 //!   `MIDlet-Install-Notify` pointing at this token.
 //! - `POST /fw/{token}/notify`: the modem's JSR-118 install status.
 //!
+//! - `GET /crl/{key id}.crl`: the CRL of the issuing CA with that key identifier (DER, with
+//!   its issuing distribution point): the CRL distribution point named in device
+//!   certificates, which external brokers fetch.
+//!
 //! A token is random, per device and per execution attempt, short-lived, and only good
 //! for the device it was made for: another device's certificate is refused (403), an
 //! expired token or one whose execution has ended is gone (410). Every refusal is
@@ -53,6 +57,8 @@ pub struct DeviceState {
     pub base_url: String,
     /// Downloads served at once; more wait their turn.
     pub downloads: Arc<Semaphore>,
+    /// The CA: its CRLs (and, for enrolment, its signing).
+    pub certs: Arc<callhome_pki::CertificateService>,
 }
 
 impl std::fmt::Debug for DeviceState {
@@ -70,9 +76,34 @@ pub fn router(state: DeviceState) -> Router {
         .route("/fw/{token}", get(download))
         .route("/fw/{token}/jad", get(descriptor))
         .route("/fw/{token}/notify", post(notify))
+        .route("/crl/{file}", get(crl_file))
         .fallback(|| async { ApiError::NotFound("no such resource on the device listener".into()) })
         .layer(DefaultBodyLimit::max(MAX_NOTIFY_BYTES))
         .with_state(state)
+}
+
+/// `GET /crl/{key id}.crl`: the CRL of one issuing CA, DER, as published (with its
+/// issuing distribution point). No client certificate needed: brokers fetch it.
+async fn crl_file(State(state): State<DeviceState>, Path(file): Path<String>) -> Response {
+    let Some(key_id) = file.strip_suffix(".crl") else {
+        return ApiError::NotFound("CRLs are named <key id>.crl".into()).into_response();
+    };
+    let crls = state.certs.crl();
+    let Some(crl) = crls.by_issuer_key_id(key_id) else {
+        return ApiError::NotFound(format!("no CRL for the issuing CA {key_id}")).into_response();
+    };
+    let der = crl.published_der.as_ref().unwrap_or(&crl.der);
+    let mut resp = der.to_vec().into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pkix-crl"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    resp
 }
 
 /// A response for a file, and the part of it the body carries.

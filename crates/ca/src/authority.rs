@@ -3,38 +3,28 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, PublicKeyData, RevokedCertParams, SanType, SerialNumber,
+    CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
+    CrlIssuingDistributionPoint, CrlScope, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyIdMethod, KeyUsagePurpose, PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
-use x509_parser::extensions::ParsedExtension;
 
 use crate::CaError;
-use crate::crl::{Crl, RevokedEntry, parse_serial};
+use crate::crl::{Crl, CrlSet, RevokedEntry, parse_serial};
 use crate::csr::validate_csr;
-use crate::fs::{
-    ensure_dir, exists, read_text, tighten_secret_mode, write_public_file, write_secret_file,
-};
-use crate::inspect::{
-    fingerprint_sha256, first_organization, parse_certificate_der, parse_certificate_pems,
-};
-
-/// File name of the CA private key inside the CA directory.
-pub const CA_KEY_FILE: &str = "ca.key.pem";
-/// File name of the CA certificate inside the CA directory.
-pub const CA_CERT_FILE: &str = "ca.crt.pem";
+use crate::fs::{ensure_dir, exists};
+use crate::inspect::{fingerprint_sha256, parse_certificate_der};
+use crate::issuing::{CA_CERT_FILE, CA_KEY_FILE, ChainLink, IssuingCa, load_retired};
 
 /// Longest validity accepted for any certificate, in days (100 years).
 pub const MAX_VALIDITY_DAYS: u32 = 36_500;
 
 /// How far in the past issued certificates start, to tolerate clock skew on modems.
 const LEAF_BACKDATE: Duration = Duration::minutes(5);
-/// How far in the past the CA certificate starts.
-const CA_BACKDATE: Duration = Duration::hours(1);
 
 /// Settings used when the CA is created and when it issues certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +34,10 @@ pub struct CaParams {
     /// Organization (O) of the CA certificate (used only when the CA is created).
     /// Issued certificates carry the CA certificate's organization, if any.
     pub organization: Option<String>,
-    /// Validity of the CA certificate in days (used only when the CA is created).
+    /// Validity of the issuing CA certificate in days (used only when the CA is created).
     pub validity_days: u32,
+    /// Validity of the root certificate in days (used only when the CA is created).
+    pub root_validity_days: u32,
     /// Default validity of device (client) certificates, in days.
     pub device_validity_days: u32,
     /// Validity of the server certificate, in days.
@@ -58,6 +50,7 @@ impl Default for CaParams {
             common_name: "Callhome Root CA".to_string(),
             organization: None,
             validity_days: 3650,
+            root_validity_days: 7300,
             device_validity_days: 825,
             server_validity_days: 397,
         }
@@ -73,6 +66,7 @@ impl CaParams {
         }
         for (what, days) in [
             ("CA validity", self.validity_days),
+            ("root CA validity", self.root_validity_days),
             ("device certificate validity", self.device_validity_days),
             ("server certificate validity", self.server_validity_days),
         ] {
@@ -108,18 +102,20 @@ pub(crate) enum LeafKind {
     Server,
 }
 
-/// The certificate authority: the CA key and certificate, loaded from (or created in)
-/// a directory.
+/// The certificate authority: the issuing CA's key and certificate with the chain above
+/// it, and the retired issuing CAs still trusted, loaded from (or created in) a directory.
 ///
 /// Shareable between threads (`Send + Sync`); all methods take `&self`.
 pub struct Authority {
-    issuer: Issuer<'static, KeyPair>,
-    cert_pem: String,
-    cert_der: CertificateDer<'static>,
-    /// Subject key identifier of the CA certificate (for CRL authority key identifiers).
-    key_id: Vec<u8>,
-    organization: Option<String>,
-    not_after: OffsetDateTime,
+    current: IssuingCa,
+    /// Issuing CAs replaced by an import, oldest first: devices holding their
+    /// certificates still connect (until the CA is retired for good), and each still
+    /// signs a CRL for the certificates it issued.
+    retired: Vec<IssuingCa>,
+    /// Base URL of the CRLs on the device-facing listener (`{base}/{key id}.crl`), written
+    /// into device certificates as their CRL distribution point and into CRLs as their
+    /// issuing distribution point. Set once, when the listener's address is known.
+    crl_base_url: OnceLock<String>,
     device_validity_days: u32,
     pub(crate) server_validity_days: u32,
 }
@@ -128,42 +124,59 @@ impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authority")
             .field("fingerprint_sha256", &self.fingerprint_sha256())
-            .field("organization", &self.organization)
-            .field("not_after", &self.not_after)
+            .field("organization", &self.current.organization)
+            .field("not_after", &self.current.not_after)
+            .field("chain_len", &(self.current.above.len() + 1))
+            .field("retired", &self.retired.len())
             .finish_non_exhaustive()
     }
+}
+
+/// One issuing CA as [`Authority::issuing_cas`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuingCaSummary {
+    /// SHA-256 of the issuing CA's certificate (DER), lowercase hex.
+    pub fingerprint_sha256: String,
+    /// Its subject, as text.
+    pub subject: String,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+    /// Its key identifier, lowercase hex: its CRL is `{crl base}/{key_id}.crl`.
+    pub key_id: String,
+    /// The root its chain ends with: SHA-256 of its DER, lowercase hex.
+    pub root_fingerprint_sha256: String,
+    /// The root's subject.
+    pub root_subject: String,
+    /// Whether this is the CA that issues new certificates (else a retired one).
+    pub current: bool,
 }
 
 impl Authority {
     /// Loads the CA from `dir`, or creates it there if `dir` holds no CA yet.
     ///
-    /// `dir` is created with mode 0700 if missing. The CA key is `ca.key.pem` (PKCS#8,
-    /// mode 0600, written atomically) and the certificate `ca.crt.pem`. A new CA gets
-    /// an ECDSA P-256 key and a self-signed certificate (CA, path length 0, key usages
-    /// keyCertSign, cRLSign, digitalSignature) valid from one hour ago for
-    /// `params.validity_days`.
+    /// `dir` is created with mode 0700 if missing. The issuing CA's key is `ca.key.pem`
+    /// (PKCS#8, mode 0600, written atomically) and its certificate `ca.crt.pem`; when it
+    /// is not a root, `chain.pem` holds the certificates above it up to the root, which
+    /// are verified at every load. A new CA is a hierarchy: a root (`root.crt.pem`,
+    /// `root.key.pem`; path length 1, valid `params.root_validity_days`) and an issuing
+    /// CA signed by it (path length 0, valid `params.validity_days`), both ECDSA P-256.
+    /// The root key is not needed to run and may be moved offline. Retired issuing CAs
+    /// under `retired/` are loaded too.
     ///
     /// An existing CA is loaded as it is (the certificate PEM is returned byte for
-    /// byte); `params.common_name`, `organization` and `validity_days` then have no
+    /// byte); `params.common_name`, `organization` and the CA validities then have no
     /// effect. A key file readable by others is restricted to 0600 with a warning.
     /// Corrupt, mismatched or half-present files give an error naming the file: the CA
     /// is never silently replaced.
     pub fn load_or_init(dir: &Path, params: &CaParams) -> Result<Authority, CaError> {
         params.validate()?;
         ensure_dir(dir)?;
-        let (key_path, cert_path) = ca_paths(dir);
-        match (exists(&key_path)?, exists(&cert_path)?) {
-            (true, true) => Self::load_files(&key_path, &cert_path, params),
-            (false, false) => Self::create(&key_path, &cert_path, params),
-            (true, false) => Err(CaError::IncompleteCa {
-                present: key_path,
-                missing: cert_path,
-            }),
-            (false, true) => Err(CaError::IncompleteCa {
-                present: cert_path,
-                missing: key_path,
-            }),
-        }
+        let current = if has_ca(dir)? {
+            IssuingCa::load(dir)?
+        } else {
+            IssuingCa::create_hierarchy(dir, params)?
+        };
+        Self::assemble(dir, current, params)
     }
 
     /// Loads an existing CA from `dir`; never creates one.
@@ -172,185 +185,152 @@ impl Authority {
     /// the validity of the certificates this CA will issue.
     pub fn load(dir: &Path, params: &CaParams) -> Result<Authority, CaError> {
         params.validate()?;
-        let (key_path, cert_path) = ca_paths(dir);
-        match (exists(&key_path)?, exists(&cert_path)?) {
-            (true, true) => Self::load_files(&key_path, &cert_path, params),
-            (false, false) => Err(CaError::NotFound(format!(
+        if !has_ca(dir)? {
+            return Err(CaError::NotFound(format!(
                 "certificate authority in {}",
                 dir.display()
-            ))),
-            (true, false) => Err(CaError::IncompleteCa {
-                present: key_path,
-                missing: cert_path,
-            }),
-            (false, true) => Err(CaError::IncompleteCa {
-                present: cert_path,
-                missing: key_path,
-            }),
+            )));
         }
+        let current = IssuingCa::load(dir)?;
+        Self::assemble(dir, current, params)
     }
 
-    fn create(key_path: &Path, cert_path: &Path, params: &CaParams) -> Result<Authority, CaError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::crypto("generating the CA key", e))?;
-        let now = now_secs();
-        let mut cp = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, params.common_name.as_str());
-        if let Some(org) = &params.organization {
-            dn.push(DnType::OrganizationName, org.as_str());
-        }
-        cp.distinguished_name = dn;
-        cp.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        cp.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        cp.serial_number = Some(SerialNumber::from_slice(&random_serial()));
-        cp.not_before = now - CA_BACKDATE;
-        cp.not_after = add_days(now, params.validity_days)?;
-        cp.key_identifier_method = KeyIdMethod::Sha256;
-        let cert = cp
-            .self_signed(&key)
-            .map_err(|e| CaError::crypto("self-signing the CA certificate", e))?;
-        let cert_pem = cert.pem();
-
-        // Key first: a crash between the two writes leaves a key without certificate,
-        // which load_or_init reports instead of silently making a new CA.
-        write_secret_file(key_path, key.serialize_pem().as_bytes())?;
-        write_public_file(cert_path, cert_pem.as_bytes())?;
-        tracing::info!(
-            path = %cert_path.display(),
-            fingerprint = %fingerprint_sha256(cert.der()),
-            "created a new certificate authority"
-        );
-        Self::from_parts(key, cert_pem, cert_path, params)
-    }
-
-    fn load_files(
-        key_path: &Path,
-        cert_path: &Path,
-        params: &CaParams,
-    ) -> Result<Authority, CaError> {
-        tighten_secret_mode(key_path)?;
-        let key_pem = read_text(key_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
-            CaError::corrupt(key_path, format!("not a PKCS#8 private key in PEM: {e}"))
-        })?;
-        let cert_pem = read_text(cert_path)?;
-        {
-            let ders =
-                parse_certificate_pems(&cert_pem).map_err(|e| CaError::corrupt(cert_path, e))?;
-            let [der] = ders.as_slice() else {
-                return Err(CaError::corrupt(
-                    cert_path,
-                    format!("expected exactly one certificate, found {}", ders.len()),
-                ));
-            };
-            let cert = parse_certificate_der(der).map_err(|e| CaError::corrupt(cert_path, e))?;
-            if cert.public_key().raw != key.subject_public_key_info().as_slice() {
-                return Err(CaError::KeyMismatch {
-                    key: key_path.to_path_buf(),
-                    cert: cert_path.to_path_buf(),
-                });
-            }
-        }
-        Self::from_parts(key, cert_pem, cert_path, params)
-    }
-
-    /// Builds the authority from a key and its certificate PEM (already matched).
-    fn from_parts(
-        key: KeyPair,
-        cert_pem: String,
-        cert_path: &Path,
-        params: &CaParams,
-    ) -> Result<Authority, CaError> {
-        let ders = parse_certificate_pems(&cert_pem).map_err(|e| CaError::corrupt(cert_path, e))?;
-        let der = ders
-            .into_iter()
-            .next()
-            .ok_or_else(|| CaError::corrupt(cert_path, "no certificate found"))?;
-        let (organization, not_after, key_id) = {
-            let cert = parse_certificate_der(&der).map_err(|e| CaError::corrupt(cert_path, e))?;
-            let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
-            if !is_ca {
-                return Err(CaError::corrupt(cert_path, "not a CA certificate"));
-            }
-            if cert.verify_signature(None).is_err() {
-                return Err(CaError::corrupt(
-                    cert_path,
-                    "the certificate's self-signature does not verify",
-                ));
-            }
-            let key_id = cert
-                .iter_extensions()
-                .find_map(|ext| match ext.parsed_extension() {
-                    ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
-                    _ => None,
-                });
-            (
-                first_organization(cert.subject()),
-                cert.validity().not_after.to_datetime(),
-                key_id,
-            )
-        };
-        if not_after <= OffsetDateTime::now_utc() {
-            tracing::warn!(
-                path = %cert_path.display(),
-                %not_after,
-                "the CA certificate has expired; devices will reject the server and no certificate can be issued"
-            );
-        }
-        let cert_der = CertificateDer::from(der);
-        let key_id = match key_id {
-            Some(id) => id,
-            None => CertificateParams::default().key_identifier(&key),
-        };
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| {
-            CaError::corrupt(cert_path, format!("cannot be used as an issuer: {e}"))
-        })?;
+    fn assemble(dir: &Path, current: IssuingCa, params: &CaParams) -> Result<Authority, CaError> {
+        let retired = load_retired(dir)?;
         Ok(Authority {
-            issuer,
-            cert_pem,
-            cert_der,
-            key_id,
-            organization,
-            not_after,
+            current,
+            retired,
+            crl_base_url: OnceLock::new(),
             device_validity_days: params.device_validity_days,
             server_validity_days: params.server_validity_days,
         })
     }
 
-    /// The CA certificate in PEM, exactly as stored in `ca.crt.pem`.
+    /// The issuing CA's certificate in PEM, exactly as stored in `ca.crt.pem`: the CA
+    /// that signs device and server certificates and the CRL.
     pub fn ca_certificate_pem(&self) -> &str {
-        &self.cert_pem
+        &self.current.cert.pem
     }
 
-    /// The CA certificate in DER.
+    /// The issuing CA's certificate in DER.
     pub fn ca_certificate_der(&self) -> &CertificateDer<'static> {
-        &self.cert_der
+        &self.current.cert.der
     }
 
     /// The chain to present with certificates this CA issues, issuing CA first and the
     /// root last, PEM. Device and server certificates chain to the root through it.
     pub fn chain_pem(&self) -> String {
-        self.cert_pem.clone()
+        std::iter::once(&self.current.cert)
+            .chain(&self.current.above)
+            .map(|l| ensure_newline(&l.pem))
+            .collect()
     }
 
     /// [`Authority::chain_pem`] in DER, issuing CA first.
     pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.cert_der.clone()]
+        std::iter::once(&self.current.cert)
+            .chain(&self.current.above)
+            .map(|l| l.der.clone())
+            .collect()
     }
 
-    /// SHA-256 fingerprint of the CA certificate (DER), lowercase hex.
+    /// What a server presents after its own certificate: the issuing CA and any
+    /// intermediates, without a self-signed root (the peer has it) unless the issuing CA
+    /// is itself the root.
+    pub(crate) fn presented_chain(&self) -> Vec<&ChainLink> {
+        let mut links: Vec<&ChainLink> = std::iter::once(&self.current.cert)
+            .chain(&self.current.above)
+            .collect();
+        if links.len() > 1 {
+            links.pop();
+        }
+        links
+    }
+
+    /// [`Authority::presented_chain`] as PEM text.
+    pub(crate) fn presented_chain_pem(&self) -> String {
+        self.presented_chain()
+            .into_iter()
+            .map(|l| ensure_newline(&l.pem))
+            .collect()
+    }
+
+    /// The root of the current chain, PEM.
+    pub fn root_pem(&self) -> String {
+        ensure_newline(&self.current.root().pem)
+    }
+
+    /// The trust bundle for modems and readers: the roots of the current and every
+    /// retired issuing CA (the current one first, each once), PEM. A modem trusting it
+    /// accepts the server through a CA rollover.
+    pub fn trust_bundle_pem(&self) -> String {
+        let mut seen = HashSet::new();
+        std::iter::once(&self.current)
+            .chain(&self.retired)
+            .map(IssuingCa::root)
+            .filter(|root| seen.insert(root.der.to_vec()))
+            .map(|root| ensure_newline(&root.pem))
+            .collect()
+    }
+
+    /// The anchors client certificates are verified against: every issuing CA, current
+    /// and retired. Only the issuing CAs, not their roots: a root that also signs other
+    /// CAs (a utility's own PKI) must not make their certificates modem identities.
+    pub fn client_trust_anchors(&self) -> Vec<CertificateDer<'static>> {
+        std::iter::once(&self.current)
+            .chain(&self.retired)
+            .map(|ca| ca.cert.der.clone())
+            .collect()
+    }
+
+    /// The current and retired issuing CAs, current first.
+    pub fn issuing_cas(&self) -> Vec<IssuingCaSummary> {
+        std::iter::once((&self.current, true))
+            .chain(self.retired.iter().map(|r| (r, false)))
+            .map(|(ca, current)| {
+                let subject = |l: &ChainLink| {
+                    parse_certificate_der(&l.der)
+                        .map(|c| c.subject().to_string())
+                        .unwrap_or_default()
+                };
+                IssuingCaSummary {
+                    fingerprint_sha256: ca.fingerprint(),
+                    subject: subject(&ca.cert),
+                    not_after: ca.not_after,
+                    key_id: ca.key_id_hex(),
+                    root_fingerprint_sha256: fingerprint_sha256(&ca.root().der),
+                    root_subject: subject(ca.root()),
+                    current,
+                }
+            })
+            .collect()
+    }
+
+    /// SHA-256 fingerprint of the issuing CA certificate (DER), lowercase hex.
     pub fn fingerprint_sha256(&self) -> String {
-        fingerprint_sha256(&self.cert_der)
+        self.current.fingerprint()
     }
 
-    /// End of validity of the CA certificate.
+    /// End of validity of the issuing CA certificate.
     pub fn not_after(&self) -> OffsetDateTime {
-        self.not_after
+        self.current.not_after
+    }
+
+    /// Sets the base URL of the CRLs (`https://host:port/crl`), once: device
+    /// certificates issued from now on name `{base}/{key id}.crl` as their CRL
+    /// distribution point, and CRLs carry it as their issuing distribution point.
+    /// Returns `false` if it was already set (the first value stays).
+    pub fn set_crl_base_url(&self, base: &str) -> bool {
+        self.crl_base_url
+            .set(base.trim_end_matches('/').to_owned())
+            .is_ok()
+    }
+
+    /// The URL of the CRL of the issuing CA whose key identifier is `key_id_hex`.
+    pub fn crl_url(&self, key_id_hex: &str) -> Option<String> {
+        self.crl_base_url
+            .get()
+            .map(|base| format!("{base}/{key_id_hex}.crl"))
     }
 
     /// Issues a device (client) certificate for an untrusted PEM CSR.
@@ -402,24 +382,30 @@ impl Authority {
         sans: &[SanType],
     ) -> Result<IssuedCertificate, CaError> {
         let now = now_secs();
-        if self.not_after <= now {
+        let ca = &self.current;
+        if ca.not_after <= now {
             return Err(CaError::Crypto(format!(
                 "the CA certificate expired on {}; no certificate can be issued",
-                self.not_after
+                ca.not_after
             )));
         }
         let not_before = now - LEAF_BACKDATE;
-        let not_after = add_days(now, validity_days)?.min(self.not_after);
+        let not_after = add_days(now, validity_days)?.min(ca.not_after);
 
         let serial = random_serial();
         let mut cp = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
-        if let Some(org) = &self.organization {
+        if let Some(org) = &ca.organization {
             dn.push(DnType::OrganizationName, org.as_str());
         }
         cp.distinguished_name = dn;
         cp.is_ca = IsCa::ExplicitNoCa;
+        if kind == LeafKind::Client
+            && let Some(url) = self.crl_url(&ca.key_id_hex())
+        {
+            cp.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![url] }];
+        }
         cp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         cp.extended_key_usages = vec![match kind {
             LeafKind::Client => ExtendedKeyUsagePurpose::ClientAuth,
@@ -432,7 +418,7 @@ impl Authority {
         cp.use_authority_key_identifier_extension = true;
         cp.key_identifier_method = KeyIdMethod::Sha256;
         let cert = cp
-            .signed_by(public_key, &self.issuer)
+            .signed_by(public_key, &ca.issuer)
             .map_err(|e| CaError::crypto("signing the certificate", e))?;
         Ok(IssuedCertificate {
             serial: hex::encode_upper(serial),
@@ -444,14 +430,46 @@ impl Authority {
         })
     }
 
-    /// Builds and signs a complete CRL listing `revoked`.
+    /// Builds and signs a complete CRL listing `revoked`, issued by the current issuing
+    /// CA (see [`Authority::build_crls`] for every issuing CA).
     ///
     /// `thisUpdate` is now, `nextUpdate` is now + `next_update` (which must be
     /// positive). Serials are hex (colons and any case accepted); an entry listed twice
-    /// appears once. An empty list gives a valid CRL with no entries. The CRL has no
-    /// issuing distribution point, so it covers every certificate of this CA.
+    /// appears once. An empty list gives a valid CRL with no entries. [`Crl::der`] has no
+    /// issuing distribution point, so it covers every certificate of this CA (what our
+    /// own listeners check against); when a CRL base URL is set,
+    /// [`Crl::published_der`] is the same list with the issuing distribution point that
+    /// external brokers require.
     pub fn build_crl(
         &self,
+        revoked: &[RevokedEntry],
+        crl_number: u64,
+        next_update: Duration,
+    ) -> Result<Crl, CaError> {
+        self.build_crl_for(&self.current, revoked, crl_number, next_update)
+    }
+
+    /// One CRL per issuing CA, current first then the retired ones, each listing
+    /// `revoked` (serials are random 128-bit numbers, so listing another CA's serials
+    /// revokes nothing of this one's).
+    pub fn build_crls(
+        &self,
+        revoked: &[RevokedEntry],
+        crl_number: u64,
+        next_update: Duration,
+    ) -> Result<CrlSet, CaError> {
+        let current = self.build_crl(revoked, crl_number, next_update)?;
+        let retired = self
+            .retired
+            .iter()
+            .map(|ca| self.build_crl_for(ca, revoked, crl_number, next_update))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CrlSet { current, retired })
+    }
+
+    fn build_crl_for(
+        &self,
+        ca: &IssuingCa,
         revoked: &[RevokedEntry],
         crl_number: u64,
         next_update: Duration,
@@ -485,23 +503,39 @@ impl Authority {
                 invalidity_date: None,
             });
         }
-        let params = CertificateRevocationListParams {
-            this_update,
-            next_update: next,
-            crl_number: SerialNumber::from(crl_number),
-            issuing_distribution_point: None,
-            revoked_certs,
-            key_identifier_method: KeyIdMethod::PreSpecified(self.key_id.clone()),
+        let key_id_hex = ca.key_id_hex();
+        let sign = |idp: Option<CrlIssuingDistributionPoint>| {
+            CertificateRevocationListParams {
+                this_update,
+                next_update: next,
+                crl_number: SerialNumber::from(crl_number),
+                issuing_distribution_point: idp,
+                revoked_certs: revoked_certs.clone(),
+                key_identifier_method: KeyIdMethod::PreSpecified(ca.key_id.clone()),
+            }
+            .signed_by(&ca.issuer)
+            .map_err(|e| CaError::crypto("signing the CRL", e))
         };
-        let crl = params
-            .signed_by(&self.issuer)
-            .map_err(|e| CaError::crypto("signing the CRL", e))?;
+        let crl = sign(None)?;
         let pem = crl
             .pem()
             .map_err(|e| CaError::crypto("encoding the CRL", e))?;
+        let published_der = match self.crl_url(&key_id_hex) {
+            Some(url) => Some(
+                sign(Some(CrlIssuingDistributionPoint {
+                    distribution_point: CrlDistributionPoint { uris: vec![url] },
+                    scope: Some(CrlScope::UserCertsOnly),
+                }))?
+                .der()
+                .clone(),
+            ),
+            None => None,
+        };
         Ok(Crl {
             pem,
             der: crl.der().clone(),
+            published_der,
+            issuer_key_id: key_id_hex,
             this_update,
             next_update: next,
             crl_number,
@@ -513,8 +547,35 @@ impl Authority {
         &self,
         f: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> T,
     ) -> Result<T, CaError> {
-        let cert = parse_certificate_der(&self.cert_der).map_err(CaError::InvalidCertificate)?;
+        let cert =
+            parse_certificate_der(&self.current.cert.der).map_err(CaError::InvalidCertificate)?;
         Ok(f(&cert))
+    }
+}
+
+pub(crate) fn ensure_newline(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+/// Whether `dir` holds an issuing CA: both files (`true`), neither (`false`), or one
+/// without the other ([`CaError::IncompleteCa`]: never silently replaced).
+fn has_ca(dir: &Path) -> Result<bool, CaError> {
+    let (key_path, cert_path) = ca_paths(dir);
+    match (exists(&key_path)?, exists(&cert_path)?) {
+        (true, true) => Ok(true),
+        (false, false) => Ok(false),
+        (true, false) => Err(CaError::IncompleteCa {
+            present: key_path,
+            missing: cert_path,
+        }),
+        (false, true) => Err(CaError::IncompleteCa {
+            present: cert_path,
+            missing: key_path,
+        }),
     }
 }
 

@@ -118,12 +118,46 @@ pub struct Crl {
     pub pem: String,
     /// DER, for [`crate::tls::server_config`].
     pub der: CertificateRevocationListDer<'static>,
+    /// The same CRL with an issuing distribution point naming its URL, DER, when a CRL
+    /// base URL is set: what the device-facing listener publishes for external brokers
+    /// (EMQX refuses CRLs without one). Our own listeners check [`Crl::der`], which has
+    /// no distribution-point scope and so covers certificates whatever URL they name.
+    pub published_der: Option<CertificateRevocationListDer<'static>>,
+    /// Key identifier of the issuing CA that signed it, lowercase hex.
+    pub issuer_key_id: String,
     /// The CRL's issue time (whole seconds).
     pub this_update: OffsetDateTime,
     /// When the next CRL is due (whole seconds).
     pub next_update: OffsetDateTime,
     /// The CRL number written into the CRL.
     pub crl_number: u64,
+}
+
+/// The CRLs in force: one per issuing CA, the current one first.
+#[derive(Debug, Clone)]
+pub struct CrlSet {
+    /// The current issuing CA's CRL.
+    pub current: Crl,
+    /// The retired issuing CAs' CRLs.
+    pub retired: Vec<Crl>,
+}
+
+impl CrlSet {
+    /// Every CRL, current first.
+    pub fn all(&self) -> impl Iterator<Item = &Crl> {
+        std::iter::once(&self.current).chain(&self.retired)
+    }
+
+    /// The DER of every CRL (without distribution-point scope), for TLS verifiers.
+    pub fn ders(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.all().map(|c| c.der.clone()).collect()
+    }
+
+    /// The CRL of the issuing CA whose key identifier is `key_id_hex` (any case).
+    pub fn by_issuer_key_id(&self, key_id_hex: &str) -> Option<&Crl> {
+        self.all()
+            .find(|c| c.issuer_key_id.eq_ignore_ascii_case(key_id_hex))
+    }
 }
 
 /// Parses a serial number in hex (optional colons, any case, optional `0x`) into its

@@ -24,18 +24,22 @@ mod crl;
 mod csr;
 mod error;
 mod fs;
+mod import;
 mod inspect;
+mod issuing;
 mod server;
 pub mod tls;
 
-pub use authority::{
-    Authority, CA_CERT_FILE, CA_KEY_FILE, CaParams, IssuedCertificate, MAX_VALIDITY_DAYS,
-};
-pub use crl::{Crl, RevocationReason, RevokedEntry};
+pub use authority::{Authority, CaParams, IssuedCertificate, IssuingCaSummary, MAX_VALIDITY_DAYS};
+pub use crl::{Crl, CrlSet, RevocationReason, RevokedEntry};
 pub use csr::{MAX_CSR_PEM_LEN, generate_key_and_csr};
 pub use error::CaError;
 pub use fs::write_secret_file;
+pub use import::{ARCHIVE_DIR, ImportOutcome, PENDING_KEY_FILE};
 pub use inspect::{CertificateInfo, inspect_certificate, inspect_certificate_der};
+pub use issuing::{
+    CA_CERT_FILE, CA_KEY_FILE, CHAIN_FILE, RETIRED_DIR, ROOT_CERT_FILE, ROOT_KEY_FILE,
+};
 pub use server::{SERVER_CERT_FILE, SERVER_KEY_FILE, ServerIdentity};
 
 /// Re-exported so callers can name the DER types used in this API without adding the

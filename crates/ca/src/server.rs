@@ -11,7 +11,7 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 
 use crate::CaError;
-use crate::authority::{Authority, LeafKind};
+use crate::authority::{Authority, LeafKind, ensure_newline};
 use crate::fs::{
     ensure_dir, exists, read_text, tighten_secret_mode, write_public_file, write_secret_file,
 };
@@ -22,7 +22,8 @@ pub const SERVER_KEY_FILE: &str = "server.key.pem";
 /// File name of the server certificate chain (leaf, then CA).
 pub const SERVER_CERT_FILE: &str = "server.crt.pem";
 
-/// A server certificate still valid for less than this is replaced.
+/// A server certificate still valid for less than this is replaced (or for less than a
+/// third of its validity, when that is shorter).
 const RENEW_BEFORE: Duration = Duration::days(30);
 
 /// The server's TLS certificate chain and key, ready for [`crate::tls::server_config`].
@@ -187,11 +188,7 @@ impl Authority {
             self.server_validity_days,
             &sans,
         )?;
-        let chain_pem = format!(
-            "{}{}",
-            issued.certificate_pem,
-            ensure_newline(self.ca_certificate_pem())
-        );
+        let chain_pem = format!("{}{}", issued.certificate_pem, self.presented_chain_pem());
         write_secret_file(&key_path, key.serialize_pem().as_bytes())?;
         write_public_file(&cert_path, chain_pem.as_bytes())?;
         tracing::info!(
@@ -237,7 +234,9 @@ impl Authority {
         if not_before > now {
             return Err(format!("the certificate is not valid before {not_before}"));
         }
-        if not_after <= now + RENEW_BEFORE {
+        let renew_before =
+            RENEW_BEFORE.min(Duration::days(i64::from(self.server_validity_days)) / 3);
+        if not_after <= now + renew_before {
             return Err(format!("the certificate expires on {not_after}"));
         }
         let server_auth =
@@ -292,26 +291,13 @@ impl Authority {
             .next()
             .ok_or_else(|| CaError::InvalidCertificate("no server certificate".into()))?;
         Ok(ServerIdentity {
-            cert_chain_pem: format!(
-                "{}{}",
-                ensure_newline(leaf_pem),
-                ensure_newline(self.ca_certificate_pem())
-            ),
-            cert_chain: vec![
-                CertificateDer::from(leaf),
-                self.ca_certificate_der().clone(),
-            ],
+            cert_chain_pem: format!("{}{}", ensure_newline(leaf_pem), self.presented_chain_pem()),
+            cert_chain: std::iter::once(CertificateDer::from(leaf))
+                .chain(self.presented_chain().into_iter().map(|l| l.der.clone()))
+                .collect(),
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             not_after,
         })
-    }
-}
-
-fn ensure_newline(s: &str) -> String {
-    if s.ends_with('\n') {
-        s.to_string()
-    } else {
-        format!("{s}\n")
     }
 }
 

@@ -33,6 +33,17 @@ pub enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// The certificate authority in the data directory: show it, bring a utility's own
+    /// issuing CA, retire the old one (run while the server is stopped; it takes effect at
+    /// the next start).
+    Ca {
+        /// Server settings (where the data directory is).
+        #[command(flatten)]
+        settings: Overrides,
+        /// What to do.
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// Print the OpenAPI document the server serves.
     Openapi {
         /// Write to this file instead of standard output.
@@ -86,6 +97,47 @@ pub enum Command {
         api: crate::commands::api::ApiArgs,
         #[command(subcommand)]
         action: crate::commands::firmware::FirmwareAction,
+    },
+}
+
+/// `callhome ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaAction {
+    /// Show the issuing CA, its chain up to the root, and the retired CAs still trusted.
+    Show,
+    /// Make a key for a new issuing CA and print a CSR for the utility's root to sign (as
+    /// a CA, path length 0). The key waits in the CA directory for `ca import --cert`.
+    Csr {
+        /// Subject CN of the new issuing CA.
+        #[arg(long)]
+        common_name: String,
+        /// Subject O.
+        #[arg(long)]
+        organization: Option<String>,
+        /// Write the CSR here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Install a utility's issuing CA: its certificate, its key (or the key made by
+    /// `ca csr`), and the chain above it up to their root. The current issuing CA is
+    /// retired: still trusted until `ca remove-retired`.
+    Import {
+        /// The issuing CA's certificate, PEM (one certificate).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key, PKCS#8 PEM; omit to use the key `ca csr` made.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The certificates above it, its issuer first and the root last, PEM; omit when
+        /// the certificate is itself a root.
+        #[arg(long)]
+        chain: Option<PathBuf>,
+    },
+    /// Stop trusting a retired issuing CA (its devices can no longer connect); it is
+    /// moved to the CA directory's archive, never deleted.
+    RemoveRetired {
+        /// SHA-256 fingerprint of the retired CA, or at least 8 hex digits of it.
+        fingerprint: String,
     },
 }
 

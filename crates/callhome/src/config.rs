@@ -88,6 +88,12 @@ pub const BOUNDS: &[Bounds] = &[
         max: 3650,
     },
     Bounds {
+        key: "ca.server_certificate_check_s",
+        default: 3600,
+        min: 1,
+        max: 86_400,
+    },
+    Bounds {
         key: "tunnel.id_timeout_s",
         default: 5,
         min: 1,
@@ -661,12 +667,16 @@ pub struct CaSection {
     pub common_name: Option<String>,
     /// Subject O of the root and of issued certificates.
     pub organization: Option<String>,
-    /// Root validity, days.
+    /// Issuing CA validity, days (capped by the root's).
     pub validity_days: Option<u32>,
+    /// Root CA validity, days.
+    pub root_validity_days: Option<u32>,
     /// Default device certificate validity, days.
     pub device_validity_days: Option<u32>,
     /// Server certificate validity, days.
     pub server_validity_days: Option<u32>,
+    /// How often the server certificate is checked and renewed while running, seconds.
+    pub server_certificate_check_s: Option<u64>,
 }
 
 /// `[auth]`.
@@ -833,6 +843,8 @@ pub struct Settings {
     pub tunnel_public_port: Option<u16>,
     /// Deadline for a modem's ID bytes on the tunnel.
     pub tunnel_id_timeout: std::time::Duration,
+    /// How often the server certificate is checked, and renewed before it expires.
+    pub server_certificate_check: std::time::Duration,
     /// Largest session `timeout_s`.
     pub tunnel_max_session_timeout_s: u32,
     /// Tunnel connections at once from one address.
@@ -923,6 +935,10 @@ impl Settings {
             common_name: file.ca.common_name.unwrap_or(defaults.common_name),
             organization: file.ca.organization.or(defaults.organization),
             validity_days: file.ca.validity_days.unwrap_or(defaults.validity_days),
+            root_validity_days: file
+                .ca
+                .root_validity_days
+                .unwrap_or(defaults.root_validity_days),
             device_validity_days: file
                 .ca
                 .device_validity_days
@@ -986,6 +1002,10 @@ impl Settings {
             ..Default::default()
         };
         let tunnel_id_timeout = seconds("tunnel.id_timeout_s", file.tunnel.id_timeout_s)?;
+        let server_certificate_check = seconds(
+            "ca.server_certificate_check_s",
+            file.ca.server_certificate_check_s,
+        )?;
         let tunnel_max_session_timeout_s = u32::try_from(bounded(
             "tunnel.max_session_timeout_s",
             file.tunnel.max_session_timeout_s.map(u64::from),
@@ -1196,6 +1216,7 @@ impl Settings {
             gateway,
             tunnel_public_port: file.tunnel.public_port,
             tunnel_id_timeout,
+            server_certificate_check,
             tunnel_max_session_timeout_s,
             tunnel_max_connections_per_address,
             tunnel_max_handshakes_per_address,

@@ -121,17 +121,50 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         )
     })?;
 
+    // The device-facing HTTPS listener: bound before the CA is loaded, which names its CRL
+    // URL in device certificates, and before the job engine starts, which tells modems its
+    // address.
+    let device_listener = TcpListener::bind(settings.device_http)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the device HTTPS listener to {}",
+                settings.device_http
+            )
+        })?;
+    let device_http_addr = device_listener.local_addr()?;
+    let device_host = match settings.public_hosts.first() {
+        Some(h) => h.clone(),
+        None if !device_http_addr.ip().is_unspecified() => device_http_addr.ip().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let device_host = if device_host.contains(':') {
+        format!("[{device_host}]")
+    } else {
+        device_host
+    };
+    let device_http_url = format!(
+        "https://{device_host}:{}",
+        settings
+            .device_http_public_port
+            .unwrap_or(device_http_addr.port())
+    );
     let ca_dir = data_dir.join(CA_DIR);
     let authority = Authority::load_or_init(&ca_dir, &settings.ca)
         .context("loading the certificate authority")?;
-    let identity = authority
-        .ensure_server_identity(&ca_dir, &settings.public_hosts)
-        .context("issuing the server certificate")?;
     let ca_fingerprint = authority.fingerprint_sha256();
+    authority.set_crl_base_url(&format!("{device_http_url}/crl"));
     let certs = Arc::new(
-        CertificateService::new(authority, store.clone())
-            .await
-            .context("building the certificate revocation list")?,
+        CertificateService::new(
+            authority,
+            store.clone(),
+            callhome_pki::ServerTlsFiles {
+                dir: ca_dir.clone(),
+                hosts: settings.public_hosts.clone(),
+            },
+        )
+        .await
+        .context("loading the server certificate and building the certificate revocation list")?,
     );
 
     let jwt_secret = load_or_create_secret(&data_dir.join(JWT_KEY_FILE))?;
@@ -144,7 +177,6 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         settings.gateway.clone(),
         store.clone(),
         certs.clone(),
-        identity.clone(),
         events,
         shutdown.clone(),
     )
@@ -182,7 +214,6 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         },
         store.clone(),
         certs.clone(),
-        identity.clone(),
         gateway.clone(),
         shutdown.clone(),
     );
@@ -196,34 +227,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         refresher.await;
         Ok(())
     });
+    let renewer = certs
+        .clone()
+        .renew_server_identity_periodically(settings.server_certificate_check, shutdown.clone());
+    tasks.spawn("server certificate renewer", async move {
+        renewer.await;
+        Ok(())
+    });
 
-    // The device-facing HTTPS listener: bound before the job engine starts, which tells
-    // modems its address.
-    let device_listener = TcpListener::bind(settings.device_http)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the device HTTPS listener to {}",
-                settings.device_http
-            )
-        })?;
-    let device_http_addr = device_listener.local_addr()?;
-    let device_host = match settings.public_hosts.first() {
-        Some(h) => h.clone(),
-        None if !device_http_addr.ip().is_unspecified() => device_http_addr.ip().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let device_host = if device_host.contains(':') {
-        format!("[{device_host}]")
-    } else {
-        device_host
-    };
-    let device_http_url = format!(
-        "https://{device_host}:{}",
-        settings
-            .device_http_public_port
-            .unwrap_or(device_http_addr.port())
-    );
     let blobs: Arc<dyn callhome_firmware::BlobStore> = Arc::new(
         callhome_firmware::FsBlobStore::open(data_dir.join(FIRMWARE_DIR))
             .await
@@ -231,11 +242,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     );
     let device_tls = Arc::new(callhome_ca::tls::SharedServerConfig::new(
         certs
-            .server_tls(&identity, callhome_ca::tls::ClientAuth::Optional)
+            .server_tls(callhome_ca::tls::ClientAuth::Optional)
             .context("building the device listener's TLS configuration")?,
     ));
     let keeper = certs.keep_tls_current(
-        identity.clone(),
         callhome_ca::tls::ClientAuth::Optional,
         device_tls.clone(),
         shutdown.clone(),
@@ -263,6 +273,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         blobs: blobs.clone(),
         base_url: device_http_url.clone(),
         downloads: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_downloads)),
+        certs: certs.clone(),
     });
     let device_http =
         callhome_devicehttp::DeviceHttp::new(device_settings, device_tls, device_routes);

@@ -32,8 +32,8 @@ pub mod topics;
 use std::sync::Arc;
 use std::time::Duration;
 
+use callhome_ca::CaError;
 use callhome_ca::tls::SharedServerConfig;
-use callhome_ca::{CaError, ServerIdentity};
 use callhome_core::{AtCommand, Imei, ValidationError};
 use callhome_net::TlsListener;
 use callhome_pki::CertificateService;
@@ -169,7 +169,6 @@ pub(crate) struct Shared {
     cfg: GatewayConfig,
     store: Arc<dyn Store>,
     certs: Arc<CertificateService>,
-    identity: ServerIdentity,
     events: Arc<EventBus>,
     hub: hub::Hub,
     shutdown: CancellationToken,
@@ -273,7 +272,6 @@ impl Gateway {
         cfg: GatewayConfig,
         store: Arc<dyn Store>,
         certs: Arc<CertificateService>,
-        identity: ServerIdentity,
         events: Arc<EventBus>,
         shutdown: CancellationToken,
     ) -> Result<Self, GatewayError> {
@@ -283,7 +281,6 @@ impl Gateway {
             cfg,
             store,
             certs,
-            identity,
             events,
             hub: hub::Hub::default(),
             shutdown,

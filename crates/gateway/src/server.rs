@@ -22,7 +22,7 @@ pub(crate) fn build_tls(shared: &Shared) -> Result<Arc<rustls::ServerConfig>, Ga
     } else {
         ClientAuth::Required
     };
-    Ok(shared.certs.server_tls(&shared.identity, auth)?)
+    Ok(shared.certs.server_tls(auth)?)
 }
 
 /// Rebuilds the TLS config whenever a new CRL is in force, and ends live connections whose

@@ -14,7 +14,7 @@
 
 mod service;
 
-pub use service::{CRL_VALIDITY, CertificateService};
+pub use service::{CRL_VALIDITY, CertificateService, ServerTlsFiles};
 
 /// Why a certificate operation failed.
 #[derive(Debug, thiserror::Error)]

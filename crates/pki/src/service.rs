@@ -5,8 +5,10 @@
 //! where issued and revoked certificates meet the store.
 
 use callhome_ca::tls::{ClientAuth, SharedServerConfig, server_config};
-use callhome_ca::{Authority, CaError, Crl, RevocationReason, RevokedEntry, ServerIdentity};
 
+use callhome_ca::{Authority, CaError, CrlSet, RevocationReason, RevokedEntry, ServerIdentity};
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -25,34 +27,105 @@ pub const CRL_VALIDITY: time::Duration = time::Duration::days(7);
 pub struct CertificateService {
     authority: Authority,
     store: Arc<dyn Store>,
-    crl: ArcSwap<Crl>,
+    crl: ArcSwap<CrlSet>,
     /// Serialises CRL rebuilds so that a newer CRL is never replaced by an older one.
     rebuild: Mutex<()>,
-    /// Announces each new CRL's number to whoever builds TLS configurations from it.
+    /// Announces each new CRL's number, and each renewed server certificate, to whoever
+    /// builds TLS configurations from them.
     changes: watch::Sender<u64>,
+    /// The server's own TLS certificate, renewed while running.
+    identity: ArcSwap<ServerIdentity>,
+    /// Where the server certificate lives and the names it must cover.
+    server: ServerTlsFiles,
+}
+
+/// Where the server's TLS certificate and key live, and the host names and addresses it
+/// must cover.
+#[derive(Debug, Clone)]
+pub struct ServerTlsFiles {
+    /// The directory of `server.crt.pem` and `server.key.pem`.
+    pub dir: PathBuf,
+    /// Host names and addresses for its subject alternative names.
+    pub hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for CertificateService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertificateService")
             .field("ca_fingerprint", &self.authority.fingerprint_sha256())
-            .field("crl_number", &self.crl.load().crl_number)
+            .field("crl_number", &self.crl.load().current.crl_number)
             .finish_non_exhaustive()
     }
 }
 
 impl CertificateService {
-    /// Wraps `authority`, building the first CRL from the store's revoked certificates.
-    pub async fn new(authority: Authority, store: Arc<dyn Store>) -> Result<Self, PkiError> {
+    /// Wraps `authority`, building the first CRL from the store's revoked certificates and
+    /// loading (or issuing) the server's TLS certificate in `server.dir`.
+    pub async fn new(
+        authority: Authority,
+        store: Arc<dyn Store>,
+        server: ServerTlsFiles,
+    ) -> Result<Self, PkiError> {
+        let identity = authority.ensure_server_identity(&server.dir, &server.hosts)?;
         let crl = build(&authority, &*store).await?;
-        let (changes, _) = watch::channel(crl.crl_number);
+        let (changes, _) = watch::channel(crl.current.crl_number);
         Ok(Self {
             authority,
             store,
             crl: ArcSwap::from_pointee(crl),
             rebuild: Mutex::new(()),
             changes,
+            identity: ArcSwap::from_pointee(identity),
+            server,
         })
+    }
+
+    /// The server's TLS certificate chain and key in force.
+    pub fn server_identity(&self) -> Arc<ServerIdentity> {
+        self.identity.load_full()
+    }
+
+    /// Checks the server certificate on disk and renews it if it expires within its
+    /// renewal margin (or was removed, or no longer covers the names): when it changed,
+    /// every TLS listener gets a configuration with the new one for its next handshakes
+    /// (live connections keep theirs). Returns whether it changed.
+    pub fn renew_server_identity(&self) -> Result<bool, PkiError> {
+        let fresh = self
+            .authority
+            .ensure_server_identity(&self.server.dir, &self.server.hosts)?;
+        let current = self.identity.load();
+        if fresh.cert_chain == current.cert_chain {
+            return Ok(false);
+        }
+        tracing::info!(
+            old_not_after = %current.not_after,
+            not_after = %fresh.not_after,
+            "server certificate renewed while running"
+        );
+        self.identity.store(Arc::new(fresh));
+        self.changes.send_modify(|_| {});
+        Ok(true)
+    }
+
+    /// Runs [`CertificateService::renew_server_identity`] every `every` until `shutdown`.
+    pub async fn renew_server_identity_periodically(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.renew_server_identity() {
+                        tracing::error!(error = %e, "server certificate check failed; keeping the current one");
+                    }
+                }
+            }
+        }
     }
 
     /// The key material and signing operations.
@@ -60,9 +133,15 @@ impl CertificateService {
         &self.authority
     }
 
-    /// The CA certificate, PEM.
+    /// The issuing CA's certificate, PEM.
     pub fn ca_certificate_pem(&self) -> &str {
         self.authority.ca_certificate_pem()
+    }
+
+    /// The roots of the current and retired issuing CAs, PEM: what modems and readers
+    /// trust to verify our servers, through a CA rollover.
+    pub fn trust_bundle_pem(&self) -> String {
+        self.authority.trust_bundle_pem()
     }
 
     /// The CA chain (issuing CA first, root last), PEM: what `ca_chain` fields, EST
@@ -76,32 +155,31 @@ impl CertificateService {
         self.authority.chain_der()
     }
 
-    /// The current CRL.
-    pub fn crl(&self) -> Arc<Crl> {
+    /// The CRLs in force, one per issuing CA (the current one first).
+    pub fn crl(&self) -> Arc<CrlSet> {
         self.crl.load_full()
     }
 
-    /// A rustls server configuration for a TLS listener: `identity` as the server, clients
-    /// verified against this CA and the CRL in force now.
+    /// A rustls server configuration for a TLS listener: the server certificate in force,
+    /// clients verified against the issuing CAs and the CRLs in force now.
     pub fn server_tls(
         &self,
-        identity: &ServerIdentity,
         client_auth: ClientAuth,
     ) -> Result<Arc<rustls::ServerConfig>, CaError> {
         let crl = self.crl();
         server_config(
-            identity,
-            std::slice::from_ref(self.authority.ca_certificate_der()),
-            vec![crl.der.clone()],
+            &self.identity.load(),
+            &self.authority.client_trust_anchors(),
+            crl.ders(),
             client_auth,
         )
     }
 
-    /// Keeps `target` built from the CRL in force: rebuilt (and swapped atomically) on every
-    /// new CRL until `shutdown`. A failed rebuild keeps the previous configuration.
+    /// Keeps `target` built from the CRL and server certificate in force: rebuilt (and
+    /// swapped atomically) on every new CRL or renewed certificate until `shutdown`. A
+    /// failed rebuild keeps the previous configuration.
     pub fn keep_tls_current(
         self: &Arc<Self>,
-        identity: ServerIdentity,
         client_auth: ClientAuth,
         target: Arc<SharedServerConfig>,
         shutdown: tokio_util::sync::CancellationToken,
@@ -114,7 +192,7 @@ impl CertificateService {
                     () = shutdown.cancelled() => return,
                     changed = changes.changed() => if changed.is_err() { return },
                 }
-                match this.server_tls(&identity, client_auth) {
+                match this.server_tls(client_auth) {
                     Ok(cfg) => target.store(cfg),
                     Err(e) => {
                         tracing::error!(error = %e, "could not rebuild a TLS configuration; keeping the previous one")
@@ -176,11 +254,11 @@ impl CertificateService {
     }
 
     /// Rebuilds the CRL from the store and puts it in force.
-    pub async fn refresh_crl(&self) -> Result<Arc<Crl>, PkiError> {
+    pub async fn refresh_crl(&self) -> Result<Arc<CrlSet>, PkiError> {
         let _guard = self.rebuild.lock().await;
         let crl = Arc::new(build(&self.authority, &*self.store).await?);
         self.crl.store(crl.clone());
-        self.changes.send_replace(crl.crl_number);
+        self.changes.send_replace(crl.current.crl_number);
         Ok(crl)
     }
 
@@ -206,7 +284,7 @@ impl CertificateService {
     }
 }
 
-async fn build(authority: &Authority, store: &dyn Store) -> Result<Crl, PkiError> {
+async fn build(authority: &Authority, store: &dyn Store) -> Result<CrlSet, PkiError> {
     let now = OffsetDateTime::now_utc();
     let revoked = store.list_revoked_certificates(now).await?;
     let entries = revoked
@@ -222,5 +300,5 @@ async fn build(authority: &Authority, store: &dyn Store) -> Result<Crl, PkiError
         .collect::<Vec<_>>();
     // CRL numbers must increase: milliseconds since the epoch do, across restarts and nodes.
     let crl_number = u64::try_from((now.unix_timestamp_nanos() / 1_000_000).max(0)).unwrap_or(0);
-    Ok(authority.build_crl(&entries, crl_number, CRL_VALIDITY)?)
+    Ok(authority.build_crls(&entries, crl_number, CRL_VALIDITY)?)
 }

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use callhome_ca::ServerIdentity;
 use callhome_ca::tls::{ClientAuth, SharedServerConfig};
 use callhome_core::dialect::Dialect;
 use callhome_core::events::{
@@ -223,7 +222,6 @@ pub(crate) struct Inner {
     cfg: TunnelConfig,
     store: Arc<dyn Store>,
     certs: Arc<CertificateService>,
-    identity: ServerIdentity,
     gateway: Gateway,
     events: Arc<EventBus>,
     dialect: Dialect,
@@ -258,7 +256,6 @@ impl Tunnel {
         cfg: TunnelConfig,
         store: Arc<dyn Store>,
         certs: Arc<CertificateService>,
-        identity: ServerIdentity,
         gateway: Gateway,
         shutdown: CancellationToken,
     ) -> Self {
@@ -268,7 +265,6 @@ impl Tunnel {
                 cfg,
                 store,
                 certs,
-                identity,
                 gateway,
                 events,
                 dialect: Dialect::mtx(),
@@ -301,12 +297,9 @@ impl Tunnel {
             );
         }
         let tls = Arc::new(SharedServerConfig::new(
-            self.inner
-                .certs
-                .server_tls(&self.inner.identity, ClientAuth::Required)?,
+            self.inner.certs.server_tls(ClientAuth::Required)?,
         ));
         let keeper = self.inner.certs.keep_tls_current(
-            self.inner.identity.clone(),
             ClientAuth::Required,
             tls.clone(),
             self.inner.shutdown.clone(),

@@ -1,7 +1,7 @@
 //! Device certificates and the CA's public material:
 //! `POST /api/v1/devices/{imei}/certificate`, `GET /api/v1/devices/{imei}/certificates`,
 //! `GET /api/v1/certificates/{serial}`, `POST /api/v1/certificates/{serial}/revoke`,
-//! `GET /api/v1/ca/certificate`, `GET /api/v1/ca/crl`.
+//! `GET /api/v1/ca/certificate`, `GET /api/v1/ca/chain`, `GET /api/v1/ca/crl`.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -39,7 +39,8 @@ pub struct SignRequest {
 pub struct SignedCertificate {
     /// The device certificate, PEM.
     pub certificate: String,
-    /// The CA certificate(s) to present with it and to trust, PEM.
+    /// The CA chain, issuing CA first and root last, PEM: present the certificate with
+    /// the issuing CA, and trust the root.
     pub ca_chain: String,
     /// Serial number, uppercase hex.
     #[schema(example = "5A3F0C9E21B44D7C8E0F1A2B3C4D5E6F")]
@@ -185,7 +186,7 @@ pub async fn sign_csr(
         StatusCode::CREATED,
         axum::extract::Extension(AuditTarget(format!("{imei} serial {}", record.serial))),
         axum::Json(SignedCertificate {
-            ca_chain: state.certs.ca_certificate_pem().to_owned(),
+            ca_chain: state.certs.ca_chain_pem(),
             serial: record.serial,
             not_before: rfc3339(record.not_before),
             not_after: rfc3339(record.not_after),
@@ -276,18 +277,26 @@ fn pem_response(body: String, content_type: &'static str) -> Response {
     resp
 }
 
-/// The CA certificate (PEM): the trust anchor for modems and reading platforms. No
-/// authentication.
+/// The trust bundle (PEM): the root of the CA, and during a CA rollover the roots of
+/// the retired issuing CAs too. The trust anchor for modems and reading platforms to
+/// verify Callhome's servers. No authentication.
 #[utoipa::path(get, path = "/api/v1/ca/certificate", tag = "certificates",
-    responses((status = 200, description = "CA certificate, PEM", body = String, content_type = "application/x-pem-file")))]
+    responses((status = 200, description = "Root certificate(s), PEM, the current one first", body = String, content_type = "application/x-pem-file")))]
 pub async fn ca_certificate(State(state): State<AppState>) -> Response {
-    pem_response(
-        state.certs.ca_certificate_pem().to_owned(),
-        "application/x-pem-file",
-    )
+    pem_response(state.certs.trust_bundle_pem(), "application/x-pem-file")
 }
 
-/// The current certificate revocation list. No authentication.
+/// The CA chain (PEM): the issuing CA that signs device certificates first, the root
+/// last. What a device presents after its own certificate. No authentication.
+#[utoipa::path(get, path = "/api/v1/ca/chain", tag = "certificates",
+    responses((status = 200, description = "Issuing CA, then the certificates above it up to the root, PEM", body = String, content_type = "application/x-pem-file")))]
+pub async fn ca_chain(State(state): State<AppState>) -> Response {
+    pem_response(state.certs.ca_chain_pem(), "application/x-pem-file")
+}
+
+/// The current issuing CA's certificate revocation list (without distribution-point
+/// scope; the device-facing listener publishes each issuing CA's CRL at the URL device
+/// certificates name). No authentication.
 #[utoipa::path(get, path = "/api/v1/ca/crl", tag = "certificates",
     params(CrlQuery),
     responses(
@@ -298,7 +307,8 @@ pub async fn ca_crl(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<CrlQuery>,
 ) -> Result<Response, ApiError> {
-    let crl = state.certs.crl();
+    let crls = state.certs.crl();
+    let crl = &crls.current;
     match q.format.as_deref() {
         None | Some("pem") => Ok(pem_response(crl.pem.clone(), "application/x-pem-file")),
         Some("der") => {

@@ -95,6 +95,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(certificates::get_certificate))
         .routes(routes!(certificates::revoke_certificate))
         .routes(routes!(certificates::ca_certificate))
+        .routes(routes!(certificates::ca_chain))
         .routes(routes!(certificates::ca_crl))
         .routes(routes!(firmware::list_firmware))
         .routes(routes!(firmware::distribution))

@@ -4,11 +4,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use callhome_ca::{
-    Authority, CA_CERT_FILE, CA_KEY_FILE, CaError, CaParams, generate_key_and_csr,
-    inspect_certificate, write_secret_file,
+    Authority, CA_CERT_FILE, CA_KEY_FILE, CHAIN_FILE, CaError, CaParams, ROOT_CERT_FILE,
+    ROOT_KEY_FILE, generate_key_and_csr, inspect_certificate, write_secret_file,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::ParsedExtension;
+use x509_parser::prelude::FromDer;
 
 use crate::common::{IMEI, ca_dir, new_ca, new_ca_with, with_cert};
 
@@ -56,6 +57,9 @@ fn ca_files_have_restrictive_permissions() {
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join(CA_KEY_FILE)), 0o600);
     assert_eq!(mode(&dir.join(CA_CERT_FILE)), 0o644);
+    assert_eq!(mode(&dir.join(ROOT_KEY_FILE)), 0o600);
+    assert_eq!(mode(&dir.join(ROOT_CERT_FILE)), 0o644);
+    assert_eq!(mode(&dir.join(CHAIN_FILE)), 0o644);
     // No temporary files left behind.
     let mut names: Vec<String> = fs::read_dir(&dir)
         .unwrap()
@@ -64,7 +68,13 @@ fn ca_files_have_restrictive_permissions() {
     names.sort();
     assert_eq!(
         names,
-        vec![CA_CERT_FILE.to_string(), CA_KEY_FILE.to_string()]
+        vec![
+            CA_CERT_FILE.to_string(),
+            CA_KEY_FILE.to_string(),
+            CHAIN_FILE.to_string(),
+            ROOT_CERT_FILE.to_string(),
+            ROOT_KEY_FILE.to_string(),
+        ]
     );
 }
 
@@ -90,7 +100,8 @@ fn ca_certificate_has_expected_fields() {
     let before = OffsetDateTime::now_utc();
     let (_tmp, ca) = new_ca_with(&params);
     let info = inspect_certificate(ca.ca_certificate_pem()).unwrap();
-    assert_eq!(info.common_name.as_deref(), Some("Test Root"));
+    // The issuing CA, named after the root that signed it.
+    assert_eq!(info.common_name.as_deref(), Some("Test Root Issuing CA"));
     assert_eq!(info.issuer_cn.as_deref(), Some("Test Root"));
     assert_eq!(info.fingerprint_sha256, ca.fingerprint_sha256());
     assert_eq!(info.fingerprint_sha256.len(), 64);
@@ -117,8 +128,10 @@ fn ca_certificate_has_expected_fields() {
         let ku = cert.key_usage().unwrap().expect("key usage").value;
         assert!(ku.key_cert_sign() && ku.crl_sign() && ku.digital_signature());
         assert!(!ku.key_encipherment());
-        // Self-signed, positive serial, has a subject key identifier.
-        cert.verify_signature(None).unwrap();
+        // Signed by the root, positive serial, has a subject key identifier.
+        let root_der = pem::parse(ca.root_pem()).unwrap().into_contents();
+        let (_, root) = x509_parser::certificate::X509Certificate::from_der(&root_der).unwrap();
+        cert.verify_signature(Some(root.public_key())).unwrap();
         assert!(cert.raw_serial()[0] & 0x80 == 0);
         assert!(cert.raw_serial().len() >= 15);
         assert!(cert.iter_extensions().any(|e| matches!(
@@ -299,7 +312,7 @@ fn inspect_certificate_reports_issued_fields_and_rejects_garbage() {
     let info = inspect_certificate(&issued.certificate_pem).unwrap();
     assert_eq!(info.serial, issued.serial);
     assert_eq!(info.common_name.as_deref(), Some(IMEI));
-    assert_eq!(info.issuer_cn.as_deref(), Some("Callhome Root CA"));
+    assert_eq!(info.issuer_cn.as_deref(), Some("Callhome Issuing CA"));
     assert_eq!(info.not_before, issued.not_before);
     assert_eq!(info.not_after, issued.not_after);
     assert_eq!(info.fingerprint_sha256, issued.fingerprint_sha256);

@@ -7,5 +7,6 @@ mod common;
 mod crl;
 mod csr;
 mod fuzz;
+mod hierarchy;
 mod server_identity;
 mod tls;

@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod api;
+mod ca;
 pub mod connect;
 pub mod credentials;
 pub mod device_config;
@@ -45,6 +46,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { api, action } => device_config::run(&api, action).await,
         Command::Jobs { api, action } => jobs::run(&api, action).await,
         Command::Firmware { api, action } => firmware::run(&api, action).await,
+        Command::Ca { settings, action } => {
+            let settings = Settings::resolve(&settings)?;
+            init_tracing(&settings);
+            ca::run(&settings, action)
+        }
         Command::User { settings, action } => {
             let settings = Settings::resolve(&settings)?;
             init_tracing(&settings);

@@ -104,6 +104,18 @@ impl TestApp {
         }
     }
 
+    /// The body of an unauthenticated GET of `path`, as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The running server's store (to break it on purpose, or to read what it wrote).
     pub fn store(&self) -> std::sync::Arc<dyn callhome_store::Store> {
         self.server.as_ref().expect("server running").store.clone()

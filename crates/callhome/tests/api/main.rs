@@ -2,6 +2,7 @@
 //! database and talks to it over HTTP. One test binary, modules by area.
 
 mod auth;
+mod ca_rollover;
 mod certificates;
 mod cli;
 mod config;
