@@ -78,6 +78,21 @@ pub struct AppState {
     pub login_throttle: Arc<throttle::LoginThrottle>,
     /// The firmware repository.
     pub firmware: routes::firmware::FirmwareRepo,
+    /// Device connections on the device-facing listener (downloads, enrolment).
+    pub device_connections: Arc<callhome_net::LiveDevices>,
+}
+
+impl AppState {
+    /// Ends everything `imei` has open on this node (its MQTT connection, its sessions'
+    /// splices, its device-listener connections): the device was disabled or deleted.
+    pub async fn end_device_access(&self, imei: &callhome_core::Imei) {
+        self.gateway.disconnect(imei);
+        self.tunnel
+            .close_for_access(&std::collections::HashSet::new(), Some(imei))
+            .await;
+        self.device_connections
+            .revoke(&std::collections::HashSet::new(), Some(imei.as_str()));
+    }
 }
 
 /// The bearer token `GET /metrics` requires (`http.metrics_token`). `Debug` never shows it;

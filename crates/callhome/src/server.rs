@@ -277,6 +277,26 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     });
     let device_http =
         callhome_devicehttp::DeviceHttp::new(device_settings, device_tls, device_routes);
+    let device_connections = device_http.live();
+    {
+        // Device-listener connections whose certificate a new CRL revokes end at once.
+        let (certs, live, token) = (certs.clone(), device_connections.clone(), shutdown.clone());
+        let mut changes = certs.subscribe();
+        tasks.spawn("device listener revocations", async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    changed = changes.changed() => if changed.is_err() { return Ok(()) },
+                }
+                match certs.revoked_serials().await {
+                    Ok(serials) => {
+                        live.revoke(&serials, None);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not list revoked certificates"),
+                }
+            }
+        });
+    }
     let token = shutdown.clone();
     tasks.spawn("device HTTPS listener", async move {
         Ok(device_http.run(device_listener, token).await?)
@@ -348,6 +368,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
             max_upload_bytes: settings.firmware.max_upload_bytes,
             models: Arc::new(settings.firmware.models.clone()),
         },
+        device_connections,
     };
 
     let http = TcpListener::bind(settings.http)

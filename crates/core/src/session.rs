@@ -47,5 +47,7 @@ crate::wire_enum! {
         Cancelled = "cancelled",
         /// The server stopped while the session was open.
         ServerShutdown = "server_shutdown",
+        /// The modem's certificate was revoked, or the device disabled or deleted.
+        AccessRevoked = "access_revoked",
     }
 }

@@ -29,7 +29,8 @@ use axum::extract::ConnectInfo;
 use callhome_ca::tls::SharedServerConfig;
 use callhome_core::Imei;
 use callhome_net::{
-    Handler, HandshakePermit, PeerIdentity, Refusal, TlsListener, TlsListenerConfig, TlsStream,
+    Handler, HandshakePermit, LiveDevices, PeerIdentity, Refusal, TlsListener, TlsListenerConfig,
+    TlsStream,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -167,6 +168,7 @@ pub struct DeviceHttp {
     settings: DeviceHttpSettings,
     tls: Arc<SharedServerConfig>,
     router: Router,
+    live: Arc<LiveDevices>,
 }
 
 impl DeviceHttp {
@@ -178,7 +180,14 @@ impl DeviceHttp {
             settings,
             tls,
             router,
+            live: Arc::new(LiveDevices::default()),
         }
+    }
+
+    /// The connections that presented a device certificate: revoking a serial or an
+    /// identity there ends them at once (a download in progress included).
+    pub fn live(&self) -> Arc<LiveDevices> {
+        self.live.clone()
     }
 
     /// Serves on `listener` until `shutdown` is cancelled; then stops accepting, asks
@@ -199,6 +208,7 @@ impl DeviceHttp {
                 router: self.router,
                 settings: self.settings,
                 shutdown: shutdown.clone(),
+                live: self.live,
             }),
         };
         tls_listener.run(listener, shutdown, handler).await;
@@ -213,6 +223,7 @@ struct Inner {
     router: Router,
     settings: DeviceHttpSettings,
     shutdown: CancellationToken,
+    live: Arc<LiveDevices>,
 }
 
 /// The [`Handler`] of the device listener.
@@ -242,6 +253,10 @@ impl Handler for Connections {
 /// One connection, to its end.
 async fn serve_connection(stream: TlsStream<TcpStream>, peer: DevicePeer, inner: &Inner) {
     let addr = peer.addr;
+    let live = inner.live.register(
+        peer.imei.as_ref().map(|i| i.to_string()),
+        peer.cert_serial.clone(),
+    );
     let activity = Activity::new();
     let io = TokioIo::new(callhome_net::Watched::new(stream, activity.clone()));
     let router = inner.router.clone();
@@ -301,6 +316,11 @@ async fn serve_connection(stream: TlsStream<TcpStream>, peer: DevicePeer, inner:
             () = inner.shutdown.cancelled(), if grace_deadline.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 grace_deadline = Some(tokio::time::Instant::now() + inner.settings.shutdown_grace);
+            }
+            () = live.revoked().cancelled() => {
+                info!(peer = %addr, "device access revoked; connection closed");
+                metrics::counter!("callhome_devicehttp_revoked_total").increment(1);
+                return;
             }
             () = grace => {
                 debug!(peer = %addr, "device HTTP connection still busy after the shutdown grace; dropping it");

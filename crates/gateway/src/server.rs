@@ -2,13 +2,11 @@
 //! the [`Handler`] the shared listener (`callhome-net`) runs each connection with, which also
 //! counts refusals in the `callhome_mqtt_*` metrics.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use callhome_ca::tls::{ClientAuth, SharedServerConfig};
 use callhome_net::{Handler, HandshakePermit, Refusal, TlsListenerConfig, TlsStream};
-use time::OffsetDateTime;
 use tokio::net::TcpStream;
 use tracing::{debug, error, warn};
 
@@ -43,13 +41,8 @@ pub(crate) async fn watch_crl(shared: Arc<Shared>, tls: Arc<SharedServerConfig>)
                 error!(error = %e, "could not rebuild the TLS configuration; keeping the previous one")
             }
         }
-        match shared
-            .store
-            .list_revoked_certificates(OffsetDateTime::now_utc())
-            .await
-        {
-            Ok(revoked) => {
-                let serials: HashSet<String> = revoked.into_iter().map(|c| c.serial).collect();
+        match shared.certs.revoked_serials().await {
+            Ok(serials) => {
                 for imei in shared.hub.kill_serials(&serials) {
                     warn!(%imei, "certificate revoked: live connection closed");
                     metrics::counter!("callhome_mqtt_revoked_disconnects_total").increment(1);

@@ -30,9 +30,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub mod idle;
+pub mod live;
 pub mod peers;
 
 pub use idle::{IdleClock, Watched};
+pub use live::{LiveDevices, LiveGuard};
 pub use peers::{AddressPermit, PerAddressLimit, peer_key};
 pub use tokio_rustls::server::TlsStream;
 

@@ -253,6 +253,18 @@ impl CertificateService {
         Ok(record)
     }
 
+    /// The serials of every certificate revoked and not yet expired (what the CRLs list),
+    /// for ending live connections that use one.
+    pub async fn revoked_serials(&self) -> Result<std::collections::HashSet<String>, PkiError> {
+        Ok(self
+            .store
+            .list_revoked_certificates(OffsetDateTime::now_utc())
+            .await?
+            .into_iter()
+            .map(|c| c.serial)
+            .collect())
+    }
+
     /// Rebuilds the CRL from the store and puts it in force.
     pub async fn refresh_crl(&self) -> Result<Arc<CrlSet>, PkiError> {
         let _guard = self.rebuild.lock().await;

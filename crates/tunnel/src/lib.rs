@@ -14,7 +14,7 @@
 mod listener;
 pub mod splice;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -203,6 +203,9 @@ pub struct Opened {
     pub reader_token: Option<String>,
 }
 
+/// Why a session was cancelled, and the error to record with it.
+type CancelReason = (CloseReason, Option<String>);
+
 /// A rendezvous waiting for its two ends.
 struct Slot {
     imei: Imei,
@@ -211,11 +214,13 @@ struct Slot {
     idle: Duration,
     cancel: CancellationToken,
     /// Set by DELETE / timeouts before cancelling, so the splice knows why it stopped.
-    cancel_reason: Arc<Mutex<Option<CloseReason>>>,
+    cancel_reason: Arc<Mutex<Option<CancelReason>>>,
     modem: Option<(Box<dyn Stream>, String)>,
     reader: Option<(Box<dyn Stream>, String)>,
     /// The splice runs: it records the close (with byte counts) when it ends.
     splicing: bool,
+    /// Serial of the certificate the modem connected with, once it has.
+    modem_serial: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -304,6 +309,26 @@ impl Tunnel {
             tls.clone(),
             self.inner.shutdown.clone(),
         );
+        // Splices of modems whose certificate a new CRL revokes end at once.
+        let watcher = {
+            let this = self.clone();
+            let mut changes = self.inner.certs.subscribe();
+            let shutdown = self.inner.shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        changed = changes.changed() => if changed.is_err() { return },
+                    }
+                    match this.inner.certs.revoked_serials().await {
+                        Ok(serials) => {
+                            this.close_for_access(&serials, None).await;
+                        }
+                        Err(e) => warn!(error = %e, "could not list revoked certificates"),
+                    }
+                }
+            })
+        };
         let tls_listener = TlsListener::new(listener::listener_config(&self.inner.cfg), tls);
         let connections = tls_listener.tracker();
         let handler = listener::Modems {
@@ -315,6 +340,7 @@ impl Tunnel {
         // Modems between their handshake and their ID finish joining (or are refused) first.
         connections.close();
         connections.wait().await;
+        watcher.abort();
         let open: Vec<Uuid> = self.slots().keys().copied().collect();
         for id in open {
             self.close(id, CloseReason::ServerShutdown, None).await;
@@ -432,6 +458,7 @@ impl Tunnel {
                     modem: None,
                     reader: None,
                     splicing: false,
+                    modem_serial: None,
                 },
             );
         }
@@ -654,6 +681,35 @@ impl Tunnel {
         }
     }
 
+    /// Closes, with [`CloseReason::AccessRevoked`], every session whose modem connected
+    /// with a certificate in `serials`, and every session of `device` (disabled or
+    /// deleted) whatever its state. Returns how many were closed.
+    pub async fn close_for_access(
+        &self,
+        serials: &HashSet<String>,
+        device: Option<&Imei>,
+    ) -> usize {
+        let hit: Vec<(Uuid, &'static str)> = self
+            .slots()
+            .iter()
+            .filter_map(|(id, s)| {
+                if device == Some(&s.imei) {
+                    Some((*id, "the device was disabled or deleted"))
+                } else if s.modem_serial.as_ref().is_some_and(|x| serials.contains(x)) {
+                    Some((*id, "the modem's certificate was revoked"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, why) in &hit {
+            warn!(session = %id, why, "session closed: access revoked");
+            self.close(*id, CloseReason::AccessRevoked, Some((*why).to_owned()))
+                .await;
+        }
+        hit.len()
+    }
+
     /// Closes a session: cancels its TEMPORALCLIENT if still queued, ends its splice (if
     /// any) and records the reason. Closing a closed session does nothing.
     pub async fn close(&self, id: Uuid, reason: CloseReason, error: Option<String>) {
@@ -663,7 +719,7 @@ impl Tunnel {
             match slots.get(&id) {
                 Some(slot) => {
                     if let Ok(mut r) = slot.cancel_reason.lock() {
-                        r.get_or_insert(reason);
+                        r.get_or_insert((reason, error.clone()));
                     }
                     slot.cancel.cancel();
                     if slot.splicing {
@@ -814,7 +870,13 @@ impl Tunnel {
     }
 
     /// Called by the listener once a modem has proven its identity.
-    pub(crate) async fn attach_modem(&self, id: Uuid, stream: Box<dyn Stream>, addr: String) {
+    pub(crate) async fn attach_modem(
+        &self,
+        id: Uuid,
+        stream: Box<dyn Stream>,
+        addr: String,
+        serial: Option<String>,
+    ) {
         let (imei, paired) = {
             let mut slots = self.slots();
             let Some(slot) = slots.get_mut(&id) else {
@@ -824,6 +886,7 @@ impl Tunnel {
                 return; // a second modem connection for the same session: dropped
             }
             slot.modem = Some((stream, addr.clone()));
+            slot.modem_serial = serial;
             (slot.imei.clone(), slot.reader.is_some())
         };
         let update = SessionUpdate {
@@ -918,22 +981,22 @@ impl Tunnel {
                 .increment(from);
             metrics::counter!("callhome_tunnel_bytes_total", "direction" => "to_modem")
                 .increment(to);
-            let reason = match end {
-                SpliceEnd::ReaderClosed => CloseReason::ReaderClosed,
-                SpliceEnd::ModemClosed => CloseReason::ModemClosed,
-                SpliceEnd::IdleTimeout => CloseReason::IdleTimeout,
+            let (reason, error) = match end {
+                SpliceEnd::ReaderClosed => (CloseReason::ReaderClosed, None),
+                SpliceEnd::ModemClosed => (CloseReason::ModemClosed, None),
+                SpliceEnd::IdleTimeout => (CloseReason::IdleTimeout, None),
                 SpliceEnd::Cancelled => cancel_reason
                     .lock()
                     .ok()
-                    .and_then(|r| *r)
-                    .unwrap_or(CloseReason::ServerShutdown),
+                    .and_then(|r| r.clone())
+                    .unwrap_or((CloseReason::ServerShutdown, None)),
             };
             this.slots().remove(&id);
             let bytes = (
                 i64::try_from(from).unwrap_or(i64::MAX),
                 i64::try_from(to).unwrap_or(i64::MAX),
             );
-            this.record_close(id, reason, None, Some(bytes)).await;
+            this.record_close(id, reason, error, Some(bytes)).await;
         });
     }
 }

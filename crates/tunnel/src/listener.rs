@@ -86,6 +86,7 @@ async fn modem_connected(tunnel: Tunnel, mut stream: TlsStream<TcpStream>, peer:
     let cfg = tunnel.inner().cfg.clone();
     let addr = peer.addr.to_string();
     let cn = peer.cert_cn;
+    let serial = peer.cert_serial;
     let Some(imei) = cn.as_deref().and_then(|cn| Imei::parse(cn).ok()) else {
         audit(
             &tunnel,
@@ -145,6 +146,6 @@ async fn modem_connected(tunnel: Tunnel, mut stream: TlsStream<TcpStream>, peer:
     }
     info!(%imei, %addr, session = %session_id, "modem connected to the tunnel");
     tunnel
-        .attach_modem(session_id, Box::new(stream), addr)
+        .attach_modem(session_id, Box::new(stream), addr, serial)
         .await;
 }

@@ -483,3 +483,103 @@ async fn callhome_connect_exposes_the_meter_as_a_local_tcp_port() {
     assert_eq!(list["items"][0]["bytes_from_modem"], 5);
     app.stop().await;
 }
+
+/// Waits up to `within` for `sock` to be closed by the server (EOF or error).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(sock: &mut S, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A kept-alive HTTPS connection to the device listener with the device's certificate,
+/// after one request answered.
+async fn device_listener_connection(app: &TestApp, e: &Enrolled) -> ModemSocket {
+    let tcp = tokio::net::TcpStream::connect(app.device_http)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls(e))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    s.write_all(b"GET /crl/00.crl HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"));
+    s
+}
+
+/// Revoking a modem's certificate ends its splice and its device-listener connections
+/// within a second (its MQTT connection too); disabling a device does the same.
+#[tokio::test]
+async fn revocation_and_disabling_end_splices_and_device_connections_at_once() {
+    let (app, ops, reader, e, mut modem) = setup(940).await;
+    let (_, created) = open(&app, &reader, &e.imei, json!({"mode": "rendezvous"})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (mut sock, _) = answer_temporal_client(&mut modem, &e, e.imei.as_bytes()).await;
+    let mut ws = ws_connect(&app, &created).await;
+    ws.send(Message::Binary(b"ping".to_vec().into()))
+        .await
+        .unwrap();
+    let mut got = [0u8; 4];
+    sock.read_exact(&mut got).await.unwrap();
+    let mut download = device_listener_connection(&app, &e).await;
+
+    let started = std::time::Instant::now();
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/certificates/{}/revoke", e.serial),
+            &ops,
+            json!({"reason": "key_compromise"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        closed_within(&mut sock, Duration::from_secs(1)).await,
+        "splice ended"
+    );
+    assert!(
+        closed_within(&mut download, Duration::from_secs(1)).await,
+        "device-listener connection ended"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let s = wait_closed(&app, &reader, &id).await;
+    assert_eq!(s["close_reason"], "access_revoked", "{s}");
+    assert!(s["error"].as_str().unwrap().contains("revoked"), "{s}");
+    drop(modem);
+
+    // Disabling a device ends its sessions the same way, pending or spliced.
+    let e2 = app.enroll(&ops, &imei(941)).await;
+    let mut modem2 = TestModem::connect(app.mqtt, &e2).await;
+    let (_, created) = open(&app, &reader, &e2.imei, json!({"mode": "rendezvous"})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (mut sock, _) = answer_temporal_client(&mut modem2, &e2, e2.imei.as_bytes()).await;
+    let _ws = ws_connect(&app, &created).await;
+    let mut download = device_listener_connection(&app, &e2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/devices/{}", e2.imei),
+            Some(&ops),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        closed_within(&mut sock, Duration::from_secs(1)).await,
+        "splice ended"
+    );
+    assert!(closed_within(&mut download, Duration::from_secs(1)).await);
+    let s = wait_closed(&app, &reader, &id).await;
+    assert_eq!(s["close_reason"], "access_revoked", "{s}");
+    app.stop().await;
+}
