@@ -8,7 +8,7 @@
 //! - `GET /fw/{token}/jad`: a MIDlet's descriptor for OTAP, its `MIDlet-Jar-URL` and
 //!   `MIDlet-Install-Notify` pointing at this token.
 //! - `POST /fw/{token}/notify`: the modem's JSR-118 install status.
-//!
+//! - `/.well-known/est/...`: EST enrolment (RFC 7030), see [`crate::est`].
 //! - `GET /crl/{key id}.crl`: the CRL of the issuing CA with that key identifier (DER, with
 //!   its issuing distribution point): the CRL distribution point named in device
 //!   certificates, which external brokers fetch.
@@ -57,8 +57,12 @@ pub struct DeviceState {
     pub base_url: String,
     /// Downloads served at once; more wait their turn.
     pub downloads: Arc<Semaphore>,
-    /// The CA: its CRLs (and, for enrolment, its signing).
+    /// The CA (EST enrolment and `cacerts`).
     pub certs: Arc<callhome_pki::CertificateService>,
+    /// The process-wide bound on password hashing (bootstrap secrets are argon2 hashes).
+    pub passwords: callhome_gateway::PasswordPool,
+    /// Failed bootstrap secrets, throttled per IMEI and per client address.
+    pub est_throttle: Arc<crate::throttle::LoginThrottle>,
 }
 
 impl std::fmt::Debug for DeviceState {
@@ -77,7 +81,9 @@ pub fn router(state: DeviceState) -> Router {
         .route("/fw/{token}/jad", get(descriptor))
         .route("/fw/{token}/notify", post(notify))
         .route("/crl/{file}", get(crl_file))
+        .merge(crate::est::routes())
         .fallback(|| async { ApiError::NotFound("no such resource on the device listener".into()) })
+        // EST bodies are read with their own limit (`est::MAX_EST_BODY`).
         .layer(DefaultBodyLimit::max(MAX_NOTIFY_BYTES))
         .with_state(state)
 }

@@ -251,6 +251,28 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The response with the status and headers of [`IntoResponse`], but the problem's
+    /// detail as a plain-text body, and `challenge` as `WWW-Authenticate` on a 401: what the
+    /// EST endpoints answer (RFC 7030 section 4.2.3 allows a human-readable text body).
+    pub fn into_plain_response(self, challenge: &'static str) -> Response {
+        let detail = self.problem().detail;
+        let (mut parts, _) = self.into_response().into_parts();
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        if parts.status == StatusCode::UNAUTHORIZED {
+            parts.headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        Response::from_parts(parts, axum::body::Body::from(format!("{detail}\n")))
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod context;
 pub mod device;
 pub mod error;
+pub mod est;
 pub mod extract;
 pub mod limits;
 pub mod metrics;

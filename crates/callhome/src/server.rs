@@ -274,6 +274,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         base_url: device_http_url.clone(),
         downloads: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_downloads)),
         certs: certs.clone(),
+        passwords: gateway.passwords().clone(),
+        // Failed EST bootstrap secrets back off like failed API logins (own counters).
+        est_throttle: Arc::new(callhome_api::throttle::LoginThrottle::new(
+            settings.login_throttle.clone(),
+        )),
     });
     let device_http =
         callhome_devicehttp::DeviceHttp::new(device_settings, device_tls, device_routes);
@@ -301,7 +306,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     tasks.spawn("device HTTPS listener", async move {
         Ok(device_http.run(device_listener, token).await?)
     });
-    tracing::info!(%device_http_addr, url = %device_http_url, "device HTTPS listener (firmware downloads)");
+    tracing::info!(%device_http_addr, url = %device_http_url, "device HTTPS listener (firmware downloads, EST enrolment)");
 
     let config = callhome_fleet::ConfigService::new(
         store.clone(),

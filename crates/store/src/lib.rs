@@ -465,6 +465,29 @@ pub trait Firmware: Send + Sync {
     async fn list_job_events(&self, job_id: Uuid, imei: &Imei) -> Result<Vec<ExecEventRecord>>;
 }
 
+/// Bootstrap secrets: one per device at most, single use, authenticating a first EST
+/// enrolment.
+#[async_trait]
+pub trait BootstrapSecrets: Send + Sync {
+    /// Stores `secret` as the device's only one, replacing any other.
+    async fn put_bootstrap_secret(&self, secret: &BootstrapSecret) -> Result<()>;
+    /// Stores `secret` only if the device has none now (puts back a secret that a refused
+    /// enrolment had consumed); whether it was stored.
+    async fn restore_bootstrap_secret(&self, secret: &BootstrapSecret) -> Result<bool>;
+    /// The device's secret, expired or not.
+    async fn get_bootstrap_secret(&self, imei: &Imei) -> Result<Option<BootstrapSecret>>;
+    /// Deletes the device's secret if it is still the one hashed `secret_hash` and has not
+    /// expired at `now`; whether it was (of two concurrent callers, only one gets `true`).
+    async fn consume_bootstrap_secret(
+        &self,
+        imei: &Imei,
+        secret_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool>;
+    /// Withdraws the device's secret; whether there was one.
+    async fn delete_bootstrap_secret(&self, imei: &Imei) -> Result<bool>;
+}
+
 /// Everything Callhome stores, behind one handle.
 #[async_trait]
 pub trait Store:
@@ -482,6 +505,7 @@ pub trait Store:
     + Jobs
     + Retention
     + Firmware
+    + BootstrapSecrets
     + Send
     + Sync
     + 'static

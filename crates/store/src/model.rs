@@ -967,3 +967,18 @@ pub struct ExecutionEnd<'a> {
     /// When.
     pub at: OffsetDateTime,
 }
+
+/// A device's bootstrap secret for EST enrolment, as stored: only its argon2 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapSecret {
+    /// The device it authenticates (HTTP Basic user name).
+    pub imei: Imei,
+    /// Argon2id PHC string of the secret.
+    pub secret_hash: String,
+    /// After this it is refused (and no longer consumed).
+    pub expires_at: OffsetDateTime,
+    /// When it was made.
+    pub created_at: OffsetDateTime,
+    /// Who made it.
+    pub created_by: String,
+}

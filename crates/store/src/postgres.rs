@@ -27,6 +27,9 @@ const BEGIN_WRITE: &str = "BEGIN";
 
 // The same SQL files are this backend's modules and the other backend's: one text of each
 // statement, type-checked against both drivers (hence `duplicate_mod`).
+#[path = "sql/bootstrap.rs"]
+#[allow(clippy::duplicate_mod)]
+mod bootstrap;
 #[path = "sql/common.rs"]
 #[allow(clippy::duplicate_mod)]
 #[macro_use]

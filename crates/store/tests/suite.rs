@@ -1963,3 +1963,83 @@ async fn firmware_repository_inventory_downloads_and_event_log() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn bootstrap_secrets_are_single_use_replaced_and_expire() {
+    on_each_backend("bootstrap secrets", |s| async move {
+        let id = registered(&s, 901).await;
+        let now = OffsetDateTime::now_utc();
+        let secret = |hash: &str, expires_at: OffsetDateTime| BootstrapSecret {
+            imei: id.clone(),
+            secret_hash: hash.to_owned(),
+            expires_at,
+            created_at: now,
+            created_by: "ops".to_owned(),
+        };
+        assert_eq!(s.get_bootstrap_secret(&id).await.unwrap(), None);
+        assert!(!s.delete_bootstrap_secret(&id).await.unwrap());
+
+        // A new secret replaces the old one: the old hash no longer consumes anything.
+        s.put_bootstrap_secret(&secret("h1", now + Duration::days(1)))
+            .await
+            .unwrap();
+        s.put_bootstrap_secret(&secret("h2", now + Duration::days(2)))
+            .await
+            .unwrap();
+        let stored = s.get_bootstrap_secret(&id).await.unwrap().unwrap();
+        assert_eq!(stored.secret_hash, "h2");
+        assert_eq!(stored.created_by, "ops");
+        assert_eq!(
+            stored.expires_at.unix_timestamp(),
+            (now + Duration::days(2)).unix_timestamp()
+        );
+        assert!(!s.consume_bootstrap_secret(&id, "h1", now).await.unwrap());
+
+        // Single use: of two consumers racing, exactly one wins.
+        let (a, b) = tokio::join!(
+            s.consume_bootstrap_secret(&id, "h2", now),
+            s.consume_bootstrap_secret(&id, "h2", now)
+        );
+        assert!(a.unwrap() ^ b.unwrap(), "exactly one consumer wins");
+        assert_eq!(s.get_bootstrap_secret(&id).await.unwrap(), None);
+
+        // A consumed secret can be put back, but never over a newer one.
+        assert!(s.restore_bootstrap_secret(&stored).await.unwrap());
+        s.put_bootstrap_secret(&secret("h3", now + Duration::days(1)))
+            .await
+            .unwrap();
+        assert!(!s.restore_bootstrap_secret(&stored).await.unwrap());
+        assert_eq!(
+            s.get_bootstrap_secret(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .secret_hash,
+            "h3"
+        );
+
+        // An expired secret is kept (to say "expired") but not consumed.
+        s.put_bootstrap_secret(&secret("h4", now - Duration::seconds(1)))
+            .await
+            .unwrap();
+        assert!(!s.consume_bootstrap_secret(&id, "h4", now).await.unwrap());
+        assert!(s.get_bootstrap_secret(&id).await.unwrap().is_some());
+
+        // Withdrawn, and gone with its device.
+        assert!(s.delete_bootstrap_secret(&id).await.unwrap());
+        assert!(!s.delete_bootstrap_secret(&id).await.unwrap());
+        s.put_bootstrap_secret(&secret("h5", now + Duration::days(1)))
+            .await
+            .unwrap();
+        s.delete_device(&id).await.unwrap();
+        assert_eq!(s.get_bootstrap_secret(&id).await.unwrap(), None);
+
+        // A secret for an unregistered device is refused by the database.
+        assert!(
+            s.put_bootstrap_secret(&secret("h6", now + Duration::days(1)))
+                .await
+                .is_err()
+        );
+    })
+    .await;
+}

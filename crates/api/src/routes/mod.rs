@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod bootstrap_secrets;
 pub mod certificates;
 pub mod commands;
 pub mod config;
@@ -91,6 +92,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(session_targets::delete_session_target))
         .routes(routes!(certificates::sign_csr))
+        .routes(routes!(
+            bootstrap_secrets::create_bootstrap_secret,
+            bootstrap_secrets::delete_bootstrap_secret
+        ))
         .routes(routes!(certificates::list_device_certificates))
         .routes(routes!(certificates::get_certificate))
         .routes(routes!(certificates::revoke_certificate))

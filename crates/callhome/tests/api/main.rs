@@ -7,6 +7,7 @@ mod certificates;
 mod cli;
 mod config;
 mod devices;
+mod est;
 mod firmware;
 mod gateway;
 mod helpers;
