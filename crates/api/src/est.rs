@@ -20,7 +20,8 @@
 //! are only counted (`callhome_est_requests_total{op,outcome}`), so anonymous traffic
 //! cannot fill the audit log. Refusals are plain text naming the problem (RFC 7030 section
 //! 4.2.3); a 401 carries `WWW-Authenticate: Basic realm="callhome-est"`. Failed bootstrap
-//! secrets are throttled per IMEI and per client address like API logins.
+//! secrets are throttled per IMEI and per client address like API logins (429 with
+//! `Retry-After`, counted, not audited one row each).
 
 use std::net::SocketAddr;
 
@@ -198,7 +199,9 @@ async fn answer(
     };
     let status = response.status();
     count(op, status);
-    if let Some(actor) = &attempt.actor {
+    // A throttled attempt is counted, not audited (the login throttle's rule): the
+    // failures that led to it were.
+    if let (Some(actor), false) = (&attempt.actor, status == StatusCode::TOO_MANY_REQUESTS) {
         let mut detail = json!({ "operation": op.as_str() });
         let fields = [
             ("method", attempt.method.map(str::to_owned)),

@@ -752,3 +752,53 @@ async fn bootstrap_secret_api_roles_limits_replacement_and_withdrawal() {
     assert_eq!(stored.created_by, "ops");
     app.stop().await;
 }
+
+/// Failed bootstrap secrets back off like logins: past the free failures even the right
+/// secret gets 429 with `Retry-After`, counted but not audited.
+#[tokio::test]
+async fn failed_bootstrap_secrets_are_throttled() {
+    let app = TestApp::spawn_with(|s| {
+        s.login_throttle.user_free_failures = 1;
+        s.login_throttle.base_delay = std::time::Duration::from_secs(3600);
+        s.login_throttle.max_delay = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let ops = app.user_token("ops", "operator").await;
+    let anchor = client(&ca_pem(&app).await, None);
+    let id = imei(506);
+    let secret = with_secret(&app, &ops, &id).await;
+    let (_, c) = csr(&id);
+    for _ in 0..2 {
+        let a = post_csr(
+            &anchor,
+            &app,
+            "simpleenroll",
+            Some((&id, "wrong")),
+            c.clone(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text);
+    }
+    let resp = anchor
+        .post(est_url(&app, "simpleenroll"))
+        .header("content-type", "application/pkcs10")
+        .basic_auth(&id, Some(&secret))
+        .body(c)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("too many failed bootstrap secrets for this IMEI"),
+        "{text}"
+    );
+    let rows = audit_rows(&app, &id).await;
+    assert_eq!(
+        rows.len(),
+        2,
+        "the two failures, not the throttled attempt: {rows:?}"
+    );
+    app.stop().await;
+}
