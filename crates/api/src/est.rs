@@ -193,7 +193,8 @@ async fn answer(
     let (response, reason) = match result {
         Ok(r) => (r, None),
         Err(e) => {
-            let reason = e.to_string();
+            // The client's text: an internal error's cause is logged, not audited.
+            let reason = e.problem().detail;
             (e.into_plain_response(CHALLENGE), Some(reason))
         }
     };
