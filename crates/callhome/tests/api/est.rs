@@ -105,13 +105,17 @@ fn certs_only(body: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Checks that `leaf` is signed by `ca` and names `cn`.
-fn check_issued(leaf: &[u8], ca: &[u8], cn: &str) {
+/// Checks that `leaf` is signed by a CA of `chain` (cacerts: a SET, in no particular
+/// order) and names `cn`.
+fn check_issued(leaf: &[u8], chain: &[Vec<u8>], cn: &str) {
     let (_, leaf) = X509Certificate::from_der(leaf).unwrap();
-    let (_, ca) = X509Certificate::from_der(ca).unwrap();
-    leaf.verify_signature(Some(ca.public_key()))
+    let issuer = chain
+        .iter()
+        .map(|c| X509Certificate::from_der(c).unwrap().1)
+        .find(|c| c.subject() == leaf.issuer())
+        .expect("the issuer is in cacerts");
+    leaf.verify_signature(Some(issuer.public_key()))
         .expect("signed by the CA from cacerts");
-    assert_eq!(leaf.issuer(), ca.subject());
     let names: Vec<&str> = leaf
         .subject()
         .iter_common_name()
@@ -271,7 +275,14 @@ async fn cacerts_and_csrattrs_are_served_as_rfc_7030_says() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.content_type, "application/pkcs7-mime");
     let chain = certs_only(&a.text);
-    assert_eq!(chain, vec![pem_der(&ca)], "the chain is the CA certificate");
+    assert!(
+        chain.contains(&pem_der(&ca)),
+        "the chain holds the published CA certificate"
+    );
+    for c in &chain {
+        let (_, c) = X509Certificate::from_der(c).unwrap();
+        assert!(c.is_ca(), "only CA certificates: {}", c.subject());
+    }
 
     let a = send(c.get(est_url(&app, "csrattrs"))).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
@@ -328,7 +339,7 @@ async fn enrol_with_a_bootstrap_secret_then_reenrol_and_serverkeygen() {
     );
     let issued = certs_only(&a.text);
     assert_eq!(issued.len(), 1);
-    check_issued(&issued[0], &cacerts[0], &id);
+    check_issued(&issued[0], &cacerts, &id);
     let cert1 = to_pem(&issued, "CERTIFICATE");
     let serial1 = serial_of(&issued[0]);
     connect_modem(&app, &id, &cert1, &key1, &trust).await;
@@ -345,7 +356,7 @@ async fn enrol_with_a_bootstrap_secret_then_reenrol_and_serverkeygen() {
     let a = post_csr(&device, &app, "simplereenroll", None, csr2).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     let issued = certs_only(&a.text);
-    check_issued(&issued[0], &cacerts[0], &id);
+    check_issued(&issued[0], &cacerts, &id);
     let cert2 = to_pem(&issued, "CERTIFICATE");
     let serial2 = serial_of(&issued[0]);
     assert_ne!(serial1, serial2);
@@ -383,7 +394,7 @@ async fn enrol_with_a_bootstrap_secret_then_reenrol_and_serverkeygen() {
     );
     let key3 = to_pem(&[unb64(&key_body)], "PRIVATE KEY");
     let issued = certs_only(&cert_body);
-    check_issued(&issued[0], &cacerts[0], &id);
+    check_issued(&issued[0], &cacerts, &id);
     let cert3 = to_pem(&issued, "CERTIFICATE");
     connect_modem(&app, &id, &cert3, &key3, &trust).await;
 
