@@ -124,6 +124,9 @@ payloads! {
     "firmware.uploaded" => FirmwareUploaded(FirmwareRef),
     /// A firmware was removed from the repository.
     "firmware.deleted" => FirmwareDeleted(FirmwareRef),
+    /// A device's active certificate crossed an expiry threshold (published once per
+    /// certificate and threshold, across all nodes).
+    "certificate.expiring" => CertificateExpiring(CertificateExpiring),
 }
 
 impl EventPayload {
@@ -384,6 +387,22 @@ pub struct FirmwareRef {
     pub id: Uuid,
     /// Its version.
     pub version: String,
+}
+
+/// `certificate.expiring`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateExpiring {
+    /// The certificate's serial, uppercase hex.
+    pub serial: String,
+    /// The device it was issued to.
+    pub imei: Imei,
+    /// End of its validity.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Whole days left when the check ran.
+    pub days_left: i64,
+    /// The threshold crossed, days.
+    pub threshold_days: u32,
 }
 
 #[cfg(test)]

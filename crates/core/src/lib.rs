@@ -21,6 +21,8 @@
 //! - [`command`], [`session`], [`audit`]: the closed vocabularies of commands, meter-reading
 //!   sessions and the audit log (states, modes, close reasons, actor kinds), declared with
 //!   [`wire_enum!`] ([`wire`]) so each stored or JSON name is spelt once.
+//! - [`certificates`]: certificate states, the certificate audit's checks and severities,
+//!   and the expiry watch's thresholds.
 //! - [`events`]: the typed platform events published on the event bus and streamed as SSE.
 //! - [`targets`]: the allow-list of direct-session targets (networks, ports, principals) and
 //!   the reserved address classes refused unless listed explicitly.
@@ -31,6 +33,7 @@
 pub mod wire;
 pub mod at;
 pub mod audit;
+pub mod certificates;
 pub mod command;
 pub mod configtxt;
 pub mod dialect;
@@ -47,6 +50,7 @@ pub mod targets;
 
 pub use at::AtCommand;
 pub use audit::{ActorKind, AuditOutcome};
+pub use certificates::CertificateState;
 pub use command::CommandState;
 pub use configtxt::DriftState;
 pub use identity::{DeviceName, Role, Tag, Username};

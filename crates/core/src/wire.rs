@@ -106,5 +106,8 @@ mod tests {
         serde_agrees(&crate::ActorKind::ALL);
         serde_agrees(&crate::AuditOutcome::ALL);
         serde_agrees(&crate::DriftState::ALL);
+        serde_agrees(&crate::certificates::CertificateState::ALL);
+        serde_agrees(&crate::certificates::AuditCheck::ALL);
+        serde_agrees(&crate::certificates::Severity::ALL);
     }
 }

@@ -6,6 +6,10 @@
 //! CRL is rebuilt periodically (picking up revocations made by other nodes) and each new one
 //! is announced to the TLS listeners, whose rustls configurations it keeps current.
 //!
+//! [`watch`] holds the expiry watch (`certificate.expiring` events, exactly once per
+//! certificate and threshold across nodes; the certificate gauges) and the certificate audit
+//! checks.
+//!
 //! The cryptography (keys, CSR checks, CRL building, rustls configurations) is
 //! `callhome-ca`'s, which knows no database; this crate is where issued and revoked
 //! certificates meet `callhome-store`. It must not know about HTTP or MQTT.
@@ -13,8 +17,10 @@
 #![warn(missing_docs)]
 
 mod service;
+pub mod watch;
 
 pub use service::{CRL_VALIDITY, CertificateService, ServerTlsFiles};
+pub use watch::{ExpiryWatch, Finding, WatchSettings};
 
 /// Why a certificate operation failed.
 #[derive(Debug, thiserror::Error)]

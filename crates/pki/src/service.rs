@@ -231,6 +231,16 @@ impl CertificateService {
             revocation: None,
         };
         self.store.insert_certificate(&record).await?;
+        // For the shared_key audit check; a miss is back-filled by the expiry watch.
+        if let Err(e) = crate::watch::ExpiryWatch::record_public_key(
+            &*self.store,
+            &record.serial,
+            &record.certificate_pem,
+        )
+        .await
+        {
+            tracing::warn!(serial = %record.serial, error = %e, "public-key hash not recorded");
+        }
         tracing::info!(%imei, serial = %record.serial, %issued_by, "device certificate issued");
         Ok(record)
     }

@@ -117,6 +117,70 @@ pub trait Certificates: Send + Sync {
     ) -> Result<Vec<CertificateRecord>>;
 }
 
+/// The certificate inventory seen as a fleet: listing across devices, the expiry watch's
+/// notices and counts, the audit checks' set-based queries, and each certificate's public-key
+/// hash. "Active" means not revoked and `not_after` after the `now` given.
+#[async_trait]
+pub trait CertificateWatch: Send + Sync {
+    /// A page of certificates, filtered, by `not_after` then serial.
+    async fn list_all_certificates(
+        &self,
+        filter: &CertificateFilter,
+    ) -> Result<Page<CertificateRecord>>;
+    /// Active certificates expiring by `until` that are not renewed (their device has no
+    /// active certificate issued after them), with the tightest threshold already noticed,
+    /// soonest first.
+    async fn expiry_candidates(
+        &self,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Vec<ExpiryCandidate>>;
+    /// Records the notice of `serial` crossing `threshold_days` (`published`: whether an
+    /// event goes with it); `true` if this call recorded it, `false` if it already was (by
+    /// this node or another).
+    async fn record_expiry_notice(
+        &self,
+        serial: &str,
+        threshold_days: u32,
+        published: bool,
+        at: OffsetDateTime,
+    ) -> Result<bool>;
+    /// The thresholds noticed for `serial`, widest first, and whether each was published.
+    async fn expiry_notices(&self, serial: &str) -> Result<Vec<(u32, bool)>>;
+    /// Active certificates expiring within each of `days` days of `now`, in `days` order.
+    async fn count_expiring(&self, now: OffsetDateTime, days: &[u32]) -> Result<Vec<i64>>;
+    /// Certificates per state at `now`.
+    async fn count_certificates(&self, now: OffsetDateTime) -> Result<CertificateCounts>;
+    /// The device's active certificate: `preferred` (the serial of its live connection) if
+    /// that one is active, else the newest active one.
+    async fn active_certificate(
+        &self,
+        imei: &Imei,
+        preferred: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Option<CertificateRef>>;
+    /// Up to `limit` certificates whose public-key hash is not computed yet: serial and PEM.
+    async fn certificates_without_public_key(&self, limit: u32) -> Result<Vec<(String, String)>>;
+    /// Records a certificate's public-key hash.
+    async fn set_certificate_public_key(&self, serial: &str, sha256: &str) -> Result<()>;
+    /// Active certificates whose public key is also in an active certificate of another
+    /// device, by key hash then IMEI.
+    async fn shared_key_certificates(&self, now: OffsetDateTime) -> Result<Vec<CertificateRef>>;
+    /// The active certificates of each device that has more than one and whose newest was
+    /// issued at or before `superseded_before`, by IMEI then newest first.
+    async fn multiple_active_certificates(
+        &self,
+        now: OffsetDateTime,
+        superseded_before: OffsetDateTime,
+    ) -> Result<Vec<CertificateRef>>;
+    /// Revoked or expired certificates that an online device's live connection uses
+    /// (`devices.cert_serial`), by IMEI.
+    async fn connected_invalid_certificates(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<CertificateRef>>;
+}
+
 /// The audit log: one row per state-changing call.
 #[async_trait]
 pub trait Audit: Send + Sync {
@@ -495,6 +559,7 @@ pub trait Store:
     + ApiKeys
     + Devices
     + Certificates
+    + CertificateWatch
     + Audit
     + Presence
     + StatusLog

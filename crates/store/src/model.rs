@@ -249,6 +249,80 @@ pub struct CertificateRecord {
     pub revocation: Option<Revocation>,
 }
 
+/// Which certificates to list (`GET /api/v1/certificates`), in `not_after` order then serial
+/// ("expiring soonest first").
+#[derive(Debug, Clone)]
+pub struct CertificateFilter {
+    /// The instant states and `expiring_within` are judged at.
+    pub now: OffsetDateTime,
+    /// Only certificates whose `not_after` is after `now` and at most this (expiring within
+    /// a window, not already expired).
+    pub expiring_before: Option<OffsetDateTime>,
+    /// Only certificates in this state at `now`.
+    pub state: Option<callhome_core::CertificateState>,
+    /// Only this device's.
+    pub imei: Option<Imei>,
+    /// The page cursor: rows after this `(not_after, serial)`.
+    pub after: Option<(OffsetDateTime, String)>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// The cursor of a certificate page: `not_after` (epoch ms) and serial, as [`Page::next`]
+/// carries it.
+pub fn certificate_cursor(not_after: OffsetDateTime, serial: &str) -> String {
+    format!("{}:{serial}", crate::conv::ms(not_after))
+}
+
+/// Parses what [`certificate_cursor`] wrote; `None` for anything else.
+pub fn parse_certificate_cursor(s: &str) -> Option<(OffsetDateTime, String)> {
+    let (ms, serial) = s.split_once(':')?;
+    let ms: i64 = ms.parse().ok()?;
+    if serial.is_empty() || serial.len() > 64 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((crate::conv::from_ms(ms), serial.to_owned()))
+}
+
+/// A certificate's identity and dates, without its PEM: what the expiry watch, the audit
+/// checks and the device view read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRef {
+    /// Serial, uppercase hex.
+    pub serial: String,
+    /// The device it was issued to.
+    pub imei: Imei,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+    /// When issued.
+    pub created_at: OffsetDateTime,
+    /// When revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Hex SHA-256 of its SubjectPublicKeyInfo, once computed.
+    pub public_key_sha256: Option<String>,
+}
+
+/// A certificate the expiry check may have to report: active, not renewed, expiring within
+/// the widest threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryCandidate {
+    /// The certificate.
+    pub cert: CertificateRef,
+    /// The tightest threshold already recorded for it (days), if any.
+    pub tightest_noticed: Option<u32>,
+}
+
+/// Certificates per state, for the `callhome_certificates` gauge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CertificateCounts {
+    /// Not revoked, not expired.
+    pub active: i64,
+    /// Revoked.
+    pub revoked: i64,
+    /// Expired without being revoked.
+    pub expired: i64,
+}
+
 /// When, why and by whom a certificate was revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {

@@ -95,6 +95,9 @@ mod bootstrap;
 #[allow(clippy::duplicate_mod)]
 #[macro_use]
 mod common;
+#[path = "sql/certificates.rs"]
+#[allow(clippy::duplicate_mod)]
+mod certificates;
 #[path = "sql/configuration.rs"]
 #[allow(clippy::duplicate_mod)]
 mod configuration;

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use callhome_core::{Imei, Role};
+use callhome_core::{CertificateState, Imei, Role};
 use callhome_store::testing::TestDatabase;
 use callhome_store::*;
 use time::{Duration, OffsetDateTime};
@@ -2039,6 +2039,258 @@ async fn bootstrap_secrets_are_single_use_replaced_and_expire() {
             s.put_bootstrap_secret(&secret("h6", now + Duration::days(1)))
                 .await
                 .is_err()
+
+/// A certificate of device `n` issued `age` ago, expiring in `days`.
+fn issued(
+    serial: &str,
+    n: u64,
+    age: Duration,
+    days: i64,
+    now: OffsetDateTime,
+) -> CertificateRecord {
+    CertificateRecord {
+        serial: serial.into(),
+        imei: imei(n),
+        common_name: imei(n).to_string(),
+        fingerprint_sha256: format!("fp{serial}"),
+        certificate_pem: format!("pem of {serial}"),
+        not_before: now - age,
+        not_after: now + Duration::days(days),
+        issued_by: "ops".into(),
+        created_at: now - age,
+        revocation: None,
+    }
+}
+
+#[tokio::test]
+async fn certificate_watch_listing_notices_and_audit_queries() {
+    on_each_backend("certificate watch", |s| async move {
+        let now = OffsetDateTime::now_utc().replace_millisecond(0).unwrap();
+        let hour = Duration::hours(1);
+        for n in 1..=4 {
+            registered(&s, n).await;
+        }
+        // Device 1: an old certificate (10 days left) renewed by a newer one (100 days left).
+        // Device 2: one certificate, 20 days left. Device 3: 5 days left, revoked.
+        // Device 4: one expired yesterday and a newer one with 45 days left.
+        let certs = [
+            issued("A1", 1, Duration::days(400), 10, now),
+            issued("A2", 1, hour, 100, now),
+            issued("B1", 2, Duration::days(10), 20, now),
+            issued("C1", 3, Duration::days(10), 5, now),
+            issued("D1", 4, Duration::days(10), -1, now),
+            issued("D2", 4, Duration::days(3), 45, now),
+        ];
+        for c in &certs {
+            s.insert_certificate(c).await.unwrap();
+        }
+        s.revoke_certificate(
+            "C1",
+            &Revocation {
+                at: now,
+                reason: None,
+                by: "ops".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let list = |state: Option<CertificateState>,
+                    within: Option<i64>,
+                    dev: Option<u64>,
+                    after: Option<(OffsetDateTime, String)>,
+                    limit: u32| {
+            let s = s.clone();
+            async move {
+                s.list_all_certificates(&CertificateFilter {
+                    now,
+                    expiring_before: within.map(|d| now + Duration::days(d)),
+                    state,
+                    imei: dev.map(imei),
+                    after,
+                    limit,
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let serials = |p: &Page<CertificateRecord>| {
+            p.items.iter().map(|c| c.serial.clone()).collect::<Vec<_>>()
+        };
+        // Everything, expiring soonest first.
+        let all = list(None, None, None, None, 100).await;
+        assert_eq!(serials(&all), ["D1", "C1", "A1", "B1", "D2", "A2"]);
+        assert!(all.next.is_none());
+        // Filters.
+        assert_eq!(
+            serials(&list(Some(CertificateState::Active), Some(30), None, None, 100).await),
+            ["A1", "B1"]
+        );
+        assert_eq!(
+            serials(&list(None, Some(30), None, None, 100).await),
+            ["C1", "A1", "B1"],
+            "expiring within a window: not already expired"
+        );
+        assert_eq!(
+            serials(&list(Some(CertificateState::Revoked), None, None, None, 100).await),
+            ["C1"]
+        );
+        assert_eq!(
+            serials(&list(Some(CertificateState::Expired), None, None, None, 100).await),
+            ["D1"]
+        );
+        assert_eq!(
+            serials(&list(None, None, Some(4), None, 100).await),
+            ["D1", "D2"]
+        );
+        // Paging two at a time walks the same order, without gaps or repeats.
+        let mut walked = Vec::new();
+        let mut after = None;
+        loop {
+            let p = list(None, None, None, after.clone(), 2).await;
+            walked.extend(serials(&p));
+            match p.next {
+                Some(c) => after = Some(parse_certificate_cursor(&c).expect("own cursor")),
+                None => break,
+            }
+        }
+        assert_eq!(walked, serials(&all));
+        assert!(parse_certificate_cursor("x:0A").is_none());
+        assert!(parse_certificate_cursor("12:zz").is_none());
+
+        // Expiry candidates within 60 days: not A1 (renewed by A2), not C1 (revoked), not
+        // D1 (expired); B1 and D2 (D2 is device 4's newest).
+        let cands = s
+            .expiry_candidates(now, now + Duration::days(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            cands
+                .iter()
+                .map(|c| c.cert.serial.as_str())
+                .collect::<Vec<_>>(),
+            ["B1", "D2"]
+        );
+        assert!(cands.iter().all(|c| c.tightest_noticed.is_none()));
+        // Notices: recorded once, even when two callers race.
+        let (a, b) = tokio::join!(
+            s.record_expiry_notice("B1", 30, true, now),
+            s.record_expiry_notice("B1", 30, true, now)
+        );
+        assert!(a.unwrap() ^ b.unwrap(), "exactly one insert wins");
+        assert!(s.record_expiry_notice("B1", 60, false, now).await.unwrap());
+        assert!(!s.record_expiry_notice("B1", 60, true, now).await.unwrap());
+        assert_eq!(
+            s.expiry_notices("B1").await.unwrap(),
+            vec![(60, false), (30, true)]
+        );
+        let cands = s
+            .expiry_candidates(now, now + Duration::days(60))
+            .await
+            .unwrap();
+        assert_eq!(cands[0].tightest_noticed, Some(30));
+
+        // Counts (the gauges).
+        assert_eq!(
+            s.count_expiring(now, &[60, 30, 7]).await.unwrap(),
+            vec![3, 2, 0],
+            "active: A1 (10), B1 (20), D2 (45); A2 at 100 days is outside"
+        );
+        assert_eq!(
+            s.count_certificates(now).await.unwrap(),
+            CertificateCounts {
+                active: 4,
+                revoked: 1,
+                expired: 1
+            }
+        );
+
+        // The device view's certificate: the live connection's, else the newest active.
+        let active = |n: u64, pref: Option<&'static str>| {
+            let s = s.clone();
+            async move {
+                s.active_certificate(&imei(n), pref, now)
+                    .await
+                    .unwrap()
+                    .map(|c| c.serial)
+            }
+        };
+        assert_eq!(active(1, None).await.as_deref(), Some("A2"));
+        assert_eq!(active(1, Some("A1")).await.as_deref(), Some("A1"));
+        assert_eq!(active(1, Some("C1")).await.as_deref(), Some("A2"));
+        assert_eq!(active(3, None).await, None, "revoked only");
+
+        // Public-key hashes: none computed yet; A1 and B1 share one key (two devices),
+        // A2 another.
+        let missing = s.certificates_without_public_key(100).await.unwrap();
+        assert_eq!(missing.len(), 6);
+        assert_eq!(missing[0], ("A1".to_owned(), "pem of A1".to_owned()));
+        for (serial, key) in [
+            ("A1", "k1"),
+            ("B1", "k1"),
+            ("A2", "k2"),
+            ("C1", "k2"),
+            ("D1", "k3"),
+            ("D2", "k4"),
+        ] {
+            s.set_certificate_public_key(serial, key).await.unwrap();
+        }
+        assert!(
+            s.certificates_without_public_key(100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let shared = s.shared_key_certificates(now).await.unwrap();
+        assert_eq!(
+            shared
+                .iter()
+                .map(|c| (c.serial.as_str(), c.public_key_sha256.as_deref()))
+                .collect::<Vec<_>>(),
+            [("A1", Some("k1")), ("B1", Some("k1"))],
+            "k2 is shared with a revoked certificate only"
+        );
+        // Device 1 holds two active certificates; its newest is an hour old.
+        let multi = s
+            .multiple_active_certificates(now, now - Duration::days(7))
+            .await
+            .unwrap();
+        assert!(multi.is_empty(), "within the overlap");
+        let multi = s
+            .multiple_active_certificates(now, now - Duration::minutes(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            multi.iter().map(|c| c.serial.as_str()).collect::<Vec<_>>(),
+            ["A2", "A1"]
+        );
+        // Live connections with a revoked or expired certificate.
+        assert!(
+            s.connected_invalid_certificates(now)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        for (n, serial) in [(1, "A2"), (3, "C1"), (4, "D1")] {
+            s.mark_online(
+                &imei(n),
+                &OnlineRecord {
+                    session_id: format!("n1-{n}"),
+                    at: now,
+                    remote_addr: "127.0.0.1:1".into(),
+                    cert_serial: Some(serial.into()),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        s.mark_offline(&imei(4), "n1-4", now).await.unwrap();
+        let bad = s.connected_invalid_certificates(now).await.unwrap();
+        assert_eq!(
+            bad.iter()
+                .map(|c| (c.imei.clone(), c.serial.as_str()))
+                .collect::<Vec<_>>(),
+            [(imei(3), "C1")],
+            "device 4 is offline; device 1's certificate is active"
         );
     })
     .await;
