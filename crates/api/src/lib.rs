@@ -81,6 +81,8 @@ pub struct AppState {
     pub firmware: routes::firmware::FirmwareRepo,
     /// Device connections on the device-facing listener (downloads, enrolment).
     pub device_connections: Arc<callhome_net::LiveDevices>,
+    /// The certificate expiry watch and audit.
+    pub cert_watch: Arc<callhome_pki::ExpiryWatch>,
 }
 
 impl AppState {

@@ -375,6 +375,18 @@ pub const BOUNDS: &[Bounds] = &[
         min: 60,
         max: 30 * 86_400,
     },
+    Bounds {
+        key: "certificates.expiry_check_interval_s",
+        default: 86_400,
+        min: 60,
+        max: 366 * 86_400,
+    },
+    Bounds {
+        key: "certificates.rotation_overlap_days",
+        default: 7,
+        min: 0,
+        max: 3650,
+    },
 ];
 
 /// The value of the numeric setting `key`: `value` if given and within its range (else an
@@ -449,6 +461,9 @@ pub struct FileSettings {
     /// `[firmware]`: the firmware repository and campaigns.
     #[serde(default)]
     pub firmware: FirmwareSection,
+    /// `[certificates]`: the expiry watch and the certificate audit.
+    #[serde(default)]
+    pub certificates: CertificatesSection,
     /// `[dialect]`: the modem command templates (every one defaults to MTX-Tunnel's).
     pub dialect: Option<callhome_core::dialect::Dialect>,
 }
@@ -476,6 +491,20 @@ pub struct DeviceHttpSection {
     pub max_handshakes_per_address: Option<u64>,
     /// Firmware downloads served at once; more wait their turn.
     pub max_concurrent_downloads: Option<u64>,
+}
+
+/// `[certificates]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatesSection {
+    /// Days before `not_after` at which `certificate.expiring` is published (default
+    /// `[60, 30, 7]`; each 1-3650, no duplicates).
+    pub expiry_thresholds_days: Option<Vec<u32>>,
+    /// Seconds between two expiry checks (default 86400, at least 60).
+    pub expiry_check_interval_s: Option<u64>,
+    /// Days a device may hold two active certificates after a rotation before the
+    /// `multiple_active` audit check reports it (default 7).
+    pub rotation_overlap_days: Option<u64>,
 }
 
 /// `[firmware]`.
@@ -805,6 +834,23 @@ pub struct Overrides {
         global = true
     )]
     pub drift_check_interval_s: Option<u64>,
+    /// Days before expiry at which `certificate.expiring` is published (comma-separated).
+    #[arg(
+        long = "cert-expiry-thresholds",
+        env = "CALLHOME_CERT_EXPIRY_THRESHOLDS_DAYS",
+        value_name = "DAYS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub cert_expiry_thresholds_days: Vec<u32>,
+    /// Seconds between two certificate expiry checks.
+    #[arg(
+        long = "cert-expiry-check-interval",
+        env = "CALLHOME_CERT_EXPIRY_CHECK_INTERVAL_S",
+        value_name = "SECONDS",
+        global = true
+    )]
+    pub cert_expiry_check_interval_s: Option<u64>,
     /// Log filter (`tracing` syntax).
     #[arg(
         long = "log",
@@ -895,6 +941,8 @@ pub struct Settings {
     pub firmware: FirmwareSettings,
     /// The modem command dialect.
     pub dialect: callhome_core::dialect::Dialect,
+    /// The certificate expiry watch and audit.
+    pub certificates: callhome_pki::WatchSettings,
 }
 
 /// Shortest `http.metrics_token` accepted, in characters.
@@ -1193,6 +1241,27 @@ impl Settings {
             models,
             token_ttl: seconds("firmware.token_ttl_s", f.token_ttl_s)?,
         };
+        let c = &file.certificates;
+        let thresholds = if o.cert_expiry_thresholds_days.is_empty() {
+            c.expiry_thresholds_days.clone()
+        } else {
+            Some(o.cert_expiry_thresholds_days.clone())
+        };
+        let certificates = callhome_pki::WatchSettings {
+            thresholds: match thresholds {
+                None => callhome_core::certificates::ExpiryThresholds::default(),
+                Some(days) => callhome_core::certificates::ExpiryThresholds::parse(&days)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.reason))?,
+            },
+            interval: seconds(
+                "certificates.expiry_check_interval_s",
+                o.cert_expiry_check_interval_s.or(c.expiry_check_interval_s),
+            )?,
+            rotation_overlap: time::Duration::days(i64::try_from(bounded(
+                "certificates.rotation_overlap_days",
+                c.rotation_overlap_days,
+            )?)?),
+        };
         let dialect = file.dialect.unwrap_or_default();
         dialect
             .validate()
@@ -1246,6 +1315,7 @@ impl Settings {
             device_http_limits,
             firmware,
             dialect,
+            certificates,
         })
     }
 }
@@ -1381,6 +1451,12 @@ mod tests {
             callhome_api::throttle::ThrottleSettings::default()
         );
         assert_eq!(s.retention, crate::retention::RetentionSettings::default());
+        assert_eq!(s.certificates.thresholds.days(), &[60, 30, 7]);
+        assert_eq!(
+            s.certificates.interval,
+            std::time::Duration::from_secs(86_400)
+        );
+        assert_eq!(s.certificates.rotation_overlap, time::Duration::days(7));
         assert_eq!(s.gateway.password_concurrency, auto_hash_concurrency());
         assert_eq!(
             s.gateway.password_wait,
@@ -1440,6 +1516,26 @@ mod tests {
             ("[auth]\nlogin_lockout_s = 0\n", "auth.login_lockout_s"),
             ("[retention]\naudit_days = 40000\n", "retention.audit_days"),
             ("[retention]\nprune_batch = 1\n", "retention.prune_batch"),
+            (
+                "[certificates]\nexpiry_check_interval_s = 59\n",
+                "certificates.expiry_check_interval_s",
+            ),
+            (
+                "[certificates]\nrotation_overlap_days = 3651\n",
+                "certificates.rotation_overlap_days",
+            ),
+            (
+                "[certificates]\nexpiry_thresholds_days = []\n",
+                "certificates.expiry_thresholds_days",
+            ),
+            (
+                "[certificates]\nexpiry_thresholds_days = [30, 0]\n",
+                "certificates.expiry_thresholds_days",
+            ),
+            (
+                "[certificates]\nexpiry_thresholds_days = [7, 30, 7]\n",
+                "certificates.expiry_thresholds_days",
+            ),
         ] {
             let path = dir.path().join("c.toml");
             std::fs::write(&path, toml).unwrap();

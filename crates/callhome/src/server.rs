@@ -336,6 +336,20 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
             Ok(())
         });
     }
+    let events = gateway.events().clone();
+    let cert_watch = Arc::new(callhome_pki::ExpiryWatch::new(
+        store.clone(),
+        settings.certificates.clone(),
+        Arc::new(move |imei, payload| {
+            events.publish(Some(imei), payload);
+        }),
+    ));
+    let watch = cert_watch.clone();
+    let token = shutdown.clone();
+    tasks.spawn("certificate expiry watch", async move {
+        watch.run(token).await;
+        Ok(())
+    });
     let pruner = crate::retention::Pruner::new(store.clone(), settings.retention.clone());
     let token = shutdown.clone();
     tasks.spawn("retention pruner", pruner.run(token));
@@ -366,6 +380,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         login_throttle: Arc::new(callhome_api::throttle::LoginThrottle::new(
             settings.login_throttle.clone(),
         )),
+        cert_watch,
         firmware: callhome_api::routes::firmware::FirmwareRepo {
             blobs,
             keys: Arc::new(settings.firmware.signing_keys.clone()),

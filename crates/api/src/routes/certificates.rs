@@ -1,14 +1,18 @@
 //! Device certificates and the CA's public material:
 //! `POST /api/v1/devices/{imei}/certificate`, `GET /api/v1/devices/{imei}/certificates`,
 //! `GET /api/v1/certificates/{serial}`, `POST /api/v1/certificates/{serial}/revoke`,
-//! `GET /api/v1/ca/certificate`, `GET /api/v1/ca/chain`, `GET /api/v1/ca/crl`.
+//! `GET /api/v1/ca/certificate`, `GET /api/v1/ca/chain`, `GET /api/v1/ca/crl`; across the
+//! fleet, `GET /api/v1/certificates` (expiry watch listing) and
+//! `GET /api/v1/certificates/audit`.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use callhome_ca::RevocationReason;
-use callhome_core::{Role, ValidationError};
-use callhome_store::CertificateRecord;
+use callhome_core::certificates::{AuditCheck, MAX_EXPIRY_DAYS, Severity};
+use callhome_core::{CertificateState, Imei, Role, ValidationError};
+use callhome_store::{CertificateFilter, CertificateRecord};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -62,9 +66,8 @@ pub struct CertificateView {
     pub imei: String,
     /// Subject CN.
     pub common_name: String,
-    /// `valid`, `revoked` or `expired`.
-    #[schema(example = "valid")]
-    pub status: String,
+    /// `active` (not revoked, not expired), `revoked` or `expired`.
+    pub status: CertificateState,
     /// RFC 3339.
     pub not_before: String,
     /// RFC 3339.
@@ -87,18 +90,16 @@ pub struct CertificateView {
 
 impl From<CertificateRecord> for CertificateView {
     fn from(c: CertificateRecord) -> Self {
-        let status = if c.revocation.is_some() {
-            "revoked"
-        } else if c.not_after <= OffsetDateTime::now_utc() {
-            "expired"
-        } else {
-            "valid"
-        };
+        let status = CertificateState::at(
+            c.revocation.is_some(),
+            c.not_after,
+            OffsetDateTime::now_utc(),
+        );
         Self {
             serial: c.serial,
             imei: c.imei.to_string(),
             common_name: c.common_name,
-            status: status.to_owned(),
+            status,
             not_before: rfc3339(c.not_before),
             not_after: rfc3339(c.not_after),
             fingerprint_sha256: c.fingerprint_sha256,
@@ -110,6 +111,238 @@ impl From<CertificateRecord> for CertificateView {
             certificate: c.certificate_pem,
         }
     }
+}
+
+/// Filters and paging of `GET /api/v1/certificates`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CertificateQuery {
+    /// Only certificates expiring within this many days from now (0-3650), not already
+    /// expired.
+    #[param(minimum = 0, maximum = 3650)]
+    pub expiring_within_days: Option<u32>,
+    /// Only certificates in this state now: `active`, `revoked` or `expired`.
+    #[param(value_type = Option<CertificateState>)]
+    pub state: Option<String>,
+    /// Only this device's certificates (15-digit IMEI).
+    pub imei: Option<String>,
+    /// Same as `imei`.
+    pub device: Option<String>,
+    /// Page size (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of certificates, expiring soonest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificatePage {
+    /// The certificates, by `not_after` then serial.
+    pub items: Vec<CertificateView>,
+    /// Cursor of the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Certificates across the fleet, filtered, expiring soonest first (`not_after` then
+/// serial), in pages.
+#[utoipa::path(
+    get, path = "/api/v1/certificates", tag = "certificates", security(("bearer" = [])),
+    params(CertificateQuery),
+    responses(
+        (status = 200, description = "A page of certificates", body = CertificatePage),
+        (status = 400, description = "Bad cursor or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid days, state or IMEI, or both imei and device given", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_certificates(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<CertificateQuery>,
+) -> Result<axum::Json<CertificatePage>, ApiError> {
+    p.require(Role::Reader)?;
+    let limit = crate::routes::paging::limit(q.limit)?;
+    let now = OffsetDateTime::now_utc();
+    let expiring_before = match q.expiring_within_days {
+        None => None,
+        Some(d) if d <= MAX_EXPIRY_DAYS => Some(now + time::Duration::days(i64::from(d))),
+        Some(_) => {
+            return Err(ValidationError::new(
+                "expiring_within_days",
+                format!("must be between 0 and {MAX_EXPIRY_DAYS}"),
+            )
+            .into());
+        }
+    };
+    let cert_state = q
+        .state
+        .as_deref()
+        .map(CertificateState::parse)
+        .transpose()?;
+    let imei = match (q.imei.as_deref(), q.device.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(
+                ValidationError::new("device", "give imei or its alias device, not both").into(),
+            );
+        }
+        (Some(i), None) => {
+            Some(Imei::parse(i).map_err(|e| ValidationError::new("imei", e.reason))?)
+        }
+        (None, Some(i)) => {
+            Some(Imei::parse(i).map_err(|e| ValidationError::new("device", e.reason))?)
+        }
+        (None, None) => None,
+    };
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            callhome_store::parse_certificate_cursor(&crate::routes::devices::decode_cursor(c)?)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad-query-parameter",
+                        "cursor: not a cursor returned by this API",
+                    )
+                })?,
+        ),
+    };
+    let page = state
+        .store
+        .list_all_certificates(&CertificateFilter {
+            now,
+            expiring_before,
+            state: cert_state,
+            imei,
+            after,
+            limit,
+        })
+        .await?;
+    Ok(axum::Json(CertificatePage {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page
+            .next
+            .map(|n| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n)),
+    }))
+}
+
+/// One finding of the certificate audit.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"check": "shared_key", "severity": "critical",
+    "imeis": ["490154203237518", "356938035643809"], "serials": ["5A3F0C9E21B44D7C", "1B2C3D4E5F607182"],
+    "detail": "one public key (SHA-256 9f86d0...) is certified for 2 devices: whoever holds the key can act as each of them"}))]
+pub struct AuditFindingView {
+    /// Which check found it: `shared_key`, `multiple_active` or `revoked_connected`.
+    pub check: AuditCheck,
+    /// `low`, `medium`, `high` or `critical`.
+    pub severity: Severity,
+    /// The devices concerned.
+    pub imeis: Vec<String>,
+    /// The certificates concerned (serials).
+    pub serials: Vec<String>,
+    /// What is wrong, in words.
+    pub detail: String,
+}
+
+/// The result of a certificate audit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditReport {
+    /// RFC 3339: when the checks ran.
+    pub checked_at: String,
+    /// The checks that ran.
+    pub checks: Vec<AuditCheck>,
+    /// What they found (empty: nothing wrong).
+    pub findings: Vec<AuditFindingView>,
+}
+
+/// Runs the certificate audit checks now, as AWS IoT Device Defender does:
+/// `shared_key` (one public key certified for several devices), `multiple_active` (a device
+/// with more than one active certificate for longer than `certificates.rotation_overlap_days`),
+/// `revoked_connected` (a revoked or expired certificate on a live connection). Reports only:
+/// it changes nothing and publishes nothing.
+#[utoipa::path(
+    get, path = "/api/v1/certificates/audit", tag = "certificates", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The findings", body = AuditReport),
+    )
+)]
+pub async fn audit_certificates(
+    State(state): State<AppState>,
+    p: Principal,
+) -> Result<axum::Json<AuditReport>, ApiError> {
+    p.require(Role::Reader)?;
+    let now = OffsetDateTime::now_utc();
+    let findings = state.cert_watch.audit(now).await?;
+    Ok(axum::Json(AuditReport {
+        checked_at: rfc3339(now),
+        checks: AuditCheck::ALL.to_vec(),
+        findings: findings
+            .into_iter()
+            .map(|f| AuditFindingView {
+                check: f.check,
+                severity: f.severity,
+                imeis: f.imeis.iter().map(ToString::to_string).collect(),
+                serials: f.serials,
+                detail: f.detail,
+            })
+            .collect(),
+    }))
+}
+
+/// What one expiry check published.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExpiryCheckReport {
+    /// RFC 3339: when the check ran.
+    pub checked_at: String,
+    /// The `certificate.expiring` events this check published (notices already recorded,
+    /// by this node or another, are not repeated).
+    pub published: Vec<ExpiringView>,
+}
+
+/// The payload of one `certificate.expiring` event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExpiringView {
+    /// Serial, uppercase hex.
+    pub serial: String,
+    /// The device.
+    pub imei: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Whole days left.
+    pub days_left: i64,
+    /// The threshold crossed, days.
+    pub threshold_days: u32,
+}
+
+/// Runs the expiry check now (it also runs at start and every
+/// `certificates.expiry_check_interval_s`) and refreshes the certificate gauges.
+#[utoipa::path(
+    post, path = "/api/v1/certificates/expiry-check", tag = "certificates", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The notices published by this check", body = ExpiryCheckReport),
+        (status = 403, description = "Needs the operator role", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn run_expiry_check(
+    State(state): State<AppState>,
+    p: Principal,
+) -> Result<axum::Json<ExpiryCheckReport>, ApiError> {
+    p.require(Role::Operator)?;
+    let now = OffsetDateTime::now_utc();
+    let published = state.cert_watch.check_expiry(now).await?;
+    state.cert_watch.update_gauges(now).await?;
+    Ok(axum::Json(ExpiryCheckReport {
+        checked_at: rfc3339(now),
+        published: published
+            .into_iter()
+            .map(|e| ExpiringView {
+                serial: e.serial,
+                imei: e.imei.to_string(),
+                not_after: rfc3339(e.not_after),
+                days_left: e.days_left,
+                threshold_days: e.threshold_days,
+            })
+            .collect(),
+    }))
 }
 
 /// Why a certificate is revoked.

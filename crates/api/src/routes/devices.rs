@@ -57,6 +57,29 @@ pub struct DeviceView {
     pub mqtt: MqttView,
 }
 
+/// One device with its active certificate (`GET /api/v1/devices/{imei}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceDetail {
+    /// The device.
+    #[serde(flatten)]
+    pub device: DeviceView,
+    /// Its active certificate: the one its live connection uses when known (`cert_serial`),
+    /// else the newest active one; `null` when it has none.
+    pub certificate: Option<ActiveCertificate>,
+}
+
+/// A device's active certificate and how long it has left.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"serial": "5A3F0C9E21B44D7C8E0F1A2B3C4D5E6F", "not_after": "2029-03-01T10:00:00Z", "days_left": 812}))]
+pub struct ActiveCertificate {
+    /// Serial number, uppercase hex.
+    pub serial: String,
+    /// RFC 3339: end of validity.
+    pub not_after: String,
+    /// Whole days left.
+    pub days_left: i64,
+}
+
 /// A device's MQTT topics (resolved) and legacy login name.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MqttView {
@@ -299,7 +322,8 @@ pub async fn list_devices(
     }))
 }
 
-fn decode_cursor(c: &str) -> Result<String, ApiError> {
+/// The text of a base64url cursor handed out by a listing (400 if it is not one).
+pub(crate) fn decode_cursor(c: &str) -> Result<String, ApiError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(c)
         .ok()
@@ -317,7 +341,7 @@ fn decode_cursor(c: &str) -> Result<String, ApiError> {
     get, path = "/api/v1/devices/{imei}", tag = "devices", security(("bearer" = [])),
     params(("imei" = String, Path, description = "15-digit IMEI", example = "490154203237518")),
     responses(
-        (status = 200, description = "The device", body = DeviceView),
+        (status = 200, description = "The device, with its active certificate", body = DeviceDetail),
         (status = 404, description = "Not registered", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a valid IMEI", body = Problem, content_type = "application/problem+json"),
     )
@@ -326,10 +350,24 @@ pub async fn get_device(
     State(state): State<AppState>,
     p: Principal,
     ApiPath(imei): ApiPath<String>,
-) -> Result<axum::Json<DeviceView>, ApiError> {
+) -> Result<axum::Json<DeviceDetail>, ApiError> {
     p.require(Role::Reader)?;
     let imei = path_imei(&imei)?;
-    Ok(axum::Json(state.store.get_device(&imei).await?.into()))
+    let device = state.store.get_device(&imei).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let certificate = state
+        .store
+        .active_certificate(&imei, device.presence.cert_serial.as_deref(), now)
+        .await?
+        .map(|c| ActiveCertificate {
+            days_left: callhome_core::certificates::days_left(c.not_after, now),
+            not_after: rfc3339(c.not_after),
+            serial: c.serial,
+        });
+    Ok(axum::Json(DeviceDetail {
+        device: device.into(),
+        certificate,
+    }))
 }
 
 /// Changes a device's name, model, tags or disabled flag.

@@ -97,6 +97,9 @@ pub fn router() -> OpenApiRouter<AppState> {
             bootstrap_secrets::delete_bootstrap_secret
         ))
         .routes(routes!(certificates::list_device_certificates))
+        .routes(routes!(certificates::list_certificates))
+        .routes(routes!(certificates::audit_certificates))
+        .routes(routes!(certificates::run_expiry_check))
         .routes(routes!(certificates::get_certificate))
         .routes(routes!(certificates::revoke_certificate))
         .routes(routes!(certificates::ca_certificate))

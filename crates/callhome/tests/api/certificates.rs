@@ -74,7 +74,7 @@ async fn csr_is_signed_and_chains_to_the_published_ca() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["serial"], signed["serial"]);
-    assert_eq!(list[0]["status"], "valid");
+    assert_eq!(list[0]["status"], "active");
     assert_eq!(list[0]["issued_by"], "ops");
     app.stop().await;
 }
@@ -411,6 +411,382 @@ async fn the_server_certificate_is_renewed_while_running() {
     assert!(
         modem.connack.try_recv().is_err(),
         "the live connection stayed up"
+
+/// Has `csr` signed for device `id` with `validity_days`; returns the serial.
+async fn sign(app: &TestApp, token: &str, id: &str, csr: &str, validity_days: u32) -> String {
+    let (status, signed) = app
+        .post(
+            &format!("/api/v1/devices/{id}/certificate"),
+            token,
+            json!({"csr": csr, "validity_days": validity_days}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{signed}");
+    signed["serial"].as_str().unwrap().to_owned()
+}
+
+/// Registers device `id` and has a fresh key certified for `validity_days`.
+async fn issue(app: &TestApp, token: &str, id: &str, validity_days: u32) -> String {
+    let (status, _) = app
+        .post("/api/v1/devices", token, json!({"imei": id}))
+        .await;
+    assert!(status == StatusCode::CREATED || status == StatusCode::CONFLICT);
+    let (_key, csr) = callhome_ca::generate_key_and_csr(id).unwrap();
+    sign(app, token, id, &csr, validity_days).await
+}
+
+/// Reads SSE events until `n` `certificate.expiring` data lines have arrived.
+async fn expiring_events(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    n: usize,
+) -> Vec<serde_json::Value> {
+    use futures::StreamExt as _;
+    let mut text = String::new();
+    let mut events = Vec::new();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while events.len() < n {
+            let chunk = stream.next().await.expect("stream open").unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                if block.contains("event: certificate.expiring")
+                    && let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: "))
+                {
+                    events.push(serde_json::from_str(data).unwrap());
+                }
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "events so far: {events:?} {text}");
+    events
+}
+
+#[tokio::test]
+async fn expiring_certificates_are_listed_announced_once_and_counted() {
+    let app = TestApp::spawn().await;
+    let ops = app.user_token("ops", "operator").await;
+    let reader = app.user_token("viewer", "reader").await;
+    let resp = app
+        .client
+        .get(app.url("/api/v1/events?type=certificate.expiring"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = resp.bytes_stream();
+    let (d1, d20, d45, d100) = (imei(801), imei(802), imei(803), imei(804));
+    let s1 = issue(&app, &ops, &d1, 1).await;
+    let s20 = issue(&app, &ops, &d20, 20).await;
+    let s45 = issue(&app, &ops, &d45, 45).await;
+    let s100 = issue(&app, &ops, &d100, 100).await;
+
+    // Listing: expiring soonest first, filtered.
+    let (status, page) = app.get("/api/v1/certificates", &reader).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let serials = |page: &serde_json::Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["serial"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(serials(&page), [s1.as_str(), &s20, &s45, &s100]);
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] == "active")
+    );
+    let (_, page) = app
+        .get(
+            "/api/v1/certificates?expiring_within_days=30&state=active",
+            &reader,
+        )
+        .await;
+    assert_eq!(serials(&page), [s1.as_str(), &s20]);
+    let (_, page) = app
+        .get(&format!("/api/v1/certificates?device={d45}"), &reader)
+        .await;
+    assert_eq!(serials(&page), [s45.as_str()]);
+    let (_, page) = app
+        .get(
+            &format!("/api/v1/certificates?imei={d45}&expiring_within_days=0"),
+            &reader,
+        )
+        .await;
+    assert!(serials(&page).is_empty());
+    // Paging one at a time walks the same order.
+    let mut walked = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = app
+            .get(
+                &format!("/api/v1/certificates?limit=1&cursor={cursor}"),
+                &reader,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        walked.extend(serials(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(walked, [s1.as_str(), &s20, &s45, &s100]);
+    // Bad input: a clear 4xx naming the parameter.
+    for (query, status, what) in [
+        (
+            "expiring_within_days=3651",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expiring_within_days",
+        ),
+        (
+            "expiring_within_days=-1",
+            StatusCode::BAD_REQUEST,
+            "expiring_within_days",
+        ),
+        ("state=valid", StatusCode::UNPROCESSABLE_ENTITY, "state"),
+        ("imei=123", StatusCode::UNPROCESSABLE_ENTITY, "imei"),
+        ("device=123", StatusCode::UNPROCESSABLE_ENTITY, "device"),
+        ("cursor=bm9wZQ", StatusCode::BAD_REQUEST, "cursor"),
+        ("limit=0", StatusCode::UNPROCESSABLE_ENTITY, "limit"),
+        ("colour=red", StatusCode::BAD_REQUEST, "colour"),
+    ] {
+        let (got, body) = app
+            .get(&format!("/api/v1/certificates?{query}"), &reader)
+            .await;
+        assert_eq!(got, status, "{query}: {body}");
+        assert!(body.to_string().contains(what), "{query}: {body}");
+    }
+    let (status, _) = app
+        .get(
+            &format!("/api/v1/certificates?imei={d1}&device={d1}"),
+            &reader,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // The device view shows the active certificate's expiry.
+    let (_, dev) = app.get(&format!("/api/v1/devices/{d20}"), &reader).await;
+    assert_eq!(dev["certificate"]["serial"], s20.as_str(), "{dev}");
+    assert_eq!(dev["certificate"]["days_left"], 19, "{dev}");
+    assert_eq!(
+        dev["imei"],
+        d20.as_str(),
+        "the device's own fields are still there"
+    );
+
+    // The check (also run at start, before these were issued): the tightest threshold
+    // crossed, once each.
+    let (status, _) = app
+        .post("/api/v1/certificates/expiry-check", &reader, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, report) = app
+        .post("/api/v1/certificates/expiry-check", &ops, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let mut got: Vec<(String, u64)> = report["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["serial"].as_str().unwrap().to_owned(),
+                e["threshold_days"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![(s1.clone(), 7), (s20.clone(), 30), (s45.clone(), 60)];
+    want.sort();
+    assert_eq!(got, want);
+    let events = expiring_events(&mut stream, 3).await;
+    let mut seen: Vec<(String, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["data"]["serial"].as_str().unwrap().to_owned(),
+                e["data"]["threshold_days"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, want);
+    let first = events
+        .iter()
+        .find(|e| e["data"]["serial"] == s1.as_str())
+        .unwrap();
+    assert_eq!(first["imei"], d1.as_str());
+    assert_eq!(first["data"]["days_left"], 0);
+    // A second check publishes nothing; the next event on the stream is a new certificate's.
+    let (_, report) = app
+        .post("/api/v1/certificates/expiry-check", &ops, json!({}))
+        .await;
+    assert_eq!(report["published"], json!([]), "{report}");
+    let s5 = issue(&app, &ops, &imei(805), 5).await;
+    let (_, report) = app
+        .post("/api/v1/certificates/expiry-check", &ops, json!({}))
+        .await;
+    assert_eq!(report["published"].as_array().unwrap().len(), 1, "{report}");
+    let next = expiring_events(&mut stream, 1).await;
+    assert_eq!(
+        next[0]["data"]["serial"],
+        s5.as_str(),
+        "no repeat before it: {next:?}"
+    );
+
+    // The gauges (process-wide: other tests' servers set them too, so only their presence).
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "callhome_certificates_expiring{within_days=\"60\"}",
+        "callhome_certificates_expiring{within_days=\"30\"}",
+        "callhome_certificates_expiring{within_days=\"7\"}",
+        "callhome_certificates{state=\"active\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in /metrics");
+    }
+    app.stop().await;
+}
+
+/// A CSR for `id` over an existing key.
+fn csr_with(key: &rcgen::KeyPair, id: &str) -> String {
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, id);
+    params.distinguished_name = dn;
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+fn findings<'a>(report: &'a serde_json::Value, check: &str) -> Vec<&'a serde_json::Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == check)
+        .collect()
+}
+
+#[tokio::test]
+async fn audit_finds_shared_keys_lingering_rotations_and_revoked_connections() {
+    let app =
+        TestApp::spawn_with(|s| s.certificates.rotation_overlap = ::time::Duration::ZERO).await;
+    let ops = app.user_token("ops", "operator").await;
+    let reader = app.user_token("viewer", "reader").await;
+    let (status, report) = app.get("/api/v1/certificates/audit", &reader).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["findings"], json!([]));
+    assert_eq!(
+        report["checks"],
+        json!(["shared_key", "multiple_active", "revoked_connected"])
+    );
+
+    // shared_key: two devices whose CSRs carry the same key.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (a, b) = (imei(811), imei(812));
+    device(&app, &ops, &a).await;
+    device(&app, &ops, &b).await;
+    let sa = sign(&app, &ops, &a, &csr_with(&key, &a), 100).await;
+    let sb = sign(&app, &ops, &b, &csr_with(&key, &b), 100).await;
+    // multiple_active: a second certificate while the first is active, overlap 0.
+    let c = imei(813);
+    let old = issue(&app, &ops, &c, 100).await;
+    let new = issue(&app, &ops, &c, 200).await;
+    // revoked_connected: a modem connected with its certificate, which another node then
+    // revokes in the shared database (this node's gateway is not told, so the connection
+    // stays, as it would on a node that has not reloaded its CRL).
+    let e = app.enroll(&ops, &imei(814)).await;
+    let _modem = crate::modem::TestModem::connect(app.mqtt, &e).await;
+    app.store()
+        .revoke_certificate(
+            &e.serial,
+            &callhome_store::Revocation {
+                at: ::time::OffsetDateTime::now_utc(),
+                reason: Some("key_compromise".into()),
+                by: "node-b".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let (_, dev) = app
+        .get(&format!("/api/v1/devices/{}", e.imei), &reader)
+        .await;
+    assert_eq!(dev["online"], true, "{dev}");
+    assert_eq!(
+        dev["certificate"],
+        serde_json::Value::Null,
+        "no active certificate: {dev}"
+    );
+
+    let (status, report) = app.get("/api/v1/certificates/audit", &reader).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let shared = findings(&report, "shared_key");
+    assert_eq!(shared.len(), 1, "{report}");
+    assert_eq!(shared[0]["severity"], "critical");
+    assert_eq!(shared[0]["imeis"], json!([a, b]));
+    let mut serials: Vec<&str> = shared[0]["serials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    serials.sort_unstable();
+    let mut want = vec![sa.as_str(), sb.as_str()];
+    want.sort_unstable();
+    assert_eq!(serials, want);
+    let multi = findings(&report, "multiple_active");
+    assert_eq!(multi.len(), 1, "{report}");
+    assert_eq!(multi[0]["imeis"], json!([c]));
+    assert_eq!(multi[0]["serials"], json!([new, old]), "newest first");
+    assert_eq!(multi[0]["severity"], "medium");
+    let connected = findings(&report, "revoked_connected");
+    assert_eq!(connected.len(), 1, "{report}");
+    assert_eq!(connected[0]["imeis"], json!([e.imei]));
+    assert_eq!(connected[0]["serials"], json!([e.serial]));
+    assert!(
+        connected[0]["detail"].as_str().unwrap().contains("revoked"),
+        "{report}"
+    );
+    assert_eq!(report["findings"].as_array().unwrap().len(), 3, "{report}");
+
+    // Revoking the older certificate ends the multiple_active finding.
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/certificates/{old}/revoke"),
+            &ops,
+            json!({"reason": "superseded"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, report) = app.get("/api/v1/certificates/audit", &reader).await;
+    assert!(findings(&report, "multiple_active").is_empty(), "{report}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn within_the_rotation_overlap_two_active_certificates_are_no_finding() {
+    let app = TestApp::spawn().await;
+    let ops = app.user_token("ops", "operator").await;
+    let c = imei(821);
+    issue(&app, &ops, &c, 100).await;
+    issue(&app, &ops, &c, 200).await;
+    let (_, report) = app.get("/api/v1/certificates/audit", &ops).await;
+    assert_eq!(
+        report["findings"],
+        json!([]),
+        "default overlap is 7 days: {report}"
     );
     app.stop().await;
 }
