@@ -98,6 +98,14 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::commands::firmware::FirmwareAction,
     },
+    /// Device certificates across the fleet: expiring soonest first, audit checks (through
+    /// the REST API).
+    Certs {
+        #[command(flatten)]
+        api: crate::commands::api::ApiArgs,
+        #[command(subcommand)]
+        action: crate::commands::certs::CertsAction,
+    },
 }
 
 /// `callhome ca ...`.

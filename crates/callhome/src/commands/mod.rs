@@ -2,6 +2,7 @@
 
 pub mod api;
 mod ca;
+pub mod certs;
 pub mod connect;
 pub mod credentials;
 pub mod device_config;
@@ -51,6 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(&settings);
             ca::run(&settings, action)
         }
+        Command::Certs { api, action } => certs::run(&api, action).await,
         Command::User { settings, action } => {
             let settings = Settings::resolve(&settings)?;
             init_tracing(&settings);

@@ -1,4 +1,4 @@
-//! The operator CLI (`callhome login`, `devices`, `config`, `jobs`): the built binary run
+//! The operator CLI (`callhome login`, `devices`, `config`, `jobs`, `certs`): the built binary run
 //! against the real server, with its credentials in a temporary directory.
 //!
 //! The `jobs_*` tests and `config_apply_*` need the jobs API (`/api/v1/jobs`,
@@ -688,6 +688,9 @@ fn client_commands_show_no_server_flags() {
         &["config", "get"],
         &["jobs"],
         &["jobs", "create"],
+        &["certs"],
+        &["certs", "expiring"],
+        &["certs", "audit"],
     ] {
         let text = help(cmd);
         for flag in SERVER_FLAGS {
@@ -833,4 +836,92 @@ async fn firmware_upload_list_distribution_and_a_campaign() {
         assert_eq!(h.firmware_version(), "99.1.0");
     }
     w.stop().await;
+}
+
+/// Registers `id` and has a certificate over `key` issued for `days`; returns its serial.
+async fn certify(app: &TestApp, token: &str, id: &str, key: &rcgen::KeyPair, days: u32) -> String {
+    register(app, token, id, id, &[]).await;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, id);
+    let csr = params.serialize_request(key).unwrap().pem().unwrap();
+    let (status, signed) = app
+        .post(
+            &format!("/api/v1/devices/{id}/certificate"),
+            token,
+            json!({"csr": csr, "validity_days": days}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{signed}");
+    signed["serial"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn certs_expiring_pages_through_all_and_audit_reports_findings() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let cli = Cli::new();
+    cli.login(&app).await;
+    let r = cli.ok("certs audit").await;
+    assert!(r.stderr.contains("0 findings"), "{r}");
+    let key = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    // Three certificates expiring within 30 days (10, 11, 12 days), one outside (200).
+    let soon: Vec<(String, String)> = futures::future::join_all((0..3).map(|i| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let id = imei(900 + i);
+            let serial = certify(app, admin, &id, &key(), 10 + u32::try_from(i).unwrap()).await;
+            (id, serial)
+        }
+    }))
+    .await;
+    let late = certify(&app, &admin, &imei(910), &key(), 200).await;
+    let r = cli.ok("certs expiring --days 30").await;
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].contains("IMEI")
+            && lines[0].contains("SERIAL")
+            && lines[0].contains("NOT AFTER")
+            && lines[0].contains("DAYS LEFT")
+            && lines[0].contains("STATE"),
+        "{r}"
+    );
+    assert_eq!(lines.len(), 4, "header and three certificates:\n{r}");
+    for (i, (id, serial)) in soon.iter().enumerate() {
+        let row = lines[i + 1];
+        assert!(
+            row.contains(id.as_str()) && row.contains(serial.as_str()) && row.contains("active"),
+            "soonest first, row {i}: {row}\n{r}"
+        );
+        assert!(
+            row.contains(&format!(" {} ", 9 + i)),
+            "days left in row {i}: {row}"
+        );
+    }
+    assert!(!r.stdout.contains(&late), "{r}");
+    let r = cli
+        .ok(&format!("certs expiring --days 365 --imei {}", imei(910)))
+        .await;
+    assert!(
+        r.stdout.contains(&late) && r.stderr.contains("1 certificates"),
+        "{r}"
+    );
+    let r = cli.fails("certs expiring --days 3651").await;
+    assert!(r.stderr.contains("expiring_within_days"), "{r}");
+
+    // A key certified for two devices: the audit reports it and exits non-zero.
+    let shared = key();
+    certify(&app, &admin, &imei(920), &shared, 100).await;
+    certify(&app, &admin, &imei(921), &shared, 100).await;
+    let r = cli.fails("certs audit").await;
+    assert!(
+        r.stdout.contains("shared_key")
+            && r.stdout.contains("critical")
+            && r.stdout.contains(&imei(920))
+            && r.stdout.contains(&imei(921)),
+        "{r}"
+    );
+    assert!(r.stderr.contains("found 1 problems"), "{r}");
+    app.stop().await;
 }
