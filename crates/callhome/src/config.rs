@@ -1427,6 +1427,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn certificate_settings_from_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[certificates]\nexpiry_thresholds_days = [14, 90]\nexpiry_check_interval_s = 3600\nrotation_overlap_days = 0\n",
+        )
+        .unwrap();
+        let mut o = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&o).unwrap();
+        assert_eq!(s.certificates.thresholds.days(), &[90, 14], "widest first");
+        assert_eq!(
+            s.certificates.interval,
+            std::time::Duration::from_secs(3600)
+        );
+        assert_eq!(s.certificates.rotation_overlap, time::Duration::ZERO);
+        o.cert_expiry_thresholds_days = vec![1, 2];
+        o.cert_expiry_check_interval_s = Some(60);
+        let s = Settings::resolve(&o).unwrap();
+        assert_eq!(s.certificates.thresholds.days(), &[2, 1], "flags win");
+        assert_eq!(s.certificates.interval, std::time::Duration::from_secs(60));
+        o.cert_expiry_thresholds_days = vec![5000];
+        let err = Settings::resolve(&o).unwrap_err().to_string();
+        assert!(
+            err.contains("certificates.expiry_thresholds_days") && err.contains("5000"),
+            "{err}"
+        );
+    }
+
     /// Every numeric setting has one row: default within its range; out-of-range values
     /// from the file or a flag are rejected naming the key, never clamped.
     #[test]

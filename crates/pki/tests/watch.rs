@@ -105,7 +105,25 @@ async fn scenario(url: &str) {
         (fresh[0].serial.as_str(), fresh[0].threshold_days),
         ("0A", 30)
     );
-    na.update_gauges(now).await.unwrap();
+    // The gauges, from count queries: every active certificate counts, renewed or not
+    // (0A 45 days, 0B 5, 0C 100, 0D 3, 0E 400).
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    {
+        let _local = metrics::set_default_local_recorder(&recorder);
+        na.update_gauges(now).await.unwrap();
+    }
+    let text = handle.render();
+    for line in [
+        "callhome_certificates_expiring{within_days=\"60\"} 3",
+        "callhome_certificates_expiring{within_days=\"30\"} 2",
+        "callhome_certificates_expiring{within_days=\"7\"} 2",
+        "callhome_certificates{state=\"active\"} 5",
+        "callhome_certificates{state=\"revoked\"} 0",
+        "callhome_certificates{state=\"expired\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
     a.close().await;
     b.close().await;
 }

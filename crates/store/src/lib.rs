@@ -161,7 +161,8 @@ pub trait CertificateWatch: Send + Sync {
     ) -> Result<Option<CertificateRef>>;
     /// Up to `limit` certificates whose public-key hash is not computed yet: serial and PEM.
     async fn certificates_without_public_key(&self, limit: u32) -> Result<Vec<(String, String)>>;
-    /// Records a certificate's public-key hash.
+    /// Records a certificate's public-key hash (empty: its PEM does not parse; such rows are
+    /// never reported as sharing a key).
     async fn set_certificate_public_key(&self, serial: &str, sha256: &str) -> Result<()>;
     /// Active certificates whose public key is also in an active certificate of another
     /// device, by key hash then IMEI.

@@ -278,7 +278,7 @@ impl CertificateWatch for SqlStore {
                 " FROM certificates c WHERE ",
                 active!("c"),
                 " AND c.public_key_sha256 IN (SELECT k.public_key_sha256 FROM certificates k \
-                 WHERE k.public_key_sha256 IS NOT NULL AND ",
+                 WHERE k.public_key_sha256 IS NOT NULL AND k.public_key_sha256 <> '' AND ",
                 active!("k"),
                 " GROUP BY k.public_key_sha256 HAVING COUNT(DISTINCT k.imei) > 1) \
                  ORDER BY c.public_key_sha256, c.imei, c.serial"
