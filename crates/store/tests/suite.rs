@@ -2039,6 +2039,10 @@ async fn bootstrap_secrets_are_single_use_replaced_and_expire() {
             s.put_bootstrap_secret(&secret("h6", now + Duration::days(1)))
                 .await
                 .is_err()
+        );
+    })
+    .await;
+}
 
 /// A certificate of device `n` issued `age` ago, expiring in `days`.
 fn issued(

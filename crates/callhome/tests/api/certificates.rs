@@ -411,6 +411,9 @@ async fn the_server_certificate_is_renewed_while_running() {
     assert!(
         modem.connack.try_recv().is_err(),
         "the live connection stayed up"
+    );
+    app.stop().await;
+}
 
 /// Has `csr` signed for device `id` with `validity_days`; returns the serial.
 async fn sign(app: &TestApp, token: &str, id: &str, csr: &str, validity_days: u32) -> String {
