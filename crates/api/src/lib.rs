@@ -86,8 +86,18 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Ends everything `imei` has open, on this node and (announced through the database)
+    /// on the others: the device was disabled or deleted.
+    pub async fn revoke_device_access(&self, imei: &callhome_core::Imei) {
+        self.end_device_access(imei).await;
+        let change = callhome_core::ClusterChange::DeviceAccess(imei.clone());
+        if let Err(e) = self.store.announce(&change).await {
+            tracing::warn!(%imei, error = %e, "could not announce the device's access change to the other nodes");
+        }
+    }
+
     /// Ends everything `imei` has open on this node (its MQTT connection, its sessions'
-    /// splices, its device-listener connections): the device was disabled or deleted.
+    /// splices, its device-listener connections).
     pub async fn end_device_access(&self, imei: &callhome_core::Imei) {
         self.gateway.disconnect(imei);
         self.tunnel

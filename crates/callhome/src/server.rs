@@ -395,6 +395,43 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("binding the HTTP API to {}", settings.http))?;
     let http_addr = http.local_addr()?;
+    // Changes announced by the other nodes sharing the database (PostgreSQL LISTEN): a
+    // revocation or a disabled device ends connections here within a second. The daily CRL
+    // refresh stays as the fallback for announcements lost while the listener reconnects
+    // (a Resync re-reads the CRL at once).
+    if let Some(mut changes) = store
+        .changes()
+        .await
+        .context("listening for the other nodes' changes")?
+    {
+        let (state, token) = (state.clone(), shutdown.clone());
+        tasks.spawn("cluster changes", async move {
+            loop {
+                let change = tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    c = changes.recv() => match c {
+                        Some(c) => c,
+                        None => return Ok(()),
+                    },
+                };
+                tracing::debug!(%change, "cluster change");
+                match change {
+                    callhome_core::ClusterChange::Crl | callhome_core::ClusterChange::Resync => {
+                        if let Err(e) = state.certs.refresh_crl().await {
+                            tracing::error!(error = %e, "CRL refresh after a cluster change failed");
+                        }
+                    }
+                    callhome_core::ClusterChange::DeviceAccess(imei) => {
+                        // Only what is still not allowed: the device may be enabled again.
+                        let allowed = matches!(state.store.get_device(&imei).await, Ok(d) if !d.disabled);
+                        if !allowed {
+                            state.end_device_access(&imei).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
     let app = callhome_api::app(state);
     let token = shutdown.clone();
     let drain = token.clone();

@@ -260,6 +260,15 @@ impl CertificateService {
         let record = self.store.revoke_certificate(serial, &revocation).await?;
         tracing::warn!(serial, imei = %record.imei, %by, "certificate revoked");
         self.refresh_crl().await?;
+        // The other nodes rebuild their CRL and end its connections now, not at their next
+        // periodic refresh.
+        if let Err(e) = self
+            .store
+            .announce(&callhome_core::ClusterChange::Crl)
+            .await
+        {
+            tracing::warn!(error = %e, "could not announce the revocation to the other nodes");
+        }
         Ok(record)
     }
 

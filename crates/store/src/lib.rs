@@ -582,7 +582,21 @@ pub trait Store:
     async fn ping(&self) -> Result<()>;
     /// Closes the pool, waiting for connections to be returned.
     async fn close(&self);
+    /// Tells every node sharing this database (this one included) about `change`:
+    /// PostgreSQL `NOTIFY` on the channel [`CHANGES_CHANNEL`] (suffixed `_<schema>` when the
+    /// connection's schema is not `public`), sent when the statement commits. Nothing on SQLite, where one node owns the database.
+    async fn announce(&self, change: &callhome_core::ClusterChange) -> Result<()>;
+    /// The changes announced by any node, as they arrive (`LISTEN`), until the receiver is
+    /// dropped; `None` on SQLite. When the listening connection is lost and comes back,
+    /// [`callhome_core::ClusterChange::Resync`] is delivered: what was announced meanwhile
+    /// is lost, so the node re-reads it.
+    async fn changes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<callhome_core::ClusterChange>>>;
 }
+
+/// The PostgreSQL channel of [`Store::announce`].
+pub const CHANGES_CHANNEL: &str = "callhome_changes";
 
 /// Options for [`open`].
 #[derive(Debug, Clone)]

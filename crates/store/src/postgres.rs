@@ -57,3 +57,46 @@ mod retention;
 mod sessions;
 
 pub use common::SqlStore;
+
+impl common::SqlStore {
+    /// `LISTEN` on this store's channel with a connection of its own, in a task
+    /// that forwards each change until the receiver is dropped. A lost connection is
+    /// re-established (by `PgListener`) and reported as a `Resync`.
+    pub(crate) async fn listen_changes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<callhome_core::ClusterChange>>> {
+        use callhome_core::ClusterChange;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(&self.channel).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    () = tx.closed() => return,
+                    got = listener.try_recv() => match got {
+                        Ok(Some(n)) => match n.payload().parse::<ClusterChange>() {
+                            Ok(c) => c,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "ignored an unknown cluster change");
+                                continue;
+                            }
+                        },
+                        Ok(None) => {
+                            tracing::warn!("lost the cluster change listener's connection; reconnecting");
+                            ClusterChange::Resync
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cluster change listener failed; retrying in 1 s");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    },
+                };
+                if tx.send(change).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
+}

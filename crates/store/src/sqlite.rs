@@ -118,3 +118,12 @@ mod retention;
 mod sessions;
 
 pub use common::SqlStore;
+
+impl common::SqlStore {
+    /// One node owns a SQLite database: nothing to listen to.
+    pub(crate) async fn listen_changes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<callhome_core::ClusterChange>>> {
+        Ok(None)
+    }
+}

@@ -438,7 +438,7 @@ pub async fn update_device(
         .await?;
     if device.disabled {
         // A disabled device may not stay connected either.
-        state.end_device_access(&imei).await;
+        state.revoke_device_access(&imei).await;
     }
     Ok(axum::Json(device.into()))
 }
@@ -554,6 +554,6 @@ pub async fn delete_device(
     p.require(Role::Operator)?;
     let imei = path_imei(&imei)?;
     state.store.delete_device(&imei).await?;
-    state.end_device_access(&imei).await;
+    state.revoke_device_access(&imei).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -398,7 +398,7 @@ async fn enrol_with_a_bootstrap_secret_then_reenrol_and_serverkeygen() {
     let cert3 = to_pem(&issued, "CERTIFICATE");
     connect_modem(&app, &id, &cert3, &key3, &trust).await;
 
-    // The inventory: three certificates, all valid, each recorded with its operation.
+    // The inventory: three certificates, all active, each recorded with its operation.
     let (_, list) = app
         .get(&format!("/api/v1/devices/{id}/certificates"), &ops)
         .await;
@@ -407,7 +407,7 @@ async fn enrol_with_a_bootstrap_secret_then_reenrol_and_serverkeygen() {
         .unwrap()
         .iter()
         .map(|c| {
-            assert_eq!(c["status"], "valid");
+            assert_eq!(c["status"], "active");
             c["issued_by"].as_str().unwrap()
         })
         .collect();

@@ -56,19 +56,50 @@ impl TestApp {
         settings.admin_password = Some(SecretString::from(ADMIN_PASSWORD));
         tweak(&mut settings);
         let server = server::start(&settings).await.expect("server starts");
-        let base = format!("http://{}", server.http_addr);
+        Self::running(server, settings, dir, db)
+    }
+
+    fn running(
+        server: RunningServer,
+        settings: Settings,
+        dir: tempfile::TempDir,
+        db: Option<TestDatabase>,
+    ) -> Self {
         Self {
-            base,
+            base: format!("http://{}", server.http_addr),
             mqtt: server.mqtt_addr,
             tunnel: server.tunnel_addr,
             device_http: server.device_http_addr,
             client: reqwest::Client::new(),
-            data_dir,
+            data_dir: settings.data_dir.clone(),
             server: Some(server),
             settings,
             _dir: dir,
             db,
         }
+    }
+
+    /// A second node on the same database, with a copy of this node's CA, token key and
+    /// master key (what several nodes share), on ports of its own.
+    pub async fn spawn_node_sharing(&self) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        copy_tree(&self.data_dir.join("ca"), &data_dir.join("ca"));
+        for f in ["jwt.key", "master.key"] {
+            if self.data_dir.join(f).exists() {
+                std::fs::copy(self.data_dir.join(f), data_dir.join(f)).unwrap();
+            }
+        }
+        let mut settings = self.settings.clone();
+        settings.data_dir = data_dir.clone();
+        settings.http = "127.0.0.1:0".parse().unwrap();
+        settings.mqtt = "127.0.0.1:0".parse().unwrap();
+        settings.tunnel = "127.0.0.1:0".parse().unwrap();
+        settings.device_http = "127.0.0.1:0".parse().unwrap();
+        settings.gateway.node_id = format!("{}-b", settings.gateway.node_id);
+        let server = server::start(&settings).await.expect("second node starts");
+        Self::running(server, settings, dir, None)
     }
 
     /// Stops the server and starts it again on the same data directory, database and
@@ -246,6 +277,19 @@ impl TestApp {
             cert_pem: signed["certificate"].as_str().unwrap().to_owned(),
             ca_pem: signed["ca_chain"].as_str().unwrap().to_owned(),
             serial: signed["serial"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
         }
     }
 }

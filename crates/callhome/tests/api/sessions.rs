@@ -497,6 +497,44 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(sock: &mut S, within: Du
     }
 }
 
+/// Revokes `e`'s certificate through `app` (key compromise).
+async fn revoke(app: &TestApp, ops: &str, e: &Enrolled) {
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/certificates/{}/revoke", e.serial),
+            ops,
+            json!({"reason": "key_compromise"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Opens a rendezvous session of `e` through `app`, lets `modem` dial in and a reader
+/// attach over the WebSocket, and checks bytes flow: returns the session id, the modem's
+/// tunnel socket and the reader's WebSocket.
+async fn active_session(
+    app: &TestApp,
+    reader: &str,
+    e: &Enrolled,
+    modem: &mut TestModem,
+) -> (
+    String,
+    ModemSocket,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) {
+    let (status, created) = open(app, reader, &e.imei, json!({"mode": "rendezvous"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (mut sock, _) = answer_temporal_client(modem, e, e.imei.as_bytes()).await;
+    let mut ws = ws_connect(app, &created).await;
+    ws.send(Message::Binary(b"ping".to_vec().into()))
+        .await
+        .unwrap();
+    let mut got = [0u8; 4];
+    sock.read_exact(&mut got).await.unwrap();
+    (id, sock, ws)
+}
+
 /// A kept-alive HTTPS connection to the device listener with the device's certificate,
 /// after one request answered.
 async fn device_listener_connection(app: &TestApp, e: &Enrolled) -> ModemSocket {
@@ -522,26 +560,11 @@ async fn device_listener_connection(app: &TestApp, e: &Enrolled) -> ModemSocket 
 #[tokio::test]
 async fn revocation_and_disabling_end_splices_and_device_connections_at_once() {
     let (app, ops, reader, e, mut modem) = setup(940).await;
-    let (_, created) = open(&app, &reader, &e.imei, json!({"mode": "rendezvous"})).await;
-    let id = created["id"].as_str().unwrap().to_owned();
-    let (mut sock, _) = answer_temporal_client(&mut modem, &e, e.imei.as_bytes()).await;
-    let mut ws = ws_connect(&app, &created).await;
-    ws.send(Message::Binary(b"ping".to_vec().into()))
-        .await
-        .unwrap();
-    let mut got = [0u8; 4];
-    sock.read_exact(&mut got).await.unwrap();
+    let (id, mut sock, _ws) = active_session(&app, &reader, &e, &mut modem).await;
     let mut download = device_listener_connection(&app, &e).await;
 
     let started = std::time::Instant::now();
-    let (status, _) = app
-        .post(
-            &format!("/api/v1/certificates/{}/revoke", e.serial),
-            &ops,
-            json!({"reason": "key_compromise"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    revoke(&app, &ops, &e).await;
     assert!(
         closed_within(&mut sock, Duration::from_secs(1)).await,
         "splice ended"
@@ -582,4 +605,64 @@ async fn revocation_and_disabling_end_splices_and_device_connections_at_once() {
     let s = wait_closed(&app, &reader, &id).await;
     assert_eq!(s["close_reason"], "access_revoked", "{s}");
     app.stop().await;
+}
+
+/// Two nodes on one PostgreSQL database: a certificate revoked through node A ends the
+/// device's MQTT connection and its tunnel splice on node B within a second; disabling a
+/// device through A ends B's too. (PostgreSQL only: SQLite has one node.)
+#[tokio::test]
+async fn revoking_on_one_node_ends_the_connection_and_splice_on_another_within_a_second() {
+    if std::env::var("CALLHOME_TEST_API_BACKEND").as_deref() != Ok("postgres") {
+        eprintln!(
+            "skipped: needs CALLHOME_TEST_API_BACKEND=postgres (two nodes share one PostgreSQL)"
+        );
+        return;
+    }
+    let a = TestApp::spawn().await;
+    let b = a.spawn_node_sharing().await;
+    let ops = a.user_token("ops", "operator").await;
+    let reader = a.user_token("reading-centre", "reader").await;
+    let e = a.enroll(&ops, &imei(950)).await;
+    // The modem is connected to node B, and its session runs there.
+    let mut modem = TestModem::connect(b.mqtt, &e).await;
+    let (id, mut sock, _ws) = active_session(&b, &reader, &e, &mut modem).await;
+
+    let started = std::time::Instant::now();
+    revoke(&a, &ops, &e).await;
+    assert!(
+        closed_within(&mut sock, Duration::from_secs(1)).await,
+        "node B's splice ended within 1 s"
+    );
+    let dropped = tokio::time::timeout(Duration::from_secs(1), modem.connack.recv()).await;
+    assert!(
+        matches!(dropped, Ok(Some(Err(_)))),
+        "node B's MQTT connection ended within 1 s: {dropped:?}"
+    );
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    assert_eq!(
+        wait_closed(&b, &reader, &id).await["close_reason"],
+        "access_revoked"
+    );
+    // And node B now refuses new connections with it.
+    let mut again = TestModem::start(b.mqtt, &e.imei, &e.imei, tls(&e));
+    let refused = tokio::time::timeout(Duration::from_secs(5), again.connack.recv()).await;
+    assert!(matches!(refused, Ok(Some(Err(_)))), "{refused:?}");
+
+    // Disabling a device through A ends its connection on B.
+    let e2 = a.enroll(&ops, &imei(951)).await;
+    let mut modem2 = TestModem::connect(b.mqtt, &e2).await;
+    let (status, body) = a
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/devices/{}", e2.imei),
+            Some(&ops),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let dropped = tokio::time::timeout(Duration::from_secs(1), modem2.connack.recv()).await;
+    assert!(matches!(dropped, Ok(Some(Err(_)))), "{dropped:?}");
+    b.stop().await;
+    a.stop().await;
 }

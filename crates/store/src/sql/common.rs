@@ -31,6 +31,9 @@ pub struct SqlStore {
     pub(super) pool: Pool<Db>,
     /// Encrypts secret Config.txt values on the way in, decrypts them on the way out.
     pub(super) vault: Vault,
+    /// The `NOTIFY` channel of this database and schema ([`crate::CHANGES_CHANNEL`],
+    /// suffixed with the schema unless it is `public`: channels are per database).
+    pub(super) channel: String,
 }
 
 impl SqlStore {
@@ -39,9 +42,22 @@ impl SqlStore {
     pub async fn open(url: &str, options: &OpenOptions) -> Result<Self> {
         let pool = connect(url, options).await?;
         MIGRATOR.run(&pool).await?;
+        let channel = if BACKEND == Backend::Postgres {
+            let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+                .fetch_one(&pool)
+                .await?;
+            if schema == "public" {
+                crate::CHANGES_CHANNEL.to_owned()
+            } else {
+                format!("{}_{schema}", crate::CHANGES_CHANNEL)
+            }
+        } else {
+            crate::CHANGES_CHANNEL.to_owned()
+        };
         let store = Self {
             pool,
             vault: Vault::new(options.master_key.as_ref()),
+            channel,
         };
         if options.master_key.is_some() {
             store.check_master_key().await?;
@@ -758,5 +774,22 @@ impl Store for SqlStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn announce(&self, change: &callhome_core::ClusterChange) -> Result<()> {
+        if BACKEND == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.channel)
+                .bind(change.to_string())
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn changes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<callhome_core::ClusterChange>>> {
+        self.listen_changes().await
     }
 }
