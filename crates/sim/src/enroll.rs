@@ -39,6 +39,8 @@ pub struct Enroller {
 #[derive(Deserialize)]
 struct Signed {
     certificate: String,
+    /// The issuing CA first, the root last.
+    ca_chain: String,
 }
 
 impl Enroller {
@@ -178,12 +180,22 @@ impl Enroller {
             status: 201,
             body: format!("unexpected body: {e}"),
         })?;
+        // The modem presents its certificate with the chain up to the root, as a real
+        // modem's certificate file should hold it: a reading platform that trusts only the
+        // root (direct sessions) can then verify it.
+        let cert_pem = format!(
+            "{}{}{}",
+            signed.certificate,
+            if signed.certificate.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            },
+            signed.ca_chain
+        );
         write_file(&self.key_path(imei), key_pem.as_bytes(), true)?;
-        write_file(&self.cert_path(imei), signed.certificate.as_bytes(), false)?;
-        Ok(Credentials {
-            cert_pem: signed.certificate,
-            key_pem,
-        })
+        write_file(&self.cert_path(imei), cert_pem.as_bytes(), false)?;
+        Ok(Credentials { cert_pem, key_pem })
     }
 
     /// Enrolls every IMEI, `concurrency` at a time, calling `progress` after each; the
