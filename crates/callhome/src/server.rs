@@ -65,7 +65,8 @@ pub struct RunningServer {
     pub store: Arc<dyn Store>,
     /// What happened to the admin account.
     pub admin: AdminBootstrap,
-    /// SHA-256 fingerprint of the CA certificate.
+    /// SHA-256 fingerprint of the root certificate modems trust (the first certificate
+    /// `GET /api/v1/ca/certificate` serves).
     pub ca_fingerprint: String,
     /// The shutdown token and every long-lived task.
     tasks: Supervisor,
@@ -152,7 +153,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
     let ca_dir = data_dir.join(CA_DIR);
     let authority = Authority::load_or_init(&ca_dir, &settings.ca)
         .context("loading the certificate authority")?;
-    let ca_fingerprint = authority.fingerprint_sha256();
+    let ca_fingerprint = authority
+        .issuing_cas()
+        .first()
+        .map(|ca| ca.root_fingerprint_sha256.clone())
+        .unwrap_or_default();
     authority.set_crl_base_url(&format!("{device_http_url}/crl"));
     let certs = Arc::new(
         CertificateService::new(

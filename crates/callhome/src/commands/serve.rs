@@ -26,7 +26,7 @@ pub(super) async fn run(settings: &Settings) -> anyhow::Result<()> {
         running.device_http_addr, running.device_http_url
     );
     println!(
-        "  CA cert:     http://{http}/api/v1/ca/certificate (SHA-256 {})",
+        "  CA root:     http://{http}/api/v1/ca/certificate (SHA-256 {})",
         running.ca_fingerprint
     );
     println!("  Data dir:    {}", running.data_dir.display());

@@ -36,6 +36,14 @@ async fn csr_is_signed_and_chains_to_the_published_ca() {
     let served_chain = app.get_text("/api/v1/ca/chain").await;
     assert_eq!(served_chain, chain);
     let (_, root_pem) = parse_x509_pem(ca_pem.as_bytes()).unwrap();
+    // The banner's fingerprint is the root's, the certificate modems are given to trust.
+    {
+        use sha2::Digest as _;
+        assert_eq!(
+            app.ca_fingerprint(),
+            hex::encode(sha2::Sha256::digest(&root_pem.contents))
+        );
+    }
     let root = root_pem.parse_x509().unwrap();
     let (_, issuing_pem) = parse_x509_pem(chain.as_bytes()).unwrap();
     let ca = issuing_pem.parse_x509().unwrap();

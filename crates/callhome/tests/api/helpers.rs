@@ -135,6 +135,15 @@ impl TestApp {
         }
     }
 
+    /// The root fingerprint the server's banner shows.
+    pub fn ca_fingerprint(&self) -> String {
+        self.server
+            .as_ref()
+            .expect("server running")
+            .ca_fingerprint
+            .clone()
+    }
+
     /// The body of an unauthenticated GET of `path`, as text.
     pub async fn get_text(&self, path: &str) -> String {
         self.client
