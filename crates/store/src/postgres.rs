@@ -61,7 +61,8 @@ pub use common::SqlStore;
 impl common::SqlStore {
     /// `LISTEN` on this store's channel with a connection of its own, in a task
     /// that forwards each change until the receiver is dropped. A lost connection is
-    /// re-established (by `PgListener`) and reported as a `Resync`.
+    /// re-established (by `PgListener`) and reported as a `Resync`. The listener holds one
+    /// pooled connection, given back when the receiver is dropped or the store closes.
     pub(crate) async fn listen_changes(
         &self,
     ) -> Result<Option<tokio::sync::mpsc::Receiver<callhome_core::ClusterChange>>> {
@@ -69,10 +70,15 @@ impl common::SqlStore {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
         listener.listen(&self.channel).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let mut closing = self.closing.subscribe();
         tokio::spawn(async move {
             loop {
+                if *closing.borrow_and_update() {
+                    return;
+                }
                 let change = tokio::select! {
                     () = tx.closed() => return,
+                    _ = closing.changed() => return,
                     got = listener.try_recv() => match got {
                         Ok(Some(n)) => match n.payload().parse::<ClusterChange>() {
                             Ok(c) => c,

@@ -34,6 +34,9 @@ pub struct SqlStore {
     /// The `NOTIFY` channel of this database and schema ([`crate::CHANGES_CHANNEL`],
     /// suffixed with the schema unless it is `public`: channels are per database).
     pub(super) channel: String,
+    /// Set by [`Store::close`]: change listeners give their pooled connection back, so
+    /// that closing the pool does not wait for them.
+    pub(super) closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl SqlStore {
@@ -58,6 +61,7 @@ impl SqlStore {
             pool,
             vault: Vault::new(options.master_key.as_ref()),
             channel,
+            closing: tokio::sync::watch::Sender::new(false),
         };
         if options.master_key.is_some() {
             store.check_master_key().await?;
@@ -773,6 +777,7 @@ impl Store for SqlStore {
     }
 
     async fn close(&self) {
+        self.closing.send_replace(true);
         self.pool.close().await;
     }
 
