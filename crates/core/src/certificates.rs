@@ -31,6 +31,28 @@ impl CertificateState {
 }
 
 crate::wire_enum! {
+    /// How a modem gets its new key pair in a certificate rotation.
+    pub enum RotationMode("mode") {
+        /// The modem makes the key and sends a CSR (over MQTT on `{IMEI}/csr`).
+        Csr = "csr",
+        /// Callhome makes the key and certificate, for modems that cannot make keys, and
+        /// delivers both over the device's mutually authenticated MQTT channel only.
+        ServerKeygen = "server_keygen",
+    }
+}
+
+crate::wire_enum! {
+    /// When a rotation revokes the certificate it replaces.
+    pub enum RevokeOldAfter("revoke_old_after") {
+        /// Once the modem has connected with the new certificate (its serial seen on a
+        /// handshake); never before.
+        Confirmed = "confirmed",
+        /// Never: the old certificate stays valid until it expires.
+        Never = "never",
+    }
+}
+
+crate::wire_enum! {
     /// A check of the certificate audit (`GET /api/v1/certificates/audit`).
     pub enum AuditCheck("check") {
         /// One public key certified for two or more devices.

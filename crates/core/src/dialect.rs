@@ -82,6 +82,21 @@ pub struct Dialect {
     /// the JAD URL (application directory, bearer, APN user...) depend on the
     /// installation: configure the full command.
     pub firmware_otap: String,
+    /// Asks the modem for a new client certificate over its MQTT channel (a certificate
+    /// rotation). Placeholders: `{mode}` (`csr`: the modem makes a new key and publishes a
+    /// PEM PKCS#10 on `{csr_topic}`; `server_keygen`: it cannot make keys and publishes the
+    /// text `serverkeygen` there instead, and Callhome makes the key), `{csr_topic}` and
+    /// `{cert_topic}` (where the answer comes: the PEM chain, with the PEM key before it for
+    /// `server_keygen`). No public MTX-Tunnel syntax is known: configure the real one.
+    pub certificate_request: String,
+    /// Tells the modem to install the client certificate it received on its certificate
+    /// topic and to reconnect with it. Placeholders: `{serial}` (uppercase hex) and
+    /// `{sha256}` (the certificate's fingerprint, 64 lowercase hex). No public syntax.
+    pub certificate_install: String,
+    /// Tells the modem to fetch and trust a CA bundle (PEM) for the server's certificate,
+    /// before a CA rollover. Placeholders: `{url}` (on the device-facing HTTPS listener)
+    /// and `{sha256}` (of the bundle's bytes, 64 lowercase hex). No public syntax.
+    pub trust_anchor_install: String,
 }
 
 impl Default for Dialect {
@@ -100,6 +115,9 @@ const PLACEHOLDERS: &[(&str, &[&str])] = &[
     ("reboot", &[]),
     ("firmware_update", &["url", "version", "sha256", "size"]),
     ("firmware_otap", &["jad_url", "notify_url", "version"]),
+    ("certificate_request", &["mode", "csr_topic", "cert_topic"]),
+    ("certificate_install", &["serial", "sha256"]),
+    ("trust_anchor_install", &["url", "sha256"]),
 ];
 
 impl Dialect {
@@ -115,10 +133,13 @@ impl Dialect {
             reboot: "AT^MTXTUNNEL=REBOOT".into(),
             firmware_update: "AT^MTXTUNNEL=FWUPDATE,{url},{version},{sha256},{size}".into(),
             firmware_otap: "AT^SJOTAP=,{jad_url},a:/,,,gprs,,,,,{notify_url}".into(),
+            certificate_request: "AT^MTXTUNNEL=CERTREQ,{mode},{csr_topic},{cert_topic}".into(),
+            certificate_install: "AT^MTXTUNNEL=CERTINSTALL,{serial},{sha256}".into(),
+            trust_anchor_install: "AT^MTXTUNNEL=CAINSTALL,{url},{sha256}".into(),
         }
     }
 
-    fn templates(&self) -> [(&'static str, &str); 8] {
+    fn templates(&self) -> [(&'static str, &str); 11] {
         [
             ("version", &self.version),
             ("get_param", &self.get_param),
@@ -128,6 +149,9 @@ impl Dialect {
             ("reboot", &self.reboot),
             ("firmware_update", &self.firmware_update),
             ("firmware_otap", &self.firmware_otap),
+            ("certificate_request", &self.certificate_request),
+            ("certificate_install", &self.certificate_install),
+            ("trust_anchor_install", &self.trust_anchor_install),
         ]
     }
 
@@ -244,6 +268,65 @@ impl Dialect {
                 ("notify_url", notify_url),
                 ("version", version),
             ],
+        )
+    }
+
+    /// The command asking the modem for a new client certificate: a CSR it makes
+    /// ([`RotationMode::Csr`]) or a key Callhome makes ([`RotationMode::ServerKeygen`]),
+    /// requested on `csr_topic`, answered on `cert_topic`.
+    pub fn certificate_request(
+        &self,
+        mode: crate::certificates::RotationMode,
+        csr_topic: &str,
+        cert_topic: &str,
+    ) -> Result<AtCommand, ValidationError> {
+        check_token("csr_topic", csr_topic, false)?;
+        check_token("cert_topic", cert_topic, false)?;
+        render(
+            "certificate_request",
+            &self.certificate_request,
+            &[
+                ("mode", mode.as_str()),
+                ("csr_topic", csr_topic),
+                ("cert_topic", cert_topic),
+            ],
+        )
+    }
+
+    /// The command to install the certificate `serial` (fingerprint `sha256`) received on
+    /// the certificate topic, and reconnect with it.
+    pub fn certificate_install(
+        &self,
+        serial: &str,
+        sha256: &str,
+    ) -> Result<AtCommand, ValidationError> {
+        if serial.is_empty() || serial.len() > 64 || !serial.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(ValidationError::new(
+                "serial",
+                "must be 1-64 hexadecimal characters",
+            ));
+        }
+        check_sha256(sha256)?;
+        render(
+            "certificate_install",
+            &self.certificate_install,
+            &[("serial", serial), ("sha256", sha256)],
+        )
+    }
+
+    /// The command to fetch and trust the CA bundle at `url` (its bytes hash to `sha256`).
+    pub fn trust_anchor_install(
+        &self,
+        url: &str,
+        sha256: &str,
+    ) -> Result<AtCommand, ValidationError> {
+        check_token("url", url, false)?;
+        check_sha256(sha256)?;
+        render(
+            "trust_anchor_install",
+            &self.trust_anchor_install,
+            &[("url", url), ("sha256", sha256)],
         )
     }
 }

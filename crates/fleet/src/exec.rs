@@ -42,7 +42,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn failed(error: impl Into<String>, result: serde_json::Value) -> Self {
+    pub(crate) fn failed(error: impl Into<String>, result: serde_json::Value) -> Self {
         Self {
             state: ExecState::Failed,
             error: Some(error.into()),
@@ -51,7 +51,7 @@ impl Outcome {
         }
     }
 
-    fn succeeded(result: serde_json::Value) -> Self {
+    pub(crate) fn succeeded(result: serde_json::Value) -> Self {
         Self {
             state: ExecState::Succeeded,
             error: None,
@@ -184,6 +184,18 @@ async fn run(
             } else {
                 Outcome::failed(command_error(&done), result)
             })
+        }
+        Operation::RotateCertificate {
+            mode,
+            revoke_old_after,
+            confirm_timeout_s,
+        } => {
+            let rotation = crate::rotation::Rotation {
+                mode: *mode,
+                revoke_old_after: *revoke_old_after,
+                confirm_timeout: Duration::from_secs(u64::from(*confirm_timeout_s)),
+            };
+            crate::rotation::run(config, journal, imei, rotation, timing, by).await
         }
         Operation::Reboot => {
             let done = journal

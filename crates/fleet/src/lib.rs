@@ -10,10 +10,12 @@
 //! check ([`drift`]).
 //!
 //! Must not know: HTTP, SQL (it calls `callhome-store` traits), MQTT framing or TLS (it
-//! queues commands with `callhome-gateway`).
+//! queues commands with `callhome-gateway`; certificates are signed and revoked by
+//! `callhome-pki`).
 //!
 //! Modules: [`ops`] (job operations and targets as the API accepts them), [`config`],
-//! [`journal`] (command journal), [`pacing`] (the driver's decisions), [`exec`] (one device's execution), [`firmware`] (one device's firmware update), [`engine`], [`drift`].
+//! [`journal`] (command journal), [`pacing`] (the driver's decisions), [`exec`] (one device's execution), [`firmware`] (one device's firmware update), `rotation` (one device's certificate
+//! rotation), [`engine`], [`drift`].
 
 pub mod config;
 pub mod drift;
@@ -23,6 +25,7 @@ pub mod firmware;
 pub mod journal;
 pub mod ops;
 pub mod pacing;
+mod rotation;
 
 use callhome_core::ValidationError;
 use callhome_gateway::GatewayError;

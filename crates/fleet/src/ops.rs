@@ -50,10 +50,34 @@ pub enum Operation {
         #[serde(default = "default_install_timeout")]
         install_timeout_s: u32,
     },
+    /// Rotate the device's client certificate, overlap then revoke: the modem gets a new
+    /// certificate over its MQTT channel (`{IMEI}/csr` -> `{IMEI}/cert`), installs it and
+    /// reconnects with it; only then are the certificates it replaces revoked. A modem that
+    /// does not come back with the new one keeps its old one and fails `not_confirmed`.
+    RotateCertificate {
+        /// `csr`: the modem makes the key; `server_keygen`: Callhome does.
+        mode: callhome_core::certificates::RotationMode,
+        /// `confirmed` (default): revoke the replaced certificates once the modem has
+        /// connected with the new one; `never`: leave them to expire.
+        #[serde(default = "default_revoke_old_after")]
+        revoke_old_after: callhome_core::certificates::RevokeOldAfter,
+        /// How long the modem has to send its request, and then to connect with the new
+        /// certificate (default 600 s, 10-86400).
+        #[serde(default = "default_confirm_timeout")]
+        confirm_timeout_s: u32,
+    },
 }
 
 fn default_install_timeout() -> u32 {
     900
+}
+
+fn default_revoke_old_after() -> callhome_core::certificates::RevokeOldAfter {
+    callhome_core::certificates::RevokeOldAfter::Confirmed
+}
+
+fn default_confirm_timeout() -> u32 {
+    600
 }
 
 impl Operation {
@@ -61,6 +85,18 @@ impl Operation {
     pub fn validate(&self) -> Result<(), Vec<ValidationError>> {
         match self {
             Operation::ApplyConfig | Operation::Reboot => Ok(()),
+            Operation::RotateCertificate {
+                confirm_timeout_s, ..
+            } => {
+                if (10..=86_400).contains(confirm_timeout_s) {
+                    Ok(())
+                } else {
+                    Err(vec![ValidationError::new(
+                        "operation.confirm_timeout_s",
+                        "must be between 10 and 86400",
+                    )])
+                }
+            }
             Operation::FirmwareUpdate {
                 install_timeout_s, ..
             } => {

@@ -166,6 +166,12 @@ struct Connection<S> {
     pending_qos2: HashSet<u16>,
     /// Subscription filters refused so far on this connection.
     denied_filters: usize,
+    /// The QoS granted on the certificate topic, if subscribed.
+    cert_qos: Option<QoS>,
+    /// When the last certificate request was answered (one per [`crate::csr::MIN_INTERVAL`]).
+    last_csr: Option<std::time::Instant>,
+    /// The serial of the client certificate the connection authenticated with.
+    cert_serial: Option<String>,
 }
 
 impl<S> Connection<S>
@@ -281,6 +287,9 @@ where
             sub_qos: None,
             pending_qos2: HashSet::new(),
             denied_filters: 0,
+            cert_qos: None,
+            last_csr: None,
+            cert_serial: identity.cert_serial,
         })
     }
 
@@ -423,7 +432,8 @@ where
         Ok(None)
     }
 
-    /// SUBSCRIBE: only the device's command topic is granted (QoS 0, or 1 for 1 and 2);
+    /// SUBSCRIBE: only the device's command and certificate topics are granted (QoS 0, or
+    /// 1 for 1 and 2);
     /// any other filter is refused and audited, up to
     /// [`crate::GatewayConfig::max_denied_filters`] per connection; one more ends the
     /// connection (`acl_subscribe`) without a further audit row.
@@ -436,6 +446,13 @@ where
                     _ => QoS::AtLeastOnce,
                 };
                 self.sub_qos = Some(qos);
+                codes.push(SubscribeReasonCode::Success(qos));
+            } else if f.path == self.topics.cert {
+                let qos = match f.qos {
+                    QoS::AtMostOnce => QoS::AtMostOnce,
+                    _ => QoS::AtLeastOnce,
+                };
+                self.cert_qos = Some(qos);
                 codes.push(SubscribeReasonCode::Success(qos));
             } else {
                 self.denied_filters += 1;
@@ -451,7 +468,7 @@ where
                 warn!(filter = %f.path, allowed = %self.topics.command, "subscription refused by ACL");
                 self.audit_violation(
                     "mqtt.subscribe.denied",
-                    serde_json::json!({"filter": f.path, "allowed": self.topics.command}),
+                    serde_json::json!({"filter": f.path, "allowed": [self.topics.command, self.topics.cert]}),
                 )
                 .await;
                 codes.push(SubscribeReasonCode::Failure);
@@ -468,6 +485,9 @@ where
 
     /// UNSUBSCRIBE: leaving the command topic stops the dispatcher's sending.
     async fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), FrameError> {
+        if u.topics.contains(&self.topics.cert) {
+            self.cert_qos = None;
+        }
         if u.topics.contains(&self.topics.command) {
             self.sub_qos = None;
             self.subscribed.send_replace(None);
@@ -477,15 +497,18 @@ where
             .await
     }
 
-    /// PUBLISH: only on the device's reply and status topics (anything else is audited and
-    /// ends the connection); acknowledged per its QoS, a QoS 2 retransmission taken once.
+    /// PUBLISH: only on the device's reply, status and certificate-request topics
+    /// (anything else is audited and ends the connection); acknowledged per its QoS, a
+    /// QoS 2 retransmission taken once.
     async fn on_publish(&mut self, p: Publish) -> Result<Option<End>, FrameError> {
-        let allowed = p.topic == self.topics.reply || p.topic == self.topics.status;
+        let allowed = p.topic == self.topics.reply
+            || p.topic == self.topics.status
+            || p.topic == self.topics.csr;
         if !allowed {
             warn!(topic = %p.topic, "publish refused by ACL; disconnecting");
             self.audit_violation(
                 "mqtt.publish.denied",
-                serde_json::json!({"topic": p.topic, "allowed": [self.topics.reply, self.topics.status]}),
+                serde_json::json!({"topic": p.topic, "allowed": [self.topics.reply, self.topics.status, self.topics.csr]}),
             )
             .await;
             return Ok(Some(End::Violation("acl_publish")));
@@ -507,8 +530,46 @@ where
                 }
             }
         }
+        if p.topic == self.topics.csr
+            && p.topic != self.topics.reply
+            && p.topic != self.topics.status
+        {
+            self.on_certificate_request(&p).await?;
+            return Ok(None);
+        }
         self.deliver(&p).await;
         Ok(None)
+    }
+
+    /// A certificate request on `{IMEI}/csr` ([`crate::csr`]): answered on `{IMEI}/cert`
+    /// with the QoS of the modem's subscription to it (QoS 0 if it has none: the modem
+    /// asked, so it listens).
+    async fn on_certificate_request(&mut self, p: &Publish) -> Result<(), FrameError> {
+        let now = std::time::Instant::now();
+        let answer = if self
+            .last_csr
+            .is_some_and(|at| now.duration_since(at) < crate::csr::MIN_INTERVAL)
+        {
+            crate::csr::too_soon()
+        } else {
+            self.last_csr = Some(now);
+            crate::csr::answer(
+                &self.shared,
+                &self.imei,
+                self.cert_serial.as_deref(),
+                &p.payload,
+            )
+            .await
+        };
+        let qos = self.cert_qos.unwrap_or(QoS::AtMostOnce);
+        let mut publish = Publish::new(self.topics.cert.clone(), qos, answer.to_vec());
+        if qos != QoS::AtMostOnce {
+            publish.pkid = self.take_pkid();
+        }
+        let sent = self.writer.send(&Packet::Publish(publish)).await;
+        // The frame held the key (server_keygen); the writer has it on the wire now.
+        drop(answer);
+        sent
     }
 
     /// Hands an accepted publish on: a reply to the dispatcher, a status to the store.

@@ -20,6 +20,7 @@
 
 pub mod codec;
 mod connection;
+pub mod csr;
 pub mod dispatch;
 pub mod events;
 mod hub;
@@ -333,6 +334,12 @@ impl Gateway {
         }
         background.wait().await;
         Ok(())
+    }
+
+    /// The certificate service the gateway checks client certificates with (and signs
+    /// certificate requests made on the MQTT channel).
+    pub fn certificates(&self) -> &Arc<CertificateService> {
+        &self.shared.certs
     }
 
     /// The event bus.

@@ -2,7 +2,7 @@
 
 use callhome_store::Device;
 
-/// The three topics a modem may use.
+/// The topics a modem may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     /// Where the modem receives AT commands (`MQTT_attopic1`, default `{IMEI}/AT`).
@@ -11,6 +11,10 @@ pub struct Topics {
     pub reply: String,
     /// Where it publishes status (`DNS_mqttTopic`, default `{IMEI}/dns`).
     pub status: String,
+    /// Where it publishes a certificate request in a rotation (`{IMEI}/csr`).
+    pub csr: String,
+    /// Where it receives the answer: its new certificate (`{IMEI}/cert`).
+    pub cert: String,
 }
 
 impl Topics {
@@ -26,6 +30,8 @@ impl Topics {
             command: pick(&device.mqtt.command_topic, "AT"),
             reply: pick(&device.mqtt.reply_topic, "ATR"),
             status: pick(&device.mqtt.status_topic, "dns"),
+            csr: format!("{imei}/csr"),
+            cert: format!("{imei}/cert"),
         }
     }
 }

@@ -121,11 +121,11 @@ impl Enroller {
     }
 
     fn key_path(&self, imei: &Imei) -> PathBuf {
-        self.cache_dir.join(format!("{imei}.key.pem"))
+        cache_paths(&self.cache_dir, imei).0
     }
 
     fn cert_path(&self, imei: &Imei) -> PathBuf {
-        self.cache_dir.join(format!("{imei}.crt.pem"))
+        cache_paths(&self.cache_dir, imei).1
     }
 
     /// Registers `imei` (if needed) and gets it a certificate for a new key, or returns
@@ -253,7 +253,15 @@ async fn expect(
     Ok(body)
 }
 
-fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SimError> {
+/// The cached key and certificate files of `imei` in `dir`.
+pub(crate) fn cache_paths(dir: &Path, imei: &Imei) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{imei}.key.pem")),
+        dir.join(format!("{imei}.crt.pem")),
+    )
+}
+
+pub(crate) fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SimError> {
     if secret {
         callhome_ca::write_secret_file(path, bytes)?;
         Ok(())

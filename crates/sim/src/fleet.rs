@@ -33,6 +33,9 @@ pub struct FleetConfig {
     /// Models (`MTX_model`) given to the modems in turn: modem `i` gets
     /// `models[i % models.len()]`. Empty: the master configuration's.
     pub models: Vec<String>,
+    /// The enrolment cache the credentials came from ([`crate::Enroller`]'s directory):
+    /// a certificate rotation writes the modem's new key and certificate there.
+    pub credential_cache: Option<std::path::PathBuf>,
 }
 
 impl FleetConfig {
@@ -46,6 +49,7 @@ impl FleetConfig {
             behaviour: Behaviour::default(),
             misbehaviour: None,
             models: Vec::new(),
+            credential_cache: None,
         }
     }
 }
@@ -154,6 +158,10 @@ impl Fleet {
                 .with_connect_gate(gate.clone());
             if let Some(model) = model_of(&config.models, i) {
                 modem = modem.with_model(model);
+            }
+            if let Some(dir) = &config.credential_cache {
+                let (key, cert) = crate::enroll::cache_paths(dir, modem.imei());
+                modem = modem.with_credential_cache(key, cert);
             }
             let (handle, task) = modem.spawn(cancel.child_token());
             tasks.push(task);

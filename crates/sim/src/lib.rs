@@ -39,6 +39,12 @@
 //!   (1 s by default) and connects again without backoff, with its topics, keep-alive
 //!   and `DNS_period` read again from its Config.txt (`SETPARAM` changes survive; they
 //!   take effect from this boot on).
+//! - Certificate rotation ([`rotation`]): `AT^MTXTUNNEL=CERTREQ,<mode>,<csr_topic>,<cert_topic>`
+//!   is answered `OK`; the modem subscribes to `<cert_topic>` and publishes a PEM CSR for a
+//!   new key (`csr`) or the text `serverkeygen` (`server_keygen`) on `<csr_topic>`;
+//!   `AT^MTXTUNNEL=CERTINSTALL,<serial>,<sha256>` is answered `OK` when the certificate
+//!   received matches, and the modem reconnects with it about 100 ms later (not when told
+//!   `never-confirm`).
 //!
 //! # Scale
 //!
@@ -58,6 +64,7 @@ pub mod firmware;
 mod fleet;
 pub mod iec62056;
 mod modem;
+pub mod rotation;
 mod tls;
 pub mod tunnel;
 

@@ -48,6 +48,7 @@ use crate::firmware::{
     self, DownloadSettings, FirmwareFault, FirmwareState, ImageUpdate, JobContext, JobOutcome,
     OtapRequest,
 };
+use crate::rotation::CertState;
 use crate::tls::{Credentials, TlsBase};
 use crate::tunnel::{self, LineSettings, SerialSide, TunnelRequest};
 
@@ -202,6 +203,9 @@ pub struct Behaviour {
     pub drop_after: Option<Duration>,
     /// What goes wrong with firmware updates (taken when an update is ordered).
     pub firmware: FirmwareFault,
+    /// Certificate rotations: answer the install command `OK` but never reconnect with
+    /// the new certificate (misbehaviour `never-confirm`).
+    pub never_confirm: bool,
 }
 
 impl Behaviour {
@@ -252,6 +256,7 @@ pub struct ModemHandle {
     imei: Imei,
     control: mpsc::Sender<Control>,
     firmware: Arc<FirmwareState>,
+    cert_serial: Option<Arc<std::sync::Mutex<Option<String>>>>,
 }
 
 impl ModemHandle {
@@ -280,6 +285,16 @@ impl ModemHandle {
         let _ = self.control.send(Control::Stop).await;
     }
 
+    /// The serial (uppercase hex) of the client certificate the modem presents now
+    /// (after a rotation, the new one); `None` without mutual TLS.
+    pub fn cert_serial(&self) -> Option<String> {
+        self.cert_serial.as_ref().and_then(|s| {
+            s.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+    }
+
     /// The firmware version the modem reports now (`AT^MTXTUNNEL=VERSION`, `ATI`,
     /// status): [`ModemSettings::firmware_version`] until an update installs another.
     pub fn firmware_version(&self) -> String {
@@ -305,6 +320,8 @@ pub struct SimModem {
     tunnel_tls: Option<Arc<ClientConfig>>,
     serial: Option<SerialSide>,
     model: Option<String>,
+    /// Where rotated credentials are written: (key file, certificate file).
+    credential_cache: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl SimModem {
@@ -320,7 +337,20 @@ impl SimModem {
             tunnel_tls: None,
             serial: None,
             model: None,
+            credential_cache: None,
         }
+    }
+
+    /// Writes the key and certificate of a certificate rotation to `key` (mode 0600) and
+    /// `cert`, replacing the cached ones the modem started with.
+    #[must_use]
+    pub fn with_credential_cache(
+        mut self,
+        key: std::path::PathBuf,
+        cert: std::path::PathBuf,
+    ) -> Self {
+        self.credential_cache = Some((key, cert));
+        self
     }
 
     /// Counts into `counters` (shared with other modems).
@@ -373,6 +403,11 @@ impl SimModem {
         self
     }
 
+    /// The modem's IMEI.
+    pub fn imei(&self) -> &Imei {
+        &self.imei
+    }
+
     /// The counters this modem updates.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
@@ -382,12 +417,23 @@ impl SimModem {
     pub fn spawn(self, cancel: CancellationToken) -> (ModemHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CONTROL_CAPACITY);
         let firmware = Arc::new(FirmwareState::new(&self.settings.firmware_version));
+        let certs = match &self.transport {
+            Transport::MutualTls { base, credentials } => {
+                let state = CertState::new(base.clone(), credentials.clone());
+                Some(match self.credential_cache.clone() {
+                    Some((key, cert)) => state.with_cache(key, cert),
+                    None => state,
+                })
+            }
+            _ => None,
+        };
         let handle = ModemHandle {
             imei: self.imei.clone(),
             control: tx,
             firmware: firmware.clone(),
+            cert_serial: certs.as_ref().map(CertState::serial_handle),
         };
-        let task = tokio::spawn(run(self, rx, firmware, cancel));
+        let task = tokio::spawn(run(self, rx, firmware, certs, cancel));
         (handle, task)
     }
 }
@@ -417,6 +463,10 @@ struct Modem {
     next_job: u64,
     /// The version to boot onto at the next reboot (an install).
     pending_version: Option<String>,
+    /// The client certificate and its rotation (mutual TLS only).
+    certs: Option<CertState>,
+    /// The TLS configuration to reconnect with (a certificate installed).
+    switch_to: Option<Arc<ClientConfig>>,
 }
 
 /// A running firmware update.
@@ -511,6 +561,10 @@ struct Session {
     drop_at: Option<Instant>,
     delayed: VecDeque<(Instant, String)>,
     reboot_at: Option<Instant>,
+    /// When to reconnect with a newly installed certificate.
+    reconnect_at: Option<Instant>,
+    /// A certificate request to send after the reply to `CERTREQ`.
+    cert_request: Option<crate::rotation::Request>,
     armed: Option<Instant>,
 }
 
@@ -521,6 +575,7 @@ impl Session {
             self.drop_at,
             self.delayed.front().map(|(t, _)| *t),
             self.reboot_at,
+            self.reconnect_at,
         ]
         .into_iter()
         .flatten()
@@ -550,6 +605,8 @@ enum TimerAction {
     Drop,
     /// Drop the connection and reboot.
     Reboot,
+    /// Drop the connection and connect again with the certificate just installed.
+    Reconnect,
 }
 
 type Cancelled = Pin<Box<WaitForCancellationFutureOwned>>;
@@ -558,6 +615,7 @@ async fn run(
     modem: SimModem,
     control: mpsc::Receiver<Control>,
     firmware: Arc<FirmwareState>,
+    certs: Option<CertState>,
     cancel: CancellationToken,
 ) {
     let SimModem {
@@ -570,11 +628,19 @@ async fn run(
         tunnel_tls,
         serial,
         model,
+        credential_cache: _,
     } = modem;
-    let tls = match transport {
-        Transport::Plain => None,
-        Transport::Tls(c) => Some(c),
-        Transport::MutualTls { base, credentials } => match base.for_device(&credentials) {
+    let tls = match (transport, &certs) {
+        (Transport::Plain, _) => None,
+        (Transport::Tls(c), _) => Some(c),
+        (Transport::MutualTls { .. }, Some(certs)) => match certs.config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(%imei, error = %e, "cannot build the modem's TLS configuration");
+                return;
+            }
+        },
+        (Transport::MutualTls { base, credentials }, None) => match base.for_device(&credentials) {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!(%imei, error = %e, "cannot build the modem's TLS configuration");
@@ -615,6 +681,8 @@ async fn run(
         firmware_done,
         next_job: 0,
         pending_version: None,
+        certs,
+        switch_to: None,
     };
     // However this task ends (even aborted), the tunnel and firmware job end with it.
     let _stop_guard = m.stopping.clone().drop_guard();
@@ -942,6 +1010,10 @@ impl Modem {
                             self.drop_connection(eventloop, &s);
                             return Outcome::Reboot;
                         }
+                        TimerAction::Reconnect => {
+                            self.switch_certificate(eventloop);
+                            return self.drop_connection(eventloop, &s);
+                        }
                     }
                 }
                 ev = eventloop.poll() => match ev {
@@ -950,6 +1022,13 @@ impl Modem {
                         if client.try_subscribe(self.boot.command_topic.clone(), QoS::AtLeastOnce).is_err() {
                             tracing::warn!(imei = %self.imei, "cannot queue SUBSCRIBE");
                             return self.drop_connection(eventloop, &s);
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(ack))) if s.subscribed => {
+                        // The certificate topic's (asked for by a rotation): a refusal
+                        // leaves the rotation unanswered, not the connection broken.
+                        if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                            tracing::warn!(imei = %self.imei, "certificate topic subscription refused");
                         }
                     }
                     Ok(Event::Incoming(Incoming::SubAck(ack))) => {
@@ -973,6 +1052,9 @@ impl Modem {
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         if p.topic == self.boot.command_topic && self.on_command(client, &mut s, &p.payload) {
                             return self.drop_connection(eventloop, &s);
+                        }
+                        if let Some(certs) = self.certs.as_mut().filter(|c| c.is_cert_topic(&p.topic)) {
+                            certs.on_answer(self.imei.as_str(), &p.payload);
                         }
                     }
                     Ok(_) => {}
@@ -1046,6 +1128,17 @@ impl Modem {
                 }
             }
         };
+        if let Some(request) = s.cert_request.take() {
+            // Subscribed before the request goes, so the answer finds the modem listening.
+            let sent = client
+                .try_subscribe(request.cert_topic, QoS::AtLeastOnce)
+                .and_then(|()| {
+                    client.try_publish(request.csr_topic, QoS::AtLeastOnce, false, request.payload)
+                });
+            if sent.is_err() {
+                Counters::add(&self.counters.dropped);
+            }
+        }
         if self.behaviour.reply_delay.is_zero() {
             self.publish_reply(client, reply);
         } else if s.delayed.len() >= MAX_DELAYED_REPLIES {
@@ -1066,6 +1159,12 @@ impl Modem {
                 port,
                 timeout_secs,
             }) => self.temporal_client(host, port, timeout_secs),
+            Some(MtxCommand::Other { verb, args }) if verb == "CERTREQ" => {
+                self.certificate_request(s, &args)
+            }
+            Some(MtxCommand::Other { verb, args }) if verb == "CERTINSTALL" => {
+                self.certificate_install(s, &args)
+            }
             Some(MtxCommand::Other { verb, args }) if verb == "FWUPDATE" => {
                 self.start_firmware(ImageUpdate::from_args(&args).map(FirmwareOrder::Image))
             }
@@ -1078,6 +1177,65 @@ impl Modem {
                 answer(text, self.imei.as_str(), &mut self.config, csq, &version)
             }
         }
+    }
+
+    /// `CERTREQ`: `OK`, and the request to send ([`crate::rotation`]); `ERROR` without
+    /// mutual TLS or with bad arguments.
+    fn certificate_request(&mut self, s: &mut Session, args: &[String]) -> String {
+        let result = match self.certs.as_mut() {
+            None => Err("no client certificate to rotate".to_owned()),
+            Some(certs) => certs.request(self.imei.as_str(), args),
+        };
+        match result {
+            Ok(request) => {
+                s.cert_request = Some(request);
+                dialect::format_reply::<&str>(&[], &FinalResult::Ok)
+            }
+            Err(e) => {
+                tracing::warn!(imei = %self.imei, error = %e, "certificate request not made");
+                dialect::format_reply::<&str>(&[], &FinalResult::Error)
+            }
+        }
+    }
+
+    /// `CERTINSTALL`: `OK` if the certificate received is the one named, and a reconnection
+    /// with it shortly after (none when told `never-confirm`); else `ERROR`.
+    fn certificate_install(&mut self, s: &mut Session, args: &[String]) -> String {
+        let Some(certs) = self.certs.as_mut() else {
+            return dialect::format_reply::<&str>(&[], &FinalResult::Error);
+        };
+        match certs.install(args) {
+            Ok(config) => {
+                if self.behaviour.never_confirm {
+                    tracing::info!(imei = %self.imei, "never-confirm: keeping the old certificate");
+                } else {
+                    self.switch_to = Some(config);
+                    s.reconnect_at =
+                        Some(Instant::now() + self.behaviour.reply_delay + REBOOT_FLUSH);
+                }
+                dialect::format_reply::<&str>(&[], &FinalResult::Ok)
+            }
+            Err(e) => {
+                tracing::warn!(imei = %self.imei, error = %e, "certificate not installed");
+                dialect::format_reply::<&str>(&[], &FinalResult::Error)
+            }
+        }
+    }
+
+    /// Makes the installed certificate the one every later connection presents (MQTT,
+    /// tunnels, downloads).
+    fn switch_certificate(&mut self, eventloop: &mut EventLoop) {
+        let (Some(config), Some(certs)) = (self.switch_to.take(), self.certs.as_mut()) else {
+            return;
+        };
+        certs.switch(self.imei.as_str());
+        eventloop
+            .mqtt_options
+            .set_transport(rumqttc::Transport::tls_with_config(
+                TlsConfiguration::Rustls(config.clone()),
+            ));
+        self.tunnel_tls = Some(config.clone());
+        self.download_tls = Some(config);
     }
 
     /// Starts a TEMPORALCLIENT tunnel; the reply: `OK`, or `ERROR` while another one is
@@ -1140,6 +1298,9 @@ impl Modem {
         }
         if s.reboot_at.is_some_and(|t| t <= now) {
             return TimerAction::Reboot;
+        }
+        if s.reconnect_at.is_some_and(|t| t <= now) {
+            return TimerAction::Reconnect;
         }
         if s.next_status.is_some_and(|t| t <= now) {
             self.publish_status(client);

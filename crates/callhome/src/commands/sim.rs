@@ -31,6 +31,9 @@ pub enum Misbehave {
     Corrupt,
     /// OTAP: report 904 JAR Size Mismatch whatever the JAR's size.
     OtapSizeMismatch,
+    /// Certificate rotation: answer the install command OK but never reconnect with the
+    /// new certificate (the rotation ends `not_confirmed`).
+    NeverConfirm,
 }
 
 /// `callhome sim ...`.
@@ -185,6 +188,7 @@ fn misbehaviour(args: &SimArgs) -> anyhow::Result<Option<(Behaviour, f64)>> {
             Some(Misbehave::OtapSizeMismatch) => FirmwareFault::OtapSizeMismatch,
             _ => FirmwareFault::None,
         },
+        never_confirm: args.misbehave == Some(Misbehave::NeverConfirm),
     };
     Ok((b != Behaviour::default()).then_some((b, args.misbehave_fraction)))
 }
@@ -292,6 +296,9 @@ pub(super) async fn run(args: SimArgs) -> anyhow::Result<()> {
     config.connect_concurrency = args.connect_concurrency;
     config.misbehaviour = misbehaviour;
     config.models = models;
+    if !args.plain {
+        config.credential_cache = Some(args.cache_dir.clone());
+    }
     let fleet = Fleet::start(config, transport)?;
     let counters = fleet.counters().clone();
 
@@ -522,6 +529,10 @@ mod tests {
                 "{flag}"
             );
         }
+        let a = parse(&["--misbehave", "never-confirm"]).unwrap();
+        let (b, _) = misbehaviour(&a).unwrap().unwrap();
+        assert!(b.never_confirm);
+        assert_eq!(b.reply, ReplyMode::Normal);
         let a = parse(&["--misbehave", "error"]).unwrap();
         let (b, _) = misbehaviour(&a).unwrap().unwrap();
         assert_eq!(

@@ -13,6 +13,7 @@ mod gateway;
 mod helpers;
 mod jobs;
 mod modem;
+mod rotation;
 mod security_auth;
 mod security_limits;
 mod security_secrets;

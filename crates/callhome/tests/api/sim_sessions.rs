@@ -35,23 +35,37 @@ pub(crate) async fn start_fleet_with(
     let enroller = Enroller::new(&app.base, token, cache.path(), None).unwrap();
     let ca = enroller.ca_certificate().await.unwrap();
     let credentials = enroller.enroll_all(&imeis, 16, |_| {}).await.unwrap();
-    let settings = ModemSettings::new("localhost", app.mqtt.port(), true);
-    let mut cfg = FleetConfig::new(first_body, count, settings);
-    cfg.connect_concurrency = 64;
-    tweak(&mut cfg);
-    let fleet = Fleet::start(
-        cfg,
-        FleetTransport::MutualTls {
-            base: TlsBase::new(&ca).unwrap(),
-            credentials,
-        },
-    )
-    .unwrap();
+    let fleet = fleet_of(app, first_body, &ca, credentials, cache.path(), tweak);
     assert!(
         fleet.wait_all_connected(Duration::from_secs(60)).await,
         "fleet connected"
     );
     (fleet, imeis, cache)
+}
+
+/// Starts a fleet of modems from `first_body` presenting `credentials` (one per modem) and
+/// trusting `ca`, writing rotated credentials to `cache`; does not wait for it to connect.
+pub(crate) fn fleet_of(
+    app: &TestApp,
+    first_body: &str,
+    ca: &str,
+    credentials: Vec<callhome_sim::Credentials>,
+    cache: &std::path::Path,
+    tweak: impl FnOnce(&mut FleetConfig),
+) -> Fleet {
+    let settings = ModemSettings::new("localhost", app.mqtt.port(), true);
+    let mut cfg = FleetConfig::new(first_body, credentials.len(), settings);
+    cfg.connect_concurrency = 64;
+    cfg.credential_cache = Some(cache.to_path_buf());
+    tweak(&mut cfg);
+    Fleet::start(
+        cfg,
+        FleetTransport::MutualTls {
+            base: TlsBase::new(ca).unwrap(),
+            credentials,
+        },
+    )
+    .unwrap()
 }
 
 /// Reads the meter through a rendezvous session over the WebSocket: sign-on, identification,
