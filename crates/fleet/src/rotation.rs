@@ -10,8 +10,8 @@
 //! 3. The dialect's `certificate_install` command tells the modem to install it and
 //!    reconnect with it.
 //! 4. Confirmation is the new serial seen on a handshake: the device's presence shows a
-//!    connection with it. Only then are the certificates it replaces (the device's active
-//!    ones issued before the request) revoked, `superseded`, when the operation says
+//!    connection with it. Only then are the certificates it replaces (the one it was
+//!    connected with, and any other active one issued before the new one) revoked, `superseded`, when the operation says
 //!    `revoke_old_after: confirmed`. A modem that does not come back with the new
 //!    certificate within the confirmation timeout keeps its old one, still valid, and the
 //!    execution fails `not_confirmed` with the reason; the new certificate is left valid
@@ -137,10 +137,11 @@ pub(crate) async fn run(
     if rotation.revoke_old_after == RevokeOldAfter::Confirmed {
         let now = OffsetDateTime::now_utc();
         for old in store.list_certificates(imei).await? {
+            let replaced = old.serial == current || old.created_at < new.created_at;
             if old.serial == new.serial
+                || !replaced
                 || old.revocation.is_some()
                 || old.not_after <= now
-                || old.created_at >= since
             {
                 continue;
             }

@@ -1,7 +1,7 @@
-//! `callhome certs expiring` and `callhome certs audit`: the certificate expiry watch and
-//! audit, through the REST API.
+//! `callhome certs expiring`, `callhome certs audit` and `callhome certs rotate`: the
+//! certificate expiry watch, its audit, and rotation campaigns, through the REST API.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::commands::api::{Api, ApiArgs, cell, print_json_lines, print_table};
 
@@ -18,6 +18,81 @@ pub enum CertsAction {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate the client certificates of the targeted devices: a `rotate_certificate` job
+    /// (overlap, then revoke once each modem has connected with its new certificate).
+    Rotate(Box<RotateArgs>),
+}
+
+/// How a rotated modem gets its new key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// The modem makes the key and sends a CSR.
+    Csr,
+    /// Callhome makes the key (modems that cannot).
+    ServerKeygen,
+}
+
+/// When the replaced certificates are revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RevokeOld {
+    /// Once the modem has connected with its new certificate.
+    Confirmed,
+    /// Never (they expire).
+    Never,
+}
+
+/// `callhome certs rotate` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// Who makes the new key.
+    #[arg(long, value_enum, default_value = "csr")]
+    pub mode: Mode,
+    /// When the certificates replaced are revoked.
+    #[arg(long, value_enum, default_value = "confirmed")]
+    pub revoke_old_after: RevokeOld,
+    /// Seconds a modem has to ask for its certificate, then to connect with it (10-86400,
+    /// default 600); past it the device fails `not_confirmed` and keeps its old one.
+    #[arg(long, value_name = "S")]
+    pub confirm_timeout: Option<u32>,
+    /// Which devices.
+    #[command(flatten)]
+    pub target: crate::commands::jobs::TargetArgs,
+    /// How fast.
+    #[command(flatten)]
+    pub rollout: crate::commands::jobs::RolloutArgs,
+    /// A name for the job.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Follow the campaign until it ends; exits non-zero if any device failed.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// The `POST /api/v1/jobs` body of a rotation campaign.
+fn rotate_body(args: &RotateArgs) -> anyhow::Result<Value> {
+    let mut operation = json!({
+        "type": "rotate_certificate",
+        "mode": match args.mode {
+            Mode::Csr => "csr",
+            Mode::ServerKeygen => "server_keygen",
+        },
+        "revoke_old_after": match args.revoke_old_after {
+            RevokeOld::Confirmed => "confirmed",
+            RevokeOld::Never => "never",
+        },
+    });
+    if let Some(t) = args.confirm_timeout {
+        operation["confirm_timeout_s"] = json!(t);
+    }
+    let mut body = json!({
+        "operation": operation,
+        "target": crate::commands::jobs::target(&args.target)?,
+        "rollout": crate::commands::jobs::rollout(&args.rollout),
+    });
+    if let Some(n) = &args.name {
+        body["name"] = json!(n);
+    }
+    Ok(body)
 }
 
 /// `callhome certs expiring` arguments.
@@ -43,6 +118,9 @@ pub async fn run(api: &ApiArgs, action: CertsAction) -> anyhow::Result<()> {
     match action {
         CertsAction::Expiring(args) => expiring(&api, &args).await,
         CertsAction::Audit { json } => audit(&api, json).await,
+        CertsAction::Rotate(args) => {
+            crate::commands::jobs::submit(&api, &rotate_body(&args)?, args.watch).await
+        }
     }
 }
 
@@ -125,9 +203,49 @@ async fn audit(api: &Api, json: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn rotate_bodies_follow_the_contract() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: RotateArgs,
+        }
+        let body = |argv: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("rotate").chain(argv.iter().copied())).unwrap();
+            rotate_body(&cli.args)
+        };
+        let b = body(&["--tag-expr", "region:north", "--waves", "10,50,100"]).unwrap();
+        assert_eq!(
+            b,
+            json!({"operation": {"type": "rotate_certificate", "mode": "csr", "revoke_old_after": "confirmed"},
+                   "target": {"tag_expr": "region:north"},
+                   "rollout": {"waves": [10.0, 50.0, 100.0]}})
+        );
+        let b = body(&[
+            "--mode",
+            "server-keygen",
+            "--revoke-old-after",
+            "never",
+            "--confirm-timeout",
+            "120",
+            "--imei",
+            "490154203237518",
+            "--max-in-flight",
+            "20",
+        ])
+        .unwrap();
+        assert_eq!(b["operation"]["mode"], "server_keygen");
+        assert_eq!(b["operation"]["revoke_old_after"], "never");
+        assert_eq!(b["operation"]["confirm_timeout_s"], 120);
+        assert_eq!(b["target"], json!({"imeis": ["490154203237518"]}));
+        assert_eq!(b["rollout"], json!({"max_in_flight": 20}));
+        assert!(body(&[]).is_err(), "a target is required");
+    }
 
     #[test]
     fn days_left_from_rfc3339() {

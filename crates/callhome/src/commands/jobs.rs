@@ -157,6 +157,26 @@ pub struct CreateArgs {
     /// back (default 900).
     #[arg(long, value_name = "S")]
     pub install_timeout: Option<u32>,
+    /// Which devices.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// How fast.
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+    /// With configuration operations: when to restart the modem.
+    #[arg(long, value_enum)]
+    pub restart: Option<Restart>,
+    /// A name for the job.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Follow the job until it ends (as `callhome jobs watch`).
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// A job's target, as flags (exactly one kind).
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
     /// Target (device-list filter): devices of this model.
     #[arg(long, value_name = "MODEL")]
     pub filter_model: Option<String>,
@@ -184,6 +204,11 @@ pub struct CreateArgs {
     /// Target (device-list filter): devices with this text in the IMEI or the name.
     #[arg(long, value_name = "TEXT")]
     pub filter_q: Option<String>,
+}
+
+/// A job's rollout controls, as flags.
+#[derive(Debug, clap::Args)]
+pub struct RolloutArgs {
     /// Most devices in progress at once.
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<u32>,
@@ -214,15 +239,6 @@ pub struct CreateArgs {
     /// Reply timeout of each command the job sends, in seconds.
     #[arg(long, value_name = "S")]
     pub command_timeout: Option<u32>,
-    /// With configuration operations: when to restart the modem.
-    #[arg(long, value_enum)]
-    pub restart: Option<Restart>,
-    /// A name for the job.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Follow the job until it ends (as `callhome jobs watch`).
-    #[arg(long)]
-    pub watch: bool,
 }
 
 /// Runs `callhome jobs ...`.
@@ -294,8 +310,13 @@ async fn control(api: &Api, id: &str, verb: &str) -> anyhow::Result<()> {
 }
 
 async fn create(api: &Api, args: &CreateArgs) -> anyhow::Result<()> {
-    let body = create_body(args)?;
-    let job = api.post("/api/v1/jobs", Some(&body)).await?;
+    submit(api, &create_body(args)?, args.watch).await
+}
+
+/// Creates the job `body` describes and, with `watch`, follows it to its end (an error if
+/// any device failed).
+pub(crate) async fn submit(api: &Api, body: &Value, watch_it: bool) -> anyhow::Result<()> {
+    let job = api.post("/api/v1/jobs", Some(body)).await?;
     let id = job["id"]
         .as_str()
         .context("the server answered without a job id")?
@@ -306,7 +327,7 @@ async fn create(api: &Api, args: &CreateArgs) -> anyhow::Result<()> {
         progress(&job).total,
         cell(&job["state"])
     );
-    if !args.watch {
+    if !watch_it {
         println!("follow it with: callhome jobs watch {id}");
         return Ok(());
     }
@@ -389,8 +410,8 @@ fn create_body(args: &CreateArgs) -> anyhow::Result<Value> {
     };
     let mut body = json!({
         "operation": operation,
-        "target": target(args)?,
-        "rollout": rollout(args),
+        "target": target(&args.target)?,
+        "rollout": rollout(&args.rollout),
     });
     if let Some(r) = args.restart {
         body["restart"] = json!(r.as_str());
@@ -401,7 +422,7 @@ fn create_body(args: &CreateArgs) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-fn target(args: &CreateArgs) -> anyhow::Result<Value> {
+pub(crate) fn target(args: &TargetArgs) -> anyhow::Result<Value> {
     let mut imeis = args.imeis.clone();
     if let Some(path) = &args.imeis_file {
         let text =
@@ -455,7 +476,7 @@ fn target(args: &CreateArgs) -> anyhow::Result<Value> {
     }
 }
 
-fn rollout(args: &CreateArgs) -> Value {
+pub(crate) fn rollout(args: &RolloutArgs) -> Value {
     let mut r = Map::new();
     let mut put = |k: &str, v: Option<Value>| {
         if let Some(v) = v {
@@ -681,6 +702,11 @@ fn describe_operation(op: &Value) -> String {
             .unwrap_or_default(),
         "set_whitelists" => format!("csd={} sms={}", cell(&op["csd"]), cell(&op["sms"])),
         "at_command" => cell(&op["command"]),
+        "rotate_certificate" => format!(
+            "{} (revoke old: {})",
+            cell(&op["mode"]),
+            cell(&op["revoke_old_after"])
+        ),
         "firmware_update" => format!(
             "{}{}",
             cell(&op["firmware_id"]),

@@ -925,3 +925,40 @@ async fn certs_expiring_pages_through_all_and_audit_reports_findings() {
     assert!(r.stderr.contains("found 1 problems"), "{r}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn certs_rotate_watches_a_rotation_campaign_to_its_end() {
+    let w = WithFleet::start("35693803520000", 2).await;
+    let (app, ops, cli, ids) = (&w.app, &w.ops, &w.cli, &w.ids);
+    app.call(
+        Method::PATCH,
+        &format!("/api/v1/devices/{}", ids[0]),
+        Some(ops),
+        Some(json!({"tags": ["batch:2026"]})),
+    )
+    .await;
+    let before = w.fleet.handles()[0].cert_serial().unwrap();
+    let r = cli
+        .ok("certs rotate --mode server-keygen --tag-expr batch:2026 --confirm-timeout 30 --watch")
+        .await;
+    assert!(r.stdout.contains("rotate_certificate server_keygen"), "{r}");
+    assert!(r.stdout.contains("completed, 1 devices succeeded"), "{r}");
+    let after = w.fleet.handles()[0].cert_serial().unwrap();
+    assert_ne!(before, after);
+    let (_, old) = app
+        .get(&format!("/api/v1/certificates/{before}"), ops)
+        .await;
+    assert_eq!(old["status"], "revoked", "{old}");
+    // The other modem was not targeted.
+    let (_, device) = app.get(&format!("/api/v1/devices/{}", ids[1]), ops).await;
+    assert_eq!(
+        device["cert_serial"].as_str(),
+        w.fleet.handles()[1].cert_serial().as_deref()
+    );
+    // A refused rotation names the problem.
+    let r = cli
+        .fails("certs rotate --tag-expr batch:2026 --confirm-timeout 5")
+        .await;
+    assert!(r.stderr.contains("confirm_timeout_s"), "{r}");
+    w.stop().await;
+}
