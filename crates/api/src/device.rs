@@ -81,11 +81,29 @@ pub fn router(state: DeviceState) -> Router {
         .route("/fw/{token}/jad", get(descriptor))
         .route("/fw/{token}/notify", post(notify))
         .route("/crl/{file}", get(crl_file))
+        .route(TRUST_BUNDLE_PATH, get(trust_bundle))
         .merge(crate::est::routes())
         .fallback(|| async { ApiError::NotFound("no such resource on the device listener".into()) })
         // EST bodies are read with their own limit (`est::MAX_EST_BODY`).
         .layer(DefaultBodyLimit::max(MAX_NOTIFY_BYTES))
         .with_state(state)
+}
+
+/// Where the device listener serves the trust bundle.
+pub const TRUST_BUNDLE_PATH: &str = "/ca/trust.pem";
+
+/// `GET /ca/trust.pem`: the root certificates a modem should trust for Callhome's server
+/// certificates (two during a CA rollover), PEM; what a rotation's trust-anchor install
+/// points modems to. Public, like `cacerts`.
+async fn trust_bundle(State(state): State<DeviceState>) -> Response {
+    let mut resp = state.certs.trust_bundle_pem().into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-pem-file"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
 }
 
 /// `GET /crl/{key id}.crl`: the CRL of one issuing CA, DER, as published (with its

@@ -257,11 +257,12 @@ impl JobEngine {
                 }
                 Err(e) => return Err(e.into()),
             }
-            if self.inner.settings.firmware.base_url.is_none() {
-                return Err(FleetError::Conflict(
-                    "firmware campaigns need the device-facing HTTPS listener (device_http) with a public address".to_owned(),
-                ));
-            }
+        }
+        if req.operation.needs_device_listener() && self.inner.settings.firmware.base_url.is_none()
+        {
+            return Err(FleetError::Conflict(
+                "firmware campaigns and trust-anchor installs need the device-facing HTTPS listener (device_http) with a public address".to_owned(),
+            ));
         }
         let imeis = self.resolve(&target).await?;
         if imeis.is_empty() {

@@ -121,6 +121,31 @@ pub async fn execute(
         };
         return crate::firmware::run(config, firmware, journal, exec, update, timing).await;
     }
+    if let Operation::RotateCertificate {
+        mode,
+        revoke_old_after,
+        confirm_timeout_s,
+        install_trust_anchor,
+    } = op
+    {
+        let rotation = crate::rotation::Rotation {
+            mode: *mode,
+            revoke_old_after: *revoke_old_after,
+            confirm_timeout: Duration::from_secs(u64::from(*confirm_timeout_s)),
+            trust_bundle_url: install_trust_anchor
+                .then(|| {
+                    firmware
+                        .base_url
+                        .as_deref()
+                        .map(crate::rotation::trust_bundle_url)
+                })
+                .flatten(),
+        };
+        return match crate::rotation::run(config, journal, exec.imei, rotation, timing, by).await {
+            Ok(o) => o,
+            Err(e) => Outcome::failed(e.to_string(), serde_json::Value::Null),
+        };
+    }
     match run(config, journal, exec.imei, op, restart, timing, by).await {
         Ok(o) => o,
         Err(e) => Outcome::failed(e.to_string(), serde_json::Value::Null),
@@ -185,18 +210,6 @@ async fn run(
                 Outcome::failed(command_error(&done), result)
             })
         }
-        Operation::RotateCertificate {
-            mode,
-            revoke_old_after,
-            confirm_timeout_s,
-        } => {
-            let rotation = crate::rotation::Rotation {
-                mode: *mode,
-                revoke_old_after: *revoke_old_after,
-                confirm_timeout: Duration::from_secs(u64::from(*confirm_timeout_s)),
-            };
-            crate::rotation::run(config, journal, imei, rotation, timing, by).await
-        }
         Operation::Reboot => {
             let done = journal
                 .run(
@@ -238,9 +251,12 @@ async fn run(
                 serde_json::json!({"restarted": true, "version": version}),
             ))
         }
-        Operation::FirmwareUpdate { .. } => Err(FleetError::Conflict(
-            "a firmware update runs through the firmware module".to_owned(),
-        )),
+        // Run by `execute` itself, with the campaign settings they need.
+        Operation::FirmwareUpdate { .. } | Operation::RotateCertificate { .. } => {
+            Err(FleetError::Conflict(
+                "firmware updates and rotations run through their own modules".to_owned(),
+            ))
+        }
     }
 }
 

@@ -65,6 +65,11 @@ pub enum Operation {
         /// certificate (default 600 s, 10-86400).
         #[serde(default = "default_confirm_timeout")]
         confirm_timeout_s: u32,
+        /// First have the modem fetch and trust the platform's current trust bundle (the
+        /// dialect's `trust_anchor_install`, from `/ca/trust.pem` on the device-facing
+        /// listener): before a CA rollover changes the server's certificate chain.
+        #[serde(default)]
+        install_trust_anchor: bool,
     },
 }
 
@@ -163,6 +168,18 @@ impl Operation {
         matches!(
             self,
             Operation::ApplyConfig | Operation::SetKeys { .. } | Operation::SetWhitelists { .. }
+        )
+    }
+
+    /// Whether running the operation needs the device-facing HTTPS listener.
+    pub fn needs_device_listener(&self) -> bool {
+        matches!(
+            self,
+            Operation::FirmwareUpdate { .. }
+                | Operation::RotateCertificate {
+                    install_trust_anchor: true,
+                    ..
+                }
         )
     }
 

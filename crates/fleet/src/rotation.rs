@@ -29,6 +29,7 @@ use callhome_core::certificates::{RevokeOldAfter, RotationMode};
 use callhome_gateway::csr::{ISSUED_BY_CSR, ISSUED_BY_KEYGEN};
 use callhome_store::{CertificateRecord, CommandState, StoreError};
 use serde_json::json;
+use sha2::Digest as _;
 use time::OffsetDateTime;
 
 use crate::Result;
@@ -40,13 +41,20 @@ use crate::journal::Journal;
 const POLL: Duration = Duration::from_millis(500);
 
 /// The operation's parameters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Rotation {
     pub mode: RotationMode,
     pub revoke_old_after: RevokeOldAfter,
     /// How long the modem has to send its request, then to come back with the new
     /// certificate.
     pub confirm_timeout: Duration,
+    /// Install the trust bundle at this URL first.
+    pub trust_bundle_url: Option<String>,
+}
+
+/// The trust bundle's URL on the device-facing listener at `base`.
+pub(crate) fn trust_bundle_url(base: &str) -> String {
+    format!("{base}/ca/trust.pem")
 }
 
 /// Runs the rotation of `imei`'s certificate; `by` names the job (revocations carry it).
@@ -71,6 +79,22 @@ pub(crate) async fn run(
             json!({"mode": rotation.mode}),
         ));
     };
+
+    // 1b. The trust bundle first, when asked (before a CA rollover).
+    if let Some(url) = &rotation.trust_bundle_url {
+        let bundle = config.gateway().certificates().trust_bundle_pem();
+        let sha256 = hex::encode(sha2::Sha256::digest(bundle.as_bytes()));
+        let install = config.dialect().trust_anchor_install(url, &sha256)?;
+        let done = journal
+            .run(install, timing.command_timeout, timing.queue_wait)
+            .await?;
+        if done.state != CommandState::Succeeded {
+            return Ok(Outcome::failed(
+                format!("trust anchor install refused: {}", command_error(&done)),
+                json!({"mode": rotation.mode, "old_serial": current, "outcome": "trust_anchor_failed"}),
+            ));
+        }
+    }
 
     // 2. Ask for a new certificate.
     let topics = callhome_gateway::topics::Topics::for_device(&device);

@@ -780,6 +780,15 @@ fn check_status(ctx: &JobContext, status: StatusCode) -> Result<(), Step> {
 }
 
 /// GETs a small document (at most `limit` bytes), starting over after a cut.
+/// GETs a small file (at most `limit` bytes) from an https `url` as the modem, with the
+/// retries of [`DownloadSettings`] (a trust bundle, for instance).
+pub async fn fetch(ctx: &JobContext, url: &str, limit: usize) -> Result<Vec<u8>, String> {
+    let ep = Endpoint::parse(url)?;
+    fetch_small(ctx, &ep, limit)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn fetch_small(
     ctx: &JobContext,
     ep: &Endpoint,

@@ -257,6 +257,7 @@ pub struct ModemHandle {
     control: mpsc::Sender<Control>,
     firmware: Arc<FirmwareState>,
     cert_serial: Option<Arc<std::sync::Mutex<Option<String>>>>,
+    trust: Option<Arc<std::sync::Mutex<crate::rotation::TrustSlot>>>,
 }
 
 impl ModemHandle {
@@ -291,6 +292,16 @@ impl ModemHandle {
         self.cert_serial.as_ref().and_then(|s| {
             s.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    /// The SHA-256 of the last trust bundle the modem installed (`CAINSTALL`), if any.
+    pub fn trust_bundle_sha256(&self) -> Option<String> {
+        self.trust.as_ref().and_then(|t| {
+            t.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .sha256
                 .clone()
         })
     }
@@ -432,6 +443,7 @@ impl SimModem {
             control: tx,
             firmware: firmware.clone(),
             cert_serial: certs.as_ref().map(CertState::serial_handle),
+            trust: certs.as_ref().map(CertState::trust_handle),
         };
         let task = tokio::spawn(run(self, rx, firmware, certs, cancel));
         (handle, task)
@@ -630,7 +642,8 @@ async fn run(
         model,
         credential_cache: _,
     } = modem;
-    let tls = match (transport, &certs) {
+    let mut certs = certs;
+    let tls = match (transport, &mut certs) {
         (Transport::Plain, _) => None,
         (Transport::Tls(c), _) => Some(c),
         (Transport::MutualTls { .. }, Some(certs)) => match certs.config() {
@@ -1165,6 +1178,9 @@ impl Modem {
             Some(MtxCommand::Other { verb, args }) if verb == "CERTINSTALL" => {
                 self.certificate_install(s, &args)
             }
+            Some(MtxCommand::Other { verb, args }) if verb == "CAINSTALL" => {
+                self.trust_anchor_install(&args)
+            }
             Some(MtxCommand::Other { verb, args }) if verb == "FWUPDATE" => {
                 self.start_firmware(ImageUpdate::from_args(&args).map(FirmwareOrder::Image))
             }
@@ -1217,6 +1233,44 @@ impl Modem {
             }
             Err(e) => {
                 tracing::warn!(imei = %self.imei, error = %e, "certificate not installed");
+                dialect::format_reply::<&str>(&[], &FinalResult::Error)
+            }
+        }
+    }
+
+    /// `CAINSTALL`: `OK`, and the bundle fetched in the background with the modem's
+    /// certificate; `ERROR` without mutual TLS or with bad arguments.
+    fn trust_anchor_install(&mut self, args: &[String]) -> String {
+        let (Some(certs), Some(tls)) = (self.certs.as_ref(), self.download_tls.as_ref()) else {
+            return dialect::format_reply::<&str>(&[], &FinalResult::Error);
+        };
+        match CertState::trust_request(args) {
+            Ok((url, sha256)) => {
+                let ctx = JobContext::new(
+                    self.imei.as_str(),
+                    tls,
+                    self.settings.download,
+                    FirmwareFault::None,
+                    self.counters.clone(),
+                );
+                let task = crate::rotation::install_trust(
+                    self.imei.to_string(),
+                    ctx,
+                    url,
+                    sha256,
+                    certs.trust_handle(),
+                );
+                let stopping = self.stopping.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = task => {}
+                        () = stopping.cancelled() => {}
+                    }
+                });
+                dialect::format_reply::<&str>(&[], &FinalResult::Ok)
+            }
+            Err(e) => {
+                tracing::warn!(imei = %self.imei, error = %e, "trust anchor not installed");
                 dialect::format_reply::<&str>(&[], &FinalResult::Error)
             }
         }

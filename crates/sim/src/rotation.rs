@@ -12,6 +12,10 @@
 //!   goes on with its old certificate. The old key and certificate are kept until the new
 //!   ones are in use, so the modem always has a valid certificate.
 //!
+//! - `AT^MTXTUNNEL=CAINSTALL,<url>,<sha256>`: answered `OK`; the modem then fetches the
+//!   PEM bundle at `<url>` over HTTPS (as it downloads firmware), checks its SHA-256, and
+//!   trusts those CA certificates for its connections from then on (the next one made).
+//!
 //! When the modem's credentials come from an enrolment cache, the new ones replace them
 //! there ([`CertState::with_cache`]), so a restarted simulator uses them.
 
@@ -36,6 +40,9 @@ struct Received {
 /// The modem's certificate and the rotation in progress.
 pub(crate) struct CertState {
     base: TlsBase,
+    /// A trust bundle fetched (`CAINSTALL`) and not yet in `base`, with its SHA-256; the
+    /// SHA-256 of the one in force is readable through the modem's handle.
+    trust: Arc<Mutex<TrustSlot>>,
     current: Credentials,
     /// The current certificate's serial, readable through the modem's handle.
     serial: Arc<Mutex<Option<String>>>,
@@ -63,6 +70,7 @@ impl CertState {
         let serial = serial_of(&current.cert_pem);
         Self {
             base,
+            trust: Arc::new(Mutex::new(TrustSlot::default())),
             current,
             serial: Arc::new(Mutex::new(serial)),
             pending_key: None,
@@ -83,9 +91,38 @@ impl CertState {
         self.serial.clone()
     }
 
-    /// The TLS configuration presenting the current certificate.
-    pub(crate) fn config(&self) -> Result<Arc<ClientConfig>, crate::SimError> {
+    /// The trust-anchor slot, shared with the modem's handle and the fetch task.
+    pub(crate) fn trust_handle(&self) -> Arc<Mutex<TrustSlot>> {
+        self.trust.clone()
+    }
+
+    /// The TLS configuration presenting the current certificate (and trusting a bundle
+    /// installed since).
+    pub(crate) fn config(&mut self) -> Result<Arc<ClientConfig>, crate::SimError> {
+        self.take_trust();
         self.base.for_device(&self.current)
+    }
+
+    /// Puts a fetched trust bundle in force.
+    fn take_trust(&mut self) {
+        let mut slot = self
+            .trust
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(base) = slot.fetched.take() {
+            self.base = base;
+        }
+    }
+
+    /// `CAINSTALL` arguments: URL and SHA-256.
+    pub(crate) fn trust_request(args: &[String]) -> Result<(String, String), String> {
+        let [url, sha256] = args else {
+            return Err("CAINSTALL takes <url>,<sha256>".into());
+        };
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the SHA-256 must be 64 hexadecimal characters".into());
+        }
+        Ok((url.clone(), sha256.to_ascii_lowercase()))
     }
 
     /// `CERTREQ` arguments: mode, CSR topic, certificate topic.
@@ -172,6 +209,7 @@ impl CertState {
         let [serial, sha256] = args else {
             return Err("CERTINSTALL takes <serial>,<sha256>".into());
         };
+        self.take_trust();
         let r = self
             .received
             .as_ref()
@@ -208,6 +246,48 @@ impl CertState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r.serial);
         self.current = r.credentials;
+    }
+}
+
+/// A trust bundle fetched by `CAINSTALL`.
+#[derive(Debug, Default)]
+pub(crate) struct TrustSlot {
+    /// Fetched and checked, not yet in force.
+    fetched: Option<TlsBase>,
+    /// The SHA-256 of the last bundle installed.
+    pub(crate) sha256: Option<String>,
+}
+
+/// Fetches the bundle at `url` as the modem (`ctx`), checks it hashes to `sha256` and
+/// holds CA certificates, and leaves it in `slot` for the next connection.
+pub(crate) async fn install_trust(
+    imei: String,
+    ctx: crate::firmware::JobContext,
+    url: String,
+    sha256: String,
+    slot: Arc<Mutex<TrustSlot>>,
+) {
+    use sha2::Digest as _;
+    let result = async {
+        let bytes = crate::firmware::fetch(&ctx, &url, 256 * 1024).await?;
+        let got = hex::encode(sha2::Sha256::digest(&bytes));
+        if got != sha256 {
+            return Err(format!("the bundle's SHA-256 is {got}, not {sha256}"));
+        }
+        let pem = String::from_utf8(bytes).map_err(|_| "the bundle is not PEM text".to_owned())?;
+        TlsBase::new(&pem).map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Ok(base) => {
+            tracing::info!(%imei, %url, "trust bundle installed");
+            let mut slot = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            slot.fetched = Some(base);
+            slot.sha256 = Some(sha256);
+        }
+        Err(e) => tracing::warn!(%imei, %url, error = %e, "trust bundle not installed"),
     }
 }
 

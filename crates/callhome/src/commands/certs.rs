@@ -54,6 +54,10 @@ pub struct RotateArgs {
     /// default 600); past it the device fails `not_confirmed` and keeps its old one.
     #[arg(long, value_name = "S")]
     pub confirm_timeout: Option<u32>,
+    /// First have each modem fetch and trust the platform's trust bundle (before a CA
+    /// rollover).
+    #[arg(long)]
+    pub install_trust_anchor: bool,
     /// Which devices.
     #[command(flatten)]
     pub target: crate::commands::jobs::TargetArgs,
@@ -83,6 +87,9 @@ fn rotate_body(args: &RotateArgs) -> anyhow::Result<Value> {
     });
     if let Some(t) = args.confirm_timeout {
         operation["confirm_timeout_s"] = json!(t);
+    }
+    if args.install_trust_anchor {
+        operation["install_trust_anchor"] = json!(true);
     }
     let mut body = json!({
         "operation": operation,
@@ -233,6 +240,7 @@ mod tests {
             "never",
             "--confirm-timeout",
             "120",
+            "--install-trust-anchor",
             "--imei",
             "490154203237518",
             "--max-in-flight",
@@ -242,6 +250,7 @@ mod tests {
         assert_eq!(b["operation"]["mode"], "server_keygen");
         assert_eq!(b["operation"]["revoke_old_after"], "never");
         assert_eq!(b["operation"]["confirm_timeout_s"], 120);
+        assert_eq!(b["operation"]["install_trust_anchor"], true);
         assert_eq!(b["target"], json!({"imeis": ["490154203237518"]}));
         assert_eq!(b["rollout"], json!({"max_in_flight": 20}));
         assert!(body(&[]).is_err(), "a target is required");

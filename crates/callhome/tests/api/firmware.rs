@@ -339,7 +339,10 @@ async fn thousand_modems_campaigns_waves_rollback_abort_and_restart() {
 }
 
 /// A client of the device-facing listener presenting `creds` (or no certificate).
-fn device_client(ca_pem: &str, creds: Option<&callhome_sim::Credentials>) -> reqwest::Client {
+pub(crate) fn device_client(
+    ca_pem: &str,
+    creds: Option<&callhome_sim::Credentials>,
+) -> reqwest::Client {
     let tls = callhome_ca::tls::client_config(
         ca_pem,
         creds.map(|c| c.cert_pem.as_str()),

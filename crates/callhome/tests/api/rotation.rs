@@ -362,3 +362,61 @@ async fn bad_certificate_requests_are_refused_with_a_reason_and_nothing_issued()
     assert!(!audit.to_string().contains(key_line));
     app.stop().await;
 }
+
+/// With `install_trust_anchor`, a rotation first has the modem fetch and trust the
+/// platform's trust bundle (`/ca/trust.pem` on the device listener, checked against the
+/// SHA-256 in the command).
+#[tokio::test]
+async fn a_rotation_can_install_the_trust_bundle_first() {
+    use sha2::Digest as _;
+    let app = TestApp::spawn_with(|s| s.drift = None).await;
+    let ops = app.user_token("ops", "operator").await;
+    let (fleet, imeis, _cache) = start_fleet(&app, &ops, "35693803720000", 2).await;
+    let (status, job) = app
+        .post(
+            "/api/v1/jobs",
+            &ops,
+            json!({"operation": {"type": "rotate_certificate", "mode": "server_keygen",
+                                 "install_trust_anchor": true, "confirm_timeout_s": 30},
+                   "target": {"imeis": [imeis[0].to_string()]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let job = wait_job(&app, &ops, job["id"].as_str().unwrap(), 120, finished).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(job["progress"]["succeeded"], 1, "{job}");
+
+    // The bundle as the device listener serves it (public, like cacerts).
+    let client =
+        crate::firmware::device_client(&app.get_text("/api/v1/ca/certificate").await, None);
+    let bundle = client
+        .get(format!(
+            "https://127.0.0.1:{}/ca/trust.pem",
+            app.device_http.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bundle.status(), StatusCode::OK);
+    let bundle = bundle.bytes().await.unwrap();
+    assert!(bundle.starts_with(b"-----BEGIN CERTIFICATE-----"));
+    let sha256 = hex::encode(sha2::Sha256::digest(&bundle));
+    let installed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(s) = fleet.handles()[0].trust_bundle_sha256() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the modem installed the bundle");
+    assert_eq!(installed, sha256);
+    assert_eq!(
+        fleet.handles()[1].trust_bundle_sha256(),
+        None,
+        "not targeted"
+    );
+    fleet.shutdown().await;
+    app.stop().await;
+}
