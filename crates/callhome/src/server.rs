@@ -298,12 +298,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
                     () = token.cancelled() => return Ok(()),
                     changed = changes.changed() => if changed.is_err() { return Ok(()) },
                 }
-                match certs.revoked_serials().await {
-                    Ok(serials) => {
-                        live.revoke(&serials, None);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not list revoked certificates"),
-                }
+                live.revoke(&certs.revoked_serials(), None);
             }
         });
     }

@@ -41,14 +41,9 @@ pub(crate) async fn watch_crl(shared: Arc<Shared>, tls: Arc<SharedServerConfig>)
                 error!(error = %e, "could not rebuild the TLS configuration; keeping the previous one")
             }
         }
-        match shared.certs.revoked_serials().await {
-            Ok(serials) => {
-                for imei in shared.hub.kill_serials(&serials) {
-                    warn!(%imei, "certificate revoked: live connection closed");
-                    metrics::counter!("callhome_mqtt_revoked_disconnects_total").increment(1);
-                }
-            }
-            Err(e) => error!(error = %e, "could not list revoked certificates"),
+        for imei in shared.hub.kill_serials(&shared.certs.revoked_serials()) {
+            warn!(%imei, "certificate revoked: live connection closed");
+            metrics::counter!("callhome_mqtt_revoked_disconnects_total").increment(1);
         }
     }
 }

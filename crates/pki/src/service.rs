@@ -9,6 +9,7 @@ use callhome_ca::tls::{ClientAuth, SharedServerConfig, server_config};
 use callhome_ca::{Authority, CaError, CrlSet, RevocationReason, RevokedEntry, ServerIdentity};
 
 use std::path::PathBuf;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -28,6 +29,9 @@ pub struct CertificateService {
     authority: Authority,
     store: Arc<dyn Store>,
     crl: ArcSwap<CrlSet>,
+    /// The serials the CRLs in force list, read with them: what every listener's watcher
+    /// ends live connections by, without a query of its own.
+    revoked: ArcSwap<HashSet<String>>,
     /// Serialises CRL rebuilds so that a newer CRL is never replaced by an older one.
     rebuild: Mutex<()>,
     /// Announces each new CRL's number, and each renewed server certificate, to whoever
@@ -67,12 +71,13 @@ impl CertificateService {
         server: ServerTlsFiles,
     ) -> Result<Self, PkiError> {
         let identity = authority.ensure_server_identity(&server.dir, &server.hosts)?;
-        let crl = build(&authority, &*store).await?;
+        let (crl, revoked) = build(&authority, &*store).await?;
         let (changes, _) = watch::channel(crl.current.crl_number);
         Ok(Self {
             authority,
             store,
             crl: ArcSwap::from_pointee(crl),
+            revoked: ArcSwap::from_pointee(revoked),
             rebuild: Mutex::new(()),
             changes,
             identity: ArcSwap::from_pointee(identity),
@@ -272,22 +277,19 @@ impl CertificateService {
         Ok(record)
     }
 
-    /// The serials of every certificate revoked and not yet expired (what the CRLs list),
-    /// for ending live connections that use one.
-    pub async fn revoked_serials(&self) -> Result<std::collections::HashSet<String>, PkiError> {
-        Ok(self
-            .store
-            .list_revoked_certificates(OffsetDateTime::now_utc())
-            .await?
-            .into_iter()
-            .map(|c| c.serial)
-            .collect())
+    /// The serials of every certificate the CRLs in force list (revoked, not yet expired),
+    /// for ending live connections that use one: read with the CRLs, so the watchers of
+    /// every listener share one read per rebuild.
+    pub fn revoked_serials(&self) -> Arc<HashSet<String>> {
+        self.revoked.load_full()
     }
 
     /// Rebuilds the CRL from the store and puts it in force.
     pub async fn refresh_crl(&self) -> Result<Arc<CrlSet>, PkiError> {
         let _guard = self.rebuild.lock().await;
-        let crl = Arc::new(build(&self.authority, &*self.store).await?);
+        let (crl, revoked) = build(&self.authority, &*self.store).await?;
+        let crl = Arc::new(crl);
+        self.revoked.store(Arc::new(revoked));
         self.crl.store(crl.clone());
         self.changes.send_replace(crl.current.crl_number);
         Ok(crl)
@@ -315,9 +317,14 @@ impl CertificateService {
     }
 }
 
-async fn build(authority: &Authority, store: &dyn Store) -> Result<CrlSet, PkiError> {
+/// The CRLs of the certificates revoked and not expired, and their serials.
+async fn build(
+    authority: &Authority,
+    store: &dyn Store,
+) -> Result<(CrlSet, HashSet<String>), PkiError> {
     let now = OffsetDateTime::now_utc();
     let revoked = store.list_revoked_certificates(now).await?;
+    let serials = revoked.iter().map(|c| c.serial.clone()).collect();
     let entries = revoked
         .into_iter()
         .filter_map(|c| {
@@ -331,5 +338,8 @@ async fn build(authority: &Authority, store: &dyn Store) -> Result<CrlSet, PkiEr
         .collect::<Vec<_>>();
     // CRL numbers must increase: milliseconds since the epoch do, across restarts and nodes.
     let crl_number = u64::try_from((now.unix_timestamp_nanos() / 1_000_000).max(0)).unwrap_or(0);
-    Ok(authority.build_crls(&entries, crl_number, CRL_VALIDITY)?)
+    Ok((
+        authority.build_crls(&entries, crl_number, CRL_VALIDITY)?,
+        serials,
+    ))
 }

@@ -320,12 +320,8 @@ impl Tunnel {
                         () = shutdown.cancelled() => return,
                         changed = changes.changed() => if changed.is_err() { return },
                     }
-                    match this.inner.certs.revoked_serials().await {
-                        Ok(serials) => {
-                            this.close_for_access(&serials, None).await;
-                        }
-                        Err(e) => warn!(error = %e, "could not list revoked certificates"),
-                    }
+                    let serials = this.inner.certs.revoked_serials();
+                    this.close_for_access(&serials, None).await;
                 }
             })
         };
