@@ -21,6 +21,8 @@
 //! - [`command`], [`session`], [`audit`]: the closed vocabularies of commands, meter-reading
 //!   sessions and the audit log (states, modes, close reasons, actor kinds), declared with
 //!   [`wire_enum!`] ([`wire`]) so each stored or JSON name is spelt once.
+//! - [`claims`]: claim provisioning: a batch claim's IMEI policy, approval mode and enrolment
+//!   states.
 //! - [`certificates`]: certificate states, the certificate audit's checks and severities,
 //!   and the expiry watch's thresholds.
 //! - [`events`]: the typed platform events published on the event bus and streamed as SSE.
@@ -34,6 +36,7 @@ pub mod wire;
 pub mod at;
 pub mod audit;
 pub mod certificates;
+pub mod claims;
 pub mod cluster;
 pub mod command;
 pub mod configtxt;

@@ -553,6 +553,58 @@ pub trait BootstrapSecrets: Send + Sync {
     async fn delete_bootstrap_secret(&self, imei: &Imei) -> Result<bool>;
 }
 
+/// Claim credentials of production batches and the enrolments made with them.
+#[async_trait]
+pub trait Claims: Send + Sync {
+    /// Stores a new claim (`Conflict` naming it when the name or serial is taken).
+    async fn create_claim(&self, claim: &ClaimRecord) -> Result<ClaimRecord>;
+    /// One claim.
+    async fn get_claim(&self, id: Uuid) -> Result<ClaimRecord>;
+    /// The claim whose claim certificate has this serial, if any.
+    async fn claim_by_serial(&self, serial: &str) -> Result<Option<ClaimRecord>>;
+    /// Claims, newest first, before the cursor `before`.
+    async fn list_claims(&self, before: Option<Uuid>, limit: u32) -> Result<Page<ClaimRecord>>;
+    /// Revokes a claim (`Conflict` if it already is).
+    async fn revoke_claim(&self, id: Uuid, at: OffsetDateTime, by: &str) -> Result<ClaimRecord>;
+    /// Claims revoked whose certificate has not expired at `now` (for the CRL).
+    async fn revoked_claims(&self, now: OffsetDateTime) -> Result<Vec<ClaimRecord>>;
+    /// Records a new enrolment, taking one of its claim's slots in the same transaction:
+    /// `None` when the claim is revoked, expired at `now` or has no slot left (of two
+    /// concurrent callers for the last slot, only one gets it). `Conflict` when the IMEI
+    /// already has a live (not rejected) enrolment under this claim.
+    async fn create_enrollment(
+        &self,
+        enrollment: &EnrollmentRecord,
+        now: OffsetDateTime,
+    ) -> Result<Option<EnrollmentRecord>>;
+    /// One enrolment.
+    async fn get_enrollment(&self, id: Uuid) -> Result<EnrollmentRecord>;
+    /// The newest enrolment of `imei` under the claim, if any.
+    async fn latest_enrollment(
+        &self,
+        claim_id: Uuid,
+        imei: &Imei,
+    ) -> Result<Option<EnrollmentRecord>>;
+    /// Enrolments, newest first.
+    async fn list_enrollments(&self, filter: &EnrollmentFilter) -> Result<Page<EnrollmentRecord>>;
+    /// Decides a pending enrolment: `to` is `Approved` or `Rejected` (a rejection gives its
+    /// slot back). `Conflict` naming its state when it is not pending (of two concurrent
+    /// deciders, only one succeeds).
+    async fn decide_enrollment(
+        &self,
+        id: Uuid,
+        to: callhome_core::claims::EnrollmentState,
+        by: &str,
+        at: OffsetDateTime,
+        reason: Option<&str>,
+    ) -> Result<EnrollmentRecord>;
+    /// Marks an approved enrolment issued with the certificate `serial`.
+    async fn finish_enrollment(&self, id: Uuid, serial: &str) -> Result<EnrollmentRecord>;
+    /// Undoes an approval whose certificate could not be issued: an automatic one is
+    /// deleted (giving its slot back), an operator's goes back to pending.
+    async fn undo_approval(&self, id: Uuid) -> Result<()>;
+}
+
 /// Everything Callhome stores, behind one handle.
 #[async_trait]
 pub trait Store:
@@ -572,6 +624,7 @@ pub trait Store:
     + Retention
     + Firmware
     + BootstrapSecrets
+    + Claims
     + Send
     + Sync
     + 'static

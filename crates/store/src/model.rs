@@ -1056,3 +1056,76 @@ pub struct BootstrapSecret {
     /// Who made it.
     pub created_by: String,
 }
+
+/// A claim credential of a production batch with its policy (see
+/// [`callhome_core::claims`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRecord {
+    /// Stable id (UUIDv7: newer ids sort later).
+    pub id: Uuid,
+    /// Unique name (the claim certificate's CN is `claim:<name>`).
+    pub name: String,
+    /// A claim certificate issued by us, or a manufacturer's claim CA.
+    pub kind: callhome_core::claims::ClaimKind,
+    /// The claim certificate (or the claim CA's certificate), PEM. Its key is never stored.
+    pub certificate_pem: String,
+    /// SHA-256 of the certificate's DER, lowercase hex.
+    pub fingerprint_sha256: String,
+    /// The claim certificate's serial (uppercase hex), for the kind `issued`.
+    pub serial: Option<String>,
+    /// Which IMEIs, until when, how many, with or without approval.
+    pub policy: callhome_core::claims::ClaimPolicy,
+    /// Enrolments holding a slot now (pending, approved or issued).
+    pub enrollments_used: i64,
+    /// When created.
+    pub created_at: OffsetDateTime,
+    /// Who created it.
+    pub created_by: String,
+    /// When revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+}
+
+/// One enrolment made with a claim credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentRecord {
+    /// Stable id (UUIDv7).
+    pub id: Uuid,
+    /// The claim it was made with.
+    pub claim_id: Uuid,
+    /// The device it is for (the CSR's CN).
+    pub imei: Imei,
+    /// Where it is.
+    pub state: callhome_core::claims::EnrollmentState,
+    /// The CSR, PEM, signed when the enrolment is approved.
+    pub csr_pem: String,
+    /// SHA-256 of the CSR's SubjectPublicKeyInfo DER, lowercase hex: a retry with the same
+    /// key finds this enrolment.
+    pub public_key_sha256: String,
+    /// When the modem asked.
+    pub requested_at: OffsetDateTime,
+    /// The modem's address.
+    pub remote_addr: Option<String>,
+    /// When approved or rejected.
+    pub decided_at: Option<OffsetDateTime>,
+    /// Who approved or rejected it (`policy:auto` for an automatic approval).
+    pub decided_by: Option<String>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// The device certificate issued.
+    pub certificate_serial: Option<String>,
+}
+
+/// Which enrolments to list (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct EnrollmentFilter {
+    /// Only those in this state.
+    pub state: Option<callhome_core::claims::EnrollmentState>,
+    /// Only those of this claim.
+    pub claim_id: Option<Uuid>,
+    /// Cursor: ids before this one.
+    pub before: Option<Uuid>,
+    /// Page size (1-1000).
+    pub limit: u32,
+}

@@ -30,6 +30,9 @@ const BEGIN_WRITE: &str = "BEGIN";
 #[path = "sql/bootstrap.rs"]
 #[allow(clippy::duplicate_mod)]
 mod bootstrap;
+#[path = "sql/claims.rs"]
+#[allow(clippy::duplicate_mod)]
+mod claims;
 #[path = "sql/common.rs"]
 #[allow(clippy::duplicate_mod)]
 #[macro_use]

@@ -2299,3 +2299,152 @@ async fn certificate_watch_listing_notices_and_audit_queries() {
     })
     .await;
 }
+
+fn claim(name: &str, policy: callhome_core::claims::ClaimPolicy) -> ClaimRecord {
+    ClaimRecord {
+        id: Uuid::now_v7(),
+        name: name.to_owned(),
+        kind: callhome_core::claims::ClaimKind::Issued,
+        certificate_pem: "-----BEGIN CERTIFICATE-----".to_owned(),
+        fingerprint_sha256: format!("fp-{name}"),
+        serial: Some(format!("SERIAL-{name}")),
+        policy,
+        enrollments_used: 0,
+        created_at: OffsetDateTime::now_utc(),
+        created_by: "admin".to_owned(),
+        revoked_at: None,
+        revoked_by: None,
+    }
+}
+
+fn enrollment(
+    claim_id: Uuid,
+    n: u64,
+    state: callhome_core::claims::EnrollmentState,
+) -> EnrollmentRecord {
+    EnrollmentRecord {
+        id: Uuid::now_v7(),
+        claim_id,
+        imei: imei(n),
+        state,
+        csr_pem: "csr".to_owned(),
+        public_key_sha256: format!("key-{n}"),
+        requested_at: OffsetDateTime::now_utc(),
+        remote_addr: Some("192.0.2.1".to_owned()),
+        decided_at: None,
+        decided_by: None,
+        reason: None,
+        certificate_serial: None,
+    }
+}
+
+#[tokio::test]
+async fn claims_count_enrolments_race_free_and_decide_once() {
+    use callhome_core::claims::{
+        AUTO_APPROVER, Approval, ClaimPolicy, EnrollmentState as S, ImeiPolicy,
+    };
+    on_each_backend("claims", |s| async move {
+        // Whole seconds: stored times keep milliseconds.
+        let now = OffsetDateTime::from_unix_timestamp(OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+        let policy = |max: i64, approval: Approval| ClaimPolicy {
+            imeis: ImeiPolicy::Range { from: imei(1), to: imei(500) },
+            expires_at: now + Duration::days(30),
+            max_enrollments: max,
+            approval,
+        };
+        let listed = ClaimPolicy {
+            imeis: ImeiPolicy::List(vec![imei(1), imei(2)]),
+            ..policy(5, Approval::Auto)
+        };
+        let a = s.create_claim(&claim("batch-a", listed.clone())).await.unwrap();
+        assert_eq!(a.policy, listed);
+        assert_eq!(s.get_claim(a.id).await.unwrap(), a);
+        assert_eq!(
+            s.claim_by_serial("SERIAL-batch-a").await.unwrap().map(|c| c.id),
+            Some(a.id)
+        );
+        assert_eq!(s.claim_by_serial("nope").await.unwrap(), None);
+        let dup = s.create_claim(&claim("batch-a", listed.clone())).await;
+        assert!(matches!(dup, Err(StoreError::Conflict { detail, .. }) if detail.contains("batch-a")));
+
+        // The last slot goes to one of two concurrent enrolments only.
+        let b = s.create_claim(&claim("batch-b", policy(2, Approval::Manual))).await.unwrap();
+        let first = s
+            .create_enrollment(&enrollment(b.id, 1, S::Pending), now)
+            .await
+            .unwrap()
+            .unwrap();
+        let (e2, e3) = (enrollment(b.id, 2, S::Pending), enrollment(b.id, 3, S::Pending));
+        let (x, y) = tokio::join!(s.create_enrollment(&e2, now), s.create_enrollment(&e3, now));
+        assert!(
+            x.unwrap().is_some() ^ y.unwrap().is_some(),
+            "exactly one gets the last slot"
+        );
+        assert_eq!(s.get_claim(b.id).await.unwrap().enrollments_used, 2);
+
+        // One live enrolment per IMEI and claim.
+        let c = s.create_claim(&claim("batch-c", policy(10, Approval::Manual))).await.unwrap();
+        s.create_enrollment(&enrollment(c.id, 7, S::Pending), now).await.unwrap().unwrap();
+        let again = s.create_enrollment(&enrollment(c.id, 7, S::Pending), now).await;
+        assert!(matches!(again, Err(StoreError::Conflict { .. })), "{again:?}");
+        assert_eq!(s.get_claim(c.id).await.unwrap().enrollments_used, 1, "the failed insert gave its slot back");
+
+        // Deciding: once; a rejection gives the slot back; the pending list.
+        let pending = s
+            .list_enrollments(&EnrollmentFilter { state: Some(S::Pending), claim_id: Some(b.id), before: None, limit: 10 })
+            .await
+            .unwrap();
+        assert_eq!(pending.items.len(), 2);
+        let approved = s.decide_enrollment(first.id, S::Approved, "op", now, None).await.unwrap();
+        assert_eq!((approved.state, approved.decided_by.as_deref()), (S::Approved, Some("op")));
+        let replay = s.decide_enrollment(first.id, S::Approved, "op", now, None).await;
+        assert!(matches!(replay, Err(StoreError::Conflict { detail, .. }) if detail.contains("already approved")));
+        let issued = s.finish_enrollment(first.id, "ABC").await.unwrap();
+        assert_eq!((issued.state, issued.certificate_serial.as_deref()), (S::Issued, Some("ABC")));
+        assert!(s.finish_enrollment(first.id, "ABC").await.is_err());
+        let other = pending.items.iter().find(|e| e.id != first.id).unwrap();
+        let rejected = s
+            .decide_enrollment(other.id, S::Rejected, "op", now, Some("not ours"))
+            .await
+            .unwrap();
+        assert_eq!(rejected.reason.as_deref(), Some("not ours"));
+        assert_eq!(s.get_claim(b.id).await.unwrap().enrollments_used, 1);
+        assert_eq!(
+            s.latest_enrollment(b.id, &other.imei).await.unwrap().map(|e| e.state),
+            Some(S::Rejected)
+        );
+
+        // An automatic approval that could not be issued is undone (slot back); an
+        // operator's goes back to pending.
+        let mut auto = enrollment(a.id, 1, S::Approved);
+        auto.decided_by = Some(AUTO_APPROVER.to_owned());
+        let auto = s.create_enrollment(&auto, now).await.unwrap().unwrap();
+        s.undo_approval(auto.id).await.unwrap();
+        assert!(matches!(s.get_enrollment(auto.id).await, Err(StoreError::NotFound(_))));
+        assert_eq!(s.get_claim(a.id).await.unwrap().enrollments_used, 0);
+        let held = s.create_enrollment(&enrollment(c.id, 8, S::Pending), now).await.unwrap().unwrap();
+        s.decide_enrollment(held.id, S::Approved, "op", now, None).await.unwrap();
+        s.undo_approval(held.id).await.unwrap();
+        assert_eq!(s.get_enrollment(held.id).await.unwrap().state, S::Pending);
+
+        // Revoked or expired claims give no slot; revocation is once; the CRL list.
+        s.revoke_claim(c.id, now, "admin").await.unwrap();
+        assert!(matches!(s.revoke_claim(c.id, now, "admin").await, Err(StoreError::Conflict { .. })));
+        assert_eq!(s.create_enrollment(&enrollment(c.id, 9, S::Pending), now).await.unwrap(), None);
+        assert_eq!(
+            s.create_enrollment(&enrollment(a.id, 2, S::Approved), now + Duration::days(31)).await.unwrap(),
+            None
+        );
+        let revoked: Vec<_> = s.revoked_claims(now).await.unwrap().into_iter().map(|c| c.id).collect();
+        assert_eq!(revoked, vec![c.id]);
+        assert!(s.revoked_claims(now + Duration::days(31)).await.unwrap().is_empty());
+
+        // Paging, newest first.
+        let p1 = s.list_claims(None, 2).await.unwrap();
+        assert_eq!(p1.items.iter().map(|c| c.id).collect::<Vec<_>>(), vec![c.id, b.id]);
+        let p2 = s.list_claims(p1.next.as_deref().map(|n| n.parse().unwrap()), 2).await.unwrap();
+        assert_eq!(p2.items.iter().map(|c| c.id).collect::<Vec<_>>(), vec![a.id]);
+        assert_eq!(p2.next, None);
+    })
+    .await;
+}
