@@ -381,6 +381,44 @@ impl Authority {
         validity_days: u32,
         sans: &[SanType],
     ) -> Result<IssuedCertificate, CaError> {
+        let until = add_days(now_secs(), validity_days)?;
+        self.issue_leaf_until(kind, common_name, public_key, until, sans)
+    }
+
+    /// Issues a claim certificate for a production batch: a new ECDSA P-256 key and a
+    /// client certificate with CN `claim:<name>` (never an IMEI, so it can never be taken
+    /// for a device identity) valid until `not_after` (the claim's expiry, at most the CA's).
+    /// Returns the certificate and the private key in PKCS#8 PEM, which the caller shows
+    /// once and never stores.
+    pub fn issue_claim_certificate(
+        &self,
+        name: &str,
+        not_after: OffsetDateTime,
+    ) -> Result<(IssuedCertificate, zeroize::Zeroizing<String>), CaError> {
+        let cn = callhome_core::claims::claim_common_name(name);
+        check_common_name(&cn)?;
+        if not_after <= now_secs() {
+            return Err(CaError::InvalidInput(format!(
+                "the claim certificate's end of validity {not_after} is not in the future"
+            )));
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::crypto("generating a claim key", e))?;
+        let issued =
+            self.issue_leaf_until(LeafKind::Client, &cn, &key, trunc_secs(not_after), &[])?;
+        tracing::info!(common_name = %cn, serial = %issued.serial, not_after = %issued.not_after, "issued claim certificate");
+        Ok((issued, zeroize::Zeroizing::new(key.serialize_pem())))
+    }
+
+    /// [`Authority::issue_leaf`] with an explicit end of validity (capped at the CA's).
+    fn issue_leaf_until(
+        &self,
+        kind: LeafKind,
+        common_name: &str,
+        public_key: &impl PublicKeyData,
+        until: OffsetDateTime,
+        sans: &[SanType],
+    ) -> Result<IssuedCertificate, CaError> {
         let now = now_secs();
         let ca = &self.current;
         if ca.not_after <= now {
@@ -390,7 +428,7 @@ impl Authority {
             )));
         }
         let not_before = now - LEAF_BACKDATE;
-        let not_after = add_days(now, validity_days)?.min(ca.not_after);
+        let not_after = until.min(ca.not_after);
 
         let serial = random_serial();
         let mut cp = CertificateParams::default();
@@ -670,6 +708,20 @@ mod tests {
         };
         assert!(bad.validate().is_err());
         assert!(CaParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn claim_certificates_are_client_certificates_named_claim_until_the_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::load_or_init(dir.path(), &CaParams::default()).unwrap();
+        let until = now_secs() + Duration::days(10);
+        let (issued, key) = ca.issue_claim_certificate("batch-1", until).unwrap();
+        assert_eq!(issued.common_name, "claim:batch-1");
+        assert_eq!(issued.not_after, until);
+        assert!(key.contains("PRIVATE KEY"));
+        let info = crate::inspect_certificate(&issued.certificate_pem).unwrap();
+        assert_eq!(info.serial, issued.serial);
+        assert!(ca.issue_claim_certificate("batch-1", now_secs()).is_err());
     }
 
     #[test]

@@ -25,6 +25,28 @@ const MAX_RSA_BITS: usize = 8192;
 pub(crate) struct ValidatedCsr {
     pub(crate) public_key: rcgen::SubjectPublicKeyInfo,
     pub(crate) common_names: Vec<String>,
+    /// SHA-256 of the SubjectPublicKeyInfo DER, lowercase hex.
+    pub(crate) public_key_sha256: String,
+}
+
+/// A CSR checked as the CA checks it before signing (see [`check_csr`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedCsr {
+    /// The subject's common names.
+    pub common_names: Vec<String>,
+    /// SHA-256 of its SubjectPublicKeyInfo DER, lowercase hex.
+    pub public_key_sha256: String,
+}
+
+/// Checks an untrusted PEM CSR exactly as signing would (size, framing, DER,
+/// self-signature, key type and size) without signing it: for requests that are kept to
+/// be signed later (an enrolment held for approval).
+pub fn check_csr(csr_pem: &str) -> Result<CheckedCsr, CaError> {
+    let v = validate_csr(csr_pem)?;
+    Ok(CheckedCsr {
+        common_names: v.common_names,
+        public_key_sha256: v.public_key_sha256,
+    })
 }
 
 fn invalid(msg: impl Into<String>) -> CaError {
@@ -103,9 +125,14 @@ pub(crate) fn validate_csr(csr_pem: &str) -> Result<ValidatedCsr, CaError> {
     let common_names = common_names(&csr.certification_request_info.subject)
         .map_err(|()| invalid("CSR subject common name is not a readable string"))?;
 
+    let public_key_sha256 = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(spki.raw))
+    };
     Ok(ValidatedCsr {
         public_key,
         common_names,
+        public_key_sha256,
     })
 }
 

@@ -32,7 +32,7 @@ pub mod tls;
 
 pub use authority::{Authority, CaParams, IssuedCertificate, IssuingCaSummary, MAX_VALIDITY_DAYS};
 pub use crl::{Crl, CrlSet, RevocationReason, RevokedEntry};
-pub use csr::{MAX_CSR_PEM_LEN, generate_key_and_csr};
+pub use csr::{CheckedCsr, MAX_CSR_PEM_LEN, check_csr, generate_key_and_csr};
 pub use error::CaError;
 pub use fs::write_secret_file;
 pub use import::{ARCHIVE_DIR, ImportOutcome, PENDING_KEY_FILE};

@@ -6,6 +6,9 @@
 //! CRL is rebuilt periodically (picking up revocations made by other nodes) and each new one
 //! is announced to the TLS listeners, whose rustls configurations it keeps current.
 //!
+//! [`claims`] holds claim provisioning: claim certificates for production batches and
+//! enrolment by claim, shared by EST and the MQTT gateway.
+//!
 //! [`watch`] holds the expiry watch (`certificate.expiring` events, exactly once per
 //! certificate and threshold across nodes; the certificate gauges) and the certificate audit
 //! checks.
@@ -16,9 +19,11 @@
 
 #![warn(missing_docs)]
 
+pub mod claims;
 mod service;
 pub mod watch;
 
+pub use claims::{ClaimCsr, ClaimError, EnrollOutcome, IssuedClaim, RETRY_AFTER_S};
 pub use service::{CRL_VALIDITY, CertificateService, ServerTlsFiles};
 pub use watch::{ExpiryWatch, Finding, WatchSettings};
 

@@ -133,6 +133,11 @@ impl CertificateService {
         }
     }
 
+    /// The inventory.
+    pub(crate) fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
     /// The key material and signing operations.
     pub fn authority(&self) -> &Authority {
         &self.authority
@@ -277,9 +282,9 @@ impl CertificateService {
         Ok(record)
     }
 
-    /// The serials of every certificate the CRLs in force list (revoked, not yet expired),
-    /// for ending live connections that use one: read with the CRLs, so the watchers of
-    /// every listener share one read per rebuild.
+    /// The serials of every certificate the CRLs in force list (revoked, not yet expired:
+    /// devices' and claims'), for ending live connections that use one: read with the
+    /// CRLs, so the watchers of every listener share one read per rebuild.
     pub fn revoked_serials(&self) -> Arc<HashSet<String>> {
         self.revoked.load_full()
     }
@@ -324,7 +329,6 @@ async fn build(
 ) -> Result<(CrlSet, HashSet<String>), PkiError> {
     let now = OffsetDateTime::now_utc();
     let revoked = store.list_revoked_certificates(now).await?;
-    let serials = revoked.iter().map(|c| c.serial.clone()).collect();
     let entries = revoked
         .into_iter()
         .filter_map(|c| {
@@ -335,7 +339,22 @@ async fn build(
                 reason: rev.reason.as_deref().and_then(|r| r.parse().ok()),
             })
         })
+        .chain(
+            // Revoked claims' certificates (issued by us, not in the device inventory).
+            store
+                .revoked_claims(now)
+                .await?
+                .into_iter()
+                .filter_map(|c| {
+                    Some(RevokedEntry {
+                        serial: c.serial?,
+                        revoked_at: c.revoked_at?,
+                        reason: None,
+                    })
+                }),
+        )
         .collect::<Vec<_>>();
+    let serials = entries.iter().map(|e| e.serial.clone()).collect();
     // CRL numbers must increase: milliseconds since the epoch do, across restarts and nodes.
     let crl_number = u64::try_from((now.unix_timestamp_nanos() / 1_000_000).max(0)).unwrap_or(0);
     Ok((
