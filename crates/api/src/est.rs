@@ -6,7 +6,10 @@
 //! - `GET csrattrs`: what a CSR should be (ECDSA with SHA-256 on P-256), `application/csrattrs`;
 //! - `POST simpleenroll`: a base64 DER PKCS#10 (`application/pkcs10`) for a first
 //!   certificate, authenticated by HTTP Basic (IMEI and the device's single-use bootstrap
-//!   secret) or by the device's own client certificate;
+//!   secret), by the device's own client certificate, or by a production batch's claim
+//!   certificate (the CSR's CN is the IMEI; the claim's policy decides, see
+//!   [`callhome_pki::claims`]; an enrolment held for approval is answered 202 with
+//!   `Retry-After`);
 //! - `POST simplereenroll`: a new certificate for the device whose current certificate
 //!   authenticates the TLS connection, for the same subject;
 //! - `POST serverkeygen`: Callhome makes the key too (ECDSA P-256) and answers
@@ -46,6 +49,7 @@ use zeroize::Zeroizing;
 use crate::context::{MAX_ACTOR, clip};
 use crate::device::DeviceState;
 use crate::error::ApiError;
+use crate::routes::claims::claim_error;
 use crate::throttle::Subject;
 
 /// Where the EST operations live (RFC 7030 section 3.2.2).
@@ -124,8 +128,7 @@ impl EstOp {
     }
 }
 
-/// How an enrolment proved which device it is for. A claim certificate (a production
-/// batch's credential, issue 11 part 4) will be another method.
+/// How an enrolment proved which device it is for.
 #[derive(Debug)]
 pub enum EstAuth {
     /// HTTP Basic: user name = IMEI, password = the device's bootstrap secret (checked,
@@ -143,13 +146,25 @@ pub enum EstAuth {
         /// The certificate's serial.
         serial: String,
     },
+    /// A production batch's claim certificate (its serial is a claim's): it may only
+    /// enrol (`simpleenroll`) the IMEI of the CSR, as the claim's policy allows.
+    ClaimCertificate {
+        /// The device asked for (the CSR's CN).
+        imei: Imei,
+        /// The claim.
+        claim: Box<callhome_store::ClaimRecord>,
+        /// The CSR, checked.
+        csr: Box<callhome_pki::ClaimCsr>,
+    },
 }
 
 impl EstAuth {
     /// The device the request is for.
     pub fn imei(&self) -> &Imei {
         match self {
-            EstAuth::BootstrapSecret { imei, .. } | EstAuth::DeviceCertificate { imei, .. } => imei,
+            EstAuth::BootstrapSecret { imei, .. }
+            | EstAuth::DeviceCertificate { imei, .. }
+            | EstAuth::ClaimCertificate { imei, .. } => imei,
         }
     }
 
@@ -158,6 +173,7 @@ impl EstAuth {
         match self {
             EstAuth::BootstrapSecret { .. } => "bootstrap_secret",
             EstAuth::DeviceCertificate { .. } => "client_certificate",
+            EstAuth::ClaimCertificate { .. } => "claim_certificate",
         }
     }
 }
@@ -174,6 +190,10 @@ struct Attempt {
     serial: Option<String>,
     /// The client certificate presented.
     client_serial: Option<String>,
+    /// The claim whose certificate authenticated the request.
+    claim: Option<String>,
+    /// The enrolment made or found with a claim.
+    enrollment: Option<String>,
 }
 
 /// Answers an enrolment operation: runs it, counts it, audits it, and turns a refusal into
@@ -208,6 +228,8 @@ async fn answer(
             ("method", attempt.method.map(str::to_owned)),
             ("serial", attempt.serial.clone()),
             ("client_certificate", attempt.client_serial.clone()),
+            ("claim", attempt.claim.clone()),
+            ("enrollment", attempt.enrollment.clone()),
             ("reason", reason.clone()),
         ];
         for (k, v) in fields {
@@ -360,10 +382,13 @@ async fn enroll(
     };
     check_content_type(headers)?;
     let csr = read_csr(headers, body).await?;
-    let auth = authenticate(state, peer, op, basic, attempt).await?;
+    let auth = authenticate(state, peer, op, basic, attempt, &csr).await?;
     let imei = auth.imei().clone();
     attempt.actor = Some(imei.to_string());
     attempt.method = Some(auth.method());
+    if let EstAuth::ClaimCertificate { claim, csr, .. } = auth {
+        return claim_enroll(state, peer, &claim, &csr, attempt).await;
+    }
     match state.store.get_device(&imei).await {
         Ok(d) if d.disabled => {
             return Err(ApiError::Forbidden(format!("device {imei} is disabled")));
@@ -515,6 +540,7 @@ async fn authenticate(
     op: EstOp,
     basic: Option<Result<(String, Zeroizing<String>), ApiError>>,
     attempt: &mut Attempt,
+    csr: &Csr,
 ) -> Result<EstAuth, ApiError> {
     if op.accepts_bootstrap_secret()
         && let Some(credentials) = basic
@@ -526,6 +552,29 @@ async fn authenticate(
     attempt.method = Some("client_certificate");
     match (&peer.imei, &peer.cert_serial) {
         (Some(imei), Some(serial)) => device_certificate(state, imei, serial).await,
+        (None, Some(serial))
+            if let Some(claim) = state
+                .certs
+                .claim_for_serial(serial)
+                .await
+                .map_err(claim_error)? =>
+        {
+            attempt.method = Some("claim_certificate");
+            attempt.claim = Some(claim.name.clone());
+            if op != EstOp::SimpleEnroll {
+                return Err(ApiError::Forbidden(format!(
+                    "a claim certificate may only enrol (simpleenroll), not {}",
+                    op.as_str()
+                )));
+            }
+            let pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr.der.clone()));
+            let csr = callhome_pki::ClaimCsr::parse(&pem).map_err(claim_error)?;
+            Ok(EstAuth::ClaimCertificate {
+                imei: csr.imei.clone(),
+                claim: Box::new(claim),
+                csr: Box::new(csr),
+            })
+        }
         (None, Some(_)) => Err(ApiError::Unauthorized(
             "the client certificate is not a device certificate (its CN is not an IMEI)".into(),
         )),
@@ -594,6 +643,52 @@ async fn bootstrap_secret(
                 Some(_) => "invalid IMEI or bootstrap secret".to_owned(),
                 None => "the Basic user name must be the device's 15-digit IMEI".to_owned(),
             }))
+        }
+    }
+}
+
+/// Enrols with a claim certificate: issued now (200, certs-only), or held for approval
+/// (202 with `Retry-After`, RFC 7030 section 4.2.3; the same request asked again after the
+/// approval gets the certificate).
+async fn claim_enroll(
+    state: &DeviceState,
+    peer: &DevicePeer,
+    claim: &callhome_store::ClaimRecord,
+    csr: &callhome_pki::ClaimCsr,
+    attempt: &mut Attempt,
+) -> Result<Response, ApiError> {
+    let outcome = state
+        .certs
+        .enroll_with_claim(claim, csr, Some(peer.addr.ip().to_string()))
+        .await
+        .map_err(claim_error)?;
+    match outcome {
+        callhome_pki::EnrollOutcome::Issued {
+            enrollment,
+            certificate,
+        } => {
+            attempt.enrollment = Some(enrollment.id.to_string());
+            attempt.serial = Some(certificate.serial.clone());
+            Ok(base64_response(
+                CERTS_ONLY,
+                &certs_only(std::iter::once(certificate_der(&certificate)?))?,
+            ))
+        }
+        callhome_pki::EnrollOutcome::Pending { enrollment } => {
+            attempt.enrollment = Some(enrollment.id.to_string());
+            let retry = callhome_pki::RETRY_AFTER_S;
+            let mut response = Response::new(Body::from(format!(
+                "enrolment {} of {} awaits an operator's approval; ask again in {retry} s\n",
+                enrollment.id, enrollment.imei
+            )));
+            *response.status_mut() = StatusCode::ACCEPTED;
+            let h = response.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            Ok(response)
         }
     }
 }

@@ -26,6 +26,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "api-keys", description = "API keys for machine clients (admin)"),
         (name = "devices", description = "The device registry"),
         (name = "certificates", description = "Device certificates, the CA certificate and its CRL"),
+        (name = "claims", description = "Claim provisioning: batch claim credentials with their policy, and the approval queue of enrolments"),
         (name = "commands", description = "The per-device AT command queue"),
         (name = "status", description = "Status messages from devices"),
         (name = "events", description = "Server-Sent Events"),

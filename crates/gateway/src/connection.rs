@@ -91,6 +91,12 @@ pub(crate) async fn run<S>(
         }
     };
 
+    // A production batch's claim certificate: an enrolment-only connection.
+    if let Some(claim) = crate::claim::identify(&shared, &identity).await {
+        handshake.release();
+        crate::claim::run(shared, reader, writer, connect, claim, peer).await;
+        return;
+    }
     let authenticated = authenticate(&shared, &connect, &identity, peer).await;
     handshake.release();
     let device = match authenticated {

@@ -14,10 +14,11 @@
 //!
 //! Modules: [`codec`] (MQTT framing with `rumqttc::mqttbytes::v4`), `server` (TLS config, CRL
 //! watch, the connection handler of the shared `callhome-net` listener), `connection` (one
-//! connection), [`dispatch`] (command correlation), `sweeper` (expiry, orphaned commands,
+//! connection), `claim` (enrolment-only connections with a claim certificate), [`dispatch`] (command correlation), `sweeper` (expiry, orphaned commands,
 //! last-seen flush, status retention), `hub` (live connections), [`status`] (payload parsing),
 //! [`topics`].
 
+mod claim;
 pub mod codec;
 mod connection;
 pub mod csr;

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod bootstrap_secrets;
 pub mod certificates;
+pub mod claims;
 pub mod commands;
 pub mod config;
 pub mod devices;
@@ -96,6 +97,11 @@ pub fn router() -> OpenApiRouter<AppState> {
             bootstrap_secrets::create_bootstrap_secret,
             bootstrap_secrets::delete_bootstrap_secret
         ))
+        .routes(routes!(claims::list_claims, claims::create_claim))
+        .routes(routes!(claims::revoke_claim))
+        .routes(routes!(claims::list_enrollments))
+        .routes(routes!(claims::approve_enrollment))
+        .routes(routes!(claims::reject_enrollment))
         .routes(routes!(certificates::list_device_certificates))
         .routes(routes!(certificates::list_certificates))
         .routes(routes!(certificates::audit_certificates))
