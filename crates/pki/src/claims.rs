@@ -168,7 +168,7 @@ pub enum EnrollOutcome {
         /// The enrolment.
         enrollment: EnrollmentRecord,
         /// The certificate.
-        certificate: CertificateRecord,
+        certificate: Box<CertificateRecord>,
     },
     /// Held for an operator: ask again after [`RETRY_AFTER_S`].
     Pending {
@@ -275,7 +275,7 @@ impl CertificateService {
                     let certificate = store.get_certificate(&serial).await?;
                     return Ok(EnrollOutcome::Issued {
                         enrollment: previous,
-                        certificate,
+                        certificate: Box::new(certificate),
                     });
                 }
                 EnrollmentState::Pending | EnrollmentState::Approved if same_key => {
@@ -348,7 +348,7 @@ impl CertificateService {
         let (enrollment, certificate) = self.issue_enrollment(claim, enrollment).await?;
         Ok(EnrollOutcome::Issued {
             enrollment,
-            certificate,
+            certificate: Box::new(certificate),
         })
     }
 

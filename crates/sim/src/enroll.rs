@@ -272,3 +272,129 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), 
         })
     }
 }
+
+/// How [`est_claim_enroll`] waits while the enrolment is held for approval.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimWait {
+    /// Longest wait between two attempts, whatever `Retry-After` says (a test asks again
+    /// sooner than a modem would).
+    pub max_interval: Duration,
+    /// Give up after waiting this long in all.
+    pub give_up_after: Duration,
+}
+
+impl Default for ClaimWait {
+    fn default() -> Self {
+        Self {
+            max_interval: Duration::from_secs(3600),
+            give_up_after: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// Enrols `imei` over EST as a factory-fresh modem does with its batch's claim certificate:
+/// makes a new P-256 key and a CSR with CN = IMEI, POSTs it to `simpleenroll` on the
+/// device-facing listener `device_base` (like `https://host:8444`) presenting the claim
+/// certificate (`claim_cert_pem`, `claim_key_pem`) as the TLS client certificate and
+/// trusting `ca_pem`; while the answer is 202 (held for approval) waits `Retry-After`
+/// (capped by `wait`) and asks again with the same CSR. Returns the device's own
+/// credentials (its certificate followed by `ca_pem`'s chain, and the new key). A refusal
+/// is [`SimError::Api`] with the server's text.
+pub async fn est_claim_enroll(
+    device_base: &str,
+    ca_pem: &str,
+    claim_cert_pem: &str,
+    claim_key_pem: &str,
+    imei: &Imei,
+    wait: ClaimWait,
+) -> Result<Credentials, SimError> {
+    use base64::Engine as _;
+    install_crypto_provider();
+    let tls = callhome_ca::tls::client_config(ca_pem, Some(claim_cert_pem), Some(claim_key_pem))?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(Arc::unwrap_or_clone(tls))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| SimError::Http("building the EST client".into(), e))?;
+    let (key_pem, csr_pem) = callhome_ca::generate_key_and_csr(imei.as_str())?;
+    let csr_der = pem::parse(csr_pem.as_bytes())
+        .map_err(|e| SimError::Tls(format!("generated CSR: {e}")))?
+        .into_contents();
+    let body = base64::engine::general_purpose::STANDARD.encode(&csr_der);
+    let path = "/.well-known/est/simpleenroll";
+    let url = format!("{}{path}", device_base.trim_end_matches('/'));
+    let started = std::time::Instant::now();
+    loop {
+        let resp = client
+            .post(&url)
+            .header("content-type", "application/pkcs10")
+            .body(body.clone())
+            .send()
+            .await
+            .map_err(|e| SimError::Http(format!("POST {path}"), e))?;
+        let status = resp.status();
+        if status == StatusCode::ACCEPTED {
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(60);
+            let pause = Duration::from_secs(retry_after).min(wait.max_interval);
+            if started.elapsed() + pause > wait.give_up_after {
+                return Err(SimError::Invalid(format!(
+                    "the enrolment of {imei} was still held for approval after {:?}",
+                    started.elapsed()
+                )));
+            }
+            tracing::debug!(%imei, retry_after, "enrolment held for approval; waiting");
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| SimError::Http(format!("POST {path}"), e))?;
+        if status != StatusCode::OK {
+            return Err(SimError::Api {
+                method: "POST",
+                path: path.to_owned(),
+                status: status.as_u16(),
+                body: text.trim().chars().take(500).collect(),
+            });
+        }
+        let compact: String = text.split_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map_err(|e| SimError::Tls(format!("simpleenroll answer is not base64: {e}")))?;
+        let leaf = first_certificate(&der)?;
+        let cert_pem = format!(
+            "{}{}",
+            pem::encode(&pem::Pem::new("CERTIFICATE", leaf)),
+            ca_pem
+        );
+        return Ok(Credentials { cert_pem, key_pem });
+    }
+}
+
+/// The first certificate of a certs-only PKCS#7 (CMS SignedData), DER.
+fn first_certificate(der: &[u8]) -> Result<Vec<u8>, SimError> {
+    use cms::cert::CertificateChoices;
+    use der::{Decode as _, Encode as _};
+    let bad = |e: der::Error| SimError::Tls(format!("simpleenroll answer is not PKCS#7: {e}"));
+    let info = cms::content_info::ContentInfo::from_der(der).map_err(bad)?;
+    let signed = info
+        .content
+        .decode_as::<cms::signed_data::SignedData>()
+        .map_err(bad)?;
+    let cert = signed
+        .certificates
+        .and_then(|set| {
+            set.0.iter().find_map(|c| match c {
+                CertificateChoices::Certificate(c) => Some(c.clone()),
+                _ => None,
+            })
+        })
+        .ok_or_else(|| SimError::Tls("simpleenroll answer holds no certificate".into()))?;
+    cert.to_der().map_err(bad)
+}

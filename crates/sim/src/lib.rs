@@ -69,7 +69,7 @@ mod tls;
 pub mod tunnel;
 
 pub use counters::{CounterSnapshot, Counters};
-pub use enroll::{CA_FILE, Enroller};
+pub use enroll::{CA_FILE, ClaimWait, Enroller, est_claim_enroll};
 pub use error::SimError;
 pub use firmware::{DownloadSettings, FirmwareFault};
 pub use fleet::{Fleet, FleetConfig, FleetTransport, fleet_imeis, is_picked};

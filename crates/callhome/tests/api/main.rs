@@ -4,6 +4,7 @@
 mod auth;
 mod ca_rollover;
 mod certificates;
+mod claims;
 mod cli;
 mod config;
 mod devices;

@@ -406,10 +406,16 @@ impl Claims for SqlStore {
         let Some(row) = row else {
             tx.rollback().await?;
             let current = self.get_enrollment(id).await?;
-            return Err(StoreError::conflict(format!(
-                "enrolment {id} is already {}",
-                current.state
-            )));
+            return Err(StoreError::conflict(match current.state {
+                EnrollmentState::Rejected => format!("enrolment {id} is already rejected"),
+                _ => format!(
+                    "enrolment {id} is already approved (its certificate is {})",
+                    current
+                        .certificate_serial
+                        .as_deref()
+                        .unwrap_or("being issued")
+                ),
+            }));
         };
         let record = enrollment_from_row(&row)?;
         if to == EnrollmentState::Rejected {
