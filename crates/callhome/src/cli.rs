@@ -106,6 +106,21 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::commands::certs::CertsAction,
     },
+    /// Claim provisioning: batch claim certificates with their policy (through the REST
+    /// API; admin).
+    Claims {
+        #[command(flatten)]
+        api: crate::commands::api::ApiArgs,
+        #[command(subcommand)]
+        action: crate::commands::claims::ClaimsAction,
+    },
+    /// The approval queue of enrolments made with claims (through the REST API).
+    Enrollments {
+        #[command(flatten)]
+        api: crate::commands::api::ApiArgs,
+        #[command(subcommand)]
+        action: crate::commands::claims::EnrollmentsAction,
+    },
 }
 
 /// `callhome ca ...`.

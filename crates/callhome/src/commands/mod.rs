@@ -3,6 +3,7 @@
 pub mod api;
 mod ca;
 pub mod certs;
+pub mod claims;
 pub mod connect;
 pub mod credentials;
 pub mod device_config;
@@ -53,6 +54,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ca::run(&settings, action)
         }
         Command::Certs { api, action } => certs::run(&api, action).await,
+        Command::Claims { api, action } => claims::run_claims(&api, action).await,
+        Command::Enrollments { api, action } => claims::run_enrollments(&api, action).await,
         Command::User { settings, action } => {
             let settings = Settings::resolve(&settings)?;
             init_tracing(&settings);

@@ -1,4 +1,4 @@
-//! The operator CLI (`callhome login`, `devices`, `config`, `jobs`, `certs`): the built binary run
+//! The operator CLI (`callhome login`, `devices`, `config`, `jobs`, `certs`, `claims`): the built binary run
 //! against the real server, with its credentials in a temporary directory.
 //!
 //! The `jobs_*` tests and `config_apply_*` need the jobs API (`/api/v1/jobs`,
@@ -961,4 +961,51 @@ async fn certs_rotate_watches_a_rotation_campaign_to_its_end() {
         .await;
     assert!(r.stderr.contains("confirm_timeout_s"), "{r}");
     w.stop().await;
+}
+
+#[tokio::test]
+async fn claims_create_writes_the_key_0600_list_revoke_and_the_queue() {
+    let app = TestApp::spawn().await;
+    let cli = Cli::new();
+    cli.login(&app).await;
+    let key = cli._dir.path().join("claim.key");
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(2))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let r = cli
+        .ok(&format!(
+            "claims create line-7 --from {} --to {} --expires-at {expires} --max-enrollments 50 --approval manual --key-out {}",
+            imei(1),
+            imei(50),
+            key.display()
+        ))
+        .await;
+    assert!(r.stdout.contains("BEGIN CERTIFICATE"), "{r}");
+    assert!(
+        !r.stdout.contains("PRIVATE KEY") && !r.stderr.contains("PRIVATE KEY"),
+        "{r}"
+    );
+    let meta = std::fs::metadata(&key).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+
+    let r = cli.ok("claims list --json").await;
+    let claim: Value = serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(claim["name"], "line-7");
+    assert_eq!(claim["approval"], "manual");
+    let r = cli.ok("enrollments list --state pending").await;
+    assert!(r.stdout.contains("IMEI"), "{r}");
+    let r = cli
+        .ok(&format!("claims revoke {}", claim["id"].as_str().unwrap()))
+        .await;
+    assert!(r.stdout.contains("claim line-7 revoked"), "{r}");
+    let r = cli
+        .fails(&format!("claims revoke {}", claim["id"].as_str().unwrap()))
+        .await;
+    assert!(r.stderr.contains("already revoked"), "{r}");
+    app.stop().await;
 }
