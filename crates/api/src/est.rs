@@ -260,6 +260,7 @@ fn count(op: EstOp, status: StatusCode) {
         400 => "bad_request",
         401 => "unauthorized",
         403 => "forbidden",
+        409 => "conflict",
         413 => "too_large",
         415 => "unsupported_media_type",
         429 => "throttled",

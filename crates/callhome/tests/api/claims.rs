@@ -413,16 +413,21 @@ async fn claims_are_validated_admin_only_and_revocable() {
     app.stop().await;
 }
 
-/// A claim connection over MQTT: subscribe `{IMEI}/cert`, publish a CSR on `{IMEI}/csr`,
-/// receive the chain, connect with it. Returns the answer text.
-async fn mqtt_enrol(app: &TestApp, claim: &Claim, client_id: &str, csr_pem: &str) -> String {
+/// An MQTT client presenting the claim certificate (not connected until polled).
+fn claim_mqtt(app: &TestApp, claim: &Claim, client_id: &str) -> (AsyncClient, rumqttc::EventLoop) {
     let tls =
         callhome_ca::tls::client_config(&claim.ca_pem, Some(&claim.cert_pem), Some(&claim.key_pem))
             .unwrap();
     let mut opts = MqttOptions::new(client_id, "localhost", app.mqtt.port());
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    let (client, mut events) = AsyncClient::new(opts, 8);
+    AsyncClient::new(opts, 8)
+}
+
+/// A claim connection over MQTT: subscribe `{IMEI}/cert`, publish a CSR on `{IMEI}/csr`,
+/// receive the chain, connect with it. Returns the answer text.
+async fn mqtt_enrol(app: &TestApp, claim: &Claim, client_id: &str, csr_pem: &str) -> String {
+    let (client, mut events) = claim_mqtt(app, claim, client_id);
     let topic = format!("{client_id}/cert");
     let answer = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
@@ -505,6 +510,40 @@ async fn modems_enrol_over_mqtt_with_a_claim_certificate_and_nothing_else() {
         rows.iter()
             .any(|r| r["action"] == "mqtt.claim.enroll" && r["outcome"] == "success"),
         "{audit}"
+    );
+
+    // Revoking the claim ends its live claim connections.
+    let (client, mut events) = claim_mqtt(&app, &claim, &imei(305));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => client
+                    .subscribe(format!("{}/cert", imei(305)), QoS::AtLeastOnce)
+                    .await
+                    .unwrap(),
+                Ok(Event::Incoming(Packet::SubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("claim connection: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("subscribed in time");
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/claims/{}/revoke", claim.id),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while events.poll().await.is_ok() {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the claim connection ends when the claim is revoked"
     );
     app.stop().await;
 }
