@@ -63,6 +63,8 @@ pub struct DeviceState {
     pub passwords: callhome_gateway::PasswordPool,
     /// Failed bootstrap secrets, throttled per IMEI and per client address.
     pub est_throttle: Arc<crate::throttle::LoginThrottle>,
+    /// The event bus (`enrollment.*` events of claim enrolments).
+    pub events: Arc<callhome_gateway::events::EventBus>,
 }
 
 impl std::fmt::Debug for DeviceState {

@@ -663,10 +663,14 @@ async fn claim_enroll(
         .enroll_with_claim(claim, csr, Some(peer.addr.ip().to_string()))
         .await
         .map_err(claim_error)?;
+    if let Some(event) = outcome.event(&claim.name) {
+        state.events.publish(Some(&csr.imei), event);
+    }
     match outcome {
         callhome_pki::EnrollOutcome::Issued {
             enrollment,
             certificate,
+            ..
         } => {
             attempt.enrollment = Some(enrollment.id.to_string());
             attempt.serial = Some(certificate.serial.clone());
@@ -675,7 +679,7 @@ async fn claim_enroll(
                 &certs_only(std::iter::once(certificate_der(&certificate)?))?,
             ))
         }
-        callhome_pki::EnrollOutcome::Pending { enrollment } => {
+        callhome_pki::EnrollOutcome::Pending { enrollment, .. } => {
             attempt.enrollment = Some(enrollment.id.to_string());
             let retry = callhome_pki::RETRY_AFTER_S;
             let mut response = Response::new(Body::from(format!(

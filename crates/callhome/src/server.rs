@@ -284,6 +284,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<RunningServer> {
         est_throttle: Arc::new(callhome_api::throttle::LoginThrottle::new(
             settings.login_throttle.clone(),
         )),
+        events: gateway.events().clone(),
     });
     let device_http =
         callhome_devicehttp::DeviceHttp::new(device_settings, device_tls, device_routes);

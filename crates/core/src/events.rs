@@ -127,6 +127,28 @@ payloads! {
     /// A device's active certificate crossed an expiry threshold (published once per
     /// certificate and threshold, across all nodes).
     "certificate.expiring" => CertificateExpiring(CertificateExpiring),
+    /// An enrolment made with a claim is held for an operator's approval.
+    "enrollment.pending" => EnrollmentPending(EnrollmentChanged),
+    /// An enrolment made with a claim got its device certificate.
+    "enrollment.issued" => EnrollmentIssued(EnrollmentChanged),
+    /// An operator rejected an enrolment made with a claim.
+    "enrollment.rejected" => EnrollmentRejected(EnrollmentChanged),
+}
+
+/// `enrollment.pending`, `enrollment.issued`, `enrollment.rejected` (the device is the
+/// event's `imei`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentChanged {
+    /// The enrolment.
+    pub id: Uuid,
+    /// The claim's name.
+    pub claim: String,
+    /// The device certificate issued (`enrollment.issued`).
+    pub certificate_serial: Option<String>,
+    /// Who decided (`policy:auto` for an automatic approval).
+    pub decided_by: Option<String>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
 }
 
 impl EventPayload {

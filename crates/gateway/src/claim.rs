@@ -332,10 +332,16 @@ impl ClaimConnection {
                 .await
         }
         .await;
+        if let Ok(outcome) = &result
+            && let Some(event) = outcome.event(&self.claim.name)
+        {
+            self.shared.events.publish(Some(&imei), event);
+        }
         let (text, ok, detail) = match result {
             Ok(EnrollOutcome::Issued {
                 enrollment,
                 certificate,
+                ..
             }) => (
                 format!(
                     "{}{}",
@@ -345,7 +351,7 @@ impl ClaimConnection {
                 true,
                 serde_json::json!({"outcome": "issued", "enrollment": enrollment.id, "serial": certificate.serial}),
             ),
-            Ok(EnrollOutcome::Pending { enrollment }) => (
+            Ok(EnrollOutcome::Pending { enrollment, .. }) => (
                 format!("PENDING {} {}", enrollment.id, callhome_pki::RETRY_AFTER_S),
                 true,
                 serde_json::json!({"outcome": "pending", "enrollment": enrollment.id}),

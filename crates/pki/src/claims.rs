@@ -169,12 +169,54 @@ pub enum EnrollOutcome {
         enrollment: EnrollmentRecord,
         /// The certificate.
         certificate: Box<CertificateRecord>,
+        /// Whether it was issued by this request (not found from an earlier one).
+        fresh: bool,
     },
     /// Held for an operator: ask again after [`RETRY_AFTER_S`].
     Pending {
         /// The enrolment.
         enrollment: EnrollmentRecord,
+        /// Whether this request made it (not an earlier one).
+        fresh: bool,
     },
+}
+
+impl EnrollOutcome {
+    /// The event to publish for a fresh outcome (`enrollment.issued` or
+    /// `enrollment.pending`); `None` for a retry that changed nothing.
+    pub fn event(&self, claim: &str) -> Option<callhome_core::events::EventPayload> {
+        use callhome_core::events::EventPayload;
+        match self {
+            EnrollOutcome::Issued {
+                enrollment,
+                fresh: true,
+                ..
+            } => Some(EventPayload::EnrollmentIssued(enrollment_changed(
+                enrollment, claim,
+            ))),
+            EnrollOutcome::Pending {
+                enrollment,
+                fresh: true,
+            } => Some(EventPayload::EnrollmentPending(enrollment_changed(
+                enrollment, claim,
+            ))),
+            _ => None,
+        }
+    }
+}
+
+/// The payload of an `enrollment.*` event.
+pub fn enrollment_changed(
+    e: &EnrollmentRecord,
+    claim: &str,
+) -> callhome_core::events::EnrollmentChanged {
+    callhome_core::events::EnrollmentChanged {
+        id: e.id,
+        claim: claim.to_owned(),
+        certificate_serial: e.certificate_serial.clone(),
+        decided_by: e.decided_by.clone(),
+        reason: e.reason.clone(),
+    }
 }
 
 /// A new claim certificate: the claim as stored, and the private key (PKCS#8 PEM), shown
@@ -276,11 +318,13 @@ impl CertificateService {
                     return Ok(EnrollOutcome::Issued {
                         enrollment: previous,
                         certificate: Box::new(certificate),
+                        fresh: false,
                     });
                 }
                 EnrollmentState::Pending | EnrollmentState::Approved if same_key => {
                     return Ok(EnrollOutcome::Pending {
                         enrollment: previous,
+                        fresh: false,
                     });
                 }
                 EnrollmentState::Rejected => {
@@ -343,12 +387,16 @@ impl CertificateService {
         };
         if !auto {
             tracing::info!(claim = %claim.name, %imei, enrollment = %enrollment.id, "enrolment held for approval");
-            return Ok(EnrollOutcome::Pending { enrollment });
+            return Ok(EnrollOutcome::Pending {
+                enrollment,
+                fresh: true,
+            });
         }
         let (enrollment, certificate) = self.issue_enrollment(claim, enrollment).await?;
         Ok(EnrollOutcome::Issued {
             enrollment,
             certificate: Box::new(certificate),
+            fresh: true,
         })
     }
 

@@ -23,7 +23,9 @@ pub mod claims;
 mod service;
 pub mod watch;
 
-pub use claims::{ClaimCsr, ClaimError, EnrollOutcome, IssuedClaim, RETRY_AFTER_S};
+pub use claims::{
+    ClaimCsr, ClaimError, EnrollOutcome, IssuedClaim, RETRY_AFTER_S, enrollment_changed,
+};
 pub use service::{CRL_VALIDITY, CertificateService, ServerTlsFiles};
 pub use watch::{ExpiryWatch, Finding, WatchSettings};
 

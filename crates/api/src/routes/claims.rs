@@ -443,6 +443,7 @@ pub async fn approve_enrollment(
         .approve_enrollment(id, &p.name)
         .await
         .map_err(decision_error)?;
+    publish(&state, &enrollment, EventKind::Issued).await;
     Ok((
         axum::extract::Extension(AuditTarget(format!(
             "enrolment {id} {} serial {}",
@@ -507,10 +508,36 @@ pub async fn reject_enrollment(
         .reject_enrollment(id, &p.name, reason.as_deref())
         .await
         .map_err(decision_error)?;
+    publish(&state, &enrollment, EventKind::Rejected).await;
     Ok((
         axum::extract::Extension(AuditTarget(format!("enrolment {id} {}", enrollment.imei))),
         axum::Json(enrollment.into()),
     ))
+}
+
+/// Which `enrollment.*` event a decision publishes.
+enum EventKind {
+    Issued,
+    Rejected,
+}
+
+/// Publishes the `enrollment.*` event of a decision (the claim's name is read back; a
+/// failure to read it is logged and the event goes out with the claim's id).
+async fn publish(state: &AppState, e: &EnrollmentRecord, kind: EventKind) {
+    use callhome_core::events::EventPayload;
+    let claim = match state.store.get_claim(e.claim_id).await {
+        Ok(c) => c.name,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read an enrolment's claim for its event");
+            e.claim_id.to_string()
+        }
+    };
+    let payload = callhome_pki::enrollment_changed(e, &claim);
+    let event = match kind {
+        EventKind::Issued => EventPayload::EnrollmentIssued(payload),
+        EventKind::Rejected => EventPayload::EnrollmentRejected(payload),
+    };
+    state.gateway.events().publish(Some(&e.imei), event);
 }
 
 /// A path id, or a 422 naming it.

@@ -178,8 +178,36 @@ async fn a_batch_of_100_enrols_with_one_claim_certificate_and_connects_with_its_
     let (_, claims) = app.get("/api/v1/claims", &admin).await;
     assert_eq!(claims["items"][0]["enrollments_used"], 100);
 
-    // A claim certificate is not a device identity: it cannot connect as a device, and
-    // may not re-enrol.
+    // A claim certificate is not a device identity: it may not re-enrol nor have a key
+    // made, and it cannot connect as a device.
+    let tls =
+        callhome_ca::tls::client_config(&claim.ca_pem, Some(&claim.cert_pem), Some(&claim.key_pem))
+            .unwrap();
+    let est_client = reqwest::Client::builder()
+        .use_preconfigured_tls(std::sync::Arc::unwrap_or_clone(tls))
+        .build()
+        .unwrap();
+    let (_, csr_pem) = callhome_ca::generate_key_and_csr(&allowed[0]).unwrap();
+    let csr_b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(pem::parse(csr_pem.as_bytes()).unwrap().contents())
+    };
+    for op in ["simplereenroll", "serverkeygen"] {
+        let resp = est_client
+            .post(format!("{}/.well-known/est/{op}", device_base(&app)))
+            .header("content-type", "application/pkcs10")
+            .body(csr_b64.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{op}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains("a claim certificate may only enrol"),
+            "{op}: {text}"
+        );
+    }
     let claim_creds = Enrolled {
         imei: allowed[0].clone(),
         key_pem: claim.key_pem.clone(),
@@ -215,6 +243,15 @@ async fn a_held_enrolment_completes_after_approval_and_a_rejected_one_is_refused
                "expires_at": in_a_day(), "max_enrollments": 10, "approval": "manual"}),
     )
     .await;
+    let events = app
+        .client
+        .get(app.url("/api/v1/events?type=enrollment.*"))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    let mut events = events.bytes_stream();
 
     // The modem asks, is told 202 + Retry-After, and keeps asking.
     let waiting = spawn_est(&app, &claim, &imei(201));
@@ -317,6 +354,32 @@ async fn a_held_enrolment_completes_after_approval_and_a_rejected_one_is_refused
     }
     let (_, listed) = app.get("/api/v1/enrollments?state=rejected", &ops).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+
+    // The queue's changes were published: pending (twice), issued, rejected, in order.
+    let mut seen = String::new();
+    let wanted = [
+        "enrollment.pending",
+        "enrollment.issued",
+        "enrollment.pending",
+        "enrollment.rejected",
+    ];
+    let kinds = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while kinds(&seen).len() < wanted.len() {
+            match events.next().await {
+                Some(Ok(chunk)) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert_eq!(kinds(&seen), wanted, "{seen}");
+    assert!(seen.contains("not from our factory"), "{seen}");
     app.stop().await;
 }
 
