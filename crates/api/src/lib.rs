@@ -47,6 +47,8 @@ pub use serve::{ServeLimits, serve};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest body of `POST /api/v1/claims` (an allow-list of 100,000 IMEIs is about 1.8 MB).
+pub const MAX_CLAIM_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Everything a handler may use. Cheap to clone.
 #[derive(Clone)]
@@ -146,6 +148,7 @@ pub fn app(state: AppState) -> Router {
         .unwrap_or(usize::MAX)
         .saturating_add(MAX_BODY_BYTES);
     let (upload, _) = routes::upload_router().split_for_parts();
+    let (claims, _) = routes::claims_router().split_for_parts();
     let api = api
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -153,6 +156,11 @@ pub fn app(state: AppState) -> Router {
             upload
                 .layer(RequestBodyLimitLayer::new(upload_limit))
                 .layer(axum::extract::DefaultBodyLimit::max(upload_limit)),
+        )
+        .merge(
+            claims
+                .layer(RequestBodyLimitLayer::new(MAX_CLAIM_BODY_BYTES))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_CLAIM_BODY_BYTES)),
         );
     let request_id = HeaderName::from_static("x-request-id");
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))

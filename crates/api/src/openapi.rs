@@ -65,5 +65,6 @@ impl Modify for BearerScheme {
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = crate::routes::router().split_for_parts().1;
     doc.merge(crate::routes::upload_router().split_for_parts().1);
+    doc.merge(crate::routes::claims_router().split_for_parts().1);
     doc
 }

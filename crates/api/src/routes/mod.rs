@@ -32,6 +32,12 @@ pub fn upload_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(firmware::upload_firmware))
 }
 
+/// Claims: their own router, because a claim's allow-list (up to 100,000 IMEIs) is larger
+/// than the API's 1 MiB body limit.
+pub fn claims_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(claims::list_claims, claims::create_claim))
+}
+
 /// Every route, with the OpenAPI document they describe.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -97,7 +103,6 @@ pub fn router() -> OpenApiRouter<AppState> {
             bootstrap_secrets::create_bootstrap_secret,
             bootstrap_secrets::delete_bootstrap_secret
         ))
-        .routes(routes!(claims::list_claims, claims::create_claim))
         .routes(routes!(claims::revoke_claim))
         .routes(routes!(claims::list_enrollments))
         .routes(routes!(claims::approve_enrollment))

@@ -456,6 +456,28 @@ async fn claims_are_validated_admin_only_and_revocable() {
     let claim = create_claim(&app, &admin, body(json!({}))).await;
     let (status, _) = app.post("/api/v1/claims", &admin, body(json!({}))).await;
     assert_eq!(status, StatusCode::CONFLICT);
+    // An allow-list of 100,000 IMEIs (about 1.8 MB of JSON) is accepted; one more is not.
+    let mut big: Vec<String> = (0..100_000u64)
+        .map(|n| Imei::from_body(&format!("35{n:012}")).unwrap().to_string())
+        .collect();
+    let large = create_claim(
+        &app,
+        &admin,
+        body(json!({"name": "large", "imeis": big, "max_enrollments": 100_000})),
+    )
+    .await;
+    let one = est(&app, &large, &big[99_999]).await;
+    assert!(one.is_ok(), "the last IMEI of a large list enrols");
+    big.push(Imei::from_body("35999999999999").unwrap().to_string());
+    let (status, problem) = app
+        .post(
+            "/api/v1/claims",
+            &admin,
+            body(json!({"name": "larger", "imeis": big})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem.to_string().contains("at most 100000"), "{problem}");
 
     // Revoked: listed as such, its certificate refused at the TLS handshake, once only.
     let path = format!("/api/v1/claims/{}/revoke", claim.id);
