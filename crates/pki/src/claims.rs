@@ -54,6 +54,16 @@ pub enum ClaimError {
         /// The IMEI.
         imei: Imei,
     },
+    /// The IMEI has an enrolment awaiting approval under this claim, for another key.
+    #[error(
+        "{imei} already has an enrolment awaiting approval under the claim {name}, for another key"
+    )]
+    AlreadyPending {
+        /// The claim.
+        name: String,
+        /// The IMEI.
+        imei: Imei,
+    },
     /// No enrolment slot is left.
     #[error("the claim {name}'s limit of {max} enrolments is reached")]
     LimitReached {
@@ -106,6 +116,7 @@ impl ClaimError {
             ClaimError::Expired { .. } => "claim_expired",
             ClaimError::ImeiNotAllowed { .. } => "imei_not_allowed",
             ClaimError::AlreadyEnrolled { .. } => "already_enrolled",
+            ClaimError::AlreadyPending { .. } => "already_pending",
             ClaimError::LimitReached { .. } => "limit_reached",
             ClaimError::Rejected { .. } => "rejected",
             ClaimError::DeviceDisabled(_) => "device_disabled",
@@ -327,6 +338,12 @@ impl CertificateService {
                         fresh: false,
                     });
                 }
+                EnrollmentState::Pending | EnrollmentState::Approved => {
+                    return Err(ClaimError::AlreadyPending {
+                        name: claim.name.clone(),
+                        imei: imei.clone(),
+                    });
+                }
                 EnrollmentState::Rejected => {
                     return Err(ClaimError::Rejected {
                         name: claim.name.clone(),
@@ -334,7 +351,7 @@ impl CertificateService {
                         reason: previous.reason,
                     });
                 }
-                _ => {
+                EnrollmentState::Issued => {
                     return Err(ClaimError::AlreadyEnrolled {
                         name: claim.name.clone(),
                         imei: imei.clone(),

@@ -555,7 +555,9 @@ pub(crate) fn claim_error(e: ClaimError) -> ApiError {
         ClaimError::InvalidCsr(why) => {
             ApiError::bad_request("invalid-csr", format!("invalid CSR: {why}"))
         }
-        ClaimError::AlreadyEnrolled { .. } => ApiError::Conflict(e.to_string()),
+        ClaimError::AlreadyEnrolled { .. } | ClaimError::AlreadyPending { .. } => {
+            ApiError::Conflict(e.to_string())
+        }
         other => ApiError::Forbidden(other.to_string()),
     }
 }

@@ -259,6 +259,10 @@ async fn a_held_enrolment_completes_after_approval_and_a_rejected_one_is_refused
     let id = pending[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(pending[0]["imei"], imei(201).as_str());
     assert_eq!(pending[0]["claim_id"], claim.id.as_str());
+    // Meanwhile another key for the same IMEI is refused.
+    let (status, text) = refusal(est(&app, &claim, &imei(201)).await);
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("awaiting approval"), "{text}");
 
     // Only operators decide; the approval issues; the modem gets it and connects.
     let (status, _) = app
@@ -578,6 +582,19 @@ async fn modems_enrol_over_mqtt_with_a_claim_certificate_and_nothing_else() {
         answer.starts_with("REFUSED invalid CSR: the CSR is for"),
         "{answer}"
     );
+    // With approval `manual`, the answer says the enrolment is held, with its id.
+    let held = create_claim(
+        &app,
+        &admin,
+        json!({"name": "mqtt-held", "imeis": [imei(310)], "expires_at": in_a_day(),
+               "max_enrollments": 1, "approval": "manual"}),
+    )
+    .await;
+    let (_, csr) = callhome_ca::generate_key_and_csr(&imei(310)).unwrap();
+    let answer = mqtt_enrol(&app, &held, &imei(310), &csr).await;
+    let (_, pending) = app.get("/api/v1/enrollments?state=pending", &admin).await;
+    let id = pending["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(answer, format!("PENDING {id} 60"));
     // A client id outside the policy is refused at CONNECT.
     let (_, csr) = callhome_ca::generate_key_and_csr(&imei(400)).unwrap();
     let answer = mqtt_enrol(&app, &claim, &imei(400), &csr).await;
