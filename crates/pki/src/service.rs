@@ -8,8 +8,8 @@ use callhome_ca::tls::{ClientAuth, SharedServerConfig, server_config};
 
 use callhome_ca::{Authority, CaError, CrlSet, RevocationReason, RevokedEntry, ServerIdentity};
 
-use std::path::PathBuf;
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
