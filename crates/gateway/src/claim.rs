@@ -76,10 +76,7 @@ pub(crate) async fn run<S>(
     let imei = match conn.accept(&connect).await {
         Ok(imei) => imei,
         Err(code) => {
-            let _ = writer
-                .send(&Packet::ConnAck(ConnAck::new(code, false)))
-                .await;
-            writer.shutdown().await;
+            writer.refuse(code).await;
             return;
         }
     };

@@ -118,4 +118,12 @@ impl<W: AsyncWrite + Unpin> PacketWriter<W> {
     pub async fn shutdown(&mut self) {
         let _ = tokio::time::timeout(self.timeout, self.wr.shutdown()).await;
     }
+
+    /// Refuses a CONNECT: CONNACK with `code` (best effort), then closes the stream.
+    pub async fn refuse(&mut self, code: mqttbytes::v4::ConnectReturnCode) {
+        let _ = self
+            .send(&Packet::ConnAck(mqttbytes::v4::ConnAck::new(code, false)))
+            .await;
+        self.shutdown().await;
+    }
 }

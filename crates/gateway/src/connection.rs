@@ -102,10 +102,7 @@ pub(crate) async fn run<S>(
     let device = match authenticated {
         Ok(d) => d,
         Err(code) => {
-            let _ = writer
-                .send(&Packet::ConnAck(ConnAck::new(code, false)))
-                .await;
-            writer.shutdown().await;
+            writer.refuse(code).await;
             return;
         }
     };
